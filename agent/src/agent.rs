@@ -1,0 +1,317 @@
+//! The I/O shell around the schedule: `run` (keep tokens fresh), `init` (write once) and
+//! `check` (probe).
+//!
+//! Invariant for every token file: it is either absent or holds a token that passed validation
+//! and has not expired. A token is replaced only by a newer valid one, and removed only once it
+//! has expired (so an outage of the metadata server shorter than the remaining lifetime is
+//! invisible to the application).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tracing::{debug, info, warn};
+
+use crate::jwt::{self, Claims, JwtError};
+use crate::metadata::{self, Endpoint, FetchError};
+use crate::schedule::{self, Policy};
+use crate::spec::TokenSpec;
+use crate::writer::{self, TOKEN_MODE, WriteError};
+
+/// Shared settings of the token loops.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub endpoint: Endpoint,
+    pub request_timeout: Duration,
+    pub policy: Policy,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn now_s() -> i64 {
+    now_ms().div_euclid(1000)
+}
+
+/// Jitter source for the schedule: xorshift64*, seeded per process. Not cryptographic; it only
+/// has to differ between pods started in the same second.
+#[derive(Debug)]
+pub struct Jitter(u64);
+
+impl Jitter {
+    pub fn seeded(salt: u64) -> Self {
+        let seed = (now_ms() as u64) ^ ((std::process::id() as u64) << 32) ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        Jitter(seed | 1)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn next(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        (v >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Fetch one token and write it atomically.
+pub async fn refresh_once(cfg: &Config, spec: &TokenSpec, timeout: Duration) -> Result<Claims, RefreshError> {
+    let token = metadata::fetch_token(&cfg.endpoint, &spec.audience, timeout, now_s).await?;
+    writer::write_atomic(&spec.path, token.jwt.as_bytes(), TOKEN_MODE)?;
+    Ok(token.claims)
+}
+
+/// The token currently in `path`, if it is valid for `audience` at `now` (seconds).
+pub fn read_valid(path: &Path, audience: &str, now: i64) -> Result<Option<Claims>, JwtError> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            jwt::validate(text.trim(), audience, now).map(Some)
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+/// Keep one token file fresh forever (until the runtime is dropped on shutdown).
+pub async fn keep_fresh(cfg: Arc<Config>, spec: TokenSpec, mut jitter: Jitter) {
+    let path = spec.path.display().to_string();
+    let aud = spec.audience.as_str();
+    // A restarted sidecar finds the emptyDir as it left it: reuse a still-valid token rather
+    // than racing to replace it, and clear out anything that is not valid.
+    let mut current: Option<Claims> = match read_valid(&spec.path, aud, now_s()) {
+        Ok(Some(c)) => {
+            info!(path, audience = aud, exp = c.exp, "reusing valid token already on disk");
+            Some(c)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            warn!(path, audience = aud, error = %e, "removing invalid token file left on disk");
+            if let Err(e) = writer::remove(&spec.path) {
+                warn!(path, error = %e, "cannot remove invalid token file");
+            }
+            None
+        }
+    };
+    let mut attempt: u32 = 0;
+    let mut delay = match &current {
+        Some(c) => schedule::next_refresh(&cfg.policy, c.iat, c.exp, now_ms(), jitter.next()),
+        None => Duration::ZERO,
+    };
+    loop {
+        if !delay.is_zero() {
+            debug!(path, sleep_ms = delay.as_millis() as u64, "sleeping");
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(c) = &current
+            && c.exp.saturating_mul(1000) <= now_ms()
+        {
+            match writer::remove(&spec.path) {
+                Ok(()) => warn!(path, audience = aud, exp = c.exp, "token expired during outage; file removed"),
+                Err(e) => warn!(path, error = %e, "cannot remove expired token file"),
+            }
+            current = None;
+        }
+        match refresh_once(&cfg, &spec, cfg.request_timeout).await {
+            Ok(claims) => {
+                delay = schedule::next_refresh(&cfg.policy, claims.iat, claims.exp, now_ms(), jitter.next());
+                info!(
+                    path,
+                    audience = aud,
+                    exp = claims.exp,
+                    refresh_in_s = delay.as_secs(),
+                    after_failures = attempt,
+                    "token written"
+                );
+                current = Some(claims);
+                attempt = 0;
+            }
+            Err(e) => {
+                attempt = attempt.saturating_add(1);
+                let exp = current.as_ref().map(|c| c.exp);
+                delay = schedule::retry_delay(&cfg.policy, attempt, jitter.next(), exp, now_ms());
+                warn!(
+                    path,
+                    audience = aud,
+                    attempt,
+                    retry_in_ms = delay.as_millis() as u64,
+                    current_token_exp = exp,
+                    error = %e,
+                    "token refresh failed; the previous token (if any) stays until it expires"
+                );
+            }
+        }
+    }
+}
+
+/// A token that could not be written by `init`, with its last error.
+#[derive(Debug)]
+pub struct InitFailure {
+    pub spec: TokenSpec,
+    pub error: RefreshError,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{}", format_failures(.0))]
+pub struct InitError(pub Vec<InitFailure>);
+
+fn format_failures(f: &[InitFailure]) -> String {
+    f.iter()
+        .map(|f| format!("{} (audience {}): {}", f.spec.path.display(), f.spec.audience, f.error))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Write every token once, retrying each with backoff until `deadline` has passed.
+pub async fn init(cfg: Arc<Config>, specs: Vec<TokenSpec>, deadline: Duration) -> Result<(), InitError> {
+    let until = tokio::time::Instant::now() + deadline;
+    let mut set = tokio::task::JoinSet::new();
+    for (i, spec) in specs.into_iter().enumerate() {
+        let cfg = cfg.clone();
+        set.spawn(async move {
+            let mut jitter = Jitter::seeded(i as u64);
+            let mut attempt = 0u32;
+            loop {
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
+                // The last attempt, at the deadline, still gets a fair chance to connect.
+                let timeout = cfg.request_timeout.min(left).max(Duration::from_millis(250));
+                match refresh_once(&cfg, &spec, timeout).await {
+                    Ok(claims) => {
+                        info!(path = %spec.path.display(), audience = spec.audience, exp = claims.exp, "token written");
+                        return Ok(());
+                    }
+                    Err(error) => {
+                        attempt += 1;
+                        let left = until.saturating_duration_since(tokio::time::Instant::now());
+                        if left.is_zero() {
+                            return Err(InitFailure { spec, error });
+                        }
+                        let retry = schedule::backoff(&cfg.policy, attempt, jitter.next()).min(left);
+                        warn!(path = %spec.path.display(), attempt, retry_in_ms = retry.as_millis() as u64, error = %error, "token fetch failed; retrying");
+                        tokio::time::sleep(retry).await;
+                    }
+                }
+            }
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(f)) => failures.push(f),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    if failures.is_empty() { Ok(()) } else { Err(InitError(failures)) }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("{path}: no token file yet")]
+    Missing { path: String },
+    #[error("{path}: {source}")]
+    Invalid {
+        path: String,
+        #[source]
+        source: JwtError,
+    },
+    #[error("{path}: token expires at {exp}, in {remaining_s}s: about to expire (refresh is failing?)")]
+    Expiring { path: String, exp: i64, remaining_s: i64 },
+}
+
+/// Probe: every token file must hold a valid token that is not about to expire.
+/// Returns the expiry of each token on success.
+pub fn check(specs: &[TokenSpec], min_remaining: Duration, now_ms: i64) -> Result<Vec<i64>, CheckError> {
+    specs
+        .iter()
+        .map(|spec| {
+            let path = spec.path.display().to_string();
+            let claims = read_valid(&spec.path, &spec.audience, now_ms.div_euclid(1000))
+                .map_err(|source| CheckError::Invalid {
+                    path: path.clone(),
+                    source,
+                })?
+                .ok_or_else(|| CheckError::Missing { path: path.clone() })?;
+            if schedule::about_to_expire(claims.iat, claims.exp, now_ms, min_remaining) {
+                return Err(CheckError::Expiring {
+                    path,
+                    exp: claims.exp,
+                    remaining_s: claims.exp - now_ms.div_euclid(1000),
+                });
+            }
+            Ok(claims.exp)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwt::tests::token;
+
+    fn spec(dir: &Path, name: &str, aud: &str) -> TokenSpec {
+        TokenSpec {
+            path: dir.join(name),
+            audience: aud.into(),
+        }
+    }
+
+    #[test]
+    fn jitter_is_uniform_enough_and_in_range() {
+        let mut j = Jitter::seeded(7);
+        let xs: Vec<f64> = (0..10_000).map(|_| j.next()).collect();
+        assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        assert!((mean - 0.5).abs() < 0.02, "{mean}");
+        let mut a = Jitter::seeded(1);
+        let mut b = Jitter::seeded(2);
+        assert_ne!(a.next(), b.next());
+    }
+
+    #[test]
+    fn check_reports_each_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = 1_800_000_000i64;
+        let s = spec(dir.path(), "t", "sts.amazonaws.com");
+        let min = Duration::from_secs(300);
+        assert!(matches!(check(&[s.clone()], min, now * 1000), Err(CheckError::Missing { .. })));
+        std::fs::write(&s.path, token("sts.amazonaws.com", now - 60, now + 3540)).unwrap();
+        assert_eq!(check(&[s.clone()], min, now * 1000).unwrap(), vec![now + 3540]);
+        std::fs::write(&s.path, token("sts.amazonaws.com", now - 3500, now + 100)).unwrap();
+        assert!(matches!(check(&[s.clone()], min, now * 1000), Err(CheckError::Expiring { .. })));
+        std::fs::write(&s.path, token("other", now, now + 3600)).unwrap();
+        assert!(matches!(
+            check(&[s.clone()], min, now * 1000),
+            Err(CheckError::Invalid {
+                source: JwtError::Audience { .. },
+                ..
+            })
+        ));
+        std::fs::write(&s.path, "garbage").unwrap();
+        assert!(matches!(check(&[s], min, now * 1000), Err(CheckError::Invalid { .. })));
+    }
+
+    #[test]
+    fn check_requires_every_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = 1_800_000_000i64;
+        let a = spec(dir.path(), "a", "A");
+        let b = spec(dir.path(), "b", "B");
+        std::fs::write(&a.path, token("A", now, now + 3600)).unwrap();
+        let err = check(&[a.clone(), b.clone()], Duration::from_secs(300), now * 1000).unwrap_err();
+        assert!(err.to_string().contains("/b"), "{err}");
+        std::fs::write(&b.path, token("B", now, now + 3600)).unwrap();
+        assert_eq!(check(&[a, b], Duration::from_secs(300), now * 1000).unwrap().len(), 2);
+    }
+}

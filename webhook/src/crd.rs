@@ -1,0 +1,279 @@
+//! The `AWSRoleBinding` custom resource.
+//!
+//! The schema is the API server's first line of defence: a malformed role ARN is rejected at
+//! `kubectl apply` time, not discovered when a pod fails to start. The same rules are checked
+//! again in Rust ([`validate_spec`]) because a binding can reach the cache from a cluster whose
+//! CRD was installed without validation, and a binding the webhook does not trust must never be
+//! injected.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Pattern for `spec.roleArn`, enforced by the API server (RE2 syntax) and mirrored by
+/// [`validate_role_arn`]. Partition, 12-digit account, optional IAM path, role name.
+pub const ROLE_ARN_PATTERN: &str =
+    r"^arn:aws(-cn|-us-gov)?:iam::[0-9]{12}:role/([!-.0-~]+/)*[A-Za-z0-9+=,.@_-]{1,64}$";
+
+/// Pattern for `spec.region`: `us-east-1`, `eu-central-2`, `us-gov-west-1`, `cn-north-1`.
+pub const REGION_PATTERN: &str = r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$";
+
+/// Binds a Kubernetes service account to an AWS IAM role.
+///
+/// Pods in this namespace that run as `serviceAccountName` get an agent that keeps a Google ID
+/// token fresh, plus `AWS_ROLE_ARN` and `AWS_WEB_IDENTITY_TOKEN_FILE`, so AWS SDKs assume
+/// `roleArn` through STS AssumeRoleWithWebIdentity without any static key.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[kube(
+    group = "rolebridge.io",
+    version = "v1alpha1",
+    kind = "AWSRoleBinding",
+    plural = "awsrolebindings",
+    singular = "awsrolebinding",
+    shortname = "arb",
+    namespaced,
+    doc = "AWSRoleBinding lets the pods of one Kubernetes service account assume an AWS IAM role with a Google ID token from GKE Workload Identity, without static AWS keys.",
+    status = "AWSRoleBindingStatus",
+    printcolumn = r#"{"name":"ServiceAccount","type":"string","jsonPath":".spec.serviceAccountName"}"#,
+    printcolumn = r#"{"name":"Role","type":"string","jsonPath":".spec.roleArn"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AWSRoleBindingSpec {
+    /// Name of the Kubernetes service account (in this binding's namespace) whose pods may
+    /// assume the role. The service account should carry the GKE Workload Identity annotation
+    /// `iam.gke.io/gcp-service-account`; the Google service account it names is the identity
+    /// AWS trusts.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub service_account_name: String,
+
+    /// ARN of the AWS IAM role to assume, e.g. `arn:aws:iam::123456789012:role/s3-reader`.
+    /// Partitions aws, aws-cn and aws-us-gov. The role's trust policy must trust
+    /// `accounts.google.com` for this Google service account (`rolebridge-agent trust-policy`
+    /// prints one).
+    #[schemars(length(max = 2048), regex(pattern = r"^arn:aws(-cn|-us-gov)?:iam::[0-9]{12}:role/([!-.0-~]+/)*[A-Za-z0-9+=,.@_-]{1,64}$"))]
+    pub role_arn: String,
+
+    /// Audience (`aud`) of the Google ID token the agent requests; it must match the
+    /// `accounts.google.com:oaud` condition of the role's trust policy. Defaults to the
+    /// webhook's `--default-audience` (itself `sts.amazonaws.com` by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub audience: Option<String>,
+
+    /// AWS region for the SDKs: sets `AWS_REGION`, `AWS_DEFAULT_REGION` and
+    /// `AWS_STS_REGIONAL_ENDPOINTS=regional` in the covered containers, so STS is called in
+    /// that region instead of the global endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$"))]
+    pub region: Option<String>,
+
+    /// Names of the containers (app or init) that get this role. Omit to cover every container
+    /// of the pod. A binding that names a container wins over one that covers all containers;
+    /// this is how one pod uses several roles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1), extend("x-kubernetes-list-type" = "set"))]
+    pub containers: Option<Vec<ContainerName>>,
+}
+
+/// A container name (DNS label).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(transparent)]
+pub struct ContainerName(
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub  String,
+);
+
+/// Observed state, written by the webhook's status controller.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AWSRoleBindingStatus {
+    /// `Ready` is True when the binding is valid, unambiguous and its service account is set up
+    /// for GKE Workload Identity. Reasons when False: `Conflict`, `InvalidSpec`,
+    /// `ServiceAccountNotFound`, `WorkloadIdentityNotConfigured`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// The `metadata.generation` the conditions were computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// A status condition, shaped like `metav1.Condition`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Condition type, e.g. `Ready`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    #[schemars(regex(pattern = "^(True|False|Unknown)$"))]
+    pub status: String,
+    /// Machine-readable reason in CamelCase.
+    pub reason: String,
+    /// What is wrong and what to do about it.
+    #[serde(default)]
+    pub message: String,
+    /// When `status` last changed (RFC 3339).
+    #[schemars(extend("format" = "date-time"))]
+    pub last_transition_time: String,
+    /// The `metadata.generation` this condition was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Why a binding's spec cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error(
+        "roleArn {0:?} is not an IAM role ARN (want arn:aws|aws-cn|aws-us-gov:iam::<12-digit account>:role/[path/]name)"
+    )]
+    RoleArn(String),
+    #[error("region {0:?} is not an AWS region name such as us-east-1")]
+    Region(String),
+    #[error("serviceAccountName must not be empty")]
+    ServiceAccount,
+    #[error("audience must not be empty")]
+    Audience,
+    #[error("containers must list at least one container name")]
+    Containers,
+}
+
+/// Checks a spec with the same rules as the CRD schema.
+pub fn validate_spec(spec: &AWSRoleBindingSpec) -> Result<(), SpecError> {
+    if spec.service_account_name.is_empty() {
+        return Err(SpecError::ServiceAccount);
+    }
+    validate_role_arn(&spec.role_arn)?;
+    if let Some(region) = &spec.region {
+        validate_region(region)?;
+    }
+    if spec.audience.as_deref().is_some_and(str::is_empty) {
+        return Err(SpecError::Audience);
+    }
+    if spec.containers.as_ref().is_some_and(Vec::is_empty) {
+        return Err(SpecError::Containers);
+    }
+    Ok(())
+}
+
+/// Hand-written twin of [`ROLE_ARN_PATTERN`] (a regex engine is not worth its weight here; a
+/// test checks both agree).
+pub fn validate_role_arn(arn: &str) -> Result<(), SpecError> {
+    let err = || SpecError::RoleArn(arn.to_owned());
+    if arn.len() > 2048 {
+        return Err(err());
+    }
+    let rest = ["arn:aws:", "arn:aws-cn:", "arn:aws-us-gov:"]
+        .iter()
+        .find_map(|p| arn.strip_prefix(p))
+        .ok_or_else(err)?;
+    let rest = rest.strip_prefix("iam::").ok_or_else(err)?;
+    let (account, rest) = rest.split_at_checked(12).ok_or_else(err)?;
+    if !account.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(err());
+    }
+    let resource = rest.strip_prefix(":role/").ok_or_else(err)?;
+    let (path, name) = match resource.rfind('/') {
+        Some(i) => (&resource[..=i], &resource[i + 1..]),
+        None => ("", resource),
+    };
+    let path_ok = path
+        .split_terminator('/')
+        .all(|seg| !seg.is_empty() && seg.bytes().all(|b| (b'!'..=b'~').contains(&b)));
+    let name_ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b));
+    if path_ok && name_ok { Ok(()) } else { Err(err()) }
+}
+
+/// Hand-written twin of [`REGION_PATTERN`].
+pub fn validate_region(region: &str) -> Result<(), SpecError> {
+    let err = || SpecError::Region(region.to_owned());
+    let parts: Vec<&str> = region.split('-').collect();
+    let [first, middle @ .., last] = parts.as_slice() else {
+        return Err(err());
+    };
+    let lower = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase());
+    let ok = first.len() == 2
+        && lower(first)
+        && !middle.is_empty()
+        && middle.iter().all(|m| lower(m))
+        && (1..=2).contains(&last.len())
+        && last.bytes().all(|b| b.is_ascii_digit());
+    if ok { Ok(()) } else { Err(err()) }
+}
+
+/// The CRD as YAML, exactly as committed in `crds/awsrolebinding.yaml`.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let crd = AWSRoleBinding::crd();
+    let body = serde_norway::to_string(&crd).expect("a CRD always serialises");
+    format!(
+        "# Generated by `rolebridge-webhook crd`; do not edit. A test fails when this file drifts.\n{body}"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_arns() {
+        for ok in [
+            "arn:aws:iam::123456789012:role/s3-reader",
+            "arn:aws-cn:iam::123456789012:role/a",
+            "arn:aws-us-gov:iam::123456789012:role/team/app/role+=,.@_-x",
+            "arn:aws:iam::000000000000:role/service-role/x",
+        ] {
+            assert_eq!(validate_role_arn(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "arn:aws:iam::12345678901:role/x",
+            "arn:aws:iam::1234567890123:role/x",
+            "arn:aws:iam::12345678901a:role/x",
+            "arn:aws:iam::123456789012:user/x",
+            "arn:aws:iam::123456789012:role/",
+            "arn:aws:iam::123456789012:role/a//b",
+            "arn:aws:iam::123456789012:role/a b",
+            "arn:aws-iso:iam::123456789012:role/x",
+            "arn:aws:sts::123456789012:role/x",
+            "arn:aws:iam:us-east-1:123456789012:role/x",
+            "arn:aws:iam::123456789012:role/path/",
+            &format!("arn:aws:iam::123456789012:role/{}", "a".repeat(65)),
+        ] {
+            assert!(validate_role_arn(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn regions() {
+        for ok in ["us-east-1", "eu-central-2", "us-gov-west-1", "cn-north-1", "ap-southeast-10"] {
+            assert_eq!(validate_region(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "us", "us-east", "US-east-1", "us-east-123", "useast-1", "us--1", "u-east-1"] {
+            assert!(validate_region(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn none_fields_are_omitted() {
+        let spec = AWSRoleBindingSpec {
+            service_account_name: "sa".into(),
+            role_arn: "arn:aws:iam::123456789012:role/x".into(),
+            audience: None,
+            region: None,
+            containers: None,
+        };
+        let v = serde_json::to_value(&spec).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"serviceAccountName": "sa", "roleArn": "arn:aws:iam::123456789012:role/x"})
+        );
+    }
+}

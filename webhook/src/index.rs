@@ -1,0 +1,224 @@
+//! Bindings indexed by (namespace, service account).
+//!
+//! The index is immutable once built; the cache swaps in a new one on every change (bindings
+//! change rarely, pods are admitted often), so an admission's lookup is two hash probes on a
+//! snapshot with no lock held and no allocation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::crd::{AWSRoleBinding, AWSRoleBindingSpec, SpecError, validate_spec};
+use crate::mutate::Binding;
+
+/// Why an object could not be turned into a [`Binding`].
+#[derive(Debug, thiserror::Error)]
+pub enum BindingError {
+    #[error("AWSRoleBinding {namespace}/{name}: {source}")]
+    Spec {
+        namespace: String,
+        name: String,
+        #[source]
+        source: SpecError,
+    },
+    #[error("AWSRoleBinding {namespace}/{name}: spec does not parse: {source}")]
+    Malformed {
+        namespace: String,
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("AWSRoleBinding without a name or namespace")]
+    Unnamed,
+    #[error("YAML document {document}: {message}")]
+    Yaml { document: usize, message: String },
+}
+
+/// Reads the `AWSRoleBinding`s of a multi-document YAML file (as given to `kubectl apply -f`);
+/// other kinds are skipped so a whole manifest directory can serve as the bindings file.
+/// Objects without a namespace land in `default_namespace`, as kubectl would put them.
+pub fn bindings_from_yaml(
+    text: &str,
+    default_namespace: &str,
+) -> Result<Vec<(String, Binding)>, BindingError> {
+    use serde::Deserialize as _;
+    let mut out = Vec::new();
+    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+        let yaml_err = |message: String| BindingError::Yaml {
+            document: i + 1,
+            message,
+        };
+        let value = serde_json::Value::deserialize(doc).map_err(|e| yaml_err(e.to_string()))?;
+        let items = match value.get("kind").and_then(|k| k.as_str()) {
+            Some("List") => value["items"].as_array().cloned().unwrap_or_default(),
+            Some("AWSRoleBinding") => vec![value],
+            _ => continue,
+        };
+        for item in items {
+            if item.get("kind").and_then(|k| k.as_str()) != Some("AWSRoleBinding") {
+                continue;
+            }
+            let mut obj: AWSRoleBinding =
+                serde_json::from_value(item).map_err(|e| yaml_err(e.to_string()))?;
+            obj.metadata
+                .namespace
+                .get_or_insert_with(|| default_namespace.to_owned());
+            out.push(binding_from_resource(&obj)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Converts a validated spec; `namespace` and `name` come from the object's metadata.
+pub fn binding_from_spec(
+    namespace: &str,
+    name: &str,
+    spec: &AWSRoleBindingSpec,
+) -> Result<Binding, BindingError> {
+    validate_spec(spec).map_err(|source| BindingError::Spec {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        source,
+    })?;
+    Ok(Binding {
+        name: name.to_owned(),
+        service_account: spec.service_account_name.clone(),
+        role_arn: spec.role_arn.clone(),
+        audience: spec.audience.clone(),
+        region: spec.region.clone(),
+        containers: spec
+            .containers
+            .as_ref()
+            .map(|cs| cs.iter().map(|c| c.0.clone()).collect()),
+    })
+}
+
+/// Converts a typed object (from a file or the API) into its namespace and binding.
+pub fn binding_from_resource(obj: &AWSRoleBinding) -> Result<(String, Binding), BindingError> {
+    let (Some(ns), Some(name)) = (&obj.metadata.namespace, &obj.metadata.name) else {
+        return Err(BindingError::Unnamed);
+    };
+    Ok((ns.clone(), binding_from_spec(ns, name, &obj.spec)?))
+}
+
+/// Converts an untyped object field by field, so that one object with a malformed spec is
+/// reported on its own instead of failing a whole list or watch.
+pub fn binding_from_json(
+    namespace: &str,
+    name: &str,
+    spec: &serde_json::Value,
+) -> Result<Binding, BindingError> {
+    let spec: AWSRoleBindingSpec =
+        serde_json::from_value(spec.clone()).map_err(|source| BindingError::Malformed {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            source,
+        })?;
+    binding_from_spec(namespace, name, &spec)
+}
+
+#[derive(Debug, Default)]
+pub struct BindingIndex {
+    by_namespace: HashMap<String, HashMap<String, Arc<[Binding]>>>,
+    len: usize,
+}
+
+impl BindingIndex {
+    /// Builds the index; bindings of one service account are sorted by name so that every
+    /// replica produces the same patch for the same pod.
+    pub fn new(bindings: impl IntoIterator<Item = (String, Binding)>) -> Self {
+        let mut grouped: HashMap<String, HashMap<String, Vec<Binding>>> = HashMap::new();
+        let mut len = 0;
+        for (ns, b) in bindings {
+            len += 1;
+            grouped
+                .entry(ns)
+                .or_default()
+                .entry(b.service_account.clone())
+                .or_default()
+                .push(b);
+        }
+        let by_namespace = grouped
+            .into_iter()
+            .map(|(ns, by_sa)| {
+                let by_sa = by_sa
+                    .into_iter()
+                    .map(|(sa, mut list)| {
+                        list.sort_by(|a, b| a.name.cmp(&b.name));
+                        (sa, Arc::from(list))
+                    })
+                    .collect();
+                (ns, by_sa)
+            })
+            .collect();
+        BindingIndex { by_namespace, len }
+    }
+
+    pub fn lookup(&self, namespace: &str, service_account: &str) -> Option<&Arc<[Binding]>> {
+        self.by_namespace.get(namespace)?.get(service_account)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(name: &str, sa: &str) -> Binding {
+        Binding {
+            name: name.into(),
+            service_account: sa.into(),
+            role_arn: "arn:aws:iam::123456789012:role/x".into(),
+            audience: None,
+            region: None,
+            containers: None,
+        }
+    }
+
+    #[test]
+    fn groups_and_sorts() {
+        let idx = BindingIndex::new([
+            ("ns".to_string(), b("z", "sa")),
+            ("ns".to_string(), b("a", "sa")),
+            ("other".to_string(), b("c", "sa")),
+        ]);
+        let names: Vec<_> = idx.lookup("ns", "sa").unwrap().iter().map(|b| b.name.clone()).collect();
+        assert_eq!(names, ["a", "z"]);
+        assert!(idx.lookup("ns", "other").is_none());
+        assert!(idx.lookup("nope", "sa").is_none());
+        assert_eq!(idx.len(), 3);
+    }
+
+    #[test]
+    fn yaml_files() {
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\n\
+            apiVersion: rolebridge.io/v1alpha1\nkind: AWSRoleBinding\nmetadata: {name: b}\n\
+            spec: {serviceAccountName: app, roleArn: 'arn:aws:iam::123456789012:role/r'}\n";
+        let got = bindings_from_yaml(text, "team").unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, "team");
+        assert_eq!(got[0].1.service_account, "app");
+        let bad = "kind: AWSRoleBinding\nmetadata: {name: b}\nspec: {serviceAccountName: app, roleArn: nope}\n";
+        assert!(matches!(bindings_from_yaml(bad, "d"), Err(BindingError::Spec { .. })));
+        assert!(matches!(bindings_from_yaml("kind: [", "d"), Err(BindingError::Yaml { .. })));
+    }
+
+    #[test]
+    fn malformed_json_spec_is_its_own_error() {
+        let err = binding_from_json("ns", "bad", &serde_json::json!({"roleArn": 5})).unwrap_err();
+        assert!(matches!(err, BindingError::Malformed { .. }), "{err}");
+        let err = binding_from_json(
+            "ns",
+            "bad",
+            &serde_json::json!({"serviceAccountName": "sa", "roleArn": "arn:aws:iam::1:role/x"}),
+        )
+        .unwrap_err();
+        assert!(matches!(err, BindingError::Spec { .. }), "{err}");
+    }
+}

@@ -1,0 +1,153 @@
+//! Prometheus metrics, served on the admin port.
+//!
+//! The per-outcome admission counters are resolved from their family once at start-up, so the
+//! hot path increments an atomic instead of hashing a label set under a lock.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::review::AdmissionOutcome;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+/// Latency buckets from 25 µs: an admission is expected to take tens of microseconds, so the
+/// usual millisecond buckets would put every observation in the first one.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.5, 1.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    admissions: [Counter; 4],
+    pub latency: Histogram,
+    pub bindings: Gauge,
+    pub invalid_bindings: Gauge,
+    pub conflicts: Gauge,
+    pub live_reads: Family<ResultLabel, Counter>,
+    pub tls_reloads: Family<ResultLabel, Counter>,
+    pub status_writes: Family<ResultLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("rolebridge");
+        let admissions_family = Family::<OutcomeLabel, Counter>::default();
+        let admissions = [
+            AdmissionOutcome::Mutated,
+            AdmissionOutcome::Skipped,
+            AdmissionOutcome::Denied,
+            AdmissionOutcome::Error,
+        ]
+        .map(|o| {
+            admissions_family
+                .get_or_create(&OutcomeLabel {
+                    outcome: o.as_str(),
+                })
+                .clone()
+        });
+        registry.register(
+            "admissions",
+            "Admission reviews answered, by outcome (mutated, skipped, denied, error)",
+            admissions_family,
+        );
+        let latency = Histogram::new(LATENCY_BUCKETS);
+        registry.register(
+            "admission_duration_seconds",
+            "Time from a complete request body to a response body",
+            latency.clone(),
+        );
+        let bindings = Gauge::default();
+        registry.register(
+            "bindings",
+            "Valid AWSRoleBindings in the cache",
+            bindings.clone(),
+        );
+        let invalid_bindings = Gauge::default();
+        registry.register(
+            "bindings_invalid",
+            "AWSRoleBindings skipped because their spec is malformed or invalid",
+            invalid_bindings.clone(),
+        );
+        let conflicts = Gauge::default();
+        registry.register(
+            "binding_conflicts",
+            "AWSRoleBindings that conflict with another binding of the same service account",
+            conflicts.clone(),
+        );
+        let live_reads = Family::default();
+        registry.register(
+            "binding_live_reads",
+            "Live API reads of bindings made on a cache miss, by result",
+            live_reads.clone(),
+        );
+        let tls_reloads = Family::default();
+        registry.register(
+            "tls_reloads",
+            "Serving certificate reloads, by result",
+            tls_reloads.clone(),
+        );
+        let status_writes = Family::default();
+        registry.register(
+            "status_writes",
+            "AWSRoleBinding status updates, by result",
+            status_writes.clone(),
+        );
+        Metrics {
+            registry,
+            admissions,
+            latency,
+            bindings,
+            invalid_bindings,
+            conflicts,
+            live_reads,
+            tls_reloads,
+            status_writes,
+        }
+    }
+
+    pub fn admission(&self, outcome: AdmissionOutcome, seconds: f64) {
+        let i = match outcome {
+            AdmissionOutcome::Mutated => 0,
+            AdmissionOutcome::Skipped => 1,
+            AdmissionOutcome::Denied => 2,
+            AdmissionOutcome::Error => 3,
+        };
+        self.admissions[i].inc();
+        self.latency.observe(seconds);
+    }
+
+    pub fn result(family: &Family<ResultLabel, Counter>, ok: bool) {
+        family
+            .get_or_create(&ResultLabel {
+                result: if ok { "ok" } else { "error" },
+            })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

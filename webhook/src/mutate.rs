@@ -1,0 +1,695 @@
+//! The mutation: a pure, synchronous function from (pod, namespace, matching bindings, config)
+//! to JSON-patch `add` operations, warnings, or a denial.
+//!
+//! Everything here is deterministic and free of I/O so it can be tested exhaustively and reused
+//! unchanged by `rolebridge-webhook inject`. Rules, in the order they apply:
+//! - pods in the webhook's own namespace, pods without a binding, Windows pods and pods that
+//!   opt out with `rolebridge.io/inject: "false"` are left unchanged;
+//! - `rolebridge.io/role` may only name a binding of the pod's service account (else: deny);
+//! - each container (init or app, minus `rolebridge.io/skip-containers`) is covered by the
+//!   binding that names it in `spec.containers`, else by the one binding that covers all
+//!   containers; the annotation chooses when several tie, and an unresolved tie is a denial;
+//! - a container that already sets `AWS_ROLE_ARN` or `AWS_WEB_IDENTITY_TOKEN_FILE` itself
+//!   is left alone (with a warning): the user's explicit choice wins;
+//! - every `add` is guarded by an existence check, so mutating an already mutated pod yields
+//!   no operations (webhook reinvocation, a second replica, `inject` run twice).
+//!
+//! JSON-patch ops are applied in order, so per-container ops (which use the original indexes)
+//! come before the insertion at `/spec/initContainers/0`, which shifts them.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use json_patch::{AddOperation, PatchOperation, jsonptr::PointerBuf};
+use serde_json::{Value, json};
+
+use crate::pod::{ContainerView, PodView};
+
+pub const TOKEN_VOLUME: &str = "rolebridge-token";
+pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/rolebridge.io";
+pub const AGENT_CONTAINER: &str = "rolebridge-agent";
+pub const AGENT_INIT_CONTAINER: &str = "rolebridge-agent-init";
+pub const AGENT_BINARY: &str = "/rolebridge-agent";
+pub const AGENT_UID: i64 = 65532;
+/// Tokens are a few KiB; the limit only guards the node's memory against a runaway writer.
+pub const TOKEN_VOLUME_SIZE_LIMIT: &str = "1Mi";
+
+pub const ANNOTATION_INJECT: &str = "rolebridge.io/inject";
+pub const ANNOTATION_SKIP_CONTAINERS: &str = "rolebridge.io/skip-containers";
+pub const ANNOTATION_ROLE: &str = "rolebridge.io/role";
+/// Written by the webhook: `container=binding` pairs that were applied.
+pub const ANNOTATION_APPLIED: &str = "rolebridge.io/bindings";
+
+pub const ENV_ROLE_ARN: &str = "AWS_ROLE_ARN";
+pub const ENV_TOKEN_FILE: &str = "AWS_WEB_IDENTITY_TOKEN_FILE";
+pub const ENV_SESSION_NAME: &str = "AWS_ROLE_SESSION_NAME";
+pub const ENV_REGION: &str = "AWS_REGION";
+pub const ENV_DEFAULT_REGION: &str = "AWS_DEFAULT_REGION";
+pub const ENV_STS_REGIONAL: &str = "AWS_STS_REGIONAL_ENDPOINTS";
+
+/// STS limits `RoleSessionName` to 2..=64 characters of `[\w+=,.@-]`.
+const SESSION_NAME_MAX: usize = 64;
+
+/// A binding as the mutation sees it: already validated, namespace implied by the lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub name: String,
+    pub service_account: String,
+    pub role_arn: String,
+    pub audience: Option<String>,
+    pub region: Option<String>,
+    pub containers: Option<Vec<String>>,
+}
+
+impl Binding {
+    fn names(&self, container: &str) -> bool {
+        self.containers
+            .as_ref()
+            .is_some_and(|cs| cs.iter().any(|c| c == container))
+    }
+
+    fn covers(&self, container: &str) -> bool {
+        self.containers.is_none() || self.names(container)
+    }
+}
+
+/// How the agent runs next to the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SidecarMode {
+    /// Kubernetes ≥ 1.29 native sidecar: an init container with `restartPolicy: Always`.
+    Native,
+    /// Older clusters: a one-shot init container plus a regular sidecar container.
+    Legacy,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub agent_image: String,
+    pub agent_image_pull_policy: String,
+    pub sidecar_mode: SidecarMode,
+    pub default_audience: String,
+    /// Pods in this namespace (the webhook's own) are never mutated, so the webhook can always
+    /// start even when it is broken.
+    pub own_namespace: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            agent_image: "ghcr.io/rolebridge/rolebridge-agent:0.1.0".into(),
+            agent_image_pull_policy: "IfNotPresent".into(),
+            sidecar_mode: SidecarMode::Native,
+            default_audience: "sts.amazonaws.com".into(),
+            own_namespace: None,
+        }
+    }
+}
+
+/// Why a pod was passed through unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    OwnNamespace,
+    NoBinding,
+    OptedOut,
+    Windows,
+    NoContainerCovered,
+    AlreadyInjected,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Mutated,
+    Skipped(Skip),
+}
+
+/// The result for an admitted pod. `patch` is empty unless `outcome` is `Mutated`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mutation {
+    pub outcome: Outcome,
+    pub patch: Vec<PatchOperation>,
+    pub warnings: Vec<String>,
+}
+
+/// A policy violation: the pod must be rejected with this message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Denial {
+    pub message: String,
+}
+
+/// The token file for an audience. Readable names for ordinary audiences; anything that is not
+/// a safe file name gets sanitised plus a hash, so two audiences can never share a file and a
+/// path never contains `=` (the agent's `--token PATH=AUDIENCE` splits on the first `=`).
+pub fn token_path(audience: &str) -> String {
+    let sanitized: String = audience
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    if sanitized == audience && !audience.starts_with('.') {
+        format!("{TOKEN_MOUNT_PATH}/{audience}.token")
+    } else {
+        format!("{TOKEN_MOUNT_PATH}/{sanitized}-{:08x}.token", fnv1a(audience))
+    }
+}
+
+/// FNV-1a: stable across releases and platforms (unlike `DefaultHasher`), which matters
+/// because the path is baked into pods and must be the same on every replica and version.
+fn fnv1a(s: &str) -> u32 {
+    s.bytes()
+        .fold(0x811c_9dc5, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+fn ptr(tokens: &[&str]) -> PointerBuf {
+    PointerBuf::from_tokens(tokens.iter().copied())
+}
+
+fn add(tokens: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: ptr(tokens),
+        value,
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Init,
+    App,
+}
+
+impl Kind {
+    fn field(self) -> &'static str {
+        match self {
+            Kind::Init => "initContainers",
+            Kind::App => "containers",
+        }
+    }
+}
+
+/// A container that will get a role.
+struct Planned<'p, 'b> {
+    kind: Kind,
+    index: usize,
+    container: &'p ContainerView<'p>,
+    binding: &'b Binding,
+    token_path: String,
+}
+
+fn is_agent(name: &str) -> bool {
+    name == AGENT_CONTAINER || name == AGENT_INIT_CONTAINER
+}
+
+fn warn(warnings: &mut Vec<String>, msg: String) {
+    warnings.push(format!("rolebridge: {msg}"));
+}
+
+/// Computes the patch for a pod. `bindings` are the bindings of the pod's service account in
+/// its namespace (what the cache returns for `(namespace, pod.service_account())`).
+pub fn mutate(
+    pod: &PodView<'_>,
+    namespace: &str,
+    bindings: &[Binding],
+    cfg: &Config,
+) -> Result<Mutation, Denial> {
+    let mut warnings = Vec::new();
+    let skip = |why, warnings| {
+        Ok(Mutation {
+            outcome: Outcome::Skipped(why),
+            patch: Vec::new(),
+            warnings,
+        })
+    };
+    if cfg.own_namespace.as_deref() == Some(namespace) {
+        return skip(Skip::OwnNamespace, warnings);
+    }
+    if bindings.is_empty() {
+        return skip(Skip::NoBinding, warnings);
+    }
+    let sa = pod.service_account();
+    let binding_list = || {
+        let mut s = String::new();
+        for (i, b) in bindings.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            let _ = write!(s, "{sep}{} ({})", b.name, b.role_arn);
+        }
+        s
+    };
+
+    match pod.annotation(ANNOTATION_INJECT).map(str::trim) {
+        Some("false" | "False" | "disabled") => {
+            warn(
+                &mut warnings,
+                format!(
+                    "injection disabled by annotation {ANNOTATION_INJECT}; service account {sa:?} is bound to {}, but this pod gets no AWS credentials from rolebridge",
+                    binding_list()
+                ),
+            );
+            return skip(Skip::OptedOut, warnings);
+        }
+        None | Some("true" | "True" | "enabled" | "") => {}
+        Some(other) => warn(
+            &mut warnings,
+            format!("annotation {ANNOTATION_INJECT}={other:?} is not understood (use \"false\" to opt out); injecting as usual"),
+        ),
+    }
+
+    if pod
+        .spec
+        .os
+        .as_ref()
+        .is_some_and(|os| os.name.as_str() == "windows")
+    {
+        warn(
+            &mut warnings,
+            "Windows pods are not supported (the agent is a Linux container); this pod gets no AWS credentials from rolebridge".into(),
+        );
+        return skip(Skip::Windows, warnings);
+    }
+
+    let chosen_role = pod
+        .annotation(ANNOTATION_ROLE)
+        .map(str::trim)
+        .filter(|r| !r.is_empty());
+    if let Some(role) = chosen_role
+        && !bindings.iter().any(|b| b.name == role)
+    {
+        return Err(Denial {
+            message: format!(
+                "rolebridge: annotation {ANNOTATION_ROLE}={role:?} names no AWSRoleBinding of service account {sa:?} in namespace {namespace:?}; an annotation cannot grant a role that is not bound. Bindings of this service account: {}. Set the annotation to one of these names or remove it.",
+                binding_list()
+            ),
+        });
+    }
+
+    let skip_list: Vec<&str> = pod
+        .annotation(ANNOTATION_SKIP_CONTAINERS)
+        .map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default();
+
+    let init = pod.spec.init_containers.as_deref().unwrap_or_default();
+    let app = pod.spec.containers.as_deref().unwrap_or_default();
+    let all = || {
+        init.iter()
+            .enumerate()
+            .map(|(i, c)| (Kind::Init, i, c))
+            .chain(app.iter().enumerate().map(|(i, c)| (Kind::App, i, c)))
+    };
+
+    for s in &skip_list {
+        if !all().any(|(_, _, c)| c.name.as_str() == *s) {
+            warn(
+                &mut warnings,
+                format!("{ANNOTATION_SKIP_CONTAINERS} names {s:?}, which is not a container of this pod"),
+            );
+        }
+    }
+
+    let default_audience = cfg.default_audience.as_str();
+    let mut planned: Vec<Planned> = Vec::new();
+    let mut conflicts: Vec<String> = Vec::new();
+    for (kind, index, c) in all() {
+        let name = c.name.as_str();
+        if is_agent(name) || skip_list.contains(&name) {
+            continue;
+        }
+        let candidates: Vec<&Binding> = bindings.iter().filter(|b| b.covers(name)).collect();
+        if candidates.is_empty() {
+            continue;
+        }
+        // A binding that names the container outranks one that covers all containers; the
+        // annotation only chooses within the winning tier (it must not take a container away
+        // from the binding written for it).
+        let specific: Vec<&Binding> = candidates.iter().copied().filter(|b| b.names(name)).collect();
+        let tier = if specific.is_empty() { candidates } else { specific };
+        let binding = match tier.as_slice() {
+            [only] => *only,
+            _ => match chosen_role.and_then(|r| tier.iter().find(|b| b.name == r)) {
+                Some(b) => *b,
+                None => {
+                    let names: Vec<&str> = tier.iter().map(|b| b.name.as_str()).collect();
+                    conflicts.push(format!("container {name:?} is covered by bindings {}", names.join(" and ")));
+                    continue;
+                }
+            },
+        };
+        let audience = binding.audience.as_deref().unwrap_or(default_audience);
+        let path = token_path(audience);
+
+        let role_var = c.env_var(ENV_ROLE_ARN);
+        let file_var = c.env_var(ENV_TOKEN_FILE);
+        let ours = |v: Option<&crate::pod::EnvView>, want: &str| {
+            v.is_some_and(|e| e.value_from.is_none() && e.value.as_ref().is_some_and(|x| x.as_str() == want))
+        };
+        if (role_var.is_some() || file_var.is_some())
+            && !(ours(role_var, &binding.role_arn) && ours(file_var, &path))
+        {
+            warn(
+                &mut warnings,
+                format!(
+                    "container {name:?} sets {ENV_ROLE_ARN} or {ENV_TOKEN_FILE} itself, so rolebridge left it alone (binding {:?} not applied to it)",
+                    binding.name
+                ),
+            );
+            continue;
+        }
+        if c.volume_mounts.as_deref().unwrap_or_default().iter().any(|m| {
+            m.mount_path.as_str().trim_end_matches('/') == TOKEN_MOUNT_PATH
+                && m.name.as_str() != TOKEN_VOLUME
+        }) {
+            warn(
+                &mut warnings,
+                format!("container {name:?} already mounts something at {TOKEN_MOUNT_PATH}, so rolebridge left it alone (binding {:?} not applied to it)", binding.name),
+            );
+            continue;
+        }
+        if c.env_var("AWS_ACCESS_KEY_ID").is_some() {
+            warn(
+                &mut warnings,
+                format!(
+                    "container {name:?} sets AWS_ACCESS_KEY_ID; AWS SDKs prefer static keys over web identity, so role {} will not be used by it",
+                    binding.role_arn
+                ),
+            );
+        }
+        planned.push(Planned {
+            kind,
+            index,
+            container: c,
+            binding,
+            token_path: path,
+        });
+    }
+
+    if !conflicts.is_empty() {
+        return Err(Denial {
+            message: format!(
+                "rolebridge: {} for service account {sa:?} in namespace {namespace:?}, and nothing chooses between them. Resolve it: annotate the pod (template) with {ANNOTATION_ROLE}: <binding name>, or list the containers each binding is for in its spec.containers, or delete the extra binding.",
+                conflicts.join("; ")
+            ),
+        });
+    }
+
+    if planned.is_empty() {
+        warn(
+            &mut warnings,
+            format!(
+                "service account {sa:?} is bound to {}, but no container of this pod is covered, so it gets no AWS credentials from rolebridge",
+                binding_list()
+            ),
+        );
+        return skip(Skip::NoContainerCovered, warnings);
+    }
+
+    let mut patch = Vec::new();
+    let session_name = session_name_env(pod);
+    for p in &planned {
+        container_ops(&mut patch, p, &session_name);
+    }
+
+    let audiences: BTreeSet<(&str, &str)> = planned
+        .iter()
+        .map(|p| {
+            (
+                p.token_path.as_str(),
+                p.binding.audience.as_deref().unwrap_or(default_audience),
+            )
+        })
+        .collect();
+    let tokens: Vec<String> = audiences
+        .iter()
+        .map(|(path, aud)| format!("{path}={aud}"))
+        .collect();
+
+    let has_volume = pod
+        .spec
+        .volumes
+        .as_deref()
+        .is_some_and(|v| v.iter().any(|v| v.name.as_str() == TOKEN_VOLUME));
+    if !has_volume {
+        let volume = json!({
+            "name": TOKEN_VOLUME,
+            "emptyDir": {"medium": "Memory", "sizeLimit": TOKEN_VOLUME_SIZE_LIMIT},
+        });
+        patch.push(append(pod.spec.volumes.is_some(), &["spec", "volumes"], volume));
+    }
+
+    agent_ops(&mut patch, &mut warnings, pod, cfg, &tokens);
+
+    let mut applied = String::new();
+    for (i, p) in planned.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        let _ = write!(applied, "{sep}{}={}", p.container.name.as_str(), p.binding.name);
+    }
+    match &pod.metadata.annotations {
+        None => patch.push(add(
+            &["metadata", "annotations"],
+            json!({ ANNOTATION_APPLIED: applied }),
+        )),
+        Some(a) if a.get(ANNOTATION_APPLIED) != Some(applied.as_str()) => patch.push(add(
+            &["metadata", "annotations", ANNOTATION_APPLIED],
+            Value::String(applied),
+        )),
+        Some(_) => {}
+    }
+
+    let outcome = if patch.is_empty() {
+        Outcome::Skipped(Skip::AlreadyInjected)
+    } else {
+        Outcome::Mutated
+    };
+    Ok(Mutation {
+        outcome,
+        patch,
+        warnings,
+    })
+}
+
+/// `add` to the end of an array, or create the array when the pod has none (JSON patch cannot
+/// append to a missing array).
+fn append(exists: bool, tokens: &[&str], item: Value) -> PatchOperation {
+    if exists {
+        let mut t = tokens.to_vec();
+        t.push("-");
+        add(&t, item)
+    } else {
+        add(tokens, Value::Array(vec![item]))
+    }
+}
+
+/// `AWS_ROLE_SESSION_NAME` shows in CloudTrail which pod acted. The downward API resolves the
+/// final name at container start (a `generateName` pod has no name yet at admission; generated
+/// names are at most 63 characters). An explicit name outside STS's 2..=64 would make every
+/// AssumeRoleWithWebIdentity fail, so such pods get a fixed, valid session name instead.
+fn session_name_env(pod: &PodView<'_>) -> Value {
+    match pod.metadata.name.as_ref().map(|n| n.as_str()) {
+        Some(n) if !n.is_empty() && !(2..=SESSION_NAME_MAX).contains(&n.len()) => {
+            let mut v: String = n.chars().take(SESSION_NAME_MAX).collect();
+            if v.len() < 2 {
+                v.push_str("-pod");
+            }
+            json!({"name": ENV_SESSION_NAME, "value": v})
+        }
+        _ => json!({
+            "name": ENV_SESSION_NAME,
+            "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
+        }),
+    }
+}
+
+fn container_ops(patch: &mut Vec<PatchOperation>, p: &Planned, session_name: &Value) {
+    let c = p.container;
+    let idx = p.index.to_string();
+    let base = ["spec", p.kind.field(), idx.as_str()];
+    let b = p.binding;
+
+    let mut env: Vec<Value> = vec![
+        json!({"name": ENV_ROLE_ARN, "value": b.role_arn}),
+        json!({"name": ENV_TOKEN_FILE, "value": p.token_path}),
+        session_name.clone(),
+    ];
+    if let Some(region) = &b.region {
+        env.push(json!({"name": ENV_REGION, "value": region}));
+        env.push(json!({"name": ENV_DEFAULT_REGION, "value": region}));
+        env.push(json!({"name": ENV_STS_REGIONAL, "value": "regional"}));
+    }
+    // A variable the container already defines is the user's (or ours from an earlier pass).
+    env.retain(|e| c.env_var(e["name"].as_str().unwrap_or_default()).is_none());
+    if !env.is_empty() {
+        if c.env.is_some() {
+            for e in env {
+                patch.push(add(&[base[0], base[1], base[2], "env", "-"], e));
+            }
+        } else {
+            patch.push(add(&[base[0], base[1], base[2], "env"], Value::Array(env)));
+        }
+    }
+
+    let mounted = c
+        .volume_mounts
+        .as_deref()
+        .is_some_and(|m| m.iter().any(|m| m.name.as_str() == TOKEN_VOLUME));
+    if !mounted {
+        let mount = json!({"name": TOKEN_VOLUME, "mountPath": TOKEN_MOUNT_PATH, "readOnly": true});
+        patch.push(append(
+            c.volume_mounts.is_some(),
+            &[base[0], base[1], base[2], "volumeMounts"],
+            mount,
+        ));
+    }
+}
+
+fn security_context() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": AGENT_UID,
+        "runAsGroup": AGENT_UID,
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+fn agent_container(name: &str, cfg: &Config, subcommand: &str, tokens: &[String]) -> Value {
+    let mut args = vec![subcommand.to_owned()];
+    for t in tokens {
+        args.push("--token".into());
+        args.push(t.clone());
+    }
+    json!({
+        "name": name,
+        "image": cfg.agent_image,
+        "imagePullPolicy": cfg.agent_image_pull_policy,
+        "args": args,
+        "resources": {
+            "requests": {"cpu": "5m", "memory": "8Mi"},
+            "limits": {"cpu": "100m", "memory": "32Mi"},
+        },
+        "securityContext": security_context(),
+        "volumeMounts": [{"name": TOKEN_VOLUME, "mountPath": TOKEN_MOUNT_PATH}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    })
+}
+
+fn check_probe(tokens: &[String], period: u32, failures: u32) -> Value {
+    let mut command = vec![AGENT_BINARY.to_owned(), "check".to_owned()];
+    for t in tokens {
+        command.push("--token".into());
+        command.push(t.clone());
+    }
+    json!({
+        "exec": {"command": command},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 5,
+    })
+}
+
+fn agent_ops(
+    patch: &mut Vec<PatchOperation>,
+    warnings: &mut Vec<String>,
+    pod: &PodView<'_>,
+    cfg: &Config,
+    tokens: &[String],
+) {
+    let init = pod.spec.init_containers.as_deref();
+    let app = pod.spec.containers.as_deref();
+    let existing: Vec<&ContainerView> = init
+        .unwrap_or_default()
+        .iter()
+        .chain(app.unwrap_or_default())
+        .filter(|c| is_agent(c.name.as_str()))
+        .collect();
+    if !existing.is_empty() {
+        // Injected earlier (reinvocation, or a pod built from an injected manifest). Its
+        // arguments cannot be changed by an `add`, so only report what it is missing.
+        for t in tokens {
+            let served = existing.iter().any(|c| {
+                c.args
+                    .as_deref()
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|a| a.as_str() == t)
+            });
+            if !served {
+                warn(
+                    warnings,
+                    format!("the agent container already in this pod does not serve token {t}; recreate the pod from its un-injected spec"),
+                );
+            }
+        }
+        return;
+    }
+
+    match cfg.sidecar_mode {
+        SidecarMode::Native => {
+            let mut agent = agent_container(AGENT_CONTAINER, cfg, "run", tokens);
+            agent["restartPolicy"] = json!("Always");
+            // The kubelet starts the next init container and the app only once this succeeds,
+            // i.e. once every token file holds a valid token.
+            agent["startupProbe"] = check_probe(tokens, 1, 120);
+            agent["livenessProbe"] = check_probe(tokens, 30, 4);
+            patch.push(insert_first(init.is_some(), agent));
+        }
+        SidecarMode::Legacy => {
+            let first = agent_container(AGENT_INIT_CONTAINER, cfg, "init", tokens);
+            let mut sidecar = agent_container(AGENT_CONTAINER, cfg, "run", tokens);
+            sidecar["livenessProbe"] = check_probe(tokens, 30, 4);
+            patch.push(append(app.is_some(), &["spec", "containers"], sidecar));
+            patch.push(insert_first(init.is_some(), first));
+            let owned_by_job = pod
+                .metadata
+                .owner_references
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .any(|o| o.kind.as_str() == "Job");
+            if owned_by_job {
+                warn(
+                    warnings,
+                    "legacy sidecar mode: the agent container keeps running, so this Job's pod will not complete on its own; use a cluster ≥ 1.29 with --sidecar-mode native".into(),
+                );
+            }
+        }
+    }
+}
+
+fn insert_first(exists: bool, item: Value) -> PatchOperation {
+    if exists {
+        add(&["spec", "initContainers", "0"], item)
+    } else {
+        add(&["spec", "initContainers"], Value::Array(vec![item]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_paths_are_readable_distinct_and_have_no_equals_sign() {
+        assert_eq!(
+            token_path("sts.amazonaws.com"),
+            "/var/run/secrets/rolebridge.io/sts.amazonaws.com.token"
+        );
+        let a = token_path("https://example.com/aws?x=1");
+        let b = token_path("https___example.com_aws_x_1");
+        assert_ne!(a, b);
+        assert!(!a.contains('='), "{a}");
+        assert!(token_path(&"x".repeat(500)).len() < 160);
+        assert_ne!(token_path(".."), format!("{TOKEN_MOUNT_PATH}/...token"));
+        assert!(!token_path("../etc").contains("/../"));
+    }
+
+    #[test]
+    fn fnv_is_stable() {
+        assert_eq!(fnv1a(""), 0x811c_9dc5);
+        assert_eq!(fnv1a("a"), 0xe40c_292c);
+    }
+}

@@ -1,0 +1,258 @@
+//! A read-only, borrowed view of the few pod fields the mutation looks at.
+//!
+//! The pod is never deserialised into `k8s_openapi::api::core::v1::Pod`: that would cost a
+//! full parse and allocation of every field (managedFields alone are kilobytes), and anything
+//! newer than our k8s-openapi could be lost if it were ever re-serialised. Instead serde reads
+//! just these fields, borrowing strings from the request body where JSON escaping allows, and
+//! skips everything else. The patch is then built as targeted `add` operations against the raw
+//! document, so fields this view does not know survive untouched.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+
+/// The prefix of every annotation rolebridge reads or writes.
+pub const ANNOTATION_PREFIX: &str = "rolebridge.io/";
+
+/// A string borrowed from the input where possible (serde only borrows `Cow` directly inside
+/// a field marked `borrow`, not inside collections, hence this wrapper).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Str<'a>(pub Cow<'a, str>);
+
+impl Str<'_> {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Str<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The parts of a Pod the mutation needs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct PodView<'a> {
+    #[serde(borrow)]
+    pub metadata: MetaView<'a>,
+    #[serde(borrow)]
+    pub spec: SpecView<'a>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct MetaView<'a> {
+    #[serde(borrow)]
+    pub name: Option<Str<'a>>,
+    #[serde(borrow)]
+    pub generate_name: Option<Str<'a>>,
+    #[serde(borrow)]
+    pub namespace: Option<Str<'a>>,
+    /// `None` when the pod has no (or a null) annotations map: the patch must then add the
+    /// whole map rather than a member of it.
+    #[serde(borrow)]
+    pub annotations: Option<Annotations<'a>>,
+    #[serde(borrow)]
+    pub owner_references: Option<Vec<OwnerRefView<'a>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct OwnerRefView<'a> {
+    #[serde(borrow)]
+    pub kind: Str<'a>,
+}
+
+/// Only the `rolebridge.io/` annotations, which is all the mutation reads; the rest (often
+/// large, like `kubectl.kubernetes.io/last-applied-configuration`) is skipped unparsed.
+#[derive(Debug, Default)]
+pub struct Annotations<'a> {
+    pub ours: Vec<(Str<'a>, Str<'a>)>,
+}
+
+impl Annotations<'_> {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.ours
+            .iter()
+            .find(|(k, _)| k.as_str() == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Annotations<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Annotations<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of annotations")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut ours = Vec::new();
+                while let Some(key) = map.next_key::<Str<'de>>()? {
+                    if key.as_str().starts_with(ANNOTATION_PREFIX) {
+                        ours.push((key, map.next_value::<Str<'de>>()?));
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(Annotations { ours })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SpecView<'a> {
+    #[serde(borrow)]
+    pub service_account_name: Option<Str<'a>>,
+    /// Deprecated alias of `serviceAccountName`, still honoured by the API server.
+    #[serde(borrow)]
+    pub service_account: Option<Str<'a>>,
+    #[serde(borrow)]
+    pub containers: Option<Vec<ContainerView<'a>>>,
+    #[serde(borrow)]
+    pub init_containers: Option<Vec<ContainerView<'a>>>,
+    #[serde(borrow)]
+    pub volumes: Option<Vec<NamedView<'a>>>,
+    #[serde(borrow)]
+    pub os: Option<OsView<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct OsView<'a> {
+    #[serde(borrow)]
+    pub name: Str<'a>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct NamedView<'a> {
+    #[serde(borrow)]
+    pub name: Str<'a>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ContainerView<'a> {
+    #[serde(borrow)]
+    pub name: Str<'a>,
+    #[serde(borrow)]
+    pub args: Option<Vec<Str<'a>>>,
+    #[serde(borrow)]
+    pub env: Option<Vec<EnvView<'a>>>,
+    #[serde(borrow)]
+    pub volume_mounts: Option<Vec<MountView<'a>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct EnvView<'a> {
+    #[serde(borrow)]
+    pub name: Str<'a>,
+    #[serde(borrow)]
+    pub value: Option<Str<'a>>,
+    pub value_from: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct MountView<'a> {
+    #[serde(borrow)]
+    pub name: Str<'a>,
+    #[serde(borrow)]
+    pub mount_path: Str<'a>,
+}
+
+impl<'a> PodView<'a> {
+    /// Reads the view from a pod's raw JSON.
+    pub fn from_json(json: &'a str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    /// The service account the pod runs as; the API server's ServiceAccount admission plugin
+    /// has normally filled it in before webhooks run, but an empty one means `default`.
+    pub fn service_account(&self) -> &str {
+        [&self.spec.service_account_name, &self.spec.service_account]
+            .into_iter()
+            .flatten()
+            .map(Str::as_str)
+            .find(|s| !s.is_empty())
+            .unwrap_or("default")
+    }
+
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.metadata.annotations.as_ref()?.get(key)
+    }
+}
+
+impl ContainerView<'_> {
+    pub fn env_var(&self, name: &str) -> Option<&EnvView<'_>> {
+        self.env.as_deref()?.iter().find(|e| e.name.as_str() == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn borrows_plain_strings_and_unescapes_others() {
+        let json = r#"{"metadata":{"name":"a\u0062c","annotations":{"x/y":{"nested":1},"rolebridge.io/role":"r"}},
+            "spec":{"containers":[{"name":"app","env":[{"name":"A","valueFrom":{"fieldRef":{}}}]}],"futureField":[1,2]}}"#;
+        let pod = PodView::from_json(json).unwrap();
+        assert_eq!(pod.metadata.name.as_ref().unwrap().as_str(), "abc");
+        assert!(matches!(pod.metadata.name.as_ref().unwrap().0, Cow::Owned(_)));
+        let c = &pod.spec.containers.as_ref().unwrap()[0];
+        assert!(matches!(c.name.0, Cow::Borrowed(_)));
+        assert!(c.env_var("A").unwrap().value_from.is_some());
+        assert_eq!(pod.annotation("rolebridge.io/role"), Some("r"));
+        assert_eq!(pod.service_account(), "default");
+    }
+
+    #[test]
+    fn nulls_read_as_absent() {
+        let pod = PodView::from_json(
+            r#"{"metadata":{"annotations":null},"spec":{"initContainers":null,"volumes":null,"serviceAccountName":""}}"#,
+        )
+        .unwrap();
+        assert!(pod.metadata.annotations.is_none());
+        assert!(pod.spec.init_containers.is_none());
+        assert!(pod.spec.volumes.is_none());
+    }
+
+    #[test]
+    fn deprecated_service_account_field() {
+        let pod = PodView::from_json(r#"{"spec":{"serviceAccount":"legacy"}}"#).unwrap();
+        assert_eq!(pod.service_account(), "legacy");
+    }
+}

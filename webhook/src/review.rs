@@ -1,0 +1,346 @@
+//! AdmissionReview v1 in and out, around the pure mutation.
+//!
+//! The review is read with borrowed, partial serde structs: the pod stays a `RawValue` until
+//! [`PodView`] picks out the few fields the mutation needs. The response is written by hand
+//! with the `patch` base64-encoded, as the `[]byte` field of the Kubernetes API requires.
+//!
+//! Nothing here returns an HTTP error for bad input: a body that is not a readable review gets
+//! an AdmissionReview whose response is `allowed: false` with a 400 status (an `invalid`
+//! response), so the API server reports a clear message instead of "webhook returned 500".
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::mutate::{self, Binding, Config, Mutation, Outcome};
+use crate::pod::{PodView, Str};
+
+const V1: &str = "admission.k8s.io/v1";
+const V1BETA1: &str = "admission.k8s.io/v1beta1";
+
+#[derive(Deserialize)]
+struct ReviewIn<'a> {
+    #[serde(borrow, rename = "apiVersion")]
+    api_version: Option<Str<'a>>,
+    #[serde(borrow)]
+    kind: Option<Str<'a>>,
+    #[serde(borrow)]
+    request: Option<RequestIn<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestIn<'a> {
+    #[serde(borrow)]
+    uid: Str<'a>,
+    #[serde(borrow, default)]
+    resource: Option<ResourceIn<'a>>,
+    #[serde(borrow, default)]
+    sub_resource: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    namespace: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    operation: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    object: Option<&'a RawValue>,
+    #[serde(default)]
+    dry_run: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct ResourceIn<'a> {
+    #[serde(borrow, default)]
+    group: Str<'a>,
+    #[serde(borrow, default)]
+    resource: Str<'a>,
+}
+
+/// A review that asks about a pod being created: the only kind the webhook changes.
+pub struct PodReview<'a> {
+    api_version: &'static str,
+    pub uid: Str<'a>,
+    pub namespace: String,
+    pub dry_run: bool,
+    pub pod: PodView<'a>,
+}
+
+/// What [`parse`] found.
+pub enum Parsed<'a> {
+    /// A pod CREATE: look up its bindings, then call [`PodReview::respond`].
+    Pod(PodReview<'a>),
+    /// Anything else is allowed unchanged; the body is ready.
+    Done { body: Vec<u8>, outcome: AdmissionOutcome },
+}
+
+/// The metric label of an admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AdmissionOutcome {
+    Mutated,
+    Skipped,
+    Denied,
+    Error,
+}
+
+impl AdmissionOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdmissionOutcome::Mutated => "mutated",
+            AdmissionOutcome::Skipped => "skipped",
+            AdmissionOutcome::Denied => "denied",
+            AdmissionOutcome::Error => "error",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ReviewOut<'a> {
+    #[serde(rename = "apiVersion")]
+    api_version: &'a str,
+    kind: &'static str,
+    response: ResponseOut<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseOut<'a> {
+    uid: &'a str,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<StatusOut<'a>>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
+}
+
+#[derive(Serialize)]
+struct StatusOut<'a> {
+    status: &'static str,
+    code: u16,
+    reason: &'static str,
+    message: &'a str,
+}
+
+fn write(api_version: &str, response: ResponseOut<'_>) -> Vec<u8> {
+    serde_json::to_vec(&ReviewOut {
+        api_version,
+        kind: "AdmissionReview",
+        response,
+    })
+    .expect("a response of strings and bools always serialises")
+}
+
+fn allowed(api_version: &str, uid: &str) -> Vec<u8> {
+    write(
+        api_version,
+        ResponseOut {
+            uid,
+            allowed: true,
+            patch_type: None,
+            patch: None,
+            status: None,
+            warnings: &[],
+        },
+    )
+}
+
+/// The `invalid` response: the request could not be understood.
+pub fn invalid(uid: &str, message: &str) -> Vec<u8> {
+    write(
+        V1,
+        ResponseOut {
+            uid,
+            allowed: false,
+            patch_type: None,
+            patch: None,
+            status: Some(StatusOut {
+                status: "Failure",
+                code: 400,
+                reason: "BadRequest",
+                message,
+            }),
+            warnings: &[],
+        },
+    )
+}
+
+/// Reads a review body. Never fails: unreadable input yields a ready `invalid` body.
+pub fn parse(body: &[u8]) -> Parsed<'_> {
+    let error = |uid: &str, message: String| Parsed::Done {
+        body: invalid(uid, &format!("rolebridge: {message}")),
+        outcome: AdmissionOutcome::Error,
+    };
+    let review: ReviewIn = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return error("", format!("request body is not an AdmissionReview: {e}")),
+    };
+    let api_version = match review.api_version.as_ref().map(Str::as_str) {
+        Some(V1) => V1,
+        Some(V1BETA1) => V1BETA1,
+        other => {
+            return error(
+                "",
+                format!("unsupported AdmissionReview apiVersion {other:?}; want {V1:?}"),
+            );
+        }
+    };
+    if review.kind.as_ref().map(Str::as_str) != Some("AdmissionReview") {
+        return error("", "body kind is not AdmissionReview".into());
+    }
+    let Some(req) = review.request else {
+        return error("", "AdmissionReview has no request".into());
+    };
+    let is_pod = req
+        .resource
+        .as_ref()
+        .is_some_and(|r| r.group.as_str().is_empty() && r.resource.as_str() == "pods");
+    let is_create = req.operation.as_ref().map(Str::as_str) == Some("CREATE");
+    let sub = req.sub_resource.as_ref().is_some_and(|s| !s.as_str().is_empty());
+    if !is_pod || !is_create || sub {
+        return Parsed::Done {
+            body: allowed(api_version, req.uid.as_str()),
+            outcome: AdmissionOutcome::Skipped,
+        };
+    }
+    let Some(object) = req.object else {
+        return error(req.uid.as_str(), "pod CREATE review carries no object".into());
+    };
+    let pod = match PodView::from_json(object.get()) {
+        Ok(p) => p,
+        Err(e) => return error(req.uid.as_str(), format!("pod object does not parse: {e}")),
+    };
+    let namespace = req
+        .namespace
+        .as_ref()
+        .map(|s| s.as_str())
+        .filter(|s| !s.is_empty())
+        .or(pod.metadata.namespace.as_ref().map(Str::as_str))
+        .unwrap_or("default")
+        .to_owned();
+    Parsed::Pod(PodReview {
+        api_version,
+        uid: req.uid,
+        namespace,
+        dry_run: req.dry_run.unwrap_or(false),
+        pod,
+    })
+}
+
+impl PodReview<'_> {
+    pub fn service_account(&self) -> &str {
+        self.pod.service_account()
+    }
+
+    /// Runs the mutation and writes the response body.
+    pub fn respond(&self, bindings: &[Binding], cfg: &Config) -> (Vec<u8>, AdmissionOutcome) {
+        let uid = self.uid.as_str();
+        match mutate::mutate(&self.pod, &self.namespace, bindings, cfg) {
+            Ok(Mutation {
+                outcome,
+                patch,
+                warnings,
+            }) => {
+                let (patch, label) = match outcome {
+                    Outcome::Mutated => {
+                        let json = serde_json::to_vec(&patch).expect("patch serialises");
+                        (
+                            Some(base64::engine::general_purpose::STANDARD.encode(json)),
+                            AdmissionOutcome::Mutated,
+                        )
+                    }
+                    Outcome::Skipped(_) => (None, AdmissionOutcome::Skipped),
+                };
+                let body = write(
+                    self.api_version,
+                    ResponseOut {
+                        uid,
+                        allowed: true,
+                        patch_type: patch.as_ref().map(|_| "JSONPatch"),
+                        patch,
+                        status: None,
+                        warnings: &warnings,
+                    },
+                );
+                (body, label)
+            }
+            Err(denial) => {
+                let body = write(
+                    self.api_version,
+                    ResponseOut {
+                        uid,
+                        allowed: false,
+                        patch_type: None,
+                        patch: None,
+                        status: Some(StatusOut {
+                            status: "Failure",
+                            code: 403,
+                            reason: "Forbidden",
+                            message: &denial.message,
+                        }),
+                        warnings: &[],
+                    },
+                );
+                (body, AdmissionOutcome::Denied)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn done(p: Parsed) -> (Value, AdmissionOutcome) {
+        match p {
+            Parsed::Done { body, outcome } => (serde_json::from_slice(&body).unwrap(), outcome),
+            Parsed::Pod(_) => panic!("expected a finished response"),
+        }
+    }
+
+    #[test]
+    fn garbage_is_invalid_not_an_error() {
+        for body in [&b""[..], b"{", b"[]", b"null", br#"{"kind":"AdmissionReview"}"#] {
+            let (v, o) = done(parse(body));
+            assert_eq!(o, AdmissionOutcome::Error);
+            assert_eq!(v["response"]["allowed"], false);
+            assert_eq!(v["response"]["status"]["code"], 400);
+            assert_eq!(v["kind"], "AdmissionReview");
+        }
+    }
+
+    #[test]
+    fn non_pod_create_is_allowed_unchanged() {
+        let review = |op: &str, resource: &str, sub: &str| {
+            json!({"apiVersion": V1, "kind": "AdmissionReview", "request": {
+                "uid": "u1", "operation": op, "subResource": sub,
+                "resource": {"group": "", "version": "v1", "resource": resource},
+                "object": {"spec": {}}}})
+            .to_string()
+        };
+        for body in [
+            review("UPDATE", "pods", ""),
+            review("CREATE", "configmaps", ""),
+            review("CREATE", "pods", "binding"),
+        ] {
+            let (v, o) = done(parse(body.as_bytes()));
+            assert_eq!(o, AdmissionOutcome::Skipped);
+            assert_eq!(v["response"], json!({"uid": "u1", "allowed": true}));
+        }
+    }
+
+    #[test]
+    fn unparseable_pod_keeps_uid() {
+        let body = json!({"apiVersion": V1, "kind": "AdmissionReview", "request": {
+            "uid": "u2", "operation": "CREATE",
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "object": {"spec": {"containers": "nope"}}}})
+        .to_string();
+        let (v, o) = done(parse(body.as_bytes()));
+        assert_eq!(o, AdmissionOutcome::Error);
+        assert_eq!(v["response"]["uid"], "u2");
+        assert_eq!(v["response"]["allowed"], false);
+    }
+}

@@ -1,0 +1,222 @@
+//! Binding status as a pure function of all bindings and what is known of service accounts.
+//!
+//! Conflicts are a property of the set, not of one object, so every binding's status is
+//! recomputed from the whole picture. The result is deterministic, and `lastTransitionTime` is
+//! carried over from the object's current status unless the condition's status flips, so two
+//! replicas computing it independently write the same thing and converge.
+
+use std::collections::HashMap;
+
+use crate::crd::{AWSRoleBindingStatus, Condition};
+use crate::mutate::Binding;
+
+pub const READY: &str = "Ready";
+pub const GSA_ANNOTATION: &str = "iam.gke.io/gcp-service-account";
+
+/// One binding as the controller sees it.
+pub struct BindingState<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub generation: Option<i64>,
+    /// The usable binding, or why its spec is invalid.
+    pub spec: Result<&'a Binding, &'a str>,
+    pub current: Option<&'a AWSRoleBindingStatus>,
+}
+
+/// What the cluster says about a service account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceAccountState {
+    Missing,
+    /// Exists without the `iam.gke.io/gcp-service-account` annotation.
+    NoWorkloadIdentity,
+    WorkloadIdentity(String),
+}
+
+/// Whether two bindings of one service account can tie on some container: both cover every
+/// container, or both name a common one. A binding that names a container beats one that
+/// covers all, so that pair never ties (the same rule as the mutation).
+pub fn overlaps(a: &Binding, b: &Binding) -> bool {
+    match (&a.containers, &b.containers) {
+        (None, None) => true,
+        (Some(x), Some(y)) => x.iter().any(|c| y.contains(c)),
+        _ => false,
+    }
+}
+
+/// The status each binding should have (index-aligned with `bindings`), or `None` where the
+/// current status is already right.
+pub fn desired(
+    bindings: &[BindingState<'_>],
+    service_account: impl Fn(&str, &str) -> ServiceAccountState,
+    now: &str,
+) -> Vec<Option<AWSRoleBindingStatus>> {
+    let mut groups: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+    for (i, b) in bindings.iter().enumerate() {
+        if let Ok(spec) = b.spec {
+            groups
+                .entry((b.namespace, spec.service_account.as_str()))
+                .or_default()
+                .push(i);
+        }
+    }
+    let mut conflicts: Vec<Vec<&str>> = vec![Vec::new(); bindings.len()];
+    for members in groups.values() {
+        for (k, &i) in members.iter().enumerate() {
+            for &j in &members[k + 1..] {
+                let (Ok(a), Ok(b)) = (bindings[i].spec, bindings[j].spec) else {
+                    continue;
+                };
+                if overlaps(a, b) {
+                    conflicts[i].push(bindings[j].name);
+                    conflicts[j].push(bindings[i].name);
+                }
+            }
+        }
+    }
+
+    bindings
+        .iter()
+        .zip(conflicts)
+        .map(|(b, mut conflicts)| {
+            conflicts.sort_unstable();
+            let (status, reason, message) = match b.spec {
+                Err(why) => ("False", "InvalidSpec", format!("{why}; pods of this service account are not injected by this binding")),
+                Ok(_) if !conflicts.is_empty() => (
+                    "False",
+                    "Conflict",
+                    format!(
+                        "conflicts with {} (same service account, overlapping containers): new pods are denied until you list distinct spec.containers, delete one binding, or annotate pods with rolebridge.io/role",
+                        conflicts.join(", ")
+                    ),
+                ),
+                Ok(spec) => match service_account(b.namespace, &spec.service_account) {
+                    ServiceAccountState::Missing => (
+                        "False",
+                        "ServiceAccountNotFound",
+                        format!("service account {}/{} does not exist", b.namespace, spec.service_account),
+                    ),
+                    ServiceAccountState::NoWorkloadIdentity => (
+                        "False",
+                        "WorkloadIdentityNotConfigured",
+                        format!(
+                            "service account {}/{} has no {GSA_ANNOTATION} annotation, so GKE Workload Identity cannot issue it a Google ID token: annotate it with the Google service account and grant that account roles/iam.workloadIdentityUser for this Kubernetes service account",
+                            b.namespace, spec.service_account
+                        ),
+                    ),
+                    ServiceAccountState::WorkloadIdentity(gsa) => (
+                        "True",
+                        "Bound",
+                        format!("pods of service account {} act as {} through Google service account {gsa}", spec.service_account, spec.role_arn),
+                    ),
+                },
+            };
+            let previous = b
+                .current
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
+            let last_transition_time = match previous {
+                Some(p) if p.status == status => p.last_transition_time.clone(),
+                _ => now.to_owned(),
+            };
+            let want = AWSRoleBindingStatus {
+                conditions: vec![Condition {
+                    type_: READY.into(),
+                    status: status.into(),
+                    reason: reason.into(),
+                    message,
+                    last_transition_time,
+                    observed_generation: b.generation,
+                }],
+                observed_generation: b.generation,
+            };
+            (b.current != Some(&want)).then_some(want)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(name: &str, sa: &str, containers: Option<&[&str]>) -> Binding {
+        Binding {
+            name: name.into(),
+            service_account: sa.into(),
+            role_arn: "arn:aws:iam::123456789012:role/x".into(),
+            audience: None,
+            region: None,
+            containers: containers.map(|c| c.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    fn state<'a>(name: &'a str, b: &'a Binding) -> BindingState<'a> {
+        BindingState {
+            namespace: "ns",
+            name,
+            generation: Some(1),
+            spec: Ok(b),
+            current: None,
+        }
+    }
+
+    fn reason(s: &Option<AWSRoleBindingStatus>) -> &str {
+        &s.as_ref().unwrap().conditions[0].reason
+    }
+
+    #[test]
+    fn conflicts_are_reported_on_both_sides() {
+        let a = binding("a", "sa", None);
+        let b = binding("b", "sa", None);
+        let c = binding("c", "other", None);
+        let states = [state("a", &a), state("b", &b), state("c", &c)];
+        let out = desired(&states, |_, _| ServiceAccountState::WorkloadIdentity("g@p.iam.gserviceaccount.com".into()), "t0");
+        assert_eq!(reason(&out[0]), "Conflict");
+        assert!(out[0].as_ref().unwrap().conditions[0].message.contains("conflicts with b"));
+        assert_eq!(reason(&out[1]), "Conflict");
+        assert_eq!(reason(&out[2]), "Bound");
+    }
+
+    #[test]
+    fn specific_beats_catch_all_and_disjoint_lists_do_not_conflict() {
+        let all = binding("all", "sa", None);
+        let x = binding("x", "sa", Some(&["app"]));
+        let y = binding("y", "sa", Some(&["sidecar"]));
+        let z = binding("z", "sa", Some(&["sidecar", "other"]));
+        assert!(!overlaps(&all, &x));
+        assert!(!overlaps(&x, &y));
+        assert!(overlaps(&y, &z));
+    }
+
+    #[test]
+    fn service_account_problems_and_stable_transition_time() {
+        let a = binding("a", "sa", None);
+        let out = desired(&[state("a", &a)], |_, _| ServiceAccountState::Missing, "t0");
+        assert_eq!(reason(&out[0]), "ServiceAccountNotFound");
+        let out = desired(&[state("a", &a)], |_, _| ServiceAccountState::NoWorkloadIdentity, "t0");
+        assert_eq!(reason(&out[0]), "WorkloadIdentityNotConfigured");
+        let current = out[0].clone().unwrap();
+        // Same inputs later: nothing to write.
+        let mut s = state("a", &a);
+        s.current = Some(&current);
+        let again = desired(&[s], |_, _| ServiceAccountState::NoWorkloadIdentity, "t1");
+        assert_eq!(again, vec![None]);
+        // A change of reason with the same status keeps the transition time.
+        let mut s = state("a", &a);
+        s.current = Some(&current);
+        let moved = desired(&[s], |_, _| ServiceAccountState::Missing, "t2");
+        assert_eq!(moved[0].as_ref().unwrap().conditions[0].last_transition_time, "t0");
+    }
+
+    #[test]
+    fn invalid_spec() {
+        let states = [BindingState {
+            namespace: "ns",
+            name: "bad",
+            generation: Some(3),
+            spec: Err("roleArn \"x\" is not an IAM role ARN"),
+            current: None,
+        }];
+        let out = desired(&states, |_, _| ServiceAccountState::Missing, "t0");
+        assert_eq!(reason(&out[0]), "InvalidSpec");
+        assert_eq!(out[0].as_ref().unwrap().observed_generation, Some(3));
+    }
+}
