@@ -46,6 +46,7 @@ fi
 
 name=$(basename "$bin")
 mkdir -p "$dest/etc/ssl/certs"
+chmod 0755 "$dest" "$dest/etc" "$dest/etc/ssl" "$dest/etc/ssl/certs"
 cp "$bin" "$dest/$name"
 chmod 0555 "$dest/$name"
 cp "$ca" "$dest/etc/ssl/certs/ca-certificates.crt"

@@ -52,7 +52,9 @@ pub struct Jitter(u64);
 
 impl Jitter {
     pub fn seeded(salt: u64) -> Self {
-        let seed = (now_ms() as u64) ^ ((std::process::id() as u64) << 32) ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let seed = (now_ms() as u64)
+            ^ ((std::process::id() as u64) << 32)
+            ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         Jitter(seed | 1)
     }
 
@@ -67,7 +69,11 @@ impl Jitter {
 }
 
 /// Fetch one token and write it atomically.
-pub async fn refresh_once(cfg: &Config, spec: &TokenSpec, timeout: Duration) -> Result<Claims, RefreshError> {
+pub async fn refresh_once(
+    cfg: &Config,
+    spec: &TokenSpec,
+    timeout: Duration,
+) -> Result<Claims, RefreshError> {
     let token = metadata::fetch_token(&cfg.endpoint, &spec.audience, timeout, now_s).await?;
     writer::write_atomic(&spec.path, token.jwt.as_bytes(), TOKEN_MODE)?;
     Ok(token.claims)
@@ -92,7 +98,12 @@ pub async fn keep_fresh(cfg: Arc<Config>, spec: TokenSpec, mut jitter: Jitter) {
     // than racing to replace it, and clear out anything that is not valid.
     let mut current: Option<Claims> = match read_valid(&spec.path, aud, now_s()) {
         Ok(Some(c)) => {
-            info!(path, audience = aud, exp = c.exp, "reusing valid token already on disk");
+            info!(
+                path,
+                audience = aud,
+                exp = c.exp,
+                "reusing valid token already on disk"
+            );
             Some(c)
         }
         Ok(None) => None,
@@ -118,14 +129,25 @@ pub async fn keep_fresh(cfg: Arc<Config>, spec: TokenSpec, mut jitter: Jitter) {
             && c.exp.saturating_mul(1000) <= now_ms()
         {
             match writer::remove(&spec.path) {
-                Ok(()) => warn!(path, audience = aud, exp = c.exp, "token expired during outage; file removed"),
+                Ok(()) => warn!(
+                    path,
+                    audience = aud,
+                    exp = c.exp,
+                    "token expired during outage; file removed"
+                ),
                 Err(e) => warn!(path, error = %e, "cannot remove expired token file"),
             }
             current = None;
         }
         match refresh_once(&cfg, &spec, cfg.request_timeout).await {
             Ok(claims) => {
-                delay = schedule::next_refresh(&cfg.policy, claims.iat, claims.exp, now_ms(), jitter.next());
+                delay = schedule::next_refresh(
+                    &cfg.policy,
+                    claims.iat,
+                    claims.exp,
+                    now_ms(),
+                    jitter.next(),
+                );
                 info!(
                     path,
                     audience = aud,
@@ -168,13 +190,24 @@ pub struct InitError(pub Vec<InitFailure>);
 
 fn format_failures(f: &[InitFailure]) -> String {
     f.iter()
-        .map(|f| format!("{} (audience {}): {}", f.spec.path.display(), f.spec.audience, f.error))
+        .map(|f| {
+            format!(
+                "{} (audience {}): {}",
+                f.spec.path.display(),
+                f.spec.audience,
+                f.error
+            )
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
 
 /// Write every token once, retrying each with backoff until `deadline` has passed.
-pub async fn init(cfg: Arc<Config>, specs: Vec<TokenSpec>, deadline: Duration) -> Result<(), InitError> {
+pub async fn init(
+    cfg: Arc<Config>,
+    specs: Vec<TokenSpec>,
+    deadline: Duration,
+) -> Result<(), InitError> {
     let until = tokio::time::Instant::now() + deadline;
     let mut set = tokio::task::JoinSet::new();
     for (i, spec) in specs.into_iter().enumerate() {
@@ -213,7 +246,11 @@ pub async fn init(cfg: Arc<Config>, specs: Vec<TokenSpec>, deadline: Duration) -
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
     }
-    if failures.is_empty() { Ok(()) } else { Err(InitError(failures)) }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(InitError(failures))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -226,13 +263,23 @@ pub enum CheckError {
         #[source]
         source: JwtError,
     },
-    #[error("{path}: token expires at {exp}, in {remaining_s}s: about to expire (refresh is failing?)")]
-    Expiring { path: String, exp: i64, remaining_s: i64 },
+    #[error(
+        "{path}: token expires at {exp}, in {remaining_s}s: about to expire (refresh is failing?)"
+    )]
+    Expiring {
+        path: String,
+        exp: i64,
+        remaining_s: i64,
+    },
 }
 
 /// Probe: every token file must hold a valid token that is not about to expire.
 /// Returns the expiry of each token on success.
-pub fn check(specs: &[TokenSpec], min_remaining: Duration, now_ms: i64) -> Result<Vec<i64>, CheckError> {
+pub fn check(
+    specs: &[TokenSpec],
+    min_remaining: Duration,
+    now_ms: i64,
+) -> Result<Vec<i64>, CheckError> {
     specs
         .iter()
         .map(|spec| {
@@ -285,11 +332,20 @@ mod tests {
         let now = 1_800_000_000i64;
         let s = spec(dir.path(), "t", "sts.amazonaws.com");
         let min = Duration::from_secs(300);
-        assert!(matches!(check(&[s.clone()], min, now * 1000), Err(CheckError::Missing { .. })));
+        assert!(matches!(
+            check(&[s.clone()], min, now * 1000),
+            Err(CheckError::Missing { .. })
+        ));
         std::fs::write(&s.path, token("sts.amazonaws.com", now - 60, now + 3540)).unwrap();
-        assert_eq!(check(&[s.clone()], min, now * 1000).unwrap(), vec![now + 3540]);
+        assert_eq!(
+            check(&[s.clone()], min, now * 1000).unwrap(),
+            vec![now + 3540]
+        );
         std::fs::write(&s.path, token("sts.amazonaws.com", now - 3500, now + 100)).unwrap();
-        assert!(matches!(check(&[s.clone()], min, now * 1000), Err(CheckError::Expiring { .. })));
+        assert!(matches!(
+            check(&[s.clone()], min, now * 1000),
+            Err(CheckError::Expiring { .. })
+        ));
         std::fs::write(&s.path, token("other", now, now + 3600)).unwrap();
         assert!(matches!(
             check(&[s.clone()], min, now * 1000),
@@ -299,7 +355,10 @@ mod tests {
             })
         ));
         std::fs::write(&s.path, "garbage").unwrap();
-        assert!(matches!(check(&[s], min, now * 1000), Err(CheckError::Invalid { .. })));
+        assert!(matches!(
+            check(&[s], min, now * 1000),
+            Err(CheckError::Invalid { .. })
+        ));
     }
 
     #[test]
@@ -309,9 +368,19 @@ mod tests {
         let a = spec(dir.path(), "a", "A");
         let b = spec(dir.path(), "b", "B");
         std::fs::write(&a.path, token("A", now, now + 3600)).unwrap();
-        let err = check(&[a.clone(), b.clone()], Duration::from_secs(300), now * 1000).unwrap_err();
+        let err = check(
+            &[a.clone(), b.clone()],
+            Duration::from_secs(300),
+            now * 1000,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("/b"), "{err}");
         std::fs::write(&b.path, token("B", now, now + 3600)).unwrap();
-        assert_eq!(check(&[a, b], Duration::from_secs(300), now * 1000).unwrap().len(), 2);
+        assert_eq!(
+            check(&[a, b], Duration::from_secs(300), now * 1000)
+                .unwrap()
+                .len(),
+            2
+        );
     }
 }

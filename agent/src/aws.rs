@@ -55,7 +55,10 @@ pub enum AwsError {
     #[error("cannot get an ID token from the metadata server: {0}")]
     Token(#[from] FetchError),
     #[error("STS AssumeRoleWithWebIdentity failed: {message}")]
-    Sts { code: Option<String>, message: String },
+    Sts {
+        code: Option<String>,
+        message: String,
+    },
     #[error("STS answered without credentials")]
     NoCredentials,
     #[error("credential cache {path}: {source}")]
@@ -94,7 +97,11 @@ pub struct Assumed {
 }
 
 /// Fetch an ID token for `audience` from the metadata server.
-pub async fn fetch(endpoint: &Endpoint, audience: &str, timeout: Duration) -> Result<Token, FetchError> {
+pub async fn fetch(
+    endpoint: &Endpoint,
+    audience: &str,
+    timeout: Duration,
+) -> Result<Token, FetchError> {
     metadata::fetch_token(endpoint, audience, timeout, || now_ms().div_euclid(1000)).await
 }
 
@@ -102,7 +109,11 @@ pub async fn fetch(endpoint: &Endpoint, audience: &str, timeout: Duration) -> Re
 /// (`AWS_REGION`, `AWS_ENDPOINT_URL_STS`, `AWS_ENDPOINT_URL`, profiles). The call is unsigned,
 /// so no credentials are loaded: this also keeps a `credential_process` profile that points at
 /// this very binary from recursing.
-pub async fn assume_role(role_arn: &str, session_name: &str, web_identity_token: &str) -> Result<Assumed, AwsError> {
+pub async fn assume_role(
+    role_arn: &str,
+    session_name: &str,
+    web_identity_token: &str,
+) -> Result<Assumed, AwsError> {
     let sdk_config = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .no_credentials()
         .load()
@@ -157,11 +168,15 @@ pub fn explain_sts_error(code: Option<&str>) -> &'static str {
             "STS could not validate the token: it must be a Google-signed ID token \
              (issuer https://accounts.google.com) that has not expired"
         }
-        Some("IDPRejectedClaim") => "STS rejected a claim of the token; check the audience (oaud) the role expects",
+        Some("IDPRejectedClaim") => {
+            "STS rejected a claim of the token; check the audience (oaud) the role expects"
+        }
         Some("ExpiredTokenException") | Some("ExpiredToken") => {
             "the token expired before STS saw it; check the node's clock"
         }
-        Some("ValidationError") => "the request is malformed: check the role ARN and the session name (2-64 of [\\w+=,.@-])",
+        Some("ValidationError") => {
+            "the request is malformed: check the role ARN and the session name (2-64 of [\\w+=,.@-])"
+        }
         Some(_) => "see STS's message above",
         None => {
             "STS was not reached or did not answer; check network access to STS \
@@ -238,7 +253,11 @@ pub fn write_cache(path: &Path, creds: &ProcessCredentials) -> Result<(), AwsErr
         source,
     };
     if let Some(dir) = path.parent() {
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err)?;
     }
     let json = serde_json::to_vec(creds).map_err(|e| err(e.into()))?;
     writer::write_atomic(path, &json, 0o600).map_err(|e| match e {
@@ -276,7 +295,13 @@ mod tests {
     #[test]
     fn process_credentials_format() {
         let v = serde_json::to_value(creds("2030-01-01T00:00:00Z")).unwrap();
-        for k in ["Version", "AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"] {
+        for k in [
+            "Version",
+            "AccessKeyId",
+            "SecretAccessKey",
+            "SessionToken",
+            "Expiration",
+        ] {
             assert!(v.get(k).is_some(), "{k}");
         }
         assert_eq!(v["Version"], 1);
@@ -288,8 +313,18 @@ mod tests {
         let path = cache_file(&dir.path().join("rb"), &["arn", "aud", "s"]);
         let c = creds("2030-01-01T00:00:00Z");
         write_cache(&path, &c).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::metadata(path.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o700
+        );
         let exp = c.expires_at_ms().unwrap();
         let margin = Duration::from_secs(300);
         assert_eq!(read_cache(&path, margin, exp - 301_000), Some(c.clone()));
@@ -308,7 +343,10 @@ mod tests {
 
     #[test]
     fn session_names_are_sanitized() {
-        assert_eq!(sanitize_session_name("rolebridge-my host/1"), "rolebridge-my-host-1");
+        assert_eq!(
+            sanitize_session_name("rolebridge-my host/1"),
+            "rolebridge-my-host-1"
+        );
         assert_eq!(sanitize_session_name("x"), "x-");
         assert_eq!(sanitize_session_name(&"a".repeat(100)).len(), 64);
     }

@@ -112,7 +112,10 @@ pub fn validate(token: &str, audience: &str, now: i64) -> Result<Claims, JwtErro
         });
     }
     if claims.exp <= now {
-        return Err(JwtError::Expired { exp: claims.exp, now });
+        return Err(JwtError::Expired {
+            exp: claims.exp,
+            now,
+        });
     }
     Ok(claims)
 }
@@ -140,7 +143,12 @@ pub(crate) mod tests {
 
     #[test]
     fn valid_google_token() {
-        let c = validate(&token("sts.amazonaws.com", 100, 3700), "sts.amazonaws.com", 200).unwrap();
+        let c = validate(
+            &token("sts.amazonaws.com", 100, 3700),
+            "sts.amazonaws.com",
+            200,
+        )
+        .unwrap();
         assert_eq!(c.exp, 3700);
         assert_eq!(c.iat, Some(100));
         assert_eq!(c.azp.as_deref(), Some("1234"));
@@ -164,7 +172,10 @@ pub(crate) mod tests {
         let one = make(r#"{"alg":"RS256"}"#, r#"{"aud":["a"],"exp":100}"#);
         assert!(validate(&one, "a", 1).is_ok());
         let two = make(r#"{"alg":"RS256"}"#, r#"{"aud":["a","b"],"exp":100}"#);
-        assert!(matches!(validate(&two, "a", 1), Err(JwtError::Audience { .. })));
+        assert!(matches!(
+            validate(&two, "a", 1),
+            Err(JwtError::Audience { .. })
+        ));
     }
 
     #[test]
@@ -178,9 +189,20 @@ pub(crate) mod tests {
 
     #[test]
     fn garbage_is_rejected_without_echoing_it() {
-        for bad in ["", "garbage", "a.b", "a.b.c.d", "..", "a..c", "<html>500</html>"] {
+        for bad in [
+            "",
+            "garbage",
+            "a.b",
+            "a.b.c.d",
+            "..",
+            "a..c",
+            "<html>500</html>",
+        ] {
             let err = decode(bad).unwrap_err();
-            assert!(matches!(err, JwtError::Shape(_) | JwtError::Base64 { .. }), "{bad}: {err}");
+            assert!(
+                matches!(err, JwtError::Shape(_) | JwtError::Base64 { .. }),
+                "{bad}: {err}"
+            );
         }
         let err = decode("!!!.e30.sig").unwrap_err();
         assert_eq!(err, JwtError::Base64 { part: "header" });
@@ -192,12 +214,28 @@ pub(crate) mod tests {
     #[test]
     fn missing_claims_and_unsigned_are_rejected() {
         let no_exp = make(r#"{"alg":"RS256"}"#, r#"{"aud":"a"}"#);
-        assert!(matches!(decode(&no_exp), Err(JwtError::Json { part: "payload", .. })));
+        assert!(matches!(
+            decode(&no_exp),
+            Err(JwtError::Json {
+                part: "payload",
+                ..
+            })
+        ));
         let no_aud = make(r#"{"alg":"RS256"}"#, r#"{"exp":5}"#);
         assert!(decode(&no_aud).is_err());
         let none = make(r#"{"alg":"none"}"#, r#"{"aud":"a","exp":5}"#);
-        assert!(matches!(decode(&none), Err(JwtError::Json { part: "header", .. })));
-        let not_json = format!("{}.{}.sig", URL_SAFE_NO_PAD.encode("{"), URL_SAFE_NO_PAD.encode("{}"));
-        assert!(matches!(decode(&not_json), Err(JwtError::Json { part: "header", .. })));
+        assert!(matches!(
+            decode(&none),
+            Err(JwtError::Json { part: "header", .. })
+        ));
+        let not_json = format!(
+            "{}.{}.sig",
+            URL_SAFE_NO_PAD.encode("{"),
+            URL_SAFE_NO_PAD.encode("{}")
+        );
+        assert!(matches!(
+            decode(&not_json),
+            Err(JwtError::Json { part: "header", .. })
+        ));
     }
 }

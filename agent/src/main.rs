@@ -16,10 +16,19 @@ use rolebridge_agent::schedule::Policy;
 use rolebridge_agent::spec::{self, TokenSpec};
 
 #[derive(Debug, Parser)]
-#[command(name = "rolebridge-agent", version, about = "Keeps Google ID tokens fresh for AWS web identity federation")]
+#[command(
+    name = "rolebridge-agent",
+    version,
+    about = "Keeps Google ID tokens fresh for AWS web identity federation"
+)]
 struct Cli {
     /// Log level: off, error, warn, info, debug, trace.
-    #[arg(long, env = "ROLEBRIDGE_LOG_LEVEL", default_value = "info", global = true)]
+    #[arg(
+        long,
+        env = "ROLEBRIDGE_LOG_LEVEL",
+        default_value = "info",
+        global = true
+    )]
     log_level: LevelFilter,
     /// Log format.
     #[arg(long, env = "ROLEBRIDGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain, global = true)]
@@ -157,7 +166,9 @@ enum Command {
 /// `250ms`, `10s`, `5m`, `1h`, or plain seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
     let secs = match unit {
@@ -165,7 +176,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit in {s:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?} (use ms, s, m or h)"
+            ));
+        }
     };
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("invalid duration {s:?}"));
@@ -252,12 +267,19 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(agent::init(cfg, specs, timeout))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { tokens, min_remaining } => {
+        Command::Check {
+            tokens,
+            min_remaining,
+        } => {
             let specs = tokens.resolve()?;
             let now = now_ms();
             let exps = agent::check(&specs, min_remaining, now)?;
             for (s, exp) in specs.iter().zip(exps) {
-                println!("ok {} expires in {}s", s.path.display(), exp - now.div_euclid(1000));
+                println!(
+                    "ok {} expires in {}s",
+                    s.path.display(),
+                    exp - now.div_euclid(1000)
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -288,11 +310,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                              --gsa-unique-id (gcloud iam service-accounts describe GSA_EMAIL --format='value(uniqueId)')",
                         )?;
                     aws::unique_id(&token.claims)
-                        .ok_or_else(|| anyhow!("the token has neither azp nor sub; pass --gsa-unique-id"))?
+                        .ok_or_else(|| {
+                            anyhow!("the token has neither azp nor sub; pass --gsa-unique-id")
+                        })?
                         .to_string()
                 }
             };
-            println!("{}", serde_json::to_string_pretty(&aws::trust_policy(&audience.audience, &id))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&aws::trust_policy(&audience.audience, &id))?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::CredentialProcess {
@@ -304,13 +331,17 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             refresh_before,
             metadata,
         } => {
-            let session = aws::sanitize_session_name(&session_name.unwrap_or_else(aws::default_session_name));
+            let session =
+                aws::sanitize_session_name(&session_name.unwrap_or_else(aws::default_session_name));
             let endpoint = metadata.endpoint();
             let cache = if no_cache {
                 None
             } else {
                 cache_dir.or_else(aws::default_cache_dir).map(|dir| {
-                    aws::cache_file(&dir, &[&role_arn, &audience.audience, &session, &endpoint.display()])
+                    aws::cache_file(
+                        &dir,
+                        &[&role_arn, &audience.audience, &session, &endpoint.display()],
+                    )
                 })
             };
             if let Some(path) = &cache
@@ -320,13 +351,17 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let assumed = runtime()?.block_on(async {
-                let token = aws::fetch(&endpoint, &audience.audience, metadata.request_timeout).await?;
+                let token =
+                    aws::fetch(&endpoint, &audience.audience, metadata.request_timeout).await?;
                 aws::assume_role(&role_arn, &session, &token.jwt).await
             });
             let assumed = match assumed {
                 Ok(a) => a,
                 Err(aws::AwsError::Sts { code, message }) => {
-                    bail!("STS AssumeRoleWithWebIdentity failed: {message}; {}", aws::explain_sts_error(code.as_deref()))
+                    bail!(
+                        "STS AssumeRoleWithWebIdentity failed: {message}; {}",
+                        aws::explain_sts_error(code.as_deref())
+                    )
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -354,7 +389,11 @@ async fn run(cfg: Arc<Config>, specs: Vec<TokenSpec>) -> anyhow::Result<ExitCode
     );
     let mut set = tokio::task::JoinSet::new();
     for (i, spec) in specs.into_iter().enumerate() {
-        set.spawn(agent::keep_fresh(cfg.clone(), spec, Jitter::seeded(i as u64)));
+        set.spawn(agent::keep_fresh(
+            cfg.clone(),
+            spec,
+            Jitter::seeded(i as u64),
+        ));
     }
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: exiting"),
@@ -366,7 +405,12 @@ async fn run(cfg: Arc<Config>, specs: Vec<TokenSpec>) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-async fn verify(metadata: &MetadataArgs, audience: &str, role_arn: &str, session: &str) -> anyhow::Result<ExitCode> {
+async fn verify(
+    metadata: &MetadataArgs,
+    audience: &str,
+    role_arn: &str,
+    session: &str,
+) -> anyhow::Result<ExitCode> {
     let endpoint = metadata.endpoint();
     println!("metadata server: {}", endpoint.display());
     let token = aws::fetch(&endpoint, audience, metadata.request_timeout).await?;
@@ -384,7 +428,10 @@ async fn verify(metadata: &MetadataArgs, audience: &str, role_arn: &str, session
     let unique_id = aws::unique_id(c).unwrap_or("<GSA unique ID>").to_string();
     match aws::assume_role(role_arn, session, &token.jwt).await {
         Ok(a) => {
-            println!("OK: assumed {}", a.assumed_role_arn.as_deref().unwrap_or("(no ARN returned)"));
+            println!(
+                "OK: assumed {}",
+                a.assumed_role_arn.as_deref().unwrap_or("(no ARN returned)")
+            );
             println!("  credentials expire at {}", a.credentials.expiration);
             Ok(ExitCode::SUCCESS)
         }
@@ -392,7 +439,10 @@ async fn verify(metadata: &MetadataArgs, audience: &str, role_arn: &str, session
             println!("FAILED: {message}");
             println!("likely cause: {}", aws::explain_sts_error(code.as_deref()));
             println!("the role's trust policy should be:");
-            println!("{}", serde_json::to_string_pretty(&aws::trust_policy(audience, &unique_id))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&aws::trust_policy(audience, &unique_id))?
+            );
             Ok(ExitCode::FAILURE)
         }
         Err(e) => Err(e.into()),
@@ -443,6 +493,8 @@ mod tests {
             assert!(Cli::try_parse_from(["rolebridge-agent", sub, "--token", "/p=a"]).is_ok());
         }
         assert!(Cli::try_parse_from(["rolebridge-agent", "run", "--token", "relative=a"]).is_err());
-        assert!(Cli::try_parse_from(["rolebridge-agent", "run", "--refresh-fraction", "1.5"]).is_err());
+        assert!(
+            Cli::try_parse_from(["rolebridge-agent", "run", "--refresh-fraction", "1.5"]).is_err()
+        );
     }
 }

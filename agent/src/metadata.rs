@@ -44,11 +44,17 @@ impl Endpoint {
                 let h = h.trim_start_matches("http://").trim_end_matches('/');
                 let has_port = match h.rfind(':') {
                     // `[::1]` has colons but no port; `[::1]:8080` and `host:80` have one.
-                    Some(i) => !h[i..].contains(']') && (h.starts_with('[') || h.matches(':').count() == 1),
+                    Some(i) => {
+                        !h[i..].contains(']') && (h.starts_with('[') || h.matches(':').count() == 1)
+                    }
                     None => false,
                 };
                 Endpoint {
-                    connect: if has_port { h.to_string() } else { format!("{h}:80") },
+                    connect: if has_port {
+                        h.to_string()
+                    } else {
+                        format!("{h}:80")
+                    },
                     host_header: h.to_string(),
                 }
             }
@@ -64,7 +70,10 @@ impl Endpoint {
     }
 
     pub fn identity_path(audience: &str) -> String {
-        format!("{IDENTITY_PATH}?audience={}&format=full", percent_encode(audience))
+        format!(
+            "{IDENTITY_PATH}?audience={}&format=full",
+            percent_encode(audience)
+        )
     }
 }
 
@@ -121,8 +130,14 @@ impl FetchError {
             excerpt = "empty body".into();
         }
         match status {
-            403 | 404 => FetchError::NotBound { status, body: excerpt },
-            _ => FetchError::Status { status, body: excerpt },
+            403 | 404 => FetchError::NotBound {
+                status,
+                body: excerpt,
+            },
+            _ => FetchError::Status {
+                status,
+                body: excerpt,
+            },
         }
     }
 }
@@ -141,7 +156,12 @@ pub async fn fetch_token(
     timeout: Duration,
     now: impl Fn() -> i64,
 ) -> Result<Token, FetchError> {
-    let (status, body) = match tokio::time::timeout(timeout, get(endpoint, &Endpoint::identity_path(audience))).await {
+    let (status, body) = match tokio::time::timeout(
+        timeout,
+        get(endpoint, &Endpoint::identity_path(audience)),
+    )
+    .await
+    {
         Ok(r) => r?,
         Err(_) => {
             return Err(FetchError::Timeout {
@@ -153,7 +173,9 @@ pub async fn fetch_token(
     if status != StatusCode::OK {
         return Err(FetchError::from_status(status.as_u16(), &body));
     }
-    let text = std::str::from_utf8(&body).map_err(|_| JwtError::Shape(0))?.trim();
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| JwtError::Shape(0))?
+        .trim();
     let claims = jwt::validate(text, audience, now())?;
     Ok(Token {
         jwt: text.to_string(),
@@ -183,11 +205,17 @@ pub async fn get(endpoint: &Endpoint, path: &str) -> Result<(StatusCode, Bytes),
     let request = Request::get(path)
         .header(hyper::header::HOST, &endpoint.host_header)
         .header("Metadata-Flavor", "Google")
-        .header(hyper::header::USER_AGENT, concat!("rolebridge-agent/", env!("CARGO_PKG_VERSION")))
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("rolebridge-agent/", env!("CARGO_PKG_VERSION")),
+        )
         .body(Empty::<Bytes>::new())
         .map_err(|e| http_err(&e))?;
     let exchange = async {
-        let response = sender.send_request(request).await.map_err(|e| http_err(&e))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| http_err(&e))?;
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_BODY)
             .collect()
@@ -216,10 +244,16 @@ mod tests {
     #[test]
     fn endpoint_from_env_forms() {
         let d = Endpoint::new(None);
-        assert_eq!((d.connect.as_str(), d.host_header.as_str()), ("169.254.169.254:80", "metadata.google.internal"));
+        assert_eq!(
+            (d.connect.as_str(), d.host_header.as_str()),
+            ("169.254.169.254:80", "metadata.google.internal")
+        );
         assert_eq!(Endpoint::new(Some("")).connect, "169.254.169.254:80");
         let e = Endpoint::new(Some("127.0.0.1:8080"));
-        assert_eq!((e.connect.as_str(), e.host_header.as_str()), ("127.0.0.1:8080", "127.0.0.1:8080"));
+        assert_eq!(
+            (e.connect.as_str(), e.host_header.as_str()),
+            ("127.0.0.1:8080", "127.0.0.1:8080")
+        );
         let e = Endpoint::new(Some("metadata.google.internal"));
         assert_eq!(
             (e.connect.as_str(), e.host_header.as_str()),
@@ -227,7 +261,10 @@ mod tests {
         );
         assert_eq!(Endpoint::new(Some("[::1]:9")).connect, "[::1]:9");
         assert_eq!(Endpoint::new(Some("[::1]")).connect, "[::1]:80");
-        assert_eq!(Endpoint::new(Some("http://10.0.0.1:81/")).connect, "10.0.0.1:81");
+        assert_eq!(
+            Endpoint::new(Some("http://10.0.0.1:81/")).connect,
+            "10.0.0.1:81"
+        );
     }
 
     #[test]
@@ -236,15 +273,23 @@ mod tests {
             Endpoint::identity_path("https://a.b/c?d=e&f"),
             "/computeMetadata/v1/instance/service-accounts/default/identity?audience=https%3A%2F%2Fa.b%2Fc%3Fd%3De%26f&format=full"
         );
-        assert!(Endpoint::identity_path("sts.amazonaws.com").contains("audience=sts.amazonaws.com&"));
+        assert!(
+            Endpoint::identity_path("sts.amazonaws.com").contains("audience=sts.amazonaws.com&")
+        );
     }
 
     #[test]
     fn status_mapping_gives_gke_hints() {
         let e = FetchError::from_status(404, b"service account not found\n");
         assert!(matches!(e, FetchError::NotBound { status: 404, .. }));
-        assert!(e.to_string().contains("bound to a Google service account"), "{e}");
-        assert!(matches!(FetchError::from_status(403, b""), FetchError::NotBound { .. }));
+        assert!(
+            e.to_string().contains("bound to a Google service account"),
+            "{e}"
+        );
+        assert!(matches!(
+            FetchError::from_status(403, b""),
+            FetchError::NotBound { .. }
+        ));
         let e = FetchError::from_status(500, &[b'x'; 1000]);
         match &e {
             FetchError::Status { status: 500, body } => assert_eq!(body.len(), 200),

@@ -42,7 +42,13 @@ impl Default for Policy {
 /// lifetime as seen from `now` is used instead. The refresh lands at
 /// `refresh_fraction ± jitter_fraction` of the lifetime, never earlier than `min_delay` from now,
 /// and (when the band allows it) always before `exp`.
-pub fn next_refresh(policy: &Policy, iat: Option<i64>, exp: i64, now_ms: i64, jitter: f64) -> Duration {
+pub fn next_refresh(
+    policy: &Policy,
+    iat: Option<i64>,
+    exp: i64,
+    now_ms: i64,
+    jitter: f64,
+) -> Duration {
     let exp_ms = exp.saturating_mul(1000);
     let start_ms = match iat {
         Some(iat) if iat < exp => iat.saturating_mul(1000),
@@ -50,7 +56,8 @@ pub fn next_refresh(policy: &Policy, iat: Option<i64>, exp: i64, now_ms: i64, ji
     };
     let lifetime_ms = (exp_ms - start_ms) as f64;
     let jitter = jitter.clamp(0.0, 1.0);
-    let fraction = (policy.refresh_fraction + (2.0 * jitter - 1.0) * policy.jitter_fraction).clamp(0.0, 1.0);
+    let fraction =
+        (policy.refresh_fraction + (2.0 * jitter - 1.0) * policy.jitter_fraction).clamp(0.0, 1.0);
     let target_ms = start_ms as f64 + lifetime_ms * fraction;
     let delay_ms = target_ms - now_ms as f64;
     let min_ms = policy.min_delay.as_millis() as f64;
@@ -72,7 +79,13 @@ pub fn backoff(policy: &Policy, attempt: u32, jitter: f64) -> Duration {
 
 /// How long to sleep after a failed refresh: the backoff, but no longer than until the token
 /// on disk (if any) expires, because that moment requires action (removing it).
-pub fn retry_delay(policy: &Policy, attempt: u32, jitter: f64, current_exp: Option<i64>, now_ms: i64) -> Duration {
+pub fn retry_delay(
+    policy: &Policy,
+    attempt: u32,
+    jitter: f64,
+    current_exp: Option<i64>,
+    now_ms: i64,
+) -> Duration {
     let delay = backoff(policy, attempt, jitter);
     match current_exp {
         Some(exp) => {
@@ -185,10 +198,20 @@ mod tests {
     #[test]
     fn backoff_grows_and_caps() {
         let policy = p();
-        let ceil: Vec<u64> = (1..=8).map(|a| backoff(&policy, a, 1.0).as_millis() as u64).collect();
-        assert_eq!(ceil, vec![1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
-        let floor: Vec<u64> = (1..=8).map(|a| backoff(&policy, a, 0.0).as_millis() as u64).collect();
-        assert_eq!(floor, vec![500, 1000, 2000, 4000, 8000, 15000, 15000, 15000]);
+        let ceil: Vec<u64> = (1..=8)
+            .map(|a| backoff(&policy, a, 1.0).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            ceil,
+            vec![1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+        let floor: Vec<u64> = (1..=8)
+            .map(|a| backoff(&policy, a, 0.0).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            floor,
+            vec![500, 1000, 2000, 4000, 8000, 15000, 15000, 15000]
+        );
         assert_eq!(backoff(&policy, u32::MAX, 1.0), Duration::from_secs(30));
         assert_eq!(backoff(&policy, 0, 1.0), Duration::from_secs(1));
     }
@@ -197,10 +220,22 @@ mod tests {
     fn retry_delay_stops_at_expiry_of_current_token() {
         let policy = p();
         let now = T0 * 1000;
-        assert_eq!(retry_delay(&policy, 10, 1.0, Some(T0 + 5), now), Duration::from_secs(5));
-        assert_eq!(retry_delay(&policy, 10, 1.0, Some(T0 + 500), now), Duration::from_secs(30));
-        assert_eq!(retry_delay(&policy, 10, 1.0, Some(T0 - 1), now), Duration::ZERO);
-        assert_eq!(retry_delay(&policy, 1, 1.0, None, now), Duration::from_secs(1));
+        assert_eq!(
+            retry_delay(&policy, 10, 1.0, Some(T0 + 5), now),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            retry_delay(&policy, 10, 1.0, Some(T0 + 500), now),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            retry_delay(&policy, 10, 1.0, Some(T0 - 1), now),
+            Duration::ZERO
+        );
+        assert_eq!(
+            retry_delay(&policy, 1, 1.0, None, now),
+            Duration::from_secs(1)
+        );
     }
 
     #[test]

@@ -27,7 +27,9 @@ impl FromStr for TokenSpec {
 
     /// Split at the first `=`: paths never contain one, audiences (URLs) may.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (path, audience) = s.split_once('=').ok_or_else(|| SpecError::Syntax(s.into()))?;
+        let (path, audience) = s
+            .split_once('=')
+            .ok_or_else(|| SpecError::Syntax(s.into()))?;
         let (path, audience) = (path.trim(), audience.trim());
         if path.is_empty() || audience.is_empty() {
             return Err(SpecError::Syntax(s.into()));
@@ -73,17 +75,34 @@ mod tests {
 
     #[test]
     fn splits_at_first_equals() {
-        let s: TokenSpec = "/var/run/secrets/rolebridge.io/x.token=https://a.b/c?d=e:f".parse().unwrap();
-        assert_eq!(s.path, PathBuf::from("/var/run/secrets/rolebridge.io/x.token"));
+        let s: TokenSpec = "/var/run/secrets/rolebridge.io/x.token=https://a.b/c?d=e:f"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            s.path,
+            PathBuf::from("/var/run/secrets/rolebridge.io/x.token")
+        );
         assert_eq!(s.audience, "https://a.b/c?d=e:f");
     }
 
     #[test]
     fn rejects_malformed() {
-        assert!(matches!("nope".parse::<TokenSpec>(), Err(SpecError::Syntax(_))));
-        assert!(matches!("=aud".parse::<TokenSpec>(), Err(SpecError::Syntax(_))));
-        assert!(matches!("/p=".parse::<TokenSpec>(), Err(SpecError::Syntax(_))));
-        assert!(matches!("rel/p=a".parse::<TokenSpec>(), Err(SpecError::Relative(_))));
+        assert!(matches!(
+            "nope".parse::<TokenSpec>(),
+            Err(SpecError::Syntax(_))
+        ));
+        assert!(matches!(
+            "=aud".parse::<TokenSpec>(),
+            Err(SpecError::Syntax(_))
+        ));
+        assert!(matches!(
+            "/p=".parse::<TokenSpec>(),
+            Err(SpecError::Syntax(_))
+        ));
+        assert!(matches!(
+            "rel/p=a".parse::<TokenSpec>(),
+            Err(SpecError::Relative(_))
+        ));
     }
 
     #[test]
@@ -96,6 +115,9 @@ mod tests {
         assert_eq!(resolve(vec![flag.clone()], env).unwrap(), vec![flag]);
         assert_eq!(resolve(vec![], None), Err(SpecError::Empty));
         assert_eq!(resolve(vec![], Some(" , ")), Err(SpecError::Empty));
-        assert!(matches!(resolve(vec![], Some("/a=x,/a=y")), Err(SpecError::Duplicate(_))));
+        assert!(matches!(
+            resolve(vec![], Some("/a=x,/a=y")),
+            Err(SpecError::Duplicate(_))
+        ));
     }
 }

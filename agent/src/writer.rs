@@ -58,7 +58,13 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Write
     result
 }
 
-fn write_tmp_then_rename(tmp: &Path, path: &Path, dir: &Path, contents: &[u8], mode: u32) -> Result<(), WriteError> {
+fn write_tmp_then_rename(
+    tmp: &Path,
+    path: &Path,
+    dir: &Path,
+    contents: &[u8],
+    mode: u32,
+) -> Result<(), WriteError> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -102,10 +108,16 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"two");
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o644);
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("t.token")]);
         write_atomic(&path, b"secret", 0o600).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]
@@ -121,7 +133,13 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"old");
         let leftovers = fs::read_dir(dir.path())
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp."))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(".tmp.")
+            })
             .count();
         assert_eq!(leftovers, 0);
         let missing_dir = dir.path().join("nope/t.token");

@@ -150,7 +150,10 @@ fn signing_key() -> RsaKeyPair {
 }
 
 fn now_s() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Shared {
@@ -175,7 +178,12 @@ impl Shared {
         );
         let mut sig = vec![0; self.key.public().modulus_len()];
         self.key
-            .sign(&RSA_PKCS1_SHA256, &self.rng, signing_input.as_bytes(), &mut sig)
+            .sign(
+                &RSA_PKCS1_SHA256,
+                &self.rng,
+                signing_input.as_bytes(),
+                &mut sig,
+            )
             .expect("RSA signing works");
         format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig))
     }
@@ -192,7 +200,11 @@ impl Shared {
     fn token(&self, cfg: &Config, aud: &str, fault: &Fault) -> String {
         let now = now_s();
         let (aud, iat, exp) = match fault {
-            Fault::WrongAudience => ("https://wrong.audience.example", now, now + cfg.lifetime.as_secs()),
+            Fault::WrongAudience => (
+                "https://wrong.audience.example",
+                now,
+                now + cfg.lifetime.as_secs(),
+            ),
             Fault::Expired => (aud, now - 7200, now - 3600),
             _ => (aud, now, now + cfg.lifetime.as_secs().max(1)),
         };
@@ -222,7 +234,9 @@ impl Emulator {
     /// Start on `listen` (port 0 for any free port) on a background thread with its own runtime.
     pub fn start(listen: SocketAddr, config: Config) -> std::io::Result<Emulator> {
         let shared = Arc::new(Shared::new(config));
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let listener = rt.block_on(TcpListener::bind(listen))?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel();
@@ -346,7 +360,9 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Resp {
 fn json(value: &impl serde::Serialize) -> Resp {
     Response::builder()
         .header("Content-Type", "application/json")
-        .body(Full::new(Bytes::from(serde_json::to_vec(value).unwrap_or_default())))
+        .body(Full::new(Bytes::from(
+            serde_json::to_vec(value).unwrap_or_default(),
+        )))
         .expect("static response parts are valid")
 }
 
@@ -411,7 +427,12 @@ impl std::error::Error for CloseConnection {}
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, CloseConnection> {
     let path = req.uri().path().to_string();
     let params = query_params(req.uri().query());
-    let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
 
     if let Some(control) = path.strip_prefix("/emulator/") {
         return Ok(match control {
@@ -454,14 +475,20 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Clo
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v == "Google");
     if !flavor_ok {
-        return Ok(text(StatusCode::FORBIDDEN, "Missing required header \"Metadata-Flavor\": \"Google\"\n"));
+        return Ok(text(
+            StatusCode::FORBIDDEN,
+            "Missing required header \"Metadata-Flavor\": \"Google\"\n",
+        ));
     }
 
     let (cfg, fault) = {
         let mut st = shared.state.lock().unwrap();
         if path == IDENTITY_PATH {
             st.stats.identity_requests += 1;
-            let fault = st.one_shot.pop_front().unwrap_or_else(|| st.config.fault.clone());
+            let fault = st
+                .one_shot
+                .pop_front()
+                .unwrap_or_else(|| st.config.fault.clone());
             (st.config.clone(), Some(fault))
         } else {
             (st.config.clone(), None)
@@ -476,28 +503,42 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Clo
             let fault = fault.unwrap_or_default();
             match fault {
                 Fault::Status(code) => {
-                    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    let status =
+                        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                     return Ok(text(status, format!("emulated failure {code}\n")));
                 }
                 Fault::Hang => {
                     std::future::pending::<()>().await;
                     unreachable!("pending never resolves");
                 }
-                Fault::Garbage => return Ok(text(StatusCode::OK, "<html><body>captive portal</body></html>")),
+                Fault::Garbage => {
+                    return Ok(text(
+                        StatusCode::OK,
+                        "<html><body>captive portal</body></html>",
+                    ));
+                }
                 Fault::Close => return Err(CloseConnection),
                 Fault::None | Fault::WrongAudience | Fault::Expired => {}
             }
             let Some(aud) = param("audience").filter(|a| !a.is_empty()) else {
-                return Ok(text(StatusCode::BAD_REQUEST, "non-empty audience parameter required\n"));
+                return Ok(text(
+                    StatusCode::BAD_REQUEST,
+                    "non-empty audience parameter required\n",
+                ));
             };
             if !cfg.allowed_audiences.is_empty() && !cfg.allowed_audiences.contains(&aud) {
-                return Ok(text(StatusCode::BAD_REQUEST, format!("audience {aud:?} is not allowed\n")));
+                return Ok(text(
+                    StatusCode::BAD_REQUEST,
+                    format!("audience {aud:?} is not allowed\n"),
+                ));
             }
             let token = shared.token(&cfg, &aud, &fault);
             shared.state.lock().unwrap().stats.tokens_issued += 1;
             Ok(text(StatusCode::OK, token))
         }
-        "/computeMetadata/v1/instance/service-accounts/default/email" => Ok(text(StatusCode::OK, cfg.email)),
+        "/computeMetadata/v1/instance/service-accounts/default/email" => {
+            Ok(text(StatusCode::OK, cfg.email))
+        }
         "/computeMetadata/v1/project/project-id" => Ok(text(StatusCode::OK, cfg.project_id)),
         _ => Ok(text(StatusCode::NOT_FOUND, "Not Found\n")),
     }
@@ -509,7 +550,15 @@ mod tests {
 
     #[test]
     fn faults_parse_and_print() {
-        for s in ["none", "500", "hang", "garbage", "wrong-aud", "expired", "close"] {
+        for s in [
+            "none",
+            "500",
+            "hang",
+            "garbage",
+            "wrong-aud",
+            "expired",
+            "close",
+        ] {
             assert_eq!(s.parse::<Fault>().unwrap().to_string(), s);
         }
         assert_eq!("status:404".parse::<Fault>().unwrap(), Fault::Status(404));
@@ -519,7 +568,9 @@ mod tests {
 
     #[test]
     fn query_decoding() {
-        let p = query_params(Some("audience=https%3A%2F%2Fa%2Fb%3Fc%3Dd&format=full&x=%zz"));
+        let p = query_params(Some(
+            "audience=https%3A%2F%2Fa%2Fb%3Fc%3Dd&format=full&x=%zz",
+        ));
         assert_eq!(p[0], ("audience".into(), "https://a/b?c=d".into()));
         assert_eq!(p[1], ("format".into(), "full".into()));
         assert_eq!(p[2], ("x".into(), "%zz".into()));
@@ -541,9 +592,13 @@ mod tests {
             &sig,
         )
         .expect("signature verifies with the JWKS key");
-        let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
         assert_eq!(claims["aud"], "sts.amazonaws.com");
         assert_eq!(claims["azp"], cfg.unique_id);
-        assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 3600);
+        assert_eq!(
+            claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+            3600
+        );
     }
 }

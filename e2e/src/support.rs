@@ -11,7 +11,10 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 /// The `rolebridge-agent` binary under test: `ROLEBRIDGE_AGENT_BIN`, else the one built next
@@ -23,7 +26,10 @@ pub fn agent_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test> -> target/<profile>/rolebridge-agent
-    let profile_dir = exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
     let bin = profile_dir.join("rolebridge-agent");
     assert!(
         bin.exists(),
@@ -188,14 +194,18 @@ impl FileWatcher {
                         Ok(token) => {
                             r.present += 1;
                             match claims(&token) {
-                                None => r.violations.push(format!("unparseable content ({} bytes)", token.len())),
+                                None => r
+                                    .violations
+                                    .push(format!("unparseable content ({} bytes)", token.len())),
                                 Some(c) => {
                                     let exp = c["exp"].as_i64().unwrap_or(0);
                                     if c["aud"] != serde_json::Value::String(audience.clone()) {
                                         r.violations.push(format!("wrong aud {}", c["aud"]));
                                     }
                                     if exp * 1000 + EXPIRY_GRACE_MS <= now {
-                                        r.violations.push(format!("expired token on disk: exp {exp}, now {now}"));
+                                        r.violations.push(format!(
+                                            "expired token on disk: exp {exp}, now {now}"
+                                        ));
                                     }
                                     if last.as_ref().map(|(t, _)| t != &token).unwrap_or(true) {
                                         r.tokens.push((token.clone(), exp));
@@ -208,7 +218,9 @@ impl FileWatcher {
                             if let Some((_, exp)) = last.take() {
                                 r.removals.push((now, exp));
                                 if now < exp * 1000 {
-                                    r.violations.push(format!("valid token removed at {now}, before exp {exp}"));
+                                    r.violations.push(format!(
+                                        "valid token removed at {now}, before exp {exp}"
+                                    ));
                                 }
                             }
                         }
@@ -236,7 +248,11 @@ impl FileWatcher {
             t.join().unwrap();
         }
         let r = self.report();
-        assert!(r.violations.is_empty(), "token file invariant violated: {:#?}", r.violations);
+        assert!(
+            r.violations.is_empty(),
+            "token file invariant violated: {:#?}",
+            r.violations
+        );
         assert!(r.reads > 0);
         r
     }
@@ -265,11 +281,11 @@ pub struct Peers {
 }
 
 const PROBE: &str = r#"
-import sys, shutil, os
+import os, shutil, sys, sysconfig
 import boto3, moto, awscli, flask  # noqa: F401  (moto's server needs flask)
-aws = shutil.which("aws") or os.path.join(os.path.dirname(sys.executable), "aws")
+cands = [shutil.which("aws"), os.path.join(sysconfig.get_path("scripts"), "aws")]
 print(sys.executable)
-print(aws)
+print(next((c for c in cands if c and os.path.exists(c)), ""))
 "#;
 
 impl Peers {
@@ -282,7 +298,10 @@ impl Peers {
         if !out.status.success() {
             return Err(format!(
                 "{python} lacks boto3 / moto[server] / awscli: {}",
-                String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
             ));
         }
         let text = String::from_utf8_lossy(&out.stdout);
@@ -302,7 +321,9 @@ impl Peers {
             Ok(p) => Some(p),
             Err(why) => {
                 if std::env::var("ROLEBRIDGE_REQUIRE_PEERS").as_deref() == Ok("1") {
-                    panic!("{test}: required peer missing (ROLEBRIDGE_REQUIRE_PEERS=1): {why}; run e2e/sdk/install-peers.sh");
+                    panic!(
+                        "{test}: required peer missing (ROLEBRIDGE_REQUIRE_PEERS=1): {why}; run e2e/sdk/install-peers.sh"
+                    );
                 }
                 eprintln!("SKIPPED {test}: {why} (install with e2e/sdk/install-peers.sh)");
                 None
@@ -321,7 +342,14 @@ impl Moto {
     pub fn start(peers: &Peers) -> Moto {
         let addr = free_addr();
         let child = Command::new(&peers.python)
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &addr.port().to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &addr.port().to_string(),
+            ])
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .stdin(Stdio::null())
@@ -374,7 +402,10 @@ impl CleanAwsHome {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.dir.path())
             .env("AWS_CONFIG_FILE", self.config_file())
-            .env("AWS_SHARED_CREDENTIALS_FILE", self.dir.path().join("empty-credentials"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                self.dir.path().join("empty-credentials"),
+            )
             .env("AWS_EC2_METADATA_DISABLED", "true");
         for (k, v) in vars {
             c.env(k, v);
@@ -387,4 +418,122 @@ impl Default for CleanAwsHome {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Path of a file in `e2e/sdk/`.
+pub fn sdk_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk").join(name)
+}
+
+pub const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/rolebridge-test";
+pub const BUCKET: &str = "rolebridge-e2e";
+pub const OBJECT_KEY: &str = "hello.txt";
+pub const OBJECT_BODY: &str = "hello from S3 via a Google ID token";
+
+/// Everything an SDK test needs: moto with a bucket and object, the metadata emulator, and the
+/// agent keeping a token file fresh, exactly as in a bound pod.
+pub struct WebIdentityRig {
+    pub peers: Peers,
+    pub moto: Moto,
+    pub emulator: crate::metadata_emulator::Emulator,
+    pub dir: tempfile::TempDir,
+    pub token_file: PathBuf,
+    pub agent: AgentProcess,
+    pub home: CleanAwsHome,
+}
+
+impl WebIdentityRig {
+    /// None (after printing why) when the peers are missing and not required.
+    pub fn start(test: &str) -> Option<WebIdentityRig> {
+        let peers = Peers::get(test)?;
+        let moto = Moto::start(&peers);
+        let setup = run_with_timeout(
+            {
+                let mut c = Command::new(&peers.python);
+                c.arg(sdk_file("moto_setup.py")).args([
+                    moto.endpoint.as_str(),
+                    BUCKET,
+                    OBJECT_KEY,
+                    OBJECT_BODY,
+                ]);
+                c
+            },
+            Duration::from_secs(60),
+        );
+        assert!(
+            setup.status.success(),
+            "moto setup: {}",
+            String::from_utf8_lossy(&setup.stderr)
+        );
+        let emulator = crate::metadata_emulator::Emulator::start(
+            "127.0.0.1:0".parse().unwrap(),
+            crate::metadata_emulator::Config::default(),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("sts.amazonaws.com.token");
+        let mut cmd = agent_command(&emulator.host());
+        cmd.args([
+            "run",
+            "--token",
+            &format!("{}=sts.amazonaws.com", token_file.display()),
+        ]);
+        let agent = AgentProcess::spawn(cmd, dir.path());
+        assert!(
+            wait_until(Duration::from_secs(10), || token_file.exists()),
+            "agent wrote no token: {}",
+            agent.log()
+        );
+        Some(WebIdentityRig {
+            peers,
+            moto,
+            emulator,
+            dir,
+            token_file,
+            agent,
+            home: CleanAwsHome::new(),
+        })
+    }
+
+    /// The environment the webhook injects into app containers, plus the endpoint of moto.
+    pub fn pod_env(&self, session: &str) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ROLE_ARN".into(), ROLE_ARN.into()),
+            (
+                "AWS_WEB_IDENTITY_TOKEN_FILE".into(),
+                self.token_file.display().to_string(),
+            ),
+            ("AWS_ROLE_SESSION_NAME".into(), session.into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            // botocore (boto3, AWS CLI v1) reads only AWS_DEFAULT_REGION; the EKS pod identity
+            // webhook injects both for this reason.
+            ("AWS_DEFAULT_REGION".into(), "us-east-1".into()),
+            ("AWS_ENDPOINT_URL".into(), self.moto.endpoint.clone()),
+        ]
+    }
+
+    /// `program` run with only the pod environment (see [`CleanAwsHome::command`]).
+    pub fn pod_command(&self, program: &Path, session: &str) -> Command {
+        let env = self.pod_env(session);
+        let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.home.command(program, &vars)
+    }
+}
+
+/// The assumed-role ARN moto reports for a web identity session of [`ROLE_ARN`]: it only exists
+/// if moto handled an AssumeRoleWithWebIdentity for these credentials.
+pub fn assumed_role_arn(session: &str) -> String {
+    format!("arn:aws:sts::123456789012:assumed-role/rolebridge-test/{session}")
+}
+
+/// Assert a command succeeded, showing its output otherwise; returns stdout.
+pub fn expect_success(what: &str, out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?})\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -21,21 +21,23 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 
 pub fn routes(
     state: Arc<AppState>,
-) -> impl Filter<Extract = (Response<String>,), Error = Infallible> + Clone + Send + Sync + 'static {
+) -> impl Filter<Extract = (Response<String>,), Error = Infallible> + Clone + Send + Sync + 'static
+{
     let healthz = warp::path("healthz")
         .and(warp::path::end())
         .map(|| text(StatusCode::OK, "text/plain", "ok\n".to_owned()));
     let ready_state = state.clone();
-    let readyz = warp::path("readyz")
-        .and(warp::path::end())
-        .map(move || match ready_state.readiness() {
-            Ok(()) => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
-            Err(why) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                format!("not ready: {why}\n"),
-            ),
-        });
+    let readyz =
+        warp::path("readyz")
+            .and(warp::path::end())
+            .map(move || match ready_state.readiness() {
+                Ok(()) => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
+                Err(why) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: {why}\n"),
+                ),
+            });
     let metrics = warp::path("metrics").and(warp::path::end()).map(move || {
         text(
             StatusCode::OK,

@@ -328,7 +328,10 @@ mod tests {
             per_second: 0.001,
             burst: 3.0,
         };
-        let cache = BindingCache::new(Arc::new(Metrics::new()), Some((source(calls.clone()), limits)));
+        let cache = BindingCache::new(
+            Arc::new(Metrics::new()),
+            Some((source(calls.clone()), limits)),
+        );
         for i in 0..20 {
             assert!(cache.bindings_for(&format!("ns{i}"), "app").await.is_none());
         }
@@ -338,8 +341,14 @@ mod tests {
     #[tokio::test]
     async fn cache_hits_never_read_live() {
         let calls = Arc::new(AtomicUsize::new(0));
-        let cache = BindingCache::new(Arc::new(Metrics::new()), Some((source(calls.clone()), LiveReadLimits::default())));
-        cache.replace(BindingIndex::new([("ns".to_string(), binding("b", "app"))]), 0);
+        let cache = BindingCache::new(
+            Arc::new(Metrics::new()),
+            Some((source(calls.clone()), LiveReadLimits::default())),
+        );
+        cache.replace(
+            BindingIndex::new([("ns".to_string(), binding("b", "app"))]),
+            0,
+        );
         assert_eq!(cache.bindings_for("ns", "app").await.unwrap()[0].name, "b");
         assert_eq!(calls.load(Ordering::SeqCst), 0);
     }
@@ -352,9 +361,18 @@ mod tests {
             o
         };
         let objects = [
-            obj("good", serde_json::json!({"serviceAccountName": "app", "roleArn": "arn:aws:iam::123456789012:role/x"})),
-            obj("bad", serde_json::json!({"serviceAccountName": ["not", "a", "string"]})),
-            obj("badarn", serde_json::json!({"serviceAccountName": "app", "roleArn": "nope"})),
+            obj(
+                "good",
+                serde_json::json!({"serviceAccountName": "app", "roleArn": "arn:aws:iam::123456789012:role/x"}),
+            ),
+            obj(
+                "bad",
+                serde_json::json!({"serviceAccountName": ["not", "a", "string"]}),
+            ),
+            obj(
+                "badarn",
+                serde_json::json!({"serviceAccountName": "app", "roleArn": "nope"}),
+            ),
         ];
         let (bindings, invalid) = convert(objects.iter());
         assert_eq!(invalid, 2);

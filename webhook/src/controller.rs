@@ -10,12 +10,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use futures::StreamExt;
 use tokio::sync::Notify;
 
 use crate::cache::{BindingCache, api_resource};
@@ -40,15 +40,17 @@ pub async fn run(
     let accounts = writer.as_reader();
     // Metadata only: annotations are all we need, and full objects would cost memory.
     let api = Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone());
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-    .default_backoff();
+    let stream =
+        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
     let notify = sa_changed.clone();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
                 Ok(_) => notify.notify_one(),
-                Err(error) => tracing::warn!(%error, "service account watch error; retrying with backoff"),
+                Err(error) => {
+                    tracing::warn!(%error, "service account watch error; retrying with backoff")
+                }
             }
         }
     });
@@ -90,7 +92,8 @@ async fn reconcile_all(
         .filter_map(|o| {
             let namespace = o.metadata.namespace.clone()?;
             let name = o.metadata.name.clone()?;
-            let spec = binding_from_json(&namespace, &name, &o.data["spec"]).map_err(|e| e.to_string());
+            let spec =
+                binding_from_json(&namespace, &name, &o.data["spec"]).map_err(|e| e.to_string());
             let current = serde_json::from_value(o.data["status"].clone()).ok();
             Some(Parsed {
                 generation: o.metadata.generation,
@@ -111,16 +114,22 @@ async fn reconcile_all(
             current: p.current.as_ref(),
         })
         .collect();
-    let sa_state = |ns: &str, name: &str| {
-        match accounts.get(&ObjectRef::new(name).within(ns)) {
-            None => ServiceAccountState::Missing,
-            Some(sa) => match sa.metadata.annotations.as_ref().and_then(|a| a.get(GSA_ANNOTATION)) {
-                Some(gsa) if !gsa.is_empty() => ServiceAccountState::WorkloadIdentity(gsa.clone()),
-                _ => ServiceAccountState::NoWorkloadIdentity,
-            },
-        }
+    let sa_state = |ns: &str, name: &str| match accounts.get(&ObjectRef::new(name).within(ns)) {
+        None => ServiceAccountState::Missing,
+        Some(sa) => match sa
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(GSA_ANNOTATION))
+        {
+            Some(gsa) if !gsa.is_empty() => ServiceAccountState::WorkloadIdentity(gsa.clone()),
+            _ => ServiceAccountState::NoWorkloadIdentity,
+        },
     };
-    let now = k8s_openapi::jiff::Timestamp::now().round(k8s_openapi::jiff::Unit::Second).map(|t| t.to_string()).unwrap_or_default();
+    let now = k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
     let desired = status::desired(&states, sa_state, &now);
 
     let mut conflicts = 0;
@@ -137,7 +146,10 @@ async fn reconcile_all(
             "status": want,
         });
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        match api.patch_status(&p.name, &params, &Patch::Apply(&body)).await {
+        match api
+            .patch_status(&p.name, &params, &Patch::Apply(&body))
+            .await
+        {
             Ok(_) => {
                 Metrics::result(&metrics.status_writes, true);
                 tracing::info!(namespace = %p.namespace, binding = %p.name,

@@ -46,14 +46,22 @@ pub struct AWSRoleBindingSpec {
     /// assume the role. The service account should carry the GKE Workload Identity annotation
     /// `iam.gke.io/gcp-service-account`; the Google service account it names is the identity
     /// AWS trusts.
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub service_account_name: String,
 
     /// ARN of the AWS IAM role to assume, e.g. `arn:aws:iam::123456789012:role/s3-reader`.
     /// Partitions aws, aws-cn and aws-us-gov. The role's trust policy must trust
     /// `accounts.google.com` for this Google service account (`rolebridge-agent trust-policy`
     /// prints one).
-    #[schemars(length(max = 2048), regex(pattern = r"^arn:aws(-cn|-us-gov)?:iam::[0-9]{12}:role/([!-.0-~]+/)*[A-Za-z0-9+=,.@_-]{1,64}$"))]
+    #[schemars(
+        length(max = 2048),
+        regex(
+            pattern = r"^arn:aws(-cn|-us-gov)?:iam::[0-9]{12}:role/([!-.0-~]+/)*[A-Za-z0-9+=,.@_-]{1,64}$"
+        )
+    )]
     pub role_arn: String,
 
     /// Audience (`aud`) of the Google ID token the agent requests; it must match the
@@ -82,8 +90,11 @@ pub struct AWSRoleBindingSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(transparent)]
 pub struct ContainerName(
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
-    pub  String,
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub String,
 );
 
 /// Observed state, written by the webhook's status controller.
@@ -188,7 +199,11 @@ pub fn validate_role_arn(arn: &str) -> Result<(), SpecError> {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b));
-    if path_ok && name_ok { Ok(()) } else { Err(err()) }
+    if path_ok && name_ok {
+        Ok(())
+    } else {
+        Err(err())
+    }
 }
 
 /// Hand-written twin of [`REGION_PATTERN`].
@@ -253,10 +268,25 @@ mod tests {
 
     #[test]
     fn regions() {
-        for ok in ["us-east-1", "eu-central-2", "us-gov-west-1", "cn-north-1", "ap-southeast-10"] {
+        for ok in [
+            "us-east-1",
+            "eu-central-2",
+            "us-gov-west-1",
+            "cn-north-1",
+            "ap-southeast-10",
+        ] {
             assert_eq!(validate_region(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "us", "us-east", "US-east-1", "us-east-123", "useast-1", "us--1", "u-east-1"] {
+        for bad in [
+            "",
+            "us",
+            "us-east",
+            "US-east-1",
+            "us-east-123",
+            "useast-1",
+            "us--1",
+            "u-east-1",
+        ] {
             assert!(validate_region(bad).is_err(), "{bad}");
         }
     }

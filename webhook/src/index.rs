@@ -188,7 +188,12 @@ mod tests {
             ("ns".to_string(), b("a", "sa")),
             ("other".to_string(), b("c", "sa")),
         ]);
-        let names: Vec<_> = idx.lookup("ns", "sa").unwrap().iter().map(|b| b.name.clone()).collect();
+        let names: Vec<_> = idx
+            .lookup("ns", "sa")
+            .unwrap()
+            .iter()
+            .map(|b| b.name.clone())
+            .collect();
         assert_eq!(names, ["a", "z"]);
         assert!(idx.lookup("ns", "other").is_none());
         assert!(idx.lookup("nope", "sa").is_none());
@@ -205,8 +210,14 @@ mod tests {
         assert_eq!(got[0].0, "team");
         assert_eq!(got[0].1.service_account, "app");
         let bad = "kind: AWSRoleBinding\nmetadata: {name: b}\nspec: {serviceAccountName: app, roleArn: nope}\n";
-        assert!(matches!(bindings_from_yaml(bad, "d"), Err(BindingError::Spec { .. })));
-        assert!(matches!(bindings_from_yaml("kind: [", "d"), Err(BindingError::Yaml { .. })));
+        assert!(matches!(
+            bindings_from_yaml(bad, "d"),
+            Err(BindingError::Spec { .. })
+        ));
+        assert!(matches!(
+            bindings_from_yaml("kind: [", "d"),
+            Err(BindingError::Yaml { .. })
+        ));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!   no API call per admission; [`cache`] keeps it in sync with a kube-runtime reflector and
 //!   covers the watch's lag with a rate-limited live read.
 //! - [`status`] computes binding conditions (a pure function) and [`controller`] writes them.
+//! - [`inject`] applies the same mutation to pod templates in YAML manifests, offline.
 //! - [`tls`] is a tokio-rustls accept loop serving the warp routes with certificate hot reload;
 //!   [`admin`] is the plain-HTTP health and metrics port; [`metrics`] the Prometheus registry.
 pub mod admin;
@@ -19,6 +20,7 @@ pub mod cache;
 pub mod controller;
 pub mod crd;
 pub mod index;
+pub mod inject;
 pub mod metrics;
 pub mod mutate;
 pub mod pod;

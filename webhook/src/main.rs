@@ -20,7 +20,11 @@ use rolebridge_webhook::tls::{CertStore, server_config};
 use rolebridge_webhook::{admin, controller, crd, index, server};
 
 #[derive(Parser)]
-#[command(name = "rolebridge-webhook", version, about = "Lets GKE pods assume AWS roles with no static keys")]
+#[command(
+    name = "rolebridge-webhook",
+    version,
+    about = "Lets GKE pods assume AWS roles with no static keys"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,6 +36,83 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Print the AWSRoleBinding CustomResourceDefinition as YAML.
     Crd,
+    /// Inject the agent into every pod template of YAML manifests, exactly as the webhook
+    /// would, for GitOps pipelines and clusters without admission webhooks.
+    Inject(InjectArgs),
+}
+
+/// What shapes the injected pod, shared by `serve` and `inject`.
+#[derive(clap::Args)]
+struct MutationArgs {
+    /// Image of the injected agent container.
+    #[arg(long, env = "ROLEBRIDGE_AGENT_IMAGE", default_value = concat!("ghcr.io/rolebridge/rolebridge-agent:", env!("CARGO_PKG_VERSION")))]
+    agent_image: String,
+    /// imagePullPolicy of the injected agent container.
+    #[arg(long, env = "ROLEBRIDGE_AGENT_IMAGE_PULL_POLICY", default_value = "IfNotPresent",
+          value_parser = ["Always", "IfNotPresent", "Never"])]
+    agent_image_pull_policy: String,
+    /// How the agent runs beside the app (`auto` asks the API server; `inject` takes native).
+    #[arg(
+        long,
+        env = "ROLEBRIDGE_SIDECAR_MODE",
+        value_enum,
+        default_value = "auto"
+    )]
+    sidecar_mode: ModeArg,
+    /// Token audience for bindings that set none.
+    #[arg(
+        long,
+        env = "ROLEBRIDGE_DEFAULT_AUDIENCE",
+        default_value = "sts.amazonaws.com"
+    )]
+    default_audience: String,
+}
+
+impl MutationArgs {
+    fn config(&self, own_namespace: Option<String>) -> anyhow::Result<Config> {
+        if self.default_audience.trim().is_empty() {
+            bail!("--default-audience must not be empty");
+        }
+        Ok(Config {
+            agent_image: self.agent_image.clone(),
+            agent_image_pull_policy: self.agent_image_pull_policy.clone(),
+            sidecar_mode: match self.sidecar_mode {
+                ModeArg::Legacy => SidecarMode::Legacy,
+                ModeArg::Auto | ModeArg::Native => SidecarMode::Native,
+            },
+            default_audience: self.default_audience.clone(),
+            own_namespace,
+        })
+    }
+}
+
+#[derive(clap::Args)]
+struct InjectArgs {
+    /// Manifests to inject (multi-document YAML); `-` reads standard input.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        env = "ROLEBRIDGE_INJECT_FILENAME",
+        default_value = "-"
+    )]
+    filename: PathBuf,
+    /// YAML file(s) with the AWSRoleBindings to apply (other kinds in them are ignored).
+    #[arg(
+        long,
+        env = "ROLEBRIDGE_INJECT_BINDINGS",
+        required = true,
+        value_delimiter = ','
+    )]
+    bindings: Vec<PathBuf>,
+    /// Namespace of objects that name none.
+    #[arg(
+        long = "namespace",
+        env = "ROLEBRIDGE_INJECT_NAMESPACE",
+        default_value = "default"
+    )]
+    namespace: String,
+    #[command(flatten)]
+    mutation: MutationArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -58,27 +139,24 @@ struct ServeArgs {
     #[arg(long, env = "ROLEBRIDGE_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
     admin_listen: SocketAddr,
     /// PEM certificate chain; re-read when it changes.
-    #[arg(long, env = "ROLEBRIDGE_TLS_CERT", default_value = "/etc/rolebridge/tls/tls.crt")]
+    #[arg(
+        long,
+        env = "ROLEBRIDGE_TLS_CERT",
+        default_value = "/etc/rolebridge/tls/tls.crt"
+    )]
     tls_cert: PathBuf,
     /// PEM private key; re-read when it changes.
-    #[arg(long, env = "ROLEBRIDGE_TLS_KEY", default_value = "/etc/rolebridge/tls/tls.key")]
+    #[arg(
+        long,
+        env = "ROLEBRIDGE_TLS_KEY",
+        default_value = "/etc/rolebridge/tls/tls.key"
+    )]
     tls_key: PathBuf,
     /// How often to check the certificate files for a rotation, in seconds.
     #[arg(long, env = "ROLEBRIDGE_TLS_RELOAD_INTERVAL", default_value_t = 2)]
     tls_reload_interval: u64,
-    /// Image of the injected agent container.
-    #[arg(long, env = "ROLEBRIDGE_AGENT_IMAGE", default_value = concat!("ghcr.io/rolebridge/rolebridge-agent:", env!("CARGO_PKG_VERSION")))]
-    agent_image: String,
-    /// imagePullPolicy of the injected agent container.
-    #[arg(long, env = "ROLEBRIDGE_AGENT_IMAGE_PULL_POLICY", default_value = "IfNotPresent",
-          value_parser = ["Always", "IfNotPresent", "Never"])]
-    agent_image_pull_policy: String,
-    /// How the agent runs beside the app.
-    #[arg(long, env = "ROLEBRIDGE_SIDECAR_MODE", value_enum, default_value = "auto")]
-    sidecar_mode: ModeArg,
-    /// Token audience for bindings that set none.
-    #[arg(long, env = "ROLEBRIDGE_DEFAULT_AUDIENCE", default_value = "sts.amazonaws.com")]
-    default_audience: String,
+    #[command(flatten)]
+    mutation: MutationArgs,
     /// The webhook's own namespace, whose pods are never mutated. Defaults to the namespace of
     /// the pod's service account when running in a cluster.
     #[arg(long, env = "ROLEBRIDGE_NAMESPACE")]
@@ -103,7 +181,12 @@ struct ServeArgs {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `rolebridge_webhook=debug`.
     #[arg(long, env = "ROLEBRIDGE_LOG_LEVEL", default_value = "info")]
     log_level: String,
-    #[arg(long, env = "ROLEBRIDGE_LOG_FORMAT", value_enum, default_value = "plain")]
+    #[arg(
+        long,
+        env = "ROLEBRIDGE_LOG_FORMAT",
+        value_enum,
+        default_value = "plain"
+    )]
     log_format: LogFormat,
     /// Worker threads for the runtime (0: one per CPU).
     #[arg(long, env = "ROLEBRIDGE_WORKER_THREADS", default_value_t = 0)]
@@ -120,6 +203,7 @@ fn main() -> anyhow::Result<()> {
             print!("{}", crd::crd_yaml());
             Ok(())
         }
+        Command::Inject(args) => inject(args),
         Command::Serve(args) => {
             init_tracing(&args.log_level, args.log_format)?;
             let mut rt = tokio::runtime::Builder::new_multi_thread();
@@ -129,6 +213,38 @@ fn main() -> anyhow::Result<()> {
             rt.enable_all().build()?.block_on(serve(*args))
         }
     }
+}
+
+fn inject(args: InjectArgs) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let config = args.mutation.config(None)?;
+    let mut bindings = Vec::new();
+    for path in &args.bindings {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --bindings {}", path.display()))?;
+        bindings.extend(
+            index::bindings_from_yaml(&text, &args.namespace)
+                .with_context(|| format!("--bindings {}", path.display()))?,
+        );
+    }
+    let index = index::BindingIndex::new(bindings);
+    let input = if args.filename.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(&args.filename)
+            .with_context(|| format!("reading {}", args.filename.display()))?
+    };
+    let injected = rolebridge_webhook::inject::inject(&input, &index, &config, &args.namespace)?;
+    for w in &injected.warnings {
+        eprintln!("warning: {w}");
+    }
+    eprintln!("injected {} pod template(s)", injected.mutated);
+    std::io::stdout().write_all(injected.output.as_bytes())?;
+    Ok(())
 }
 
 fn init_tracing(level: &str, format: LogFormat) -> anyhow::Result<()> {
@@ -180,22 +296,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // Not fatal: the Secret may still be on its way (cert-manager). /readyz says so.
         tracing::error!(%error, "serving certificate not loaded yet; retrying");
     }
-    tokio::spawn(
-        certs
-            .clone()
-            .watch(Duration::from_secs(args.tls_reload_interval.max(1)), metrics.clone()),
-    );
+    tokio::spawn(certs.clone().watch(
+        Duration::from_secs(args.tls_reload_interval.max(1)),
+        metrics.clone(),
+    ));
 
-    let mut config = Config {
-        agent_image: args.agent_image.clone(),
-        agent_image_pull_policy: args.agent_image_pull_policy.clone(),
-        sidecar_mode: SidecarMode::Native,
-        default_audience: args.default_audience.clone(),
-        own_namespace: args.namespace.clone().or_else(in_cluster_namespace),
-    };
-    if args.default_audience.is_empty() {
-        bail!("--default-audience must not be empty");
-    }
+    let mut config = args
+        .mutation
+        .config(args.namespace.clone().or_else(in_cluster_namespace))?;
 
     let (cache, client) = match &args.bindings_file {
         Some(path) => {
@@ -204,7 +312,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let bindings = index::bindings_from_yaml(&text, "default")
                 .with_context(|| format!("--bindings-file {}", path.display()))?;
             tracing::info!(bindings = bindings.len(), file = %path.display(), "serving fixed bindings");
-            (Arc::new(BindingCache::fixed(metrics.clone(), bindings)), None)
+            (
+                Arc::new(BindingCache::fixed(metrics.clone(), bindings)),
+                None,
+            )
         }
         None => {
             let client = kube::Client::try_default()
@@ -219,12 +330,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             });
             let cache = Arc::new(BindingCache::new(metrics.clone(), live));
             let store = cache.clone().run_watch(client.clone()).await;
-            tokio::spawn(controller::run(client.clone(), store, cache.clone(), metrics.clone()));
+            tokio::spawn(controller::run(
+                client.clone(),
+                store,
+                cache.clone(),
+                metrics.clone(),
+            ));
             (cache, Some(client))
         }
     };
 
-    config.sidecar_mode = match (args.sidecar_mode, &client) {
+    config.sidecar_mode = match (args.mutation.sidecar_mode, &client) {
         (ModeArg::Native, _) | (ModeArg::Auto, None) => SidecarMode::Native,
         (ModeArg::Legacy, _) => SidecarMode::Legacy,
         (ModeArg::Auto, Some(client)) => {
@@ -248,7 +364,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
 
     // A cluster upgrade to 1.29+ switches new pods to native sidecars without a restart.
-    if let (ModeArg::Auto, Some(client)) = (args.sidecar_mode, client) {
+    if let (ModeArg::Auto, Some(client)) = (args.mutation.sidecar_mode, client) {
         let state = state.clone();
         tokio::spawn(async move {
             loop {

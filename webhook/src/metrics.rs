@@ -25,8 +25,8 @@ pub struct ResultLabel {
 /// Latency buckets from 25 µs: an admission is expected to take tens of microseconds, so the
 /// usual millisecond buckets would put every observation in the first one.
 const LATENCY_BUCKETS: [f64; 14] = [
-    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.5, 1.0,
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.5, 1.0,
 ];
 
 pub struct Metrics {

@@ -155,15 +155,19 @@ pub fn token_path(audience: &str) -> String {
     if sanitized == audience && !audience.starts_with('.') {
         format!("{TOKEN_MOUNT_PATH}/{audience}.token")
     } else {
-        format!("{TOKEN_MOUNT_PATH}/{sanitized}-{:08x}.token", fnv1a(audience))
+        format!(
+            "{TOKEN_MOUNT_PATH}/{sanitized}-{:08x}.token",
+            fnv1a(audience)
+        )
     }
 }
 
 /// FNV-1a: stable across releases and platforms (unlike `DefaultHasher`), which matters
 /// because the path is baked into pods and must be the same on every replica and version.
 fn fnv1a(s: &str) -> u32 {
-    s.bytes()
-        .fold(0x811c_9dc5, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+    s.bytes().fold(0x811c_9dc5, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 fn ptr(tokens: &[&str]) -> PointerBuf {
@@ -255,7 +259,9 @@ pub fn mutate(
         None | Some("true" | "True" | "enabled" | "") => {}
         Some(other) => warn(
             &mut warnings,
-            format!("annotation {ANNOTATION_INJECT}={other:?} is not understood (use \"false\" to opt out); injecting as usual"),
+            format!(
+                "annotation {ANNOTATION_INJECT}={other:?} is not understood (use \"false\" to opt out); injecting as usual"
+            ),
         ),
     }
 
@@ -289,7 +295,12 @@ pub fn mutate(
 
     let skip_list: Vec<&str> = pod
         .annotation(ANNOTATION_SKIP_CONTAINERS)
-        .map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
+        .map(|s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
         .unwrap_or_default();
 
     let init = pod.spec.init_containers.as_deref().unwrap_or_default();
@@ -305,7 +316,9 @@ pub fn mutate(
         if !all().any(|(_, _, c)| c.name.as_str() == *s) {
             warn(
                 &mut warnings,
-                format!("{ANNOTATION_SKIP_CONTAINERS} names {s:?}, which is not a container of this pod"),
+                format!(
+                    "{ANNOTATION_SKIP_CONTAINERS} names {s:?}, which is not a container of this pod"
+                ),
             );
         }
     }
@@ -325,15 +338,26 @@ pub fn mutate(
         // A binding that names the container outranks one that covers all containers; the
         // annotation only chooses within the winning tier (it must not take a container away
         // from the binding written for it).
-        let specific: Vec<&Binding> = candidates.iter().copied().filter(|b| b.names(name)).collect();
-        let tier = if specific.is_empty() { candidates } else { specific };
+        let specific: Vec<&Binding> = candidates
+            .iter()
+            .copied()
+            .filter(|b| b.names(name))
+            .collect();
+        let tier = if specific.is_empty() {
+            candidates
+        } else {
+            specific
+        };
         let binding = match tier.as_slice() {
             [only] => *only,
             _ => match chosen_role.and_then(|r| tier.iter().find(|b| b.name == r)) {
                 Some(b) => *b,
                 None => {
                     let names: Vec<&str> = tier.iter().map(|b| b.name.as_str()).collect();
-                    conflicts.push(format!("container {name:?} is covered by bindings {}", names.join(" and ")));
+                    conflicts.push(format!(
+                        "container {name:?} is covered by bindings {}",
+                        names.join(" and ")
+                    ));
                     continue;
                 }
             },
@@ -344,7 +368,9 @@ pub fn mutate(
         let role_var = c.env_var(ENV_ROLE_ARN);
         let file_var = c.env_var(ENV_TOKEN_FILE);
         let ours = |v: Option<&crate::pod::EnvView>, want: &str| {
-            v.is_some_and(|e| e.value_from.is_none() && e.value.as_ref().is_some_and(|x| x.as_str() == want))
+            v.is_some_and(|e| {
+                e.value_from.is_none() && e.value.as_ref().is_some_and(|x| x.as_str() == want)
+            })
         };
         if (role_var.is_some() || file_var.is_some())
             && !(ours(role_var, &binding.role_arn) && ours(file_var, &path))
@@ -358,13 +384,21 @@ pub fn mutate(
             );
             continue;
         }
-        if c.volume_mounts.as_deref().unwrap_or_default().iter().any(|m| {
-            m.mount_path.as_str().trim_end_matches('/') == TOKEN_MOUNT_PATH
-                && m.name.as_str() != TOKEN_VOLUME
-        }) {
+        if c.volume_mounts
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .any(|m| {
+                m.mount_path.as_str().trim_end_matches('/') == TOKEN_MOUNT_PATH
+                    && m.name.as_str() != TOKEN_VOLUME
+            })
+        {
             warn(
                 &mut warnings,
-                format!("container {name:?} already mounts something at {TOKEN_MOUNT_PATH}, so rolebridge left it alone (binding {:?} not applied to it)", binding.name),
+                format!(
+                    "container {name:?} already mounts something at {TOKEN_MOUNT_PATH}, so rolebridge left it alone (binding {:?} not applied to it)",
+                    binding.name
+                ),
             );
             continue;
         }
@@ -436,7 +470,11 @@ pub fn mutate(
             "name": TOKEN_VOLUME,
             "emptyDir": {"medium": "Memory", "sizeLimit": TOKEN_VOLUME_SIZE_LIMIT},
         });
-        patch.push(append(pod.spec.volumes.is_some(), &["spec", "volumes"], volume));
+        patch.push(append(
+            pod.spec.volumes.is_some(),
+            &["spec", "volumes"],
+            volume,
+        ));
     }
 
     agent_ops(&mut patch, &mut warnings, pod, cfg, &tokens);
@@ -444,7 +482,12 @@ pub fn mutate(
     let mut applied = String::new();
     for (i, p) in planned.iter().enumerate() {
         let sep = if i == 0 { "" } else { "," };
-        let _ = write!(applied, "{sep}{}={}", p.container.name.as_str(), p.binding.name);
+        let _ = write!(
+            applied,
+            "{sep}{}={}",
+            p.container.name.as_str(),
+            p.binding.name
+        );
     }
     match &pod.metadata.annotations {
         None => patch.push(add(
@@ -620,7 +663,9 @@ fn agent_ops(
             if !served {
                 warn(
                     warnings,
-                    format!("the agent container already in this pod does not serve token {t}; recreate the pod from its un-injected spec"),
+                    format!(
+                        "the agent container already in this pod does not serve token {t}; recreate the pod from its un-injected spec"
+                    ),
                 );
             }
         }

@@ -217,7 +217,10 @@ impl<'a> PodView<'a> {
 
 impl ContainerView<'_> {
     pub fn env_var(&self, name: &str) -> Option<&EnvView<'_>> {
-        self.env.as_deref()?.iter().find(|e| e.name.as_str() == name)
+        self.env
+            .as_deref()?
+            .iter()
+            .find(|e| e.name.as_str() == name)
     }
 }
 
@@ -231,7 +234,10 @@ mod tests {
             "spec":{"containers":[{"name":"app","env":[{"name":"A","valueFrom":{"fieldRef":{}}}]}],"futureField":[1,2]}}"#;
         let pod = PodView::from_json(json).unwrap();
         assert_eq!(pod.metadata.name.as_ref().unwrap().as_str(), "abc");
-        assert!(matches!(pod.metadata.name.as_ref().unwrap().0, Cow::Owned(_)));
+        assert!(matches!(
+            pod.metadata.name.as_ref().unwrap().0,
+            Cow::Owned(_)
+        ));
         let c = &pod.spec.containers.as_ref().unwrap()[0];
         assert!(matches!(c.name.0, Cow::Borrowed(_)));
         assert!(c.env_var("A").unwrap().value_from.is_some());

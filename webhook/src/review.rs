@@ -69,7 +69,10 @@ pub enum Parsed<'a> {
     /// A pod CREATE: look up its bindings, then call [`PodReview::respond`].
     Pod(PodReview<'a>),
     /// Anything else is allowed unchanged; the body is ready.
-    Done { body: Vec<u8>, outcome: AdmissionOutcome },
+    Done {
+        body: Vec<u8>,
+        outcome: AdmissionOutcome,
+    },
 }
 
 /// The metric label of an admission.
@@ -197,7 +200,10 @@ pub fn parse(body: &[u8]) -> Parsed<'_> {
         .as_ref()
         .is_some_and(|r| r.group.as_str().is_empty() && r.resource.as_str() == "pods");
     let is_create = req.operation.as_ref().map(Str::as_str) == Some("CREATE");
-    let sub = req.sub_resource.as_ref().is_some_and(|s| !s.as_str().is_empty());
+    let sub = req
+        .sub_resource
+        .as_ref()
+        .is_some_and(|s| !s.as_str().is_empty());
     if !is_pod || !is_create || sub {
         return Parsed::Done {
             body: allowed(api_version, req.uid.as_str()),
@@ -205,7 +211,10 @@ pub fn parse(body: &[u8]) -> Parsed<'_> {
         };
     }
     let Some(object) = req.object else {
-        return error(req.uid.as_str(), "pod CREATE review carries no object".into());
+        return error(
+            req.uid.as_str(),
+            "pod CREATE review carries no object".into(),
+        );
     };
     let pod = match PodView::from_json(object.get()) {
         Ok(p) => p,
@@ -302,7 +311,13 @@ mod tests {
 
     #[test]
     fn garbage_is_invalid_not_an_error() {
-        for body in [&b""[..], b"{", b"[]", b"null", br#"{"kind":"AdmissionReview"}"#] {
+        for body in [
+            &b""[..],
+            b"{",
+            b"[]",
+            b"null",
+            br#"{"kind":"AdmissionReview"}"#,
+        ] {
             let (v, o) = done(parse(body));
             assert_eq!(o, AdmissionOutcome::Error);
             assert_eq!(v["response"]["allowed"], false);

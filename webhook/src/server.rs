@@ -70,15 +70,16 @@ pub fn routes(
             let state = state.clone();
             async move { handle(&state, body).await }
         });
-    mutate.recover(|_rejection| async {
-        Ok::<_, Infallible>(
-            Response::builder()
-                .status(StatusCode::NOT_FOUND)
-                .body(b"not found: admission reviews go to POST /mutate\n".to_vec())
-                .expect("static response"),
-        )
-    })
-    .unify()
+    mutate
+        .recover(|_rejection| async {
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .status(StatusCode::NOT_FOUND)
+                    .body(b"not found: admission reviews go to POST /mutate\n".to_vec())
+                    .expect("static response"),
+            )
+        })
+        .unify()
 }
 
 async fn read_body<S, B>(mut body: S) -> Result<Bytes, String>
@@ -204,7 +205,8 @@ pub async fn serve_tls<F>(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {
                     tracing::debug!(%peer, %error, "TLS handshake failed");
@@ -223,8 +225,14 @@ pub async fn serve_tls<F>(
             }
         });
     }
-    tracing::info!(open = graceful.count(), "stopped accepting; draining connections");
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    tracing::info!(
+        open = graceful.count(),
+        "stopped accepting; draining connections"
+    );
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("drain timed out; closing remaining connections");
     }
 }

@@ -168,9 +168,17 @@ mod tests {
         let b = binding("b", "sa", None);
         let c = binding("c", "other", None);
         let states = [state("a", &a), state("b", &b), state("c", &c)];
-        let out = desired(&states, |_, _| ServiceAccountState::WorkloadIdentity("g@p.iam.gserviceaccount.com".into()), "t0");
+        let out = desired(
+            &states,
+            |_, _| ServiceAccountState::WorkloadIdentity("g@p.iam.gserviceaccount.com".into()),
+            "t0",
+        );
         assert_eq!(reason(&out[0]), "Conflict");
-        assert!(out[0].as_ref().unwrap().conditions[0].message.contains("conflicts with b"));
+        assert!(
+            out[0].as_ref().unwrap().conditions[0]
+                .message
+                .contains("conflicts with b")
+        );
         assert_eq!(reason(&out[1]), "Conflict");
         assert_eq!(reason(&out[2]), "Bound");
     }
@@ -191,7 +199,11 @@ mod tests {
         let a = binding("a", "sa", None);
         let out = desired(&[state("a", &a)], |_, _| ServiceAccountState::Missing, "t0");
         assert_eq!(reason(&out[0]), "ServiceAccountNotFound");
-        let out = desired(&[state("a", &a)], |_, _| ServiceAccountState::NoWorkloadIdentity, "t0");
+        let out = desired(
+            &[state("a", &a)],
+            |_, _| ServiceAccountState::NoWorkloadIdentity,
+            "t0",
+        );
         assert_eq!(reason(&out[0]), "WorkloadIdentityNotConfigured");
         let current = out[0].clone().unwrap();
         // Same inputs later: nothing to write.
@@ -203,7 +215,10 @@ mod tests {
         let mut s = state("a", &a);
         s.current = Some(&current);
         let moved = desired(&[s], |_, _| ServiceAccountState::Missing, "t2");
-        assert_eq!(moved[0].as_ref().unwrap().conditions[0].last_transition_time, "t0");
+        assert_eq!(
+            moved[0].as_ref().unwrap().conditions[0].last_transition_time,
+            "t0"
+        );
     }
 
     #[test]

@@ -77,7 +77,13 @@ impl CertStore {
         if self.is_loaded() && last.0 == cert_pem && last.1 == key_pem {
             return Ok(false);
         }
-        let key = certified_key(&cert_pem, &key_pem, &self.cert_path, &self.key_path, &self.provider);
+        let key = certified_key(
+            &cert_pem,
+            &key_pem,
+            &self.cert_path,
+            &self.key_path,
+            &self.provider,
+        );
         // Remember the bytes even when they are bad, so a broken pair is reported once per
         // change instead of on every poll.
         *last = (cert_pem, key_pem);

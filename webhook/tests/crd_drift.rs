@@ -24,12 +24,18 @@ fn schema_is_structural_and_omits_nulls() {
     let version = &crd["spec"]["versions"][0];
     let schema = &version["schema"]["openAPIV3Schema"];
     let spec = &schema["properties"]["spec"];
-    assert_eq!(spec["required"], serde_json::json!(["roleArn", "serviceAccountName"]));
+    assert_eq!(
+        spec["required"],
+        serde_json::json!(["roleArn", "serviceAccountName"])
+    );
     assert!(spec["properties"]["roleArn"]["pattern"].is_string());
     // Structural schemas reject `anyOf` without types and `$ref`, both easy to get from schemars.
     let text = serde_json::to_string(schema).unwrap();
     assert!(!text.contains("anyOf"), "{text}");
     assert!(!text.contains("$ref"), "{text}");
     assert_eq!(version["subresources"]["status"], serde_json::json!({}));
-    assert_eq!(crd["spec"]["names"]["shortNames"], serde_json::json!(["arb"]));
+    assert_eq!(
+        crd["spec"]["names"]["shortNames"],
+        serde_json::json!(["arb"])
+    );
 }

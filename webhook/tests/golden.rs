@@ -325,9 +325,12 @@ fn run_case(path: &Path, update: bool) -> Vec<String> {
 
     match (expect.outcome, result) {
         (ExpectedOutcome::Denied, Err(denial)) => match &expect.denial {
-            Some(d) if !d.is_empty() => {
-                check_substrings("denial", d, std::slice::from_ref(&denial.message), &mut errors)
-            }
+            Some(d) if !d.is_empty() => check_substrings(
+                "denial",
+                d,
+                std::slice::from_ref(&denial.message),
+                &mut errors,
+            ),
             _ => errors.push("a denied case must list `denial` substrings".into()),
         },
         (ExpectedOutcome::Skipped, Ok(m)) => {
@@ -342,7 +345,10 @@ fn run_case(path: &Path, update: bool) -> Vec<String> {
                 Outcome::Mutated => errors.push("expected skipped, got mutated".into()),
             }
             if !m.patch.is_empty() {
-                errors.push(format!("a skipped pod must get no operations, got {:#?}", m.patch));
+                errors.push(format!(
+                    "a skipped pod must get no operations, got {:#?}",
+                    m.patch
+                ));
             }
         }
         (ExpectedOutcome::Mutated, Ok(m)) => {
@@ -384,8 +390,9 @@ fn run_case(path: &Path, update: bool) -> Vec<String> {
             let again_json = serde_json::to_string(&actual).expect("a Value always serialises");
             let again_view = PodView::from_json(&again_json).expect("the patched pod parses");
             match mutate::mutate(&again_view, namespace, &bindings, &cfg) {
-                Ok(m2) if m2.patch.is_empty()
-                    && m2.outcome == Outcome::Skipped(Skip::AlreadyInjected) => {}
+                Ok(m2)
+                    if m2.patch.is_empty()
+                        && m2.outcome == Outcome::Skipped(Skip::AlreadyInjected) => {}
                 other => errors.push(format!(
                     "not idempotent: mutating the result again gave {other:#?}"
                 )),
@@ -426,7 +433,10 @@ fn golden_cases() {
         }
     }
     assert!(failures.is_empty(), "golden cases failed:{failures}");
-    assert!(!update, "ROLEBRIDGE_UPDATE_GOLDEN=1 rewrote expected pods: review the diff, then run again without it");
+    assert!(
+        !update,
+        "ROLEBRIDGE_UPDATE_GOLDEN=1 rewrote expected pods: review the diff, then run again without it"
+    );
 }
 
 /// The harness itself must notice a wrong expectation, or every case above proves nothing.
@@ -462,5 +472,10 @@ expect:
     let text = text.replace("outcome: mutated", "outcome: skipped");
     std::fs::write(&path, text).unwrap();
     let errors = run_case(&path, false);
-    assert!(errors.iter().any(|e| e.contains("expected skipped, got mutated")), "{errors:#?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("expected skipped, got mutated")),
+        "{errors:#?}"
+    );
 }

@@ -135,7 +135,11 @@ async fn connect(
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    config.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+    config.alpn_protocols = vec![if h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
     let tcp = TcpStream::connect(addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
@@ -169,9 +173,8 @@ async fn post(conn: &mut Conn, path: &str, body: &[u8]) -> (u16, Value) {
     };
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let value = serde_json::from_slice(&bytes).unwrap_or(Value::String(
-        String::from_utf8_lossy(&bytes).into_owned(),
-    ));
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (status, value)
 }
 
@@ -209,7 +212,10 @@ async fn real_review_over_http1_and_h2() {
             .iter()
             .map(|e| e["name"].as_str().unwrap())
             .collect();
-        assert!(env.contains(&"AWS_ROLE_ARN") && env.contains(&"AWS_REGION"), "{env:?}");
+        assert!(
+            env.contains(&"AWS_ROLE_ARN") && env.contains(&"AWS_REGION"),
+            "{env:?}"
+        );
         assert_eq!(pod["spec"]["initContainers"][0]["name"], "rolebridge-agent");
         // Several requests on one kept-alive connection.
         let (status, _) = post(&mut conn, "/mutate", REVIEW.as_bytes()).await;
@@ -226,7 +232,11 @@ async fn bad_input_gets_an_invalid_review_never_a_500() {
     publish(dir.path(), &pair, 1);
     let server = start(dir.path()).await;
     let (mut conn, _) = connect(server.addr, &pair.der, false).await;
-    for body in [&b"not json"[..], b"", b"{\"kind\":\"AdmissionReview\",\"apiVersion\":\"admission.k8s.io/v1\"}"] {
+    for body in [
+        &b"not json"[..],
+        b"",
+        b"{\"kind\":\"AdmissionReview\",\"apiVersion\":\"admission.k8s.io/v1\"}",
+    ] {
         let (status, resp) = post(&mut conn, "/mutate", body).await;
         assert_eq!(status, 200, "{resp}");
         assert_eq!(resp["response"]["allowed"], false);
@@ -235,11 +245,19 @@ async fn bad_input_gets_an_invalid_review_never_a_500() {
     let too_big = vec![b' '; rolebridge_webhook::server::MAX_BODY + 1];
     let (status, resp) = post(&mut conn, "/mutate", &too_big).await;
     assert_eq!(status, 200);
-    assert!(resp["response"]["status"]["message"].as_str().unwrap().contains("exceeds"));
+    assert!(
+        resp["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exceeds")
+    );
     let (status, _) = post(&mut conn, "/other", b"{}").await;
     assert_eq!(status, 404);
     let metrics = server.state.metrics.encode();
-    assert!(metrics.contains("rolebridge_admissions_total{outcome=\"error\"} 4"), "{metrics}");
+    assert!(
+        metrics.contains("rolebridge_admissions_total{outcome=\"error\"} 4"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -255,7 +273,10 @@ async fn certificate_rotation_through_the_data_symlink() {
     publish(dir.path(), &two, 2);
     assert!(server.certs.reload().unwrap(), "rotation must be noticed");
     let (mut new_conn, presented) = connect(server.addr, &two.der, true).await;
-    assert_eq!(presented, two.der, "new connections see the new certificate");
+    assert_eq!(
+        presented, two.der,
+        "new connections see the new certificate"
+    );
     let (status, _) = post(&mut new_conn, "/mutate", REVIEW.as_bytes()).await;
     assert_eq!(status, 200);
     // The connection opened before the rotation keeps working.
@@ -290,5 +311,8 @@ async fn graceful_shutdown_finishes_open_connections() {
         .await
         .expect("server stops promptly")
         .unwrap();
-    assert!(TcpStream::connect(server.addr).await.is_err(), "listener closed");
+    assert!(
+        TcpStream::connect(server.addr).await.is_err(),
+        "listener closed"
+    );
 }

@@ -25,12 +25,15 @@ import base64
 import copy
 import difflib
 import itertools
+import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import threading
 import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import jsonschema
@@ -415,6 +418,164 @@ def check_notes_binding(helm: str, crd_path: Path) -> None:
         "apiVersion": example["apiVersion"], "kind": example["kind"]})
 
 
+# ---------------------------------------------------------------------------------------------
+# certs.mode=auto across `helm upgrade`: `lookup` against a fake API server
+
+class FakeAPI:
+    """Just enough of a kube-apiserver (plain HTTP on loopback) for `helm template
+    --dry-run=server`: version, discovery of the chart's kinds, and GET of one Secret."""
+
+    CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration",
+                      "CustomResourceDefinition"}
+    KINDS = {"v1": ["Secret", "Service", "ServiceAccount"], "apps/v1": ["Deployment"],
+             "policy/v1": ["PodDisruptionBudget"],
+             "rbac.authorization.k8s.io/v1": ["ClusterRole", "ClusterRoleBinding"],
+             "admissionregistration.k8s.io/v1": ["MutatingWebhookConfiguration"],
+             "apiextensions.k8s.io/v1": ["CustomResourceDefinition"]}
+
+    def __init__(self) -> None:
+        self.secret: dict | None = None
+        self.requests: list[str] = []
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep the check output clean
+                pass
+
+            def reply(self, code: int, obj: dict) -> None:
+                body = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):  # noqa: N802 - http.server API
+                path = self.path.split("?")[0].rstrip("/")
+                api.requests.append(path)
+                self.reply(*api.answer(path))
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def resources(self, gv: str) -> dict:
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": [
+            {"name": k.lower() + "s", "singularName": k.lower(), "kind": k,
+             "namespaced": k not in self.CLUSTER_SCOPED, "verbs": ["get", "list", "create"]}
+            for k in self.KINDS[gv]]}
+
+    def answer(self, path: str) -> tuple[int, dict]:
+        not_found = {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                     "reason": "NotFound", "code": 404}
+        if path == "/version":
+            return 200, {"major": "1", "minor": "35", "gitVersion": "v1.35.0"}
+        if path == "/api":
+            return 200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
+        if path == "/apis":
+            return 200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+                {"name": gv.split("/")[0], "versions": [{"groupVersion": gv, "version": "v1"}],
+                 "preferredVersion": {"groupVersion": gv, "version": "v1"}}
+                for gv in self.KINDS if "/" in gv]}
+        if path == "/api/v1":
+            return 200, self.resources("v1")
+        if path.startswith("/apis/") and path.count("/") == 3 and path[6:] in self.KINDS:
+            return 200, self.resources(path[6:])
+        s = self.secret
+        if s and path == f"/api/v1/namespaces/{s['metadata']['namespace']}/secrets/{s['metadata']['name']}":
+            return 200, s
+        return 404, not_found
+
+    def __enter__(self) -> "FakeAPI":
+        self.thread.start()
+        self.dir = tempfile.TemporaryDirectory()
+        self.kubeconfig = Path(self.dir.name) / "kubeconfig"
+        host, port = self.server.server_address[:2]
+        self.kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": f"http://{host}:{port}"}}],
+            "users": [{"name": "fake", "user": {"token": "fake"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}]}))
+        self.kubeconfig.chmod(0o600)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.dir.cleanup()
+
+
+def render_against(helm: str, api: FakeAPI) -> list[dict]:
+    env = dict(os.environ, KUBECONFIG=str(api.kubeconfig))
+    cmd = [helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
+           "--dry-run=server", "--disable-openapi-validation"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    return load_docs(out)
+
+
+def tls_material(docs: list[dict]) -> tuple[dict, set[str]]:
+    sec = one(docs, "Secret")
+    bundles = {h["clientConfig"]["caBundle"]
+               for h in one(docs, "MutatingWebhookConfiguration")["webhooks"]}
+    return sec, bundles
+
+
+def check_auto_certs_stable(helm: str) -> None:
+    with FakeAPI() as api:
+        # First install: no Secret yet, so a new CA and serving certificate are generated.
+        first, bundles = tls_material(render_against(helm, api))
+        name = first["metadata"]["name"]
+        assert f"/api/v1/namespaces/{NAMESPACE}/secrets/{name}" in api.requests, \
+            "the chart did not look up its Secret"
+        assert bundles == {first["data"]["ca.crt"]}
+        # Upgrade: the Secret exists (owned by the release), so the same pair must be re-used.
+        live = copy.deepcopy(first)
+        live["metadata"]["annotations"] = {"meta.helm.sh/release-name": RELEASE,
+                                           "meta.helm.sh/release-namespace": NAMESPACE}
+        api.secret = live
+        again, bundles = tls_material(render_against(helm, api))
+        assert again["data"] == first["data"], "helm upgrade would replace the certificate"
+        assert bundles == {first["data"]["ca.crt"]}, "caBundle is not the live Secret's CA"
+        # A Secret missing a key is not re-used half: a complete new pair is generated.
+        broken = copy.deepcopy(live)
+        del broken["data"]["ca.crt"]
+        api.secret = broken
+        fresh, bundles = tls_material(render_against(helm, api))
+        assert fresh["data"]["tls.crt"] != first["data"]["tls.crt"], "incomplete Secret re-used"
+        assert bundles == {fresh["data"]["ca.crt"]}
+
+
+def check_values_documented() -> None:
+    """Every key of values.yaml that the schema knows has a comment right above it, and every
+    top-level key of values.yaml is in the schema (whose additionalProperties=false catches the
+    rest)."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    stack: list[tuple[int, str]] = []
+    missing = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s*)([A-Za-z][\w.-]*):(\s|$)", line)
+        if not m:
+            continue
+        indent, key = len(m.group(1)), m.group(2)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = [k for _, k in stack] + [key]
+        stack.append((indent, key))
+        node = schema
+        for k in path:
+            props = node.get("properties")
+            if props is None or k not in props:
+                node = None
+                break
+            node = props[k]
+        if node is None:
+            assert len(path) > 1, f"top-level value {key} is not in values.schema.json"
+            continue
+        if i == 0 or not lines[i - 1].strip().startswith("#"):
+            missing.append(".".join(path))
+    assert not missing, f"undocumented values: {missing}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--helm", required=True)
@@ -423,6 +584,8 @@ def main() -> int:
 
     res = Results()
     res.check("validator rejects broken manifests", validator_rejects_broken)
+    res.check("every value in values.yaml is documented and in the schema",
+              check_values_documented)
 
     cases = sorted((HERE / "values").glob("*.yaml"))
     assert cases, "no values files"
@@ -484,6 +647,9 @@ def main() -> int:
         else:
             res.check(f"no stale tests/rendered/{name}", lambda n=name: (_ for _ in ()).throw(
                 AssertionError(f"{n} has no values file; remove it or run --update")))
+
+    res.check("certs.mode=auto: generated on install, kept on upgrade (lookup)",
+              check_auto_certs_stable, args.helm)
 
     crd = CHART / "crds" / "awsrolebinding.yaml"
     if crd.exists():

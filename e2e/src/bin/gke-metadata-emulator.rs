@@ -10,7 +10,10 @@ use clap::Parser;
 use rolebridge_e2e::metadata_emulator::{Config, Emulator, Fault};
 
 #[derive(Debug, Parser)]
-#[command(name = "gke-metadata-emulator", about = "Emulates the GKE metadata server's identity endpoint")]
+#[command(
+    name = "gke-metadata-emulator",
+    about = "Emulates the GKE metadata server's identity endpoint"
+)]
 struct Args {
     /// Address to listen on (port 0 picks a free port; the chosen address is printed).
     #[arg(long, env = "EMULATOR_LISTEN", default_value = "127.0.0.1:8080")]
@@ -23,7 +26,11 @@ struct Args {
     latency_ms: u64,
     /// Audience the server mints tokens for (repeatable); without any, every audience is served
     /// as on GKE. Others get 400.
-    #[arg(long = "allowed-audience", env = "EMULATOR_ALLOWED_AUDIENCES", value_delimiter = ',')]
+    #[arg(
+        long = "allowed-audience",
+        env = "EMULATOR_ALLOWED_AUDIENCES",
+        value_delimiter = ','
+    )]
     allowed_audiences: Vec<String>,
     /// Fault applied to every identity request: none, <status> (e.g. 500 or 404), hang,
     /// garbage, wrong-aud, expired, close. Changeable at run time with
@@ -31,10 +38,18 @@ struct Args {
     #[arg(long, env = "EMULATOR_FAULT", default_value = "none")]
     fault: Fault,
     /// Google service account email claim.
-    #[arg(long, env = "EMULATOR_EMAIL", default_value = "app@rolebridge-test.iam.gserviceaccount.com")]
+    #[arg(
+        long,
+        env = "EMULATOR_EMAIL",
+        default_value = "app@rolebridge-test.iam.gserviceaccount.com"
+    )]
     email: String,
     /// Google service account unique ID (the token's azp and sub).
-    #[arg(long, env = "EMULATOR_UNIQUE_ID", default_value = "112233445566778899001")]
+    #[arg(
+        long,
+        env = "EMULATOR_UNIQUE_ID",
+        default_value = "112233445566778899001"
+    )]
     unique_id: String,
     /// Project ID served at /computeMetadata/v1/project/project-id.
     #[arg(long, env = "EMULATOR_PROJECT_ID", default_value = "rolebridge-test")]
@@ -42,7 +57,9 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let a = Args::parse();
     let emulator = Emulator::start(
         a.listen,
@@ -61,7 +78,9 @@ fn main() -> anyhow::Result<()> {
     println!("gke-metadata-emulator listening on {}", emulator.addr());
     println!("GCE_METADATA_HOST={}", emulator.host());
     tracing::info!(addr = %emulator.addr(), "listening");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;

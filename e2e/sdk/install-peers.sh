@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs the real peers the SDK tests (e2e/tests/sdk_*.rs) run against:
+#   moto's server (STS + S3), boto3 and the AWS CLI (v1, from PyPI).
+# Idempotent: does nothing when they are already importable. Uses apt (for Python itself, if
+# missing) and pip only. The tests find the interpreter as $ROLEBRIDGE_PYTHON or python3.
+set -euo pipefail
+
+PY="${ROLEBRIDGE_PYTHON:-python3}"
+# Versions the tests were written against.
+PEERS=('moto[server]==5.2.1' 'boto3==1.43.11' 'awscli==1.45.11')
+
+have_peers() {
+  "$PY" - <<'PYEOF' >/dev/null 2>&1
+import os, shutil, sys, sysconfig
+import boto3, moto, awscli, flask  # noqa: F401
+cands = [shutil.which("aws"), os.path.join(sysconfig.get_path("scripts"), "aws")]
+sys.exit(0 if any(c and os.path.exists(c) for c in cands) else 1)
+PYEOF
+}
+
+if ! command -v "$PY" >/dev/null 2>&1; then
+  echo "install-peers: $PY not found; installing Python from apt"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq python3 python3-pip python3-venv >/dev/null
+fi
+
+if have_peers; then
+  echo "install-peers: moto, boto3 and the AWS CLI are already installed for $("$PY" -c 'import sys; print(sys.executable)')"
+  exit 0
+fi
+
+if ! "$PY" -m pip --version >/dev/null 2>&1; then
+  "$PY" -m ensurepip --upgrade >/dev/null 2>&1 || {
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq python3-pip >/dev/null
+  }
+fi
+
+echo "install-peers: pip install ${PEERS[*]}"
+if ! "$PY" -m pip install --quiet --disable-pip-version-check "${PEERS[@]}"; then
+  # Debian's Python refuses system-wide pip installs (PEP 668); this machine is a throwaway
+  # test runner, so install anyway.
+  "$PY" -m pip install --quiet --disable-pip-version-check --break-system-packages "${PEERS[@]}"
+fi
+
+# pyenv needs its shims refreshed for the new `aws` and `moto_server` entry points.
+if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
+
+have_peers || { echo "install-peers: peers still not importable after install" >&2; exit 1; }
+echo "install-peers: done"

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every test tier of rolebridge; installs what the tests need first (idempotent).
+#   unit + golden + property + in-process HTTPS   cargo test --workspace
+#   agent faults against the metadata emulator      cargo test (e2e crate)
+#   real AWS SDKs (boto3, AWS CLI, Rust SDK) + moto  cargo test (e2e crate), peers from PyPI
+#   Helm chart lint/render/schema checks            scripts/chart-check.sh
+#   static binaries in an empty root                scripts/empty-root-test.sh
+#   real API server                                 e2e/tests/apiserver.rs, needs ROLEBRIDGE_E2E_KUBECONFIG
+# Set ROLEBRIDGE_REQUIRE_PEERS=1 (CI does) to make a missing peer a failure instead of a skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "installing test peers"
+bash e2e/sdk/install-peers.sh
+bash scripts/install-helm.sh
+
+step "formatting and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+if cargo tree --workspace -i openssl-sys >/dev/null 2>&1; then
+  echo "error: openssl-sys is in the dependency graph" >&2; exit 1
+fi
+
+step "cargo tests (all crates)"
+cargo test --workspace --locked --no-fail-fast
+
+step "Helm chart"
+bash scripts/chart-check.sh
+
+step "static binaries in an empty root"
+bash scripts/empty-root-test.sh
+
+step "all tests passed"

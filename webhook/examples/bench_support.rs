@@ -1,0 +1,77 @@
+//! Helpers for `bench/webhook.sh`: `cert DIR` writes a self-signed localhost pair, and
+//! `baseline LISTEN CERT KEY` serves `POST /mutate` with a fixed "allowed" review on exactly the
+//! webhook's TLS stack (same accept loop, rustls config and hyper builder). The ratio of the
+//! webhook's throughput to the baseline's shows how close the admission logic is to the cost
+//! of TLS + HTTP alone.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use warp::Filter;
+use warp::http::Response;
+
+use rolebridge_webhook::server::serve_tls;
+use rolebridge_webhook::tls::{CertStore, server_config};
+
+const ALLOWED: &[u8] = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"","allowed":true}}"#;
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["cert", dir] => {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let params =
+                rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+                    .unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            std::fs::write(format!("{dir}/tls.crt"), cert.pem()).unwrap();
+            std::fs::write(format!("{dir}/tls.key"), key.serialize_pem()).unwrap();
+        }
+        ["baseline", listen, cert, key] => {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let store = Arc::new(CertStore::new(cert.into(), key.into(), provider.clone()));
+                store.reload().expect("certificate");
+                let tls = Arc::new(server_config(&store, provider).unwrap());
+                let routes = warp::path("mutate")
+                    .and(warp::post())
+                    .and(warp::body::bytes())
+                    .map(|_body: bytes::Bytes| {
+                        Response::builder()
+                            .header("content-type", "application/json")
+                            .body(ALLOWED.to_vec())
+                            .unwrap()
+                    })
+                    .recover(|_| async {
+                        Ok::<_, Infallible>(
+                            Response::builder().status(404).body(Vec::new()).unwrap(),
+                        )
+                    })
+                    .unify();
+                let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+                let (_stop, rx) = tokio::sync::watch::channel(false);
+                serve_tls(
+                    listener,
+                    tls,
+                    routes,
+                    Duration::from_secs(10),
+                    rx,
+                    Duration::from_secs(1),
+                )
+                .await;
+            });
+        }
+        _ => {
+            eprintln!("usage: bench_support cert DIR | baseline LISTEN CERT KEY");
+            std::process::exit(2);
+        }
+    }
+}

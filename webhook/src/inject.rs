@@ -1,0 +1,231 @@
+//! Manual injection (`rolebridge-webhook inject`), for GitOps pipelines and clusters where
+//! admission webhooks are not allowed.
+//!
+//! Every pod template in a multi-document YAML stream goes through the very same
+//! [`mutate`](crate::mutate::mutate) as an admission, so the two can never drift. Documents
+//! without a pod template, and documents the mutation leaves alone, are copied through as the
+//! exact input text (comments and formatting included); only mutated documents are
+//! re-serialised.
+
+use std::fmt::Write as _;
+
+use serde::Deserialize as _;
+use serde_json::Value;
+
+use crate::index::BindingIndex;
+use crate::mutate::{self, Config, Outcome};
+use crate::pod::PodView;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    #[error("document {document}: not valid YAML: {message}")]
+    Yaml { document: usize, message: String },
+    #[error("document {document} ({object}): {message}")]
+    Denied {
+        document: usize,
+        object: String,
+        message: String,
+    },
+    #[error("document {document} ({object}): {message}")]
+    Patch {
+        document: usize,
+        object: String,
+        message: String,
+    },
+}
+
+/// The result of an injection.
+#[derive(Debug, Default)]
+pub struct Injected {
+    pub output: String,
+    pub warnings: Vec<String>,
+    /// Pod templates that were changed.
+    pub mutated: usize,
+}
+
+/// Splits a YAML stream at its `---` document markers, keeping each part's exact text.
+fn split_documents(input: &str) -> Vec<&str> {
+    let mut docs = Vec::new();
+    let mut start = 0;
+    let mut pos = 0;
+    for line in input.split_inclusive('\n') {
+        let bare = line.trim_end_matches(['\n', '\r']);
+        if pos > 0 && (bare == "---" || bare.starts_with("--- ") || bare.starts_with("---\t")) {
+            docs.push(&input[start..pos]);
+            start = pos;
+        }
+        pos += line.len();
+    }
+    docs.push(&input[start..]);
+    docs
+}
+
+/// Where the pod template of a workload kind lives.
+fn template_path(kind: &str) -> Option<&'static [&'static str]> {
+    Some(match kind {
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "Job"
+        | "ReplicationController" => &["spec", "template"],
+        "CronJob" => &["spec", "jobTemplate", "spec", "template"],
+        _ => return None,
+    })
+}
+
+struct Ctx<'a> {
+    bindings: &'a BindingIndex,
+    cfg: &'a Config,
+    default_namespace: &'a str,
+    document: usize,
+    warnings: Vec<String>,
+    mutated: usize,
+}
+
+impl Ctx<'_> {
+    /// Mutates the object in place; returns whether anything changed.
+    fn object(&mut self, obj: &mut Value) -> Result<bool, InjectError> {
+        let kind = obj["kind"].as_str().unwrap_or_default().to_owned();
+        if kind.ends_with("List") && obj["items"].is_array() {
+            let mut changed = false;
+            if let Some(items) = obj["items"].as_array_mut() {
+                for item in items {
+                    changed |= self.object(item)?;
+                }
+            }
+            return Ok(changed);
+        }
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or("<unnamed>")
+            .to_owned();
+        let namespace = obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or(self.default_namespace)
+            .to_owned();
+        let label = format!("{kind} {namespace}/{name}");
+        if kind == "Pod" {
+            return self.pod(obj, &namespace, &label);
+        }
+        let Some(path) = template_path(&kind) else {
+            return Ok(false);
+        };
+        let mut template = &mut *obj;
+        for key in path {
+            match template.get_mut(*key) {
+                Some(next) => template = next,
+                None => return Ok(false),
+            }
+        }
+        self.pod(template, &namespace, &label)
+    }
+
+    fn pod(&mut self, pod: &mut Value, namespace: &str, label: &str) -> Result<bool, InjectError> {
+        // A pod always has metadata by the time it is admitted; a template may omit it.
+        let had_metadata = pod.get("metadata").is_some_and(Value::is_object);
+        if !had_metadata && let Some(obj) = pod.as_object_mut() {
+            obj.insert("metadata".into(), Value::Object(Default::default()));
+        }
+        let json = pod.to_string();
+        let view = PodView::from_json(&json).map_err(|e| InjectError::Patch {
+            document: self.document,
+            object: label.to_owned(),
+            message: format!("pod spec does not parse: {e}"),
+        })?;
+        let bindings = self
+            .bindings
+            .lookup(namespace, view.service_account())
+            .map(|b| &b[..])
+            .unwrap_or_default();
+        let result = mutate::mutate(&view, namespace, bindings, self.cfg).map_err(|d| {
+            InjectError::Denied {
+                document: self.document,
+                object: label.to_owned(),
+                message: d.message,
+            }
+        })?;
+        for w in result.warnings {
+            self.warnings.push(format!("{label}: {w}"));
+        }
+        if result.outcome != Outcome::Mutated {
+            if !had_metadata && let Some(obj) = pod.as_object_mut() {
+                obj.remove("metadata");
+            }
+            return Ok(false);
+        }
+        json_patch::patch(pod, &result.patch).map_err(|e| InjectError::Patch {
+            document: self.document,
+            object: label.to_owned(),
+            message: e.to_string(),
+        })?;
+        self.mutated += 1;
+        Ok(true)
+    }
+}
+
+/// Injects every pod template of `input`. Objects without a namespace are taken to be in
+/// `default_namespace`, as `kubectl apply` would place them.
+pub fn inject(
+    input: &str,
+    bindings: &BindingIndex,
+    cfg: &Config,
+    default_namespace: &str,
+) -> Result<Injected, InjectError> {
+    let mut ctx = Ctx {
+        bindings,
+        cfg,
+        default_namespace,
+        document: 0,
+        warnings: Vec::new(),
+        mutated: 0,
+    };
+    let mut output = String::with_capacity(input.len() * 2);
+    for (i, text) in split_documents(input).into_iter().enumerate() {
+        ctx.document = i + 1;
+        let yaml_err = |e: serde_norway::Error| InjectError::Yaml {
+            document: i + 1,
+            message: e.to_string(),
+        };
+        // A part may hold only a marker or comments: nothing to parse, copy it through.
+        let mut docs = serde_norway::Deserializer::from_str(text);
+        let value = match docs.next() {
+            Some(doc) => Value::deserialize(doc).map_err(yaml_err)?,
+            None => Value::Null,
+        };
+        let mut value = value;
+        if value.is_object() && ctx.object(&mut value)? {
+            let marker = text.lines().next().filter(|l| l.starts_with("---"));
+            if let Some(m) = marker {
+                let _ = writeln!(output, "{m}");
+            }
+            output.push_str(&serde_norway::to_string(&value).map_err(yaml_err)?);
+            if !output.ends_with('\n') {
+                output.push('\n');
+            }
+        } else {
+            output.push_str(text);
+        }
+    }
+    Ok(Injected {
+        output,
+        warnings: ctx.warnings,
+        mutated: ctx.mutated,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_on_document_markers_only() {
+        let input = "a: 1\n---\nb: |\n  ---\n  x\n--- # c\nc: 3\n";
+        let docs = split_documents(input);
+        assert_eq!(
+            docs,
+            ["a: 1\n", "---\nb: |\n  ---\n  x\n", "--- # c\nc: 3\n"]
+        );
+        assert_eq!(docs.concat(), input);
+    }
+}

@@ -1,0 +1,166 @@
+//! `inject` applies exactly the admission mutation to every pod template kind, and leaves
+//! everything else byte for byte.
+
+use rolebridge_webhook::index::{BindingIndex, bindings_from_yaml};
+use rolebridge_webhook::inject::{InjectError, inject};
+use rolebridge_webhook::mutate::{Config, mutate};
+use rolebridge_webhook::pod::PodView;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+const BINDINGS: &str = "
+apiVersion: rolebridge.io/v1alpha1
+kind: AWSRoleBinding
+metadata: {name: reader, namespace: apps}
+spec: {serviceAccountName: worker, roleArn: 'arn:aws:iam::123456789012:role/reader'}
+";
+
+fn index() -> BindingIndex {
+    BindingIndex::new(bindings_from_yaml(BINDINGS, "apps").unwrap())
+}
+
+fn pod_spec() -> Value {
+    json!({"serviceAccountName": "worker", "containers": [{"name": "main", "image": "busybox"}]})
+}
+
+fn docs(text: &str) -> Vec<Value> {
+    serde_norway::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .collect()
+}
+
+/// What the webhook would do to a pod made from `template`.
+fn admitted(template: &Value) -> Value {
+    let mut pod = template.clone();
+    if pod.get("metadata").is_none() {
+        pod["metadata"] = json!({});
+    }
+    let json = pod.to_string();
+    let view = PodView::from_json(&json).unwrap();
+    let idx = index();
+    let m = mutate(
+        &view,
+        "apps",
+        idx.lookup("apps", "worker").unwrap(),
+        &Config::default(),
+    )
+    .unwrap();
+    json_patch::patch(&mut pod, &m.patch).unwrap();
+    pod
+}
+
+#[test]
+fn every_workload_kind_gets_the_admission_mutation() {
+    let template = json!({"metadata": {"labels": {"app": "x"}}, "spec": pod_spec()});
+    let cases: Vec<(Value, &[&str])> = vec![
+        (
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "apps"}, "spec": pod_spec()}),
+            &[],
+        ),
+        (
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "namespace": "apps"}, "spec": {"template": template}}),
+            &["spec", "template"],
+        ),
+        (
+            json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "s"}, "spec": {"template": template}}),
+            &["spec", "template"],
+        ),
+        (
+            json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "ds"}, "spec": {"template": template}}),
+            &["spec", "template"],
+        ),
+        (
+            json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "rs"}, "spec": {"template": template}}),
+            &["spec", "template"],
+        ),
+        (
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"}, "spec": {"template": {"spec": pod_spec()}}}),
+            &["spec", "template"],
+        ),
+        (
+            json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "c"}, "spec": {"schedule": "@daily", "jobTemplate": {"spec": {"template": template}}}}),
+            &["spec", "jobTemplate", "spec", "template"],
+        ),
+    ];
+    for (obj, path) in cases {
+        let input = serde_norway::to_string(&obj).unwrap();
+        let out = inject(&input, &index(), &Config::default(), "apps").unwrap();
+        assert_eq!(out.mutated, 1, "{}", obj["kind"]);
+        let got = &docs(&out.output)[0];
+        let pick = |v: &Value| path.iter().fold(v.clone(), |v, k| v[*k].clone());
+        assert_eq!(pick(got), admitted(&pick(&obj)), "{}", obj["kind"]);
+        // Everything outside the template is untouched.
+        let (mut a, mut b) = (got.clone(), obj.clone());
+        if !path.is_empty() {
+            let strip = |v: &mut Value| {
+                let mut t = v;
+                for k in &path[..path.len() - 1] {
+                    t = &mut t[*k];
+                }
+                t.as_object_mut().unwrap().remove(*path.last().unwrap());
+            };
+            strip(&mut a);
+            strip(&mut b);
+            assert_eq!(a, b);
+        }
+        // Injecting the output again changes nothing.
+        let again = inject(&out.output, &index(), &Config::default(), "apps").unwrap();
+        assert_eq!(again.mutated, 0);
+        assert_eq!(again.output, out.output);
+    }
+}
+
+#[test]
+fn other_documents_pass_through_byte_for_byte() {
+    let input = "# leading comment\napiVersion: v1\nkind: ConfigMap   # odd spacing kept\nmetadata: {name: c}\ndata: {a: '1'}\n---\n# only a comment\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: other, namespace: elsewhere}\nspec: {template: {spec: {serviceAccountName: worker, containers: [{name: m, image: x}]}}}\n";
+    let out = inject(input, &index(), &Config::default(), "apps").unwrap();
+    assert_eq!(out.mutated, 0);
+    assert_eq!(out.output, input);
+}
+
+#[test]
+fn lists_and_multi_document_streams() {
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a"}, "spec": pod_spec()},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "svc"}},
+    ]});
+    let input = format!(
+        "{}---\n{}",
+        serde_norway::to_string(&list).unwrap(),
+        serde_norway::to_string(&json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "b"}, "spec": pod_spec()})).unwrap()
+    );
+    let out = inject(&input, &index(), &Config::default(), "apps").unwrap();
+    assert_eq!(out.mutated, 2);
+    let d = docs(&out.output);
+    assert_eq!(d.len(), 2);
+    assert_eq!(d[0]["items"][1], list["items"][1]);
+    assert_eq!(
+        d[0]["items"][0]["spec"]["initContainers"][0]["name"],
+        "rolebridge-agent"
+    );
+}
+
+#[test]
+fn a_denial_names_the_object() {
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "annotations": {"rolebridge.io/role": "admin"}}, "spec": pod_spec()});
+    let err = inject(
+        &serde_norway::to_string(&pod).unwrap(),
+        &index(),
+        &Config::default(),
+        "apps",
+    )
+    .unwrap_err();
+    assert!(matches!(err, InjectError::Denied { .. }));
+    let msg = err.to_string();
+    assert!(
+        msg.contains("Pod apps/p") && msg.contains("reader"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn bad_yaml_is_an_error_with_its_document_number() {
+    let err = inject("a: 1\n---\nkind: [\n", &index(), &Config::default(), "apps").unwrap_err();
+    assert!(err.to_string().starts_with("document 2"), "{err}");
+}

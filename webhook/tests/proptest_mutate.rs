@@ -1,0 +1,893 @@
+//! Property tests for the mutation, on generated pods and bindings.
+//!
+//! Pods get random init and app containers (unique names), optional / `null` / present env,
+//! volumeMounts, volumes and annotations, annotation keys with `/` and `~`, rolebridge's own
+//! annotations with valid and invalid values, and unknown fields at several levels. Bindings of
+//! the pod's service account get random `containers`, audiences and regions.
+//!
+//! Properties: the patch only adds and always applies; the result is a fixed point; removing
+//! exactly what rolebridge owns from the result gives back the input (so no user field is
+//! changed, every pre-existing env var keeps its value, and nothing is duplicated); env names
+//! stay unique per container; and an independent model of the rules predicts the outcome:
+//! which container gets which binding, every skip, and a denial exactly when there is an
+//! unresolved tie or a `rolebridge.io/role` that names no binding of the service account.
+
+use std::collections::BTreeSet;
+
+use json_patch::PatchOperation;
+use proptest::prelude::*;
+use proptest::sample::subsequence;
+use rolebridge_webhook::mutate::{
+    self, AGENT_CONTAINER, AGENT_INIT_CONTAINER, ANNOTATION_APPLIED, ANNOTATION_INJECT,
+    ANNOTATION_ROLE, ANNOTATION_SKIP_CONTAINERS, Binding, Config, ENV_DEFAULT_REGION, ENV_REGION,
+    ENV_ROLE_ARN, ENV_SESSION_NAME, ENV_STS_REGIONAL, ENV_TOKEN_FILE, Outcome, SidecarMode, Skip,
+    TOKEN_MOUNT_PATH, TOKEN_VOLUME, token_path,
+};
+use rolebridge_webhook::pod::PodView;
+use serde_json::{Map, Value, json};
+
+const SA: &str = "app-sa";
+const NS: &str = "default";
+const CONTAINER_NAMES: &[&str] = &["app", "web", "worker", "proxy", "migrate", "seed", "logs"];
+const BINDING_NAMES: &[&str] = &["b0", "b1", "b2", "b3"];
+const ENV_NAMES: &[&str] = &[
+    "FOO",
+    "BAR",
+    ENV_REGION,
+    ENV_DEFAULT_REGION,
+    ENV_STS_REGIONAL,
+    ENV_SESSION_NAME,
+    "AWS_ACCESS_KEY_ID",
+    ENV_ROLE_ARN,
+    ENV_TOKEN_FILE,
+];
+const OWNED_ENV: &[&str] = &[
+    ENV_ROLE_ARN,
+    ENV_TOKEN_FILE,
+    ENV_SESSION_NAME,
+    ENV_REGION,
+    ENV_DEFAULT_REGION,
+    ENV_STS_REGIONAL,
+];
+
+// ---------------------------------------------------------------------------------------------
+// Generators
+
+/// An array-valued field: missing, explicitly `null`, or present (possibly empty).
+#[derive(Debug, Clone)]
+enum Field {
+    Absent,
+    Null,
+    Present(Value),
+}
+
+fn field(inner: impl Strategy<Value = Value>) -> impl Strategy<Value = Field> {
+    prop_oneof![
+        1 => Just(Field::Absent),
+        1 => Just(Field::Null),
+        4 => inner.prop_map(Field::Present),
+    ]
+}
+
+fn put(obj: &mut Map<String, Value>, key: &str, f: Field) {
+    match f {
+        Field::Absent => {}
+        Field::Null => {
+            obj.insert(key.into(), Value::Null);
+        }
+        Field::Present(v) => {
+            obj.insert(key.into(), v);
+        }
+    }
+}
+
+/// Arbitrary JSON for unknown fields, with keys and strings that need pointer escaping.
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i32>().prop_map(|i| json!(i)),
+        "[a-z~/ ]{0,6}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(2, 8, 3, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+            prop::collection::btree_map("[a-z~/]{1,5}", inner, 0..3)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Zero or one unknown field (the key never collides with a field the code reads).
+fn extra() -> impl Strategy<Value = Option<(String, Value)>> {
+    prop::option::weighted(0.5, ("future[A-Z][a-z~/]{0,4}", any_json()))
+}
+
+fn with_extra(mut v: Value, e: Option<(String, Value)>) -> Value {
+    if let (Some((k, x)), Some(obj)) = (e, v.as_object_mut()) {
+        obj.insert(k, x);
+    }
+    v
+}
+
+fn env_entry(name: &'static str) -> impl Strategy<Value = Value> {
+    // Users' own role/token values never equal what rolebridge would write.
+    let value = match name {
+        ENV_ROLE_ARN => "arn:aws:iam::999999999999:role/users-own".to_owned(),
+        ENV_TOKEN_FILE => "/users/own/token".to_owned(),
+        _ => format!("user-{}", name.to_lowercase()),
+    };
+    (0..3u8, extra()).prop_map(move |(kind, e)| {
+        let v = match kind {
+            0 | 1 => json!({"name": name, "value": value}),
+            _ => json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}),
+        };
+        with_extra(v, e)
+    })
+}
+
+fn env_list() -> impl Strategy<Value = Value> {
+    // Role/token variables are rarer, so most containers stay coverable.
+    let names = prop_oneof![
+        4 => subsequence(&ENV_NAMES[..7], 0..=4),
+        1 => subsequence(ENV_NAMES, 0..=5),
+    ];
+    names
+        .prop_shuffle()
+        .prop_flat_map(|names| names.into_iter().map(env_entry).collect::<Vec<_>>())
+        .prop_map(Value::Array)
+}
+
+fn mounts() -> impl Strategy<Value = Value> {
+    let pool = vec![
+        json!({"name": "data", "mountPath": "/data"}),
+        json!({"name": "cfg", "mountPath": "/etc/cfg", "readOnly": true, "futureMount": 1}),
+        json!({"name": "kube-api", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}),
+    ];
+    let clash = prop_oneof![
+        6 => Just(None),
+        1 => Just(Some(json!({"name": "own", "mountPath": TOKEN_MOUNT_PATH}))),
+        1 => Just(Some(json!({"name": "own", "mountPath": format!("{TOKEN_MOUNT_PATH}/")}))),
+    ];
+    (subsequence(pool, 0..=3), clash).prop_map(|(mut m, c)| {
+        m.extend(c);
+        Value::Array(m)
+    })
+}
+
+fn container(name: &'static str) -> impl Strategy<Value = Value> {
+    (field(env_list()), field(mounts()), extra(), any::<bool>()).prop_map(
+        move |(env, mounts, e, native_sidecar)| {
+            let mut c = Map::new();
+            c.insert("name".into(), json!(name));
+            c.insert(
+                "image".into(),
+                json!(format!("registry.example.com/{name}:1")),
+            );
+            put(&mut c, "env", env);
+            put(&mut c, "volumeMounts", mounts);
+            if native_sidecar {
+                // In init containers this is a user's native sidecar; harmless elsewhere here.
+                c.insert(
+                    "resizePolicy".into(),
+                    json!([{"resourceName": "cpu", "restartPolicy": "NotRequired"}]),
+                );
+            }
+            with_extra(Value::Object(c), e)
+        },
+    )
+}
+
+fn containers(names: Vec<&'static str>) -> impl Strategy<Value = Value> {
+    names
+        .into_iter()
+        .map(container)
+        .collect::<Vec<_>>()
+        .prop_map(Value::Array)
+}
+
+fn volumes() -> impl Strategy<Value = Value> {
+    let pool = vec![
+        json!({"name": "data", "emptyDir": {}}),
+        json!({"name": "cfg", "configMap": {"name": "cfg"}}),
+        json!({"name": "own", "secret": {"secretName": "own"}, "futureVolume": [1]}),
+    ];
+    subsequence(pool, 0..=3).prop_map(Value::Array)
+}
+
+fn annotations() -> impl Strategy<Value = Value> {
+    let other = prop::collection::btree_map("[a-z.~/]{1,10}", "[a-z~/]{0,5}", 0..4);
+    let inject = prop::option::weighted(
+        0.3,
+        prop::sample::select(vec![
+            "true", "false", " false ", "False", "disabled", "maybe", "",
+        ]),
+    );
+    let role = prop::option::weighted(
+        0.4,
+        prop::sample::select(vec!["b0", "b1", "b2", "b3", " b1 ", "nope", ""]),
+    );
+    let skip = prop::option::weighted(
+        0.3,
+        subsequence(
+            vec![
+                "app", "web", "worker", "proxy", "migrate", " logs", "ghost", "",
+            ],
+            0..=3,
+        )
+        .prop_map(|s| s.join(",")),
+    );
+    let applied = prop::option::weighted(0.1, Just("stale=value"));
+    (other, inject, role, skip, applied).prop_map(|(other, inject, role, skip, applied)| {
+        let mut m: Map<String, Value> = other.into_iter().map(|(k, v)| (k, json!(v))).collect();
+        let ours = [
+            (ANNOTATION_INJECT, inject.map(str::to_owned)),
+            (ANNOTATION_ROLE, role.map(str::to_owned)),
+            (ANNOTATION_SKIP_CONTAINERS, skip),
+            (ANNOTATION_APPLIED, applied.map(str::to_owned)),
+        ];
+        for (k, v) in ours {
+            if let Some(v) = v {
+                m.insert(k.into(), json!(v));
+            }
+        }
+        Value::Object(m)
+    })
+}
+
+fn pod_name() -> impl Strategy<Value = (Option<String>, Option<String>)> {
+    prop_oneof![
+        2 => Just((None, Some("gen-".to_owned()))),
+        1 => Just((Some("p".to_owned()), None)),
+        3 => "[a-z][a-z0-9-]{1,20}".prop_map(|n| (Some(n), None)),
+        1 => "[a-z]{65,80}".prop_map(|n| (Some(n), None)),
+    ]
+}
+
+fn pod() -> impl Strategy<Value = Value> {
+    // Unique names across init and app containers, at least one app container.
+    let split = subsequence(CONTAINER_NAMES, 1..=5)
+        .prop_shuffle()
+        .prop_flat_map(|names| {
+            let n = names.len();
+            (Just(names), 0..n)
+        });
+    split
+        .prop_flat_map(|(names, n_init)| {
+            let (init, app) = names.split_at(n_init);
+            let init_field = if init.is_empty() {
+                prop_oneof![
+                    Just(Field::Absent),
+                    Just(Field::Null),
+                    Just(Field::Present(json!([])))
+                ]
+                .boxed()
+            } else {
+                containers(init.to_vec()).prop_map(Field::Present).boxed()
+            };
+            (
+                init_field,
+                containers(app.to_vec()),
+                field(volumes()),
+                field(annotations()),
+                pod_name(),
+                (extra(), extra(), extra()),
+                prop_oneof![8 => Just(None), 1 => Just(Some("linux")), 1 => Just(Some("windows"))],
+                prop_oneof![Just("serviceAccountName"), Just("serviceAccount")],
+            )
+        })
+        .prop_map(
+            |(
+                init,
+                app,
+                vols,
+                annotations,
+                (name, gen_name),
+                (e_top, e_meta, e_spec),
+                os,
+                sa_field,
+            )| {
+                let mut meta = Map::new();
+                if let Some(n) = name {
+                    meta.insert("name".into(), json!(n));
+                }
+                if let Some(g) = gen_name {
+                    meta.insert("generateName".into(), json!(g));
+                }
+                meta.insert("namespace".into(), json!(NS));
+                put(&mut meta, "annotations", annotations);
+                let mut spec = Map::new();
+                spec.insert(sa_field.into(), json!(SA));
+                put(&mut spec, "initContainers", init);
+                spec.insert("containers".into(), app);
+                put(&mut spec, "volumes", vols);
+                if let Some(os) = os {
+                    spec.insert("os".into(), json!({"name": os}));
+                }
+                let pod = json!({
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": with_extra(Value::Object(meta), e_meta),
+                    "spec": with_extra(Value::Object(spec), e_spec),
+                });
+                with_extra(pod, e_top)
+            },
+        )
+}
+
+fn bindings() -> impl Strategy<Value = Vec<Binding>> {
+    let one = (
+        prop::option::weighted(
+            0.5,
+            subsequence(
+                vec![
+                    "app", "web", "worker", "proxy", "migrate", "seed", "logs", "ghost",
+                ],
+                1..=3,
+            ),
+        ),
+        prop::option::weighted(
+            0.4,
+            prop::sample::select(vec![
+                "sts.amazonaws.com",
+                "aud-a",
+                "https://x.example/y?z=1",
+            ]),
+        ),
+        prop::option::weighted(0.3, prop::sample::select(vec!["us-east-1", "eu-west-1"])),
+    );
+    let names = prop_oneof![1 => Just(Vec::new()), 6 => subsequence(BINDING_NAMES, 1..=3)];
+    names
+        .prop_flat_map(move |names| {
+            let n = names.len();
+            (Just(names), prop::collection::vec(one.clone(), n))
+        })
+        .prop_map(|(names, specs)| {
+            names
+                .into_iter()
+                .zip(specs)
+                .map(|(name, (containers, audience, region))| Binding {
+                    name: name.to_owned(),
+                    service_account: SA.to_owned(),
+                    role_arn: format!("arn:aws:iam::123456789012:role/{name}"),
+                    audience: audience.map(str::to_owned),
+                    region: region.map(str::to_owned),
+                    containers: containers.map(|cs| cs.into_iter().map(str::to_owned).collect()),
+                })
+                .collect()
+        })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model: the rules of issue 2, written independently of `mutate.rs`.
+
+#[derive(Debug, PartialEq, Eq)]
+enum Expected {
+    Deny,
+    Skip(Skip),
+    /// (container name, binding name) in pod order: init containers first.
+    Mutate(Vec<(String, String)>),
+}
+
+fn arr(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
+fn env_has(c: &Value, name: &str) -> bool {
+    arr(&c["env"]).iter().any(|e| e["name"] == name)
+}
+
+fn model(pod: &Value, bindings: &[Binding]) -> Expected {
+    if bindings.is_empty() {
+        return Expected::Skip(Skip::NoBinding);
+    }
+    let ann = |k: &str| pod["metadata"]["annotations"][k].as_str();
+    if matches!(
+        ann(ANNOTATION_INJECT).map(str::trim),
+        Some("false" | "False" | "disabled")
+    ) {
+        return Expected::Skip(Skip::OptedOut);
+    }
+    if pod["spec"]["os"]["name"] == "windows" {
+        return Expected::Skip(Skip::Windows);
+    }
+    let role = ann(ANNOTATION_ROLE)
+        .map(str::trim)
+        .filter(|r| !r.is_empty());
+    if role.is_some_and(|r| !bindings.iter().any(|b| b.name == r)) {
+        return Expected::Deny;
+    }
+    let skip: Vec<&str> = ann(ANNOTATION_SKIP_CONTAINERS)
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .collect();
+    let mut tie = false;
+    let mut planned = Vec::new();
+    for c in arr(&pod["spec"]["initContainers"])
+        .iter()
+        .chain(arr(&pod["spec"]["containers"]))
+    {
+        let name = c["name"].as_str().unwrap();
+        if skip.contains(&name) {
+            continue;
+        }
+        let named: Vec<&Binding> = bindings
+            .iter()
+            .filter(|b| {
+                b.containers
+                    .as_ref()
+                    .is_some_and(|cs| cs.iter().any(|x| x == name))
+            })
+            .collect();
+        let all: Vec<&Binding> = bindings.iter().filter(|b| b.containers.is_none()).collect();
+        let tier = if named.is_empty() { all } else { named };
+        let chosen = match tier.as_slice() {
+            [] => continue,
+            [one] => *one,
+            _ => match tier.iter().find(|b| Some(b.name.as_str()) == role) {
+                Some(b) => *b,
+                None => {
+                    tie = true;
+                    continue;
+                }
+            },
+        };
+        let own_vars = env_has(c, ENV_ROLE_ARN) || env_has(c, ENV_TOKEN_FILE);
+        let clash = arr(&c["volumeMounts"]).iter().any(|m| {
+            m["mountPath"].as_str().unwrap().trim_end_matches('/') == TOKEN_MOUNT_PATH
+                && m["name"] != TOKEN_VOLUME
+        });
+        if !own_vars && !clash {
+            planned.push((name.to_owned(), chosen.name.clone()));
+        }
+    }
+    if tie {
+        Expected::Deny
+    } else if planned.is_empty() {
+        Expected::Skip(Skip::NoContainerCovered)
+    } else {
+        Expected::Mutate(planned)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ownership: remove exactly what rolebridge may add, and nothing else.
+
+/// Restores an array/map field that rolebridge created (from absent or `null`) and that is
+/// empty once rolebridge's entries are removed.
+fn restore_missing(out: &mut Map<String, Value>, input: &Value, key: &str) {
+    let empty = match out.get(key) {
+        Some(Value::Array(a)) => a.is_empty(),
+        Some(Value::Object(o)) => o.is_empty(),
+        _ => false,
+    };
+    if !empty {
+        return;
+    }
+    match input.get(key) {
+        None => {
+            out.remove(key);
+        }
+        Some(Value::Null) => {
+            out.insert(key.into(), Value::Null);
+        }
+        Some(_) => {}
+    }
+}
+
+/// Removes appended entries from `out[key]` (an array whose first entries must be exactly the
+/// input's), checking each appended entry with `ok`.
+fn strip_appended(
+    out: &mut Map<String, Value>,
+    input: &Value,
+    key: &str,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Result<(), String> {
+    let before = arr(&input[key]).len();
+    if let Some(Value::Array(a)) = out.get_mut(key) {
+        if a.len() < before {
+            return Err(format!("{what}: {key} lost entries"));
+        }
+        for added in a.drain(before..) {
+            if !ok(&added) {
+                return Err(format!("{what}: {key} gained a foreign entry {added}"));
+            }
+        }
+    }
+    restore_missing(out, input, key);
+    Ok(())
+}
+
+fn strip(out: &Value, input: &Value, covered: &BTreeSet<String>) -> Result<Value, String> {
+    let mut out = out.clone();
+    let agent_names = [AGENT_CONTAINER, AGENT_INIT_CONTAINER];
+
+    let meta = out["metadata"]
+        .as_object_mut()
+        .ok_or("metadata is not an object")?;
+    if let Some(Value::Object(a)) = meta.get_mut("annotations") {
+        match input["metadata"]["annotations"].get(ANNOTATION_APPLIED) {
+            Some(v) => {
+                a.insert(ANNOTATION_APPLIED.into(), v.clone());
+            }
+            None => {
+                a.remove(ANNOTATION_APPLIED);
+            }
+        }
+    }
+    restore_missing(meta, &input["metadata"], "annotations");
+
+    let spec = out["spec"].as_object_mut().ok_or("spec is not an object")?;
+    let in_spec = &input["spec"];
+    if !arr(&in_spec["volumes"])
+        .iter()
+        .any(|v| v["name"] == TOKEN_VOLUME)
+    {
+        let ours =
+            json!({"name": TOKEN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}});
+        strip_appended(spec, in_spec, "volumes", "pod", |v| *v == ours)?;
+    }
+    for field in ["initContainers", "containers"] {
+        if let Some(Value::Array(cs)) = spec.get_mut(field) {
+            let ins = arr(&in_spec[field]);
+            let is_agent = |c: &Value| agent_names.iter().any(|a| c["name"] == *a);
+            if !ins.iter().any(is_agent) {
+                cs.retain(|c| !is_agent(c));
+            }
+            if cs.len() != ins.len() {
+                return Err(format!("{field}: containers added or removed"));
+            }
+            for (c, ic) in cs.iter_mut().zip(ins) {
+                let name = ic["name"].as_str().unwrap_or_default().to_owned();
+                let c = c.as_object_mut().ok_or("container is not an object")?;
+                if !covered.contains(&name) {
+                    continue; // must be byte-for-byte unchanged: the final comparison checks it
+                }
+                let in_env: BTreeSet<&str> = arr(&ic["env"])
+                    .iter()
+                    .filter_map(|e| e["name"].as_str())
+                    .collect();
+                strip_appended(c, ic, "env", &name, |e| {
+                    let n = e["name"].as_str().unwrap_or_default();
+                    OWNED_ENV.contains(&n) && !in_env.contains(n)
+                })?;
+                let mount =
+                    json!({"name": TOKEN_VOLUME, "mountPath": TOKEN_MOUNT_PATH, "readOnly": true});
+                strip_appended(c, ic, "volumeMounts", &name, |m| *m == mount)?;
+            }
+        }
+        restore_missing(spec, in_spec, field);
+    }
+    Ok(out)
+}
+
+fn find_container<'v>(pod: &'v Value, name: &str) -> Option<&'v Value> {
+    arr(&pod["spec"]["initContainers"])
+        .iter()
+        .chain(arr(&pod["spec"]["containers"]))
+        .find(|c| c["name"] == name)
+}
+
+fn env_value<'v>(c: &'v Value, name: &str) -> Option<&'v Value> {
+    arr(&c["env"]).iter().find(|e| e["name"] == name)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn check(input: &Value, bindings: &[Binding], legacy: bool) -> Result<(), TestCaseError> {
+    let cfg = Config {
+        sidecar_mode: if legacy {
+            SidecarMode::Legacy
+        } else {
+            SidecarMode::Native
+        },
+        ..Config::default()
+    };
+    let text = serde_json::to_string(input).unwrap();
+    let view = PodView::from_json(&text).map_err(|e| TestCaseError::fail(format!("parse: {e}")))?;
+    prop_assert_eq!(view.service_account(), SA);
+    let result = mutate::mutate(&view, NS, bindings, &cfg);
+    let expected = model(input, bindings);
+
+    let m = match (result, &expected) {
+        (Err(_), Expected::Deny) => return Ok(()),
+        (Err(d), _) => {
+            return Err(TestCaseError::fail(format!(
+                "denied ({d}), model says {expected:?}"
+            )));
+        }
+        (Ok(m), Expected::Deny) => {
+            return Err(TestCaseError::fail(format!("model says deny, got {m:?}")));
+        }
+        (Ok(m), _) => m,
+    };
+    prop_assert!(
+        m.patch
+            .iter()
+            .all(|op| matches!(op, PatchOperation::Add(_))),
+        "non-add op: {:?}",
+        m.patch
+    );
+    let mut out = input.clone();
+    json_patch::patch(&mut out, &m.patch)
+        .map_err(|e| TestCaseError::fail(format!("patch does not apply: {e}; {:?}", m.patch)))?;
+
+    let planned = match (&m.outcome, expected) {
+        (Outcome::Skipped(s), Expected::Skip(want)) => {
+            prop_assert_eq!(*s, want);
+            prop_assert!(m.patch.is_empty());
+            return Ok(());
+        }
+        (Outcome::Mutated, Expected::Mutate(p)) => p,
+        (got, want) => {
+            return Err(TestCaseError::fail(format!(
+                "got {got:?}, model says {want:?}"
+            )));
+        }
+    };
+    prop_assert!(!m.patch.is_empty());
+
+    // The bindings annotation records the model's assignment, in pod order.
+    let applied: Vec<String> = planned.iter().map(|(c, b)| format!("{c}={b}")).collect();
+    prop_assert_eq!(
+        &out["metadata"]["annotations"][ANNOTATION_APPLIED],
+        &json!(applied.join(","))
+    );
+
+    // Every covered container has its binding's role, token file and mount; the agent serves
+    // every token file.
+    let agent = find_container(&out, AGENT_CONTAINER).expect("agent container");
+    let agent_args: Vec<&str> = arr(&agent["args"])
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for (c, b) in &planned {
+        let b = bindings.iter().find(|x| &x.name == b).unwrap();
+        let aud = b.audience.as_deref().unwrap_or(&cfg.default_audience);
+        let path = token_path(aud);
+        let cv = find_container(&out, c).unwrap();
+        prop_assert_eq!(
+            &env_value(cv, ENV_ROLE_ARN).unwrap()["value"],
+            &json!(b.role_arn)
+        );
+        prop_assert_eq!(
+            &env_value(cv, ENV_TOKEN_FILE).unwrap()["value"],
+            &json!(path)
+        );
+        prop_assert!(env_value(cv, ENV_SESSION_NAME).is_some());
+        if let Some(r) = &b.region {
+            // The user's own AWS_REGION wins; otherwise ours.
+            let in_c = find_container(input, c).unwrap();
+            if env_value(in_c, ENV_REGION).is_none() {
+                prop_assert_eq!(&env_value(cv, ENV_REGION).unwrap()["value"], &json!(r));
+            }
+        }
+        prop_assert!(
+            arr(&cv["volumeMounts"])
+                .iter()
+                .any(|m| m["name"] == TOKEN_VOLUME && m["mountPath"] == TOKEN_MOUNT_PATH)
+        );
+        let token_arg = format!("{path}={aud}");
+        prop_assert!(
+            agent_args.contains(&token_arg.as_str()),
+            "agent does not serve {}",
+            token_arg
+        );
+    }
+    if legacy {
+        prop_assert_eq!(
+            &out["spec"]["initContainers"][0]["name"],
+            &json!(AGENT_INIT_CONTAINER)
+        );
+        prop_assert_eq!(
+            arr(&out["spec"]["containers"]).last().unwrap()["name"].clone(),
+            json!(AGENT_CONTAINER)
+        );
+    } else {
+        prop_assert_eq!(
+            &out["spec"]["initContainers"][0]["name"],
+            &json!(AGENT_CONTAINER)
+        );
+        prop_assert_eq!(
+            &out["spec"]["initContainers"][0]["restartPolicy"],
+            &json!("Always")
+        );
+    }
+
+    // Env names stay unique in every container.
+    for c in arr(&out["spec"]["initContainers"])
+        .iter()
+        .chain(arr(&out["spec"]["containers"]))
+    {
+        let names: Vec<&str> = arr(&c["env"])
+            .iter()
+            .filter_map(|e| e["name"].as_str())
+            .collect();
+        let unique: BTreeSet<&str> = names.iter().copied().collect();
+        prop_assert_eq!(names.len(), unique.len(), "duplicate env in {}", c["name"]);
+    }
+
+    // Nothing but rolebridge's own additions changed.
+    let covered: BTreeSet<String> = planned.iter().map(|(c, _)| c.clone()).collect();
+    let stripped = strip(&out, input, &covered).map_err(TestCaseError::fail)?;
+    prop_assert_eq!(
+        &stripped,
+        input,
+        "result differs from the input outside rolebridge's fields"
+    );
+
+    // Fixed point: admitting the result again changes nothing.
+    let again_text = serde_json::to_string(&out).unwrap();
+    let again = PodView::from_json(&again_text).unwrap();
+    let m2 = mutate::mutate(&again, NS, bindings, &cfg)
+        .map_err(|d| TestCaseError::fail(format!("second pass denied: {d}")))?;
+    prop_assert_eq!(
+        m2.outcome,
+        Outcome::Skipped(Skip::AlreadyInjected),
+        "second pass: {:?}",
+        m2.patch
+    );
+    prop_assert!(m2.patch.is_empty());
+
+    // Reinvocation after another webhook appended a container: only that container (and the
+    // bindings annotation) may change, no second agent or volume appears, and the result is
+    // again a fixed point.
+    let mut late = out.clone();
+    late["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "late", "image": "late", "env": [{"name": "FOO", "value": "1"}]}));
+    let late_text = serde_json::to_string(&late).unwrap();
+    let late_view = PodView::from_json(&late_text).unwrap();
+    let generic: Vec<&Binding> = bindings.iter().filter(|b| b.containers.is_none()).collect();
+    let role = input["metadata"]["annotations"][ANNOTATION_ROLE]
+        .as_str()
+        .map(str::trim);
+    let late_tie = generic.len() > 1 && !generic.iter().any(|b| Some(b.name.as_str()) == role);
+    match mutate::mutate(&late_view, NS, bindings, &cfg) {
+        Err(d) => prop_assert!(late_tie, "late container denied without a tie: {}", d),
+        Ok(m3) => {
+            prop_assert!(!late_tie, "late container has a tie but was admitted");
+            let mut late_out = late.clone();
+            json_patch::patch(&mut late_out, &m3.patch)
+                .map_err(|e| TestCaseError::fail(format!("late patch does not apply: {e}")))?;
+            let late_covered = !generic.is_empty();
+            prop_assert_eq!(
+                m3.outcome == Outcome::Mutated,
+                late_covered,
+                "late: {:?}",
+                m3.patch
+            );
+            let mut expected_annotation = applied.join(",");
+            if late_covered {
+                let b = generic
+                    .iter()
+                    .find(|b| Some(b.name.as_str()) == role)
+                    .unwrap_or(&generic[0]);
+                expected_annotation.push_str(&format!(",late={}", b.name));
+            }
+            prop_assert_eq!(
+                &late_out["metadata"]["annotations"][ANNOTATION_APPLIED],
+                &json!(expected_annotation)
+            );
+            let mut late_in = late.clone();
+            late_in["metadata"]["annotations"]
+                .as_object_mut()
+                .unwrap()
+                .remove(ANNOTATION_APPLIED);
+            let mut only_late = BTreeSet::new();
+            only_late.insert("late".to_owned());
+            let mut stripped =
+                strip(&late_out, &late_in, &only_late).map_err(TestCaseError::fail)?;
+            stripped["metadata"]["annotations"][ANNOTATION_APPLIED] =
+                late["metadata"]["annotations"][ANNOTATION_APPLIED].clone();
+            prop_assert_eq!(
+                &stripped,
+                &late,
+                "reinvocation changed more than the new container"
+            );
+            let text4 = serde_json::to_string(&late_out).unwrap();
+            let m4 = mutate::mutate(&PodView::from_json(&text4).unwrap(), NS, bindings, &cfg)
+                .map_err(|d| TestCaseError::fail(format!("denied: {d}")))?;
+            prop_assert!(
+                m4.patch.is_empty(),
+                "not a fixed point after reinvocation: {:?}",
+                m4.patch
+            );
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn mutation_is_applicable_idempotent_and_owns_only_its_fields(
+        input in pod(),
+        bindings in bindings(),
+        legacy in any::<bool>(),
+    ) {
+        check(&input, &bindings, legacy)?;
+    }
+}
+
+/// The strip-and-compare oracle must notice a change to a user field, or the property above
+/// proves nothing.
+#[test]
+fn ownership_check_detects_foreign_changes() {
+    let input = json!({
+        "metadata": {"name": "p", "annotations": {"a/b": "1"}},
+        "spec": {"containers": [{"name": "app", "env": [{"name": "FOO", "value": "1"}]}]}
+    });
+    let covered: BTreeSet<String> = ["app".to_owned()].into();
+    let mut ok = input.clone();
+    ok["metadata"]["annotations"][ANNOTATION_APPLIED] = json!("app=b0");
+    ok["spec"]["containers"][0]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": ENV_ROLE_ARN, "value": "x"}));
+    assert_eq!(strip(&ok, &input, &covered).unwrap(), input);
+
+    let mut changed = ok.clone();
+    changed["spec"]["containers"][0]["env"][0]["value"] = json!("2");
+    assert_ne!(strip(&changed, &input, &covered).unwrap(), input);
+
+    let mut foreign = ok.clone();
+    foreign["spec"]["containers"][0]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "FOO2", "value": "x"}));
+    assert!(strip(&foreign, &input, &covered).is_err());
+
+    let mut dup = ok.clone();
+    dup["spec"]["containers"][0]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "FOO", "value": "x"}));
+    assert!(strip(&dup, &input, &covered).is_err());
+
+    let uncovered = BTreeSet::new();
+    assert_ne!(strip(&ok, &input, &uncovered).unwrap(), input);
+}
+
+/// The generators must reach every outcome often enough, or the property is vacuous.
+#[test]
+fn generators_reach_every_outcome() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config as RunnerConfig, RngAlgorithm, TestRng, TestRunner};
+    let mut runner = TestRunner::new_with_rng(
+        RunnerConfig::default(),
+        TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]),
+    );
+    let strategy = (pod(), bindings());
+    let mut tally: std::collections::BTreeMap<String, usize> = Default::default();
+    let n = 256;
+    for _ in 0..n {
+        let (p, b) = strategy.new_tree(&mut runner).unwrap().current();
+        let kind = match model(&p, &b) {
+            Expected::Mutate(_) => "mutate".to_owned(),
+            other => format!("{other:?}"),
+        };
+        *tally.entry(kind).or_default() += 1;
+    }
+    eprintln!("{tally:#?}");
+    for kind in [
+        "Deny",
+        "Skip(NoBinding)",
+        "Skip(OptedOut)",
+        "Skip(Windows)",
+        "Skip(NoContainerCovered)",
+    ] {
+        assert!(
+            tally.get(kind).is_some_and(|&c| c > 0),
+            "{kind} never generated: {tally:?}"
+        );
+    }
+    assert!(
+        tally.get("mutate").is_some_and(|&c| c * 4 >= n),
+        "too few mutated cases: {tally:?}"
+    );
+}
