@@ -14,13 +14,12 @@ use rolebridge_e2e::support::{
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The JSON document a program printed (the whole output, or its last line).
 fn json(stdout: &str) -> serde_json::Value {
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no JSON in {stdout:?}"));
-    serde_json::from_str(line).unwrap()
+    serde_json::from_str(stdout)
+        .ok()
+        .or_else(|| serde_json::from_str(stdout.lines().last()?).ok())
+        .unwrap_or_else(|| panic!("no JSON in {stdout:?}"))
 }
 
 #[test]

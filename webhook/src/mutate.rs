@@ -732,6 +732,55 @@ mod tests {
         assert!(!token_path("../etc").contains("/../"));
     }
 
+    fn binding(name: &str, containers: Option<&[&str]>) -> Binding {
+        Binding {
+            name: name.into(),
+            service_account: "sa".into(),
+            role_arn: format!("arn:aws:iam::123456789012:role/{name}"),
+            audience: None,
+            region: None,
+            containers: containers.map(|cs| cs.iter().map(|c| (*c).to_owned()).collect()),
+        }
+    }
+
+    fn applied(m: &Mutation) -> Option<&str> {
+        m.patch.iter().find_map(|op| match op {
+            PatchOperation::Add(a) if a.path.to_string().starts_with("/metadata/annotations") => {
+                a.value.as_str().or_else(|| a.value[ANNOTATION_APPLIED].as_str())
+            }
+            _ => None,
+        })
+    }
+
+    /// The role annotation breaks ties only: it must not take a container away from the
+    /// binding that names it (regression: it used to override `spec.containers`).
+    #[test]
+    fn role_annotation_does_not_override_a_binding_that_names_the_container() {
+        let json = r#"{"metadata":{"name":"p","annotations":{"rolebridge.io/role":"writer"}},
+            "spec":{"serviceAccountName":"sa","containers":[{"name":"app"},{"name":"side"}]}}"#;
+        let pod = PodView::from_json(json).unwrap();
+        let bindings = [
+            binding("app-only", Some(&["app"])),
+            binding("reader", None),
+            binding("writer", None),
+        ];
+        let m = mutate(&pod, "ns", &bindings, &Config::default()).unwrap();
+        assert_eq!(applied(&m), Some("app=app-only,side=writer"));
+
+        // Two bindings name the container: the annotation chooses among them...
+        let bindings = [binding("a", Some(&["app", "side"])), binding("writer", Some(&["app"]))];
+        let m = mutate(&pod, "ns", &bindings, &Config::default()).unwrap();
+        assert_eq!(applied(&m), Some("app=writer,side=a"));
+        // ...but an all-containers binding does not rank with them.
+        let bindings = [
+            binding("a", Some(&["app"])),
+            binding("b", Some(&["app"])),
+            binding("writer", None),
+        ];
+        let err = mutate(&pod, "ns", &bindings, &Config::default()).unwrap_err();
+        assert!(err.message.contains(r#"container "app" is covered by bindings a and b"#), "{err}");
+    }
+
     #[test]
     fn fnv_is_stable() {
         assert_eq!(fnv1a(""), 0x811c_9dc5);

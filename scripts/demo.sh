@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# The whole rolebridge chain on one machine, no cloud account, no cluster:
+#   examples/job.yaml + examples/binding.yaml
+#     → rolebridge-webhook inject            (the exact mutation the webhook applies)
+#     → GKE metadata emulator                (signs Google-style ID tokens)
+#     → the injected agent container          (its exact command, as a local process)
+#     → moto as AWS STS + S3                  (bucket "reports", object "latest.csv")
+#     → the injected app container            (its exact command and environment: boto3)
+# and prints the S3 object the app read and the role it assumed. Everything it starts is
+# stopped on exit, Ctrl-C or failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'demo failed: %s\n' "$*" >&2; exit 1; }
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  local code=$?
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+  [ "$code" -eq 0 ] || echo "(logs were in $work, now removed; re-run with DEMO_KEEP=1 to keep them)" >&2
+  exit "$code"
+}
+if [ -z "${DEMO_KEEP:-}" ]; then trap cleanup EXIT; else trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT; fi
+trap 'exit 130' INT TERM
+
+PY=${ROLEBRIDGE_PYTHON:-python3}
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { # url, what
+  for _ in $(seq 150); do
+    if "$PY" -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=1)" "$1" 2>/dev/null; then return 0; fi
+    sleep 0.2
+  done
+  die "$2 did not come up"
+}
+
+say "1/7 building rolebridge-webhook, rolebridge-agent and the GKE metadata emulator"
+cargo build -q -p rolebridge-webhook -p rolebridge-agent -p rolebridge-e2e --bins
+bin=$root/target/debug
+
+say "2/7 installing the AWS peers if missing (moto, boto3)"
+bash e2e/sdk/install-peers.sh >&2
+
+say "3/7 injecting examples/job.yaml with examples/binding.yaml"
+"$bin/rolebridge-webhook" inject -f examples/job.yaml --bindings examples/binding.yaml \
+  --agent-image rolebridge-agent:demo > "$work/injected.yaml"
+grep -n "AWS_ROLE_ARN" -A1 "$work/injected.yaml" | sed 's/^/    /' >&2
+
+# The pod's containers, with the token volume mapped to a local directory and the downward
+# API's metadata.name resolved, as the kubelet would.
+tokens=$work/tokens
+mkdir -p "$tokens"
+"$PY" - "$work/injected.yaml" "$tokens" > "$work/containers.json" <<'PY'
+import json, sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+job = next(d for d in docs if d.get("kind") == "Job")
+spec = job["spec"]["template"]["spec"]
+mount = "/var/run/secrets/rolebridge.io"
+def local(s): return s.replace(mount, sys.argv[2])
+agent = next(c for c in spec["initContainers"] if c["name"] == "rolebridge-agent")
+app = spec["containers"][0]
+env = {}
+for e in app.get("env", []):
+    if "value" in e:
+        env[e["name"]] = local(e["value"])
+    elif e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
+        env[e["name"]] = job["metadata"]["name"] + "-x7k2p"
+json.dump({
+    "agent_args": [local(a) for a in agent["args"]],
+    "probe": [local(a) for a in agent["startupProbe"]["exec"]["command"][1:]],
+    "app_cmd": app["command"] + app["args"],
+    "app_env": env,
+}, sys.stdout)
+PY
+jq_() { "$PY" -c "import json,sys; v=json.load(open(sys.argv[1]))[sys.argv[2]]; print('\n'.join(v) if isinstance(v, list) else '\n'.join(f'{k}={x}' for k, x in v.items()))" "$work/containers.json" "$1"; }
+mapfile -t agent_args < <(jq_ agent_args)
+mapfile -t probe < <(jq_ probe)
+mapfile -t app_cmd < <(jq_ app_cmd)
+mapfile -t app_env < <(jq_ app_env)
+
+say "4/7 starting the GKE metadata emulator"
+md_port=$(free_port)
+"$bin/gke-metadata-emulator" --listen "127.0.0.1:$md_port" > "$work/metadata.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$md_port/" "the metadata emulator" 2>/dev/null || true
+
+say "5/7 starting moto as AWS STS + S3, with s3://reports/latest.csv"
+moto_port=$(free_port)
+"$PY" -m moto.server -H 127.0.0.1 -p "$moto_port" > "$work/moto.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$moto_port/moto-api/" "moto"
+AWS_ACCESS_KEY_ID=setup AWS_SECRET_ACCESS_KEY=setup AWS_DEFAULT_REGION=us-east-1 \
+"$PY" - "http://127.0.0.1:$moto_port" <<'PY'
+import boto3, sys
+s3 = boto3.client("s3", endpoint_url=sys.argv[1])
+s3.create_bucket(Bucket="reports")
+s3.put_object(Bucket="reports", Key="latest.csv",
+              Body=b"month,revenue\n2026-10,41230\n2026-11,45870\n")
+PY
+
+say "6/7 running the injected agent container: rolebridge-agent ${agent_args[*]}"
+GCE_METADATA_HOST=127.0.0.1:$md_port "$bin/rolebridge-agent" "${agent_args[@]}" > "$work/agent.log" 2>&1 &
+agent_pid=$!
+pids+=("$agent_pid")
+# The kubelet holds the app back until the agent's startup probe passes; so does the demo.
+for i in $(seq 100); do
+  if "$bin/rolebridge-agent" "${probe[@]}" >/dev/null 2>&1; then break; fi
+  kill -0 "$agent_pid" 2>/dev/null || { cat "$work/agent.log" >&2; die "the agent exited"; }
+  [ "$i" -lt 100 ] || { cat "$work/agent.log" >&2; die "the agent's startup probe never passed"; }
+  sleep 0.1
+done
+ls -l "$tokens" | sed 's/^/    /' >&2
+
+say "7/7 running the injected app container (unmodified boto3) with exactly its injected environment"
+printf '    %s\n' "${app_env[@]}" >&2
+# env -i: nothing but the injected variables (plus the local endpoint standing in for AWS),
+# so no static key or profile on this machine can be what made it work.
+app_home=$work/home; mkdir -p "$app_home" "$work/bin"
+# The container's image has `python`; map it to this machine's interpreter.
+ln -sf "$(command -v "$PY")" "$work/bin/python"
+PATH="$work/bin:$PATH"
+out=$(env -i PATH="$PATH" HOME="$app_home" "${app_env[@]}" \
+  AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port" \
+  "${app_cmd[@]}" 2>"$work/app.err") || { cat "$work/app.err" >&2; die "the app could not read from S3"; }
+arn=$(env -i PATH="$PATH" HOME="$app_home" "${app_env[@]}" \
+  AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port" \
+  "$PY" -c 'import boto3; print(boto3.client("sts").get_caller_identity()["Arn"])')
+
+echo
+echo "The app read s3://reports/latest.csv:"
+echo "$out" | sed 's/^/    /'
+echo "as: $arn"
+echo
+echo "No AWS key was configured anywhere: the agent wrote a Google-style ID token to"
+echo "$tokens, and boto3 exchanged it with STS AssumeRoleWithWebIdentity by itself."
