@@ -117,7 +117,7 @@ step "render, compare, validate"
 py_args=(--helm "$helm")
 [[ $update -eq 1 ]] && py_args+=(--update)
 set +e
-"$venv/bin/python" "$chart/tests/check_chart.py" "${py_args[@]}" | tee "$tools_dir/check_chart.log"
+PYTHONDONTWRITEBYTECODE=1 "$venv/bin/python" "$chart/tests/check_chart.py" "${py_args[@]}" | tee "$tools_dir/check_chart.log"
 py_rc=${PIPESTATUS[0]}
 set -e
 py_line="$(grep -E '^chart: [0-9]+ passed, [0-9]+ failed$' "$tools_dir/check_chart.log" | tail -n1 || true)"

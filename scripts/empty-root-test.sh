@@ -110,6 +110,22 @@ for bin in "${bins[@]}"; do
       else
         echo "     (no crd subcommand yet; --help is all that can be run)"
       fi
+      # The chart configures the webhook through ROLEBRIDGE_* variables: each must be one that
+      # `serve` reads (clap lists them as [env: NAME=]).
+      if run_in "$root" "$work/serve-help.out" "/$bin" serve --help; then
+        rendered="$repo_root/charts/rolebridge/tests/rendered/default.yaml"
+        unknown=""
+        for var in $(grep -oE 'name: ROLEBRIDGE_[A-Z_]+' "$rendered" | cut -d' ' -f2 | sort -u); do
+          grep -q "env: $var=" "$work/serve-help.out" || unknown="$unknown $var"
+        done
+        if [[ -z "$unknown" ]]; then
+          ok "$bin serve reads every ROLEBRIDGE_* variable the chart sets"
+        else
+          fail "$bin serve does not know the chart's variables:$unknown"
+        fi
+      else
+        cat "$work/serve-help.out.err"; fail "$bin serve --help"
+      fi
       ;;
     rolebridge-agent)
       if grep -qE '^\s+trust-policy\b' <<<"$subcommands"; then

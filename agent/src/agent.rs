@@ -116,6 +116,7 @@ pub async fn keep_fresh(cfg: Arc<Config>, spec: TokenSpec, mut jitter: Jitter) {
         }
     };
     let mut attempt: u32 = 0;
+    let mut repeats: u32 = 0;
     let mut delay = match &current {
         Some(c) => schedule::next_refresh(&cfg.policy, c.iat, c.exp, now_ms(), jitter.next()),
         None => Duration::ZERO,
@@ -141,21 +142,21 @@ pub async fn keep_fresh(cfg: Arc<Config>, spec: TokenSpec, mut jitter: Jitter) {
         }
         match refresh_once(&cfg, &spec, cfg.request_timeout).await {
             Ok(claims) => {
-                delay = schedule::next_refresh(
-                    &cfg.policy,
-                    claims.iat,
-                    claims.exp,
-                    now_ms(),
-                    jitter.next(),
-                );
-                info!(
-                    path,
-                    audience = aud,
-                    exp = claims.exp,
-                    refresh_in_s = delay.as_secs(),
-                    after_failures = attempt,
-                    "token written"
-                );
+                let same = current.as_ref().is_some_and(|c| c.exp == claims.exp && c.iat == claims.iat);
+                repeats = if same { repeats.saturating_add(1) } else { 0 };
+                delay = schedule::after_fetch(&cfg.policy, claims.iat, claims.exp, now_ms(), jitter.next(), repeats);
+                if same {
+                    debug!(path, repeats, retry_in_ms = delay.as_millis() as u64, "metadata server returned the same token");
+                } else {
+                    info!(
+                        path,
+                        audience = aud,
+                        exp = claims.exp,
+                        refresh_in_s = delay.as_secs(),
+                        after_failures = attempt,
+                        "token written"
+                    );
+                }
                 current = Some(claims);
                 attempt = 0;
             }

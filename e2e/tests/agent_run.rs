@@ -222,3 +222,34 @@ fn invalid_leftover_file_is_replaced_not_kept() {
         agent.log()
     );
 }
+
+#[test]
+fn caching_metadata_server_is_not_polled() {
+    // Like GKE's, this server returns the same token until half its lifetime is gone, i.e.
+    // possibly after the agent's refresh point: the agent must back off, not ask every second.
+    let emu = Emulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Config {
+            lifetime: Duration::from_secs(8),
+            cache_tokens: true,
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.token");
+    let watcher = FileWatcher::start(&path, STS);
+    let mut cmd = agent_command(&emu.host());
+    cmd.args(["run", "--refresh-fraction", "0.3", "--token", &format!("{}={STS}", path.display())]);
+    let agent = AgentProcess::spawn(cmd, dir.path());
+    assert!(
+        wait_until(Duration::from_secs(14), || watcher.report().tokens.len() >= 3),
+        "{}",
+        agent.log()
+    );
+    let report = watcher.finish();
+    assert!(report.removals.is_empty(), "{:?}", report.removals);
+    let stats = emu.stats();
+    // Three tokens need three mints; repeated answers stay a small multiple of that.
+    assert!(stats.identity_requests <= 4 * stats.tokens_issued, "{stats:?}\n{}", agent.log());
+}

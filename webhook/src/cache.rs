@@ -78,11 +78,13 @@ impl Default for LiveReadLimits {
 }
 
 type LiveResult = Arc<BindingIndex>;
+/// When a namespace was read, and the (possibly still pending) result shared by its misses.
+type LiveEntry = (Instant, Arc<OnceCell<Option<LiveResult>>>);
 
 struct Live {
     source: LiveSource,
     limits: LiveReadLimits,
-    recent: Mutex<HashMap<String, (Instant, Arc<OnceCell<Option<LiveResult>>>)>>,
+    recent: Mutex<HashMap<String, LiveEntry>>,
     bucket: Mutex<(f64, Instant)>,
 }
 

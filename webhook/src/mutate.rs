@@ -745,9 +745,10 @@ mod tests {
 
     fn applied(m: &Mutation) -> Option<&str> {
         m.patch.iter().find_map(|op| match op {
-            PatchOperation::Add(a) if a.path.to_string().starts_with("/metadata/annotations") => {
-                a.value.as_str().or_else(|| a.value[ANNOTATION_APPLIED].as_str())
-            }
+            PatchOperation::Add(a) if a.path.to_string().starts_with("/metadata/annotations") => a
+                .value
+                .as_str()
+                .or_else(|| a.value[ANNOTATION_APPLIED].as_str()),
             _ => None,
         })
     }
@@ -768,7 +769,10 @@ mod tests {
         assert_eq!(applied(&m), Some("app=app-only,side=writer"));
 
         // Two bindings name the container: the annotation chooses among them...
-        let bindings = [binding("a", Some(&["app", "side"])), binding("writer", Some(&["app"]))];
+        let bindings = [
+            binding("a", Some(&["app", "side"])),
+            binding("writer", Some(&["app"])),
+        ];
         let m = mutate(&pod, "ns", &bindings, &Config::default()).unwrap();
         assert_eq!(applied(&m), Some("app=writer,side=a"));
         // ...but an all-containers binding does not rank with them.
@@ -778,7 +782,11 @@ mod tests {
             binding("writer", None),
         ];
         let err = mutate(&pod, "ns", &bindings, &Config::default()).unwrap_err();
-        assert!(err.message.contains(r#"container "app" is covered by bindings a and b"#), "{err}");
+        assert!(
+            err.message
+                .contains(r#"container "app" is covered by bindings a and b"#),
+            "{err}"
+        );
     }
 
     #[test]

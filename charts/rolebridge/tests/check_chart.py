@@ -381,8 +381,10 @@ def check_deployment(docs: list[dict], values: dict) -> None:
         assert c[probe]["httpGet"]["port"] in ("admin", ports["admin"]), probe
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     delay = int(env["ROLEBRIDGE_SHUTDOWN_DELAY"]["value"])
+    drain = int(env["ROLEBRIDGE_DRAIN_TIMEOUT"]["value"])
     timeout = one(docs, "MutatingWebhookConfiguration")["webhooks"][0]["timeoutSeconds"]
-    assert pod["terminationGracePeriodSeconds"] > delay + timeout
+    assert pod["terminationGracePeriodSeconds"] > delay + drain, "grace period shorter than drain"
+    assert drain >= timeout, "drain shorter than the API server's webhook timeout"
     assert c["resources"]["limits"]["memory"] and c["resources"]["requests"]["memory"]
     assert "agent" in env["ROLEBRIDGE_AGENT_IMAGE"]["value"]
     pdbs = by_kind(docs, "PodDisruptionBudget")

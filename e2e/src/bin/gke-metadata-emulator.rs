@@ -51,6 +51,10 @@ struct Args {
         default_value = "112233445566778899001"
     )]
     unique_id: String,
+    /// Reuse a token per audience while more than half its lifetime is left (like a caching
+    /// metadata server).
+    #[arg(long, env = "EMULATOR_CACHE_TOKENS")]
+    cache_tokens: bool,
     /// Project ID served at /computeMetadata/v1/project/project-id.
     #[arg(long, env = "EMULATOR_PROJECT_ID", default_value = "rolebridge-test")]
     project_id: String,
@@ -71,6 +75,7 @@ fn main() -> anyhow::Result<()> {
             unique_id: a.unique_id,
             project_id: a.project_id,
             fault: a.fault,
+            cache_tokens: a.cache_tokens,
         },
     )
     .with_context(|| format!("cannot listen on {}", a.listen))?;
