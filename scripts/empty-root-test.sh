@@ -115,9 +115,9 @@ for bin in "${bins[@]}"; do
       if run_in "$root" "$work/serve-help.out" "/$bin" serve --help; then
         rendered="$repo_root/charts/rolebridge/tests/rendered/default.yaml"
         unknown=""
-        for var in $(grep -oE 'name: ROLEBRIDGE_[A-Z_]+' "$rendered" | cut -d' ' -f2 | sort -u); do
+        while read -r var; do
           grep -q "env: $var=" "$work/serve-help.out" || unknown="$unknown $var"
-        done
+        done < <(grep -oE 'name: ROLEBRIDGE_[A-Z_]+' "$rendered" | cut -d' ' -f2 | sort -u)
         if [[ -z "$unknown" ]]; then
           ok "$bin serve reads every ROLEBRIDGE_* variable the chart sets"
         else

@@ -59,7 +59,7 @@ impl Jitter {
     }
 
     /// Uniform in `[0, 1)`.
-    pub fn next(&mut self) -> f64 {
+    pub fn sample(&mut self) -> f64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -118,7 +118,7 @@ pub async fn keep_fresh(cfg: Arc<Config>, spec: TokenSpec, mut jitter: Jitter) {
     let mut attempt: u32 = 0;
     let mut repeats: u32 = 0;
     let mut delay = match &current {
-        Some(c) => schedule::next_refresh(&cfg.policy, c.iat, c.exp, now_ms(), jitter.next()),
+        Some(c) => schedule::next_refresh(&cfg.policy, c.iat, c.exp, now_ms(), jitter.sample()),
         None => Duration::ZERO,
     };
     loop {
@@ -142,11 +142,25 @@ pub async fn keep_fresh(cfg: Arc<Config>, spec: TokenSpec, mut jitter: Jitter) {
         }
         match refresh_once(&cfg, &spec, cfg.request_timeout).await {
             Ok(claims) => {
-                let same = current.as_ref().is_some_and(|c| c.exp == claims.exp && c.iat == claims.iat);
+                let same = current
+                    .as_ref()
+                    .is_some_and(|c| c.exp == claims.exp && c.iat == claims.iat);
                 repeats = if same { repeats.saturating_add(1) } else { 0 };
-                delay = schedule::after_fetch(&cfg.policy, claims.iat, claims.exp, now_ms(), jitter.next(), repeats);
+                delay = schedule::after_fetch(
+                    &cfg.policy,
+                    claims.iat,
+                    claims.exp,
+                    now_ms(),
+                    jitter.sample(),
+                    repeats,
+                );
                 if same {
-                    debug!(path, repeats, retry_in_ms = delay.as_millis() as u64, "metadata server returned the same token");
+                    debug!(
+                        path,
+                        repeats,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "metadata server returned the same token"
+                    );
                 } else {
                     info!(
                         path,
@@ -163,7 +177,7 @@ pub async fn keep_fresh(cfg: Arc<Config>, spec: TokenSpec, mut jitter: Jitter) {
             Err(e) => {
                 attempt = attempt.saturating_add(1);
                 let exp = current.as_ref().map(|c| c.exp);
-                delay = schedule::retry_delay(&cfg.policy, attempt, jitter.next(), exp, now_ms());
+                delay = schedule::retry_delay(&cfg.policy, attempt, jitter.sample(), exp, now_ms());
                 warn!(
                     path,
                     audience = aud,
@@ -231,7 +245,7 @@ pub async fn init(
                         if left.is_zero() {
                             return Err(InitFailure { spec, error });
                         }
-                        let retry = schedule::backoff(&cfg.policy, attempt, jitter.next()).min(left);
+                        let retry = schedule::backoff(&cfg.policy, attempt, jitter.sample()).min(left);
                         warn!(path = %spec.path.display(), attempt, retry_in_ms = retry.as_millis() as u64, error = %error, "token fetch failed; retrying");
                         tokio::time::sleep(retry).await;
                     }
@@ -318,13 +332,13 @@ mod tests {
     #[test]
     fn jitter_is_uniform_enough_and_in_range() {
         let mut j = Jitter::seeded(7);
-        let xs: Vec<f64> = (0..10_000).map(|_| j.next()).collect();
+        let xs: Vec<f64> = (0..10_000).map(|_| j.sample()).collect();
         assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
         let mean = xs.iter().sum::<f64>() / xs.len() as f64;
         assert!((mean - 0.5).abs() < 0.02, "{mean}");
         let mut a = Jitter::seeded(1);
         let mut b = Jitter::seeded(2);
-        assert_ne!(a.next(), b.next());
+        assert_ne!(a.sample(), b.sample());
     }
 
     #[test]
@@ -334,22 +348,22 @@ mod tests {
         let s = spec(dir.path(), "t", "sts.amazonaws.com");
         let min = Duration::from_secs(300);
         assert!(matches!(
-            check(&[s.clone()], min, now * 1000),
+            check(std::slice::from_ref(&s), min, now * 1000),
             Err(CheckError::Missing { .. })
         ));
         std::fs::write(&s.path, token("sts.amazonaws.com", now - 60, now + 3540)).unwrap();
         assert_eq!(
-            check(&[s.clone()], min, now * 1000).unwrap(),
+            check(std::slice::from_ref(&s), min, now * 1000).unwrap(),
             vec![now + 3540]
         );
         std::fs::write(&s.path, token("sts.amazonaws.com", now - 3500, now + 100)).unwrap();
         assert!(matches!(
-            check(&[s.clone()], min, now * 1000),
+            check(std::slice::from_ref(&s), min, now * 1000),
             Err(CheckError::Expiring { .. })
         ));
         std::fs::write(&s.path, token("other", now, now + 3600)).unwrap();
         assert!(matches!(
-            check(&[s.clone()], min, now * 1000),
+            check(std::slice::from_ref(&s), min, now * 1000),
             Err(CheckError::Invalid {
                 source: JwtError::Audience { .. },
                 ..

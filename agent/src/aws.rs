@@ -1,13 +1,19 @@
 //! The AWS side: `verify`, `trust-policy` and `credential-process`.
 //!
-//! Only these subcommands link against aws-config/aws-sdk-sts at run time; the sidecar path
-//! never touches this module, so the SDK's code stays on disk and out of the resident set.
+//! Only these subcommands run aws-sdk-sts; the sidecar path never touches this module, so the
+//! SDK's code stays on disk and out of the resident set. To keep the binary small the SDK is
+//! used without aws-config and with an explicit rustls + ring HTTPS client (ring is what the
+//! rest of rolebridge uses); the standard environment variables are read here instead (see
+//! [`sts_config_from_env`]). AssumeRoleWithWebIdentity is an unsigned call, so no credential
+//! provider chain is needed at all.
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use aws_sdk_sts_lean as aws_sdk_sts;
 
 use aws_sdk_sts::error::ProvideErrorMetadata;
 use aws_sdk_sts::primitives::{DateTime, DateTimeFormat};
@@ -105,23 +111,63 @@ pub async fn fetch(
     metadata::fetch_token(endpoint, audience, timeout, || now_ms().div_euclid(1000)).await
 }
 
-/// Call STS AssumeRoleWithWebIdentity with the standard AWS configuration from the environment
-/// (`AWS_REGION`, `AWS_ENDPOINT_URL_STS`, `AWS_ENDPOINT_URL`, profiles). The call is unsigned,
-/// so no credentials are loaded: this also keeps a `credential_process` profile that points at
-/// this very binary from recursing.
+/// Where and how to reach STS, from the standard AWS environment variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StsSettings {
+    pub region: String,
+    pub endpoint_url: Option<String>,
+    pub max_attempts: Option<u32>,
+}
+
+/// `AWS_REGION` / `AWS_DEFAULT_REGION` (else us-east-1, STS's global region, as the SDKs'
+/// web identity providers do), `AWS_ENDPOINT_URL_STS` / `AWS_ENDPOINT_URL` (unless
+/// `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`), `AWS_MAX_ATTEMPTS`.
+pub fn sts_config_from_env(get: impl Fn(&str) -> Option<String>) -> StsSettings {
+    let get = |k: &str| {
+        get(k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let ignore_endpoints =
+        get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    StsSettings {
+        region: get("AWS_REGION")
+            .or_else(|| get("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|| "us-east-1".into()),
+        endpoint_url: if ignore_endpoints {
+            None
+        } else {
+            get("AWS_ENDPOINT_URL_STS").or_else(|| get("AWS_ENDPOINT_URL"))
+        },
+        max_attempts: get("AWS_MAX_ATTEMPTS")
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0),
+    }
+}
+
+/// Call STS AssumeRoleWithWebIdentity as configured by the environment ([`sts_config_from_env`]).
 pub async fn assume_role(
     role_arn: &str,
     session_name: &str,
     web_identity_token: &str,
 ) -> Result<Assumed, AwsError> {
-    let sdk_config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .no_credentials()
-        .load()
-        .await;
-    let mut sts = aws_sdk_sts::config::Builder::from(&sdk_config);
-    if sdk_config.region().is_none() {
-        // STS has a global endpoint; SDKs fall back to us-east-1 for web identity as well.
-        sts = sts.region(aws_sdk_sts::config::Region::from_static("us-east-1"));
+    let settings = sts_config_from_env(|k| std::env::var(k).ok());
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let mut retry = aws_sdk_sts::config::retry::RetryConfig::standard();
+    if let Some(n) = settings.max_attempts {
+        retry = retry.with_max_attempts(n);
+    }
+    let mut sts = aws_sdk_sts::Config::builder()
+        .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+        .region(aws_sdk_sts::config::Region::new(settings.region))
+        .http_client(http)
+        .retry_config(retry);
+    if let Some(url) = settings.endpoint_url {
+        sts = sts.endpoint_url(url);
     }
     let client = aws_sdk_sts::Client::from_conf(sts.build());
     let out = client
@@ -349,6 +395,42 @@ mod tests {
         );
         assert_eq!(sanitize_session_name("x"), "x-");
         assert_eq!(sanitize_session_name(&"a".repeat(100)).len(), 64);
+    }
+
+    #[test]
+    fn sts_settings_follow_the_sdk_environment_conventions() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let none = sts_config_from_env(env(&[]));
+        assert_eq!(none.region, "us-east-1");
+        assert_eq!(none.endpoint_url, None);
+        let s = sts_config_from_env(env(&[
+            ("AWS_DEFAULT_REGION", "eu-west-1"),
+            ("AWS_ENDPOINT_URL", "http://generic"),
+            ("AWS_ENDPOINT_URL_STS", "http://sts-specific"),
+            ("AWS_MAX_ATTEMPTS", "2"),
+        ]));
+        assert_eq!(s.region, "eu-west-1");
+        assert_eq!(s.endpoint_url.as_deref(), Some("http://sts-specific"));
+        assert_eq!(s.max_attempts, Some(2));
+        let s = sts_config_from_env(env(&[
+            ("AWS_REGION", "ap-south-1"),
+            ("AWS_DEFAULT_REGION", "x"),
+            ("AWS_ENDPOINT_URL", "http://g"),
+        ]));
+        assert_eq!(s.region, "ap-south-1");
+        assert_eq!(s.endpoint_url.as_deref(), Some("http://g"));
+        let s = sts_config_from_env(env(&[
+            ("AWS_ENDPOINT_URL", "http://g"),
+            ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true"),
+        ]));
+        assert_eq!(s.endpoint_url, None);
     }
 
     #[test]

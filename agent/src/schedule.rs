@@ -68,13 +68,21 @@ pub fn next_refresh(
 /// already on disk (a metadata server that caches tokens, as GKE's does, may keep handing out
 /// the same one for a while past our refresh point): those back off like failures instead of
 /// asking again every `min_delay`, yet never past the token's expiry.
-pub fn after_fetch(policy: &Policy, iat: Option<i64>, exp: i64, now_ms: i64, jitter: f64, repeats: u32) -> Duration {
+pub fn after_fetch(
+    policy: &Policy,
+    iat: Option<i64>,
+    exp: i64,
+    now_ms: i64,
+    jitter: f64,
+    repeats: u32,
+) -> Duration {
     let next = next_refresh(policy, iat, exp, now_ms, jitter);
     if repeats == 0 {
         return next;
     }
     let until_exp = Duration::from_millis((exp.saturating_mul(1000) - now_ms).max(0) as u64);
-    next.max(backoff(policy, repeats, jitter)).min(until_exp.max(policy.min_delay))
+    next.max(backoff(policy, repeats, jitter))
+        .min(until_exp.max(policy.min_delay))
 }
 
 /// Retry delay before attempt number `attempt` (1 for the first retry): capped exponential
@@ -213,19 +221,31 @@ mod tests {
         let policy = p();
         // Past the refresh point of a one-hour token, the server still returns the same one.
         let now = (T0 + 2200) * 1000;
-        assert_eq!(after_fetch(&policy, Some(T0), T0 + HOUR, now, 1.0, 0), policy.min_delay);
+        assert_eq!(
+            after_fetch(&policy, Some(T0), T0 + HOUR, now, 1.0, 0),
+            policy.min_delay
+        );
         let waits: Vec<u64> = (1..=7)
             .map(|r| after_fetch(&policy, Some(T0), T0 + HOUR, now, 1.0, r).as_secs())
             .collect();
         assert_eq!(waits, vec![1, 2, 4, 8, 16, 30, 30]);
         // Never beyond expiry, but never below the floor either.
         let late = (T0 + HOUR - 5) * 1000;
-        assert_eq!(after_fetch(&policy, Some(T0), T0 + HOUR, late, 1.0, 9), Duration::from_secs(5));
+        assert_eq!(
+            after_fetch(&policy, Some(T0), T0 + HOUR, late, 1.0, 9),
+            Duration::from_secs(5)
+        );
         let after = (T0 + HOUR + 5) * 1000;
-        assert_eq!(after_fetch(&policy, Some(T0), T0 + HOUR, after, 1.0, 9), policy.min_delay);
+        assert_eq!(
+            after_fetch(&policy, Some(T0), T0 + HOUR, after, 1.0, 9),
+            policy.min_delay
+        );
         // A not-yet-due schedule wins over a short backoff.
         let early = T0 * 1000;
-        assert_eq!(after_fetch(&policy, Some(T0), T0 + HOUR, early, 0.5, 1), Duration::from_secs(1800));
+        assert_eq!(
+            after_fetch(&policy, Some(T0), T0 + HOUR, early, 0.5, 1),
+            Duration::from_secs(1800)
+        );
     }
 
     #[test]

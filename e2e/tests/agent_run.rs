@@ -240,10 +240,17 @@ fn caching_metadata_server_is_not_polled() {
     let path = dir.path().join("t.token");
     let watcher = FileWatcher::start(&path, STS);
     let mut cmd = agent_command(&emu.host());
-    cmd.args(["run", "--refresh-fraction", "0.3", "--token", &format!("{}={STS}", path.display())]);
+    cmd.args([
+        "run",
+        "--refresh-fraction",
+        "0.3",
+        "--token",
+        &format!("{}={STS}", path.display()),
+    ]);
     let agent = AgentProcess::spawn(cmd, dir.path());
     assert!(
-        wait_until(Duration::from_secs(14), || watcher.report().tokens.len() >= 3),
+        wait_until(Duration::from_secs(14), || watcher.report().tokens.len()
+            >= 3),
         "{}",
         agent.log()
     );
@@ -251,5 +258,9 @@ fn caching_metadata_server_is_not_polled() {
     assert!(report.removals.is_empty(), "{:?}", report.removals);
     let stats = emu.stats();
     // Three tokens need three mints; repeated answers stay a small multiple of that.
-    assert!(stats.identity_requests <= 4 * stats.tokens_issued, "{stats:?}\n{}", agent.log());
+    assert!(
+        stats.identity_requests <= 4 * stats.tokens_issued,
+        "{stats:?}\n{}",
+        agent.log()
+    );
 }

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Footprint benchmark for rolebridge-agent. Prints figures; asserts nothing.
+#
+# Builds the agent as it ships (release, static glibc), starts the GKE metadata emulator on
+# loopback, and measures:
+#   - stripped binary size
+#   - `init` wall time and peak RSS (median / max over $RUNS runs), emulator serving a cached
+#     token so that RSA signing in the emulator is not counted
+#   - `check` wall time and peak RSS
+#   - idle RSS of `run` (VmRSS / VmHWM from /proc/PID/status after the first write)
+#   - CPU per refresh of `run` (/proc/PID/schedstat, nanoseconds on CPU, over ~$REFRESH_SECS s
+#     of 2-second tokens, i.e. a refresh about every second)
+#
+# Usage: agent/bench.sh            (env: RUNS=20 REFRESH_SECS=20)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS="${RUNS:-20}"
+REFRESH_SECS="${REFRESH_SECS:-20}"
+TARGET=x86_64-unknown-linux-gnu
+AUD=sts.amazonaws.com
+
+echo "building release agent (static) and the emulator..." >&2
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release -p rolebridge-agent --target "$TARGET"
+cargo build --quiet -p rolebridge-e2e --bin gke-metadata-emulator
+AGENT="target/$TARGET/release/rolebridge-agent"
+EMU=target/debug/gke-metadata-emulator
+
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# start_emulator NAME ARGS... -> sets HOST_<NAME>
+start_emulator() {
+  local name=$1; shift
+  "$EMU" --listen 127.0.0.1:0 "$@" >"$WORK/$name.out" 2>/dev/null &
+  PIDS+=($!)
+  for _ in $(seq 100); do
+    grep -q '^GCE_METADATA_HOST=' "$WORK/$name.out" 2>/dev/null && break
+    sleep 0.05
+  done
+  local host
+  host="$(sed -n 's/^GCE_METADATA_HOST=//p' "$WORK/$name.out")"
+  [ -n "$host" ] || { echo "emulator $name did not start" >&2; exit 1; }
+  printf -v "HOST_$name" '%s' "$host"
+}
+
+now_ns() { date +%s%N; }
+
+# stats CMD... : runs CMD $RUNS times; prints "median_ms max_ms median_rss_kib max_rss_kib"
+stats() {
+  local walls=() rsss=()
+  for _ in $(seq "$RUNS"); do
+    local t0 t1
+    t0=$(now_ns)
+    "$@" >/dev/null 2>&1
+    t1=$(now_ns)
+    walls+=("$(( (t1 - t0) / 1000 ))")
+    /usr/bin/time -f '%M' -o "$WORK/rss" "$@" >/dev/null 2>&1
+    rsss+=("$(tail -n1 "$WORK/rss")")
+  done
+  local ws rs
+  ws=$(printf '%s\n' "${walls[@]}" | sort -n)
+  rs=$(printf '%s\n' "${rsss[@]}" | sort -n)
+  local mid=$(( (RUNS + 1) / 2 ))
+  printf '%s %s %s %s\n' \
+    "$(echo "$ws" | sed -n "${mid}p" | awk '{printf "%.2f", $1/1000}')" \
+    "$(echo "$ws" | tail -n1 | awk '{printf "%.2f", $1/1000}')" \
+    "$(echo "$rs" | sed -n "${mid}p" | awk '{printf "%.2f", $1/1024}')" \
+    "$(echo "$rs" | tail -n1 | awk '{printf "%.2f", $1/1024}')"
+}
+
+start_emulator cached --cache-tokens --lifetime 3600
+# Warm the emulator's token cache so `init` measures the agent, not RSA signing.
+curl -s -o /dev/null -H 'Metadata-Flavor: Google' \
+  "http://$HOST_cached/computeMetadata/v1/instance/service-accounts/default/identity?audience=$AUD&format=full"
+
+SIZE=$(stat -c %s "$AGENT")
+LINKAGE=$(file -b "$AGENT" | grep -o 'statically linked\|dynamically linked' || echo '?')
+
+export GCE_METADATA_HOST="$HOST_cached"
+read -r INIT_MED INIT_MAX INIT_RSS_MED INIT_RSS_MAX < <(stats "$AGENT" --log-level off init --token "$WORK/init.token=$AUD")
+read -r CHECK_MED CHECK_MAX CHECK_RSS_MED CHECK_RSS_MAX < <(stats "$AGENT" --log-level off check --token "$WORK/init.token=$AUD")
+
+# Idle RSS of the sidecar.
+"$AGENT" --log-level off run --token "$WORK/run.token=$AUD" &
+RUN_PID=$!
+PIDS+=("$RUN_PID")
+for _ in $(seq 200); do [ -s "$WORK/run.token" ] && break; sleep 0.01; done
+sleep 3
+IDLE_RSS=$(awk '/^VmRSS/ {printf "%.2f", $2/1024}' "/proc/$RUN_PID/status")
+IDLE_HWM=$(awk '/^VmHWM/ {printf "%.2f", $2/1024}' "/proc/$RUN_PID/status")
+IDLE_THREADS=$(awk '/^Threads/ {print $2}' "/proc/$RUN_PID/status")
+kill -TERM "$RUN_PID"; wait "$RUN_PID" || true
+
+# CPU per refresh: fresh 2 s tokens from a non-caching emulator.
+start_emulator fresh --lifetime 2
+GCE_METADATA_HOST="$HOST_fresh" "$AGENT" --log-level off run --token "$WORK/refresh.token=$AUD" &
+REF_PID=$!
+PIDS+=("$REF_PID")
+for _ in $(seq 200); do [ -s "$WORK/refresh.token" ] && break; sleep 0.01; done
+issued() { curl -s "http://$HOST_fresh/emulator/stats" | sed -n 's/.*"tokens_issued":\([0-9]*\).*/\1/p'; }
+C0=$(issued); S0=$(awk '{print $1}' "/proc/$REF_PID/schedstat")
+sleep "$REFRESH_SECS"
+C1=$(issued); S1=$(awk '{print $1}' "/proc/$REF_PID/schedstat")
+REF_RSS=$(awk '/^VmHWM/ {printf "%.2f", $2/1024}' "/proc/$REF_PID/status")
+kill -TERM "$REF_PID"; wait "$REF_PID" || true
+REFRESHES=$(( C1 - C0 ))
+CPU_PER_REFRESH=$(awk -v s="$(( S1 - S0 ))" -v n="$REFRESHES" 'BEGIN { if (n > 0) printf "%.3f", s / n / 1e6; else print "n/a" }')
+
+printf '\nrolebridge-agent footprint (%s, %s, %s cores)\n\n' "$(uname -m)" "$LINKAGE" "$(nproc)"
+printf '| %-34s | %-22s | %-10s |\n' "measure" "result" "target"
+printf '|%s|%s|%s|\n' "------------------------------------" "------------------------" "------------"
+printf '| %-34s | %-22s | %-10s |\n' "stripped binary size" "$(awk -v s="$SIZE" 'BEGIN{printf "%.2f MB (%d B)", s/1e6, s}')" "<= 8 MB"
+printf '| %-34s | %-22s | %-10s |\n' "init wall, median / max (ms)" "$INIT_MED / $INIT_MAX" "<= 10 ms"
+printf '| %-34s | %-22s | %-10s |\n' "init peak RSS, median / max (MiB)" "$INIT_RSS_MED / $INIT_RSS_MAX" "<= 4 MiB"
+printf '| %-34s | %-22s | %-10s |\n' "check wall, median / max (ms)" "$CHECK_MED / $CHECK_MAX" "-"
+printf '| %-34s | %-22s | %-10s |\n' "check peak RSS, median / max (MiB)" "$CHECK_RSS_MED / $CHECK_RSS_MAX" "-"
+printf '| %-34s | %-22s | %-10s |\n' "run idle VmRSS / VmHWM (MiB)" "$IDLE_RSS / $IDLE_HWM" "<= 3 MiB"
+printf '| %-34s | %-22s | %-10s |\n' "run threads" "$IDLE_THREADS" "-"
+printf '| %-34s | %-22s | %-10s |\n' "CPU per refresh (ms)" "$CPU_PER_REFRESH ($REFRESHES refreshes)" "<= 0.5 ms"
+printf '| %-34s | %-22s | %-10s |\n' "run VmHWM after refreshes (MiB)" "$REF_RSS" "-"
+echo
+echo "(runs=$RUNS; wall times include fork/exec from bash; the emulator is a debug build on loopback)"
