@@ -27,11 +27,14 @@ AGENT="target/$TARGET/release/rolebridge-agent"
 EMU=target/debug/gke-metadata-emulator
 
 WORK="$(mktemp -d)"
+# Token files go to tmpfs when there is one: the webhook's emptyDir is in memory (medium Memory),
+# where fsync is free; a disk-backed directory would add the filesystem's fsync cost.
+TOK="$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d)"
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$WORK"
+  rm -rf "$WORK" "$TOK"
 }
 trap cleanup EXIT
 
@@ -81,29 +84,35 @@ curl -s -o /dev/null -H 'Metadata-Flavor: Google' \
   "http://$HOST_cached/computeMetadata/v1/instance/service-accounts/default/identity?audience=$AUD&format=full"
 
 SIZE=$(stat -c %s "$AGENT")
-LINKAGE=$(file -b "$AGENT" | grep -o 'statically linked\|dynamically linked' || echo '?')
+if ldd "$AGENT" 2>&1 | grep -q 'statically linked\|not a dynamic executable'; then
+  LINKAGE="statically linked"
+else
+  LINKAGE="dynamically linked"
+fi
 
 export GCE_METADATA_HOST="$HOST_cached"
-read -r INIT_MED INIT_MAX INIT_RSS_MED INIT_RSS_MAX < <(stats "$AGENT" --log-level off init --token "$WORK/init.token=$AUD")
-read -r CHECK_MED CHECK_MAX CHECK_RSS_MED CHECK_RSS_MAX < <(stats "$AGENT" --log-level off check --token "$WORK/init.token=$AUD")
+read -r INIT_MED INIT_MAX INIT_RSS_MED INIT_RSS_MAX < <(stats "$AGENT" --log-level off init --token "$TOK/init.token=$AUD")
+read -r CHECK_MED CHECK_MAX CHECK_RSS_MED CHECK_RSS_MAX < <(stats "$AGENT" --log-level off check --token "$TOK/init.token=$AUD")
 
 # Idle RSS of the sidecar.
-"$AGENT" --log-level off run --token "$WORK/run.token=$AUD" &
+"$AGENT" --log-level off run --token "$TOK/run.token=$AUD" &
 RUN_PID=$!
 PIDS+=("$RUN_PID")
-for _ in $(seq 200); do [ -s "$WORK/run.token" ] && break; sleep 0.01; done
+for _ in $(seq 200); do [ -s "$TOK/run.token" ] && break; sleep 0.01; done
 sleep 3
 IDLE_RSS=$(awk '/^VmRSS/ {printf "%.2f", $2/1024}' "/proc/$RUN_PID/status")
 IDLE_HWM=$(awk '/^VmHWM/ {printf "%.2f", $2/1024}' "/proc/$RUN_PID/status")
 IDLE_THREADS=$(awk '/^Threads/ {print $2}' "/proc/$RUN_PID/status")
+IDLE_ANON=$(awk '/^RssAnon/ {printf "%.2f", $2/1024}' "/proc/$RUN_PID/status")
+IDLE_FILE=$(awk '/^RssFile/ {printf "%.2f", $2/1024}' "/proc/$RUN_PID/status")
 kill -TERM "$RUN_PID"; wait "$RUN_PID" || true
 
 # CPU per refresh: fresh 2 s tokens from a non-caching emulator.
 start_emulator fresh --lifetime 2
-GCE_METADATA_HOST="$HOST_fresh" "$AGENT" --log-level off run --token "$WORK/refresh.token=$AUD" &
+GCE_METADATA_HOST="$HOST_fresh" "$AGENT" --log-level off run --token "$TOK/refresh.token=$AUD" &
 REF_PID=$!
 PIDS+=("$REF_PID")
-for _ in $(seq 200); do [ -s "$WORK/refresh.token" ] && break; sleep 0.01; done
+for _ in $(seq 200); do [ -s "$TOK/refresh.token" ] && break; sleep 0.01; done
 issued() { curl -s "http://$HOST_fresh/emulator/stats" | sed -n 's/.*"tokens_issued":\([0-9]*\).*/\1/p'; }
 C0=$(issued); S0=$(awk '{print $1}' "/proc/$REF_PID/schedstat")
 sleep "$REFRESH_SECS"
@@ -113,7 +122,7 @@ kill -TERM "$REF_PID"; wait "$REF_PID" || true
 REFRESHES=$(( C1 - C0 ))
 CPU_PER_REFRESH=$(awk -v s="$(( S1 - S0 ))" -v n="$REFRESHES" 'BEGIN { if (n > 0) printf "%.3f", s / n / 1e6; else print "n/a" }')
 
-printf '\nrolebridge-agent footprint (%s, %s, %s cores)\n\n' "$(uname -m)" "$LINKAGE" "$(nproc)"
+printf '\nrolebridge-agent footprint (%s, %s, %s cores, token dir on %s)\n\n' "$(uname -m)" "$LINKAGE" "$(nproc)" "$(stat -f -c %T "$TOK")"
 printf '| %-34s | %-22s | %-10s |\n' "measure" "result" "target"
 printf '|%s|%s|%s|\n' "------------------------------------" "------------------------" "------------"
 printf '| %-34s | %-22s | %-10s |\n' "stripped binary size" "$(awk -v s="$SIZE" 'BEGIN{printf "%.2f MB (%d B)", s/1e6, s}')" "<= 8 MB"
@@ -122,6 +131,7 @@ printf '| %-34s | %-22s | %-10s |\n' "init peak RSS, median / max (MiB)" "$INIT_
 printf '| %-34s | %-22s | %-10s |\n' "check wall, median / max (ms)" "$CHECK_MED / $CHECK_MAX" "-"
 printf '| %-34s | %-22s | %-10s |\n' "check peak RSS, median / max (MiB)" "$CHECK_RSS_MED / $CHECK_RSS_MAX" "-"
 printf '| %-34s | %-22s | %-10s |\n' "run idle VmRSS / VmHWM (MiB)" "$IDLE_RSS / $IDLE_HWM" "<= 3 MiB"
+printf '| %-34s | %-22s | %-10s |\n' "  of which anon / file-backed (MiB)" "$IDLE_ANON / $IDLE_FILE" "-"
 printf '| %-34s | %-22s | %-10s |\n' "run threads" "$IDLE_THREADS" "-"
 printf '| %-34s | %-22s | %-10s |\n' "CPU per refresh (ms)" "$CPU_PER_REFRESH ($REFRESHES refreshes)" "<= 0.5 ms"
 printf '| %-34s | %-22s | %-10s |\n' "run VmHWM after refreshes (MiB)" "$REF_RSS" "-"

@@ -53,7 +53,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 
 FROM scratch
 COPY --from=build /rootfs/ /
-ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+    MIMALLOC_ARENA_EAGER_COMMIT=0
 USER 65532:65532
 EXPOSE 10250 8080
 ENTRYPOINT ["/rolebridge-webhook"]

@@ -193,6 +193,9 @@ struct ServeArgs {
     worker_threads: usize,
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     // kube and rustls are built with ring; another crate in the build graph may enable
     // aws-lc-rs too, and rustls then refuses to guess. Choose explicitly, first.

@@ -18,19 +18,20 @@ use crate::pod::{PodView, Str};
 const V1: &str = "admission.k8s.io/v1";
 const V1BETA1: &str = "admission.k8s.io/v1beta1";
 
+/// `O` is what `request.object` is read as: the pod view itself on the fast path (one pass over
+/// the body), or a `RawValue` on the fallback path for objects that are not pod-shaped.
 #[derive(Deserialize)]
-struct ReviewIn<'a> {
+struct ReviewIn<'a, O> {
     #[serde(borrow, rename = "apiVersion")]
     api_version: Option<Str<'a>>,
     #[serde(borrow)]
     kind: Option<Str<'a>>,
-    #[serde(borrow)]
-    request: Option<RequestIn<'a>>,
+    request: Option<RequestIn<'a, O>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RequestIn<'a> {
+struct RequestIn<'a, O> {
     #[serde(borrow)]
     uid: Str<'a>,
     #[serde(borrow, default)]
@@ -41,8 +42,8 @@ struct RequestIn<'a> {
     namespace: Option<Str<'a>>,
     #[serde(borrow, default)]
     operation: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    object: Option<&'a RawValue>,
+    #[serde(default = "none")]
+    object: Option<O>,
     #[serde(default)]
     dry_run: Option<bool>,
 }
@@ -172,16 +173,35 @@ pub fn invalid(uid: &str, message: &str) -> Vec<u8> {
     )
 }
 
+fn none<O>() -> Option<O> {
+    None
+}
+
 /// Reads a review body. Never fails: unreadable input yields a ready `invalid` body.
 pub fn parse(body: &[u8]) -> Parsed<'_> {
-    let error = |uid: &str, message: String| Parsed::Done {
+    // Fast path: the pod view is read in the same pass as the review.
+    if let Ok(review) = serde_json::from_slice::<ReviewIn<PodView>>(body) {
+        return finish(review, Ok);
+    }
+    // Anything else (not JSON, not a review, an object that is not pod-shaped) takes the
+    // slower path, which tells those cases apart and reports them precisely.
+    match serde_json::from_slice::<ReviewIn<&RawValue>>(body) {
+        Ok(review) => finish(review, |raw| PodView::from_json(raw.get())),
+        Err(e) => error("", format!("request body is not an AdmissionReview: {e}")),
+    }
+}
+
+fn error(uid: &str, message: String) -> Parsed<'static> {
+    Parsed::Done {
         body: invalid(uid, &format!("rolebridge: {message}")),
         outcome: AdmissionOutcome::Error,
-    };
-    let review: ReviewIn = match serde_json::from_slice(body) {
-        Ok(r) => r,
-        Err(e) => return error("", format!("request body is not an AdmissionReview: {e}")),
-    };
+    }
+}
+
+fn finish<'a, O>(
+    review: ReviewIn<'a, O>,
+    to_pod: impl FnOnce(O) -> Result<PodView<'a>, serde_json::Error>,
+) -> Parsed<'a> {
     let api_version = match review.api_version.as_ref().map(Str::as_str) {
         Some(V1) => V1,
         Some(V1BETA1) => V1BETA1,
@@ -219,7 +239,7 @@ pub fn parse(body: &[u8]) -> Parsed<'_> {
             "pod CREATE review carries no object".into(),
         );
     };
-    let pod = match PodView::from_json(object.get()) {
+    let pod = match to_pod(object) {
         Ok(p) => p,
         Err(e) => return error(req.uid.as_str(), format!("pod object does not parse: {e}")),
     };
@@ -347,6 +367,18 @@ mod tests {
             assert_eq!(o, AdmissionOutcome::Skipped);
             assert_eq!(v["response"], json!({"uid": "u1", "allowed": true}));
         }
+    }
+
+    #[test]
+    fn non_pod_objects_that_are_not_pod_shaped_are_still_allowed() {
+        let body = json!({"apiVersion": V1, "kind": "AdmissionReview", "request": {
+            "uid": "u3", "operation": "CREATE",
+            "resource": {"group": "example.com", "version": "v1", "resource": "widgets"},
+            "object": {"metadata": {"annotations": ["not", "a", "map"]}, "spec": {"containers": 7}}}})
+        .to_string();
+        let (v, o) = done(parse(body.as_bytes()));
+        assert_eq!(o, AdmissionOutcome::Skipped);
+        assert_eq!(v["response"], json!({"uid": "u3", "allowed": true}));
     }
 
     #[test]
