@@ -3,14 +3,27 @@
 //!
 //! Everything here is deterministic and free of I/O so it can be tested exhaustively and reused
 //! unchanged by `rolebridge-webhook inject`. Rules, in the order they apply:
-//! - pods in the webhook's own namespace, pods without a binding, Windows pods and pods that
-//!   opt out with `rolebridge.io/inject: "false"` are left unchanged;
+//! - pods in the webhook's own namespace, pods without a binding, pods that opt out with
+//!   `rolebridge.io/inject: "false"` and Windows pods are left unchanged;
 //! - `rolebridge.io/role` may only name a binding of the pod's service account (else: deny);
-//! - each container (init or app, minus `rolebridge.io/skip-containers`) is covered by the
-//!   binding that names it in `spec.containers`, else by the one binding that covers all
-//!   containers; the annotation chooses when several tie, and an unresolved tie is a denial;
+//!   naming one whose `spec.containers` lists no container of the pod earns a warning, since
+//!   the annotation then has no effect;
+//! - containers named like the agent are never covered, and containers in
+//!   `rolebridge.io/skip-containers` are skipped;
 //! - a container that already sets `AWS_ROLE_ARN` or `AWS_WEB_IDENTITY_TOKEN_FILE` itself
-//!   is left alone (with a warning): the user's explicit choice wins;
+//!   (values other than exactly what one of the bindings covering it would write), or that
+//!   mounts another volume at the token directory, is left alone with a warning: the user's
+//!   explicit choice wins. This is decided before tie resolution, so such a container never
+//!   takes part in a tie;
+//! - every other container (init or app) is covered by the binding that names it in
+//!   `spec.containers`, else by the one binding that covers all containers; the annotation
+//!   chooses when several tie, and an unresolved tie is a denial. A container whose variables
+//!   are ours for a binding other than the one chosen is left alone with a warning too;
+//! - the agent's container names and the token volume's name are reserved: a pod that would
+//!   be injected but already uses one of them without carrying `rolebridge.io/bindings` (so
+//!   it was not injected by rolebridge) is denied, since its containers would be pointed at a
+//!   token file that nobody writes. A pod carrying the annotation is a reinvocation: the
+//!   existing agent and volume are reused, with a warning for any token the agent lacks;
 //! - every `add` is guarded by an existence check, so mutating an already mutated pod yields
 //!   no operations (webhook reinvocation, a second replica, `inject` run twice).
 //!
@@ -323,7 +336,22 @@ pub fn mutate(
         }
     }
 
+    if let Some(role) = chosen_role
+        && let Some(b) = bindings.iter().find(|b| b.name == role)
+        && !all().any(|(_, _, c)| !is_agent(c.name.as_str()) && b.covers(c.name.as_str()))
+    {
+        warn(
+            &mut warnings,
+            format!(
+                "annotation {ANNOTATION_ROLE}={role:?} names binding {:?}, whose spec.containers ({}) lists no container of this pod, so the annotation has no effect",
+                b.name,
+                b.containers.as_deref().unwrap_or_default().join(", ")
+            ),
+        );
+    }
+
     let default_audience = cfg.default_audience.as_str();
+    let path_of = |b: &Binding| token_path(b.audience.as_deref().unwrap_or(default_audience));
     let mut planned: Vec<Planned> = Vec::new();
     let mut conflicts: Vec<String> = Vec::new();
     for (kind, index, c) in all() {
@@ -344,27 +372,26 @@ pub fn mutate(
             .filter(|b| b.names(name))
             .collect();
         let tier = if specific.is_empty() {
-            candidates
+            &candidates
         } else {
-            specific
+            &specific
         };
-        let binding = match tier.as_slice() {
-            [only] => *only,
-            _ => match chosen_role.and_then(|r| tier.iter().find(|b| b.name == r)) {
-                Some(b) => *b,
-                None => {
-                    let names: Vec<&str> = tier.iter().map(|b| b.name.as_str()).collect();
-                    conflicts.push(format!(
-                        "container {name:?} is covered by bindings {}",
-                        names.join(" and ")
-                    ));
-                    continue;
-                }
-            },
+        let resolved: Option<&Binding> = match tier.as_slice() {
+            [only] => Some(*only),
+            _ => chosen_role.and_then(|r| tier.iter().copied().find(|b| b.name == r)),
         };
-        let audience = binding.audience.as_deref().unwrap_or(default_audience);
-        let path = token_path(audience);
+        let not_applied = || match resolved {
+            Some(b) => format!("binding {:?} not applied to it", b.name),
+            None => {
+                let names: Vec<String> = tier.iter().map(|b| format!("{:?}", b.name)).collect();
+                format!("bindings {} not applied to it", names.join(" and "))
+            }
+        };
 
+        // The user's own configuration is decided before tie resolution: a container that
+        // rolebridge leaves alone anyway must not get the pod denied over a tie. Variables
+        // that are exactly what one of the covering bindings writes are ours (an earlier
+        // pass), so an injected container is still recognised.
         let role_var = c.env_var(ENV_ROLE_ARN);
         let file_var = c.env_var(ENV_TOKEN_FILE);
         let ours = |v: Option<&crate::pod::EnvView>, want: &str| {
@@ -372,14 +399,14 @@ pub fn mutate(
                 e.value_from.is_none() && e.value.as_ref().is_some_and(|x| x.as_str() == want)
             })
         };
-        if (role_var.is_some() || file_var.is_some())
-            && !(ours(role_var, &binding.role_arn) && ours(file_var, &path))
-        {
+        let ours_for = |b: &Binding| ours(role_var, &b.role_arn) && ours(file_var, &path_of(b));
+        let has_vars = role_var.is_some() || file_var.is_some();
+        if has_vars && !candidates.iter().any(|b| ours_for(b)) {
             warn(
                 &mut warnings,
                 format!(
-                    "container {name:?} sets {ENV_ROLE_ARN} or {ENV_TOKEN_FILE} itself, so rolebridge left it alone (binding {:?} not applied to it)",
-                    binding.name
+                    "container {name:?} sets {ENV_ROLE_ARN} or {ENV_TOKEN_FILE} itself, so rolebridge left it alone ({})",
+                    not_applied()
                 ),
             );
             continue;
@@ -396,8 +423,30 @@ pub fn mutate(
             warn(
                 &mut warnings,
                 format!(
-                    "container {name:?} already mounts something at {TOKEN_MOUNT_PATH}, so rolebridge left it alone (binding {:?} not applied to it)",
-                    binding.name
+                    "container {name:?} already mounts something at {TOKEN_MOUNT_PATH}, so rolebridge left it alone ({})",
+                    not_applied()
+                ),
+            );
+            continue;
+        }
+
+        let Some(binding) = resolved else {
+            let names: Vec<&str> = tier.iter().map(|b| b.name.as_str()).collect();
+            conflicts.push(format!(
+                "container {name:?} is covered by bindings {}",
+                names.join(" and ")
+            ));
+            continue;
+        };
+        let path = path_of(binding);
+        if has_vars && !ours_for(binding) {
+            // Ours, but for another covering binding (the bindings changed since the pod
+            // was injected): env cannot be rewritten with `add`, so leave it as it is.
+            warn(
+                &mut warnings,
+                format!(
+                    "container {name:?} sets {ENV_ROLE_ARN} or {ENV_TOKEN_FILE} itself, so rolebridge left it alone ({})",
+                    not_applied()
                 ),
             );
             continue;
@@ -438,6 +487,35 @@ pub fn mutate(
             ),
         );
         return skip(Skip::NoContainerCovered, warnings);
+    }
+
+    if pod.annotation(ANNOTATION_APPLIED).is_none() {
+        let mut taken: Vec<String> = all()
+            .filter(|(_, _, c)| is_agent(c.name.as_str()))
+            .map(|(_, _, c)| format!("container {:?}", c.name.as_str()))
+            .collect();
+        if pod
+            .spec
+            .volumes
+            .as_deref()
+            .is_some_and(|v| v.iter().any(|v| v.name.as_str() == TOKEN_VOLUME))
+        {
+            taken.push(format!("volume {TOKEN_VOLUME:?}"));
+        }
+        if !taken.is_empty() {
+            return Err(Denial {
+                message: format!(
+                    "rolebridge: this pod has {}, but {} reserved by rolebridge for the token agent it injects, and the pod was not injected by rolebridge (it has no {ANNOTATION_APPLIED} annotation); injecting it would point its containers at a token file that nothing writes. Rename {}, or opt the pod out with the annotation {ANNOTATION_INJECT}: \"false\" if it should not get AWS credentials from rolebridge.",
+                    taken.join(" and "),
+                    if taken.len() == 1 {
+                        "that name is"
+                    } else {
+                        "those names are"
+                    },
+                    if taken.len() == 1 { "it" } else { "them" },
+                ),
+            });
+        }
     }
 
     let mut patch = Vec::new();
@@ -787,6 +865,143 @@ mod tests {
                 .contains(r#"container "app" is covered by bindings a and b"#),
             "{err}"
         );
+    }
+
+    /// A container rolebridge leaves alone anyway (the user's own role variables, or another
+    /// volume at the token directory) must not get the pod denied over a tie; a container whose
+    /// variables are exactly ours for a covering binding is still ours and still ties.
+    #[test]
+    fn tie_on_a_user_owned_container_does_not_deny() {
+        let bindings = [
+            binding("reader", None),
+            binding("writer", None),
+            binding("app-role", Some(&["app"])),
+        ];
+        let json = r#"{"metadata":{"name":"p"},"spec":{"serviceAccountName":"sa","containers":[
+            {"name":"own","env":[{"name":"AWS_ROLE_ARN","value":"arn:aws:iam::999999999999:role/x"}]},
+            {"name":"mounted","volumeMounts":[{"name":"v","mountPath":"/var/run/secrets/rolebridge.io/"}]},
+            {"name":"app"}]}}"#;
+        let pod = PodView::from_json(json).unwrap();
+        let m = mutate(&pod, "ns", &bindings, &Config::default()).unwrap();
+        assert_eq!(m.outcome, Outcome::Mutated);
+        assert_eq!(applied(&m), Some("app=app-role"));
+        assert_eq!(m.warnings.len(), 2, "{:?}", m.warnings);
+        assert!(m.warnings[0].contains(r#"container "own" sets AWS_ROLE_ARN"#));
+        assert!(m.warnings[1].contains(r#"container "mounted" already mounts"#));
+        for w in &m.warnings {
+            assert!(
+                w.contains(r#"bindings "reader" and "writer" not applied to it"#),
+                "{w}"
+            );
+        }
+
+        // Exactly what `reader` writes: recognised as an earlier injection, so it still ties.
+        let path = token_path("sts.amazonaws.com");
+        let json = format!(
+            r#"{{"metadata":{{"name":"p"}},"spec":{{"serviceAccountName":"sa","containers":[
+            {{"name":"app2","env":[{{"name":"AWS_ROLE_ARN","value":"arn:aws:iam::123456789012:role/reader"}},
+            {{"name":"AWS_WEB_IDENTITY_TOKEN_FILE","value":"{path}"}}]}}]}}}}"#
+        );
+        let pod = PodView::from_json(&json).unwrap();
+        let err = mutate(&pod, "ns", &bindings, &Config::default()).unwrap_err();
+        assert!(
+            err.message
+                .contains(r#"container "app2" is covered by bindings reader and writer"#),
+            "{err}"
+        );
+        // ...and with the tie resolved for it, it is already injected: nothing left to add
+        // but the bindings annotation.
+        let json = json.replace(
+            r#"{"metadata":{"name":"p"}"#,
+            r#"{"metadata":{"name":"p","annotations":{"rolebridge.io/role":"reader"}}"#,
+        );
+        let pod = PodView::from_json(&json).unwrap();
+        let m = mutate(&pod, "ns", &bindings, &Config::default()).unwrap();
+        assert_eq!(applied(&m), Some("app2=reader"));
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+    }
+
+    #[test]
+    fn reserved_names_deny_a_pod_rolebridge_did_not_inject() {
+        let bindings = [binding("b", None)];
+        let cfg = Config::default();
+        for (extra, what) in [
+            (
+                r#""containers":[{"name":"app"}],"initContainers":[{"name":"rolebridge-agent-init"}]"#,
+                r#"container "rolebridge-agent-init""#,
+            ),
+            (
+                r#""containers":[{"name":"app"},{"name":"rolebridge-agent"}]"#,
+                r#"container "rolebridge-agent""#,
+            ),
+            (
+                r#""containers":[{"name":"app"}],"volumes":[{"name":"rolebridge-token","emptyDir":{}}]"#,
+                r#"volume "rolebridge-token""#,
+            ),
+        ] {
+            let json = format!(
+                r#"{{"metadata":{{"name":"p"}},"spec":{{"serviceAccountName":"sa",{extra}}}}}"#
+            );
+            let pod = PodView::from_json(&json).unwrap();
+            let err = mutate(&pod, "ns", &bindings, &cfg).unwrap_err();
+            for want in [
+                what,
+                "reserved by rolebridge",
+                "Rename it",
+                r#"rolebridge.io/inject: "false""#,
+            ] {
+                assert!(err.message.contains(want), "{want:?} not in {err}");
+            }
+
+            // Opt-out, Windows and "nothing covered" still come first...
+            let opted = json.replace(
+                r#""name":"p"}"#,
+                r#""name":"p","annotations":{"rolebridge.io/inject":"false"}}"#,
+            );
+            let pod = PodView::from_json(&opted).unwrap();
+            let m = mutate(&pod, "ns", &bindings, &cfg).unwrap();
+            assert_eq!(m.outcome, Outcome::Skipped(Skip::OptedOut));
+            let windows = json.replace(r#""spec":{"#, r#""spec":{"os":{"name":"windows"},"#);
+            let pod = PodView::from_json(&windows).unwrap();
+            let m = mutate(&pod, "ns", &bindings, &cfg).unwrap();
+            assert_eq!(m.outcome, Outcome::Skipped(Skip::Windows));
+            let pod = PodView::from_json(&json).unwrap();
+            let m = mutate(&pod, "ns", &[binding("b", Some(&["worker"]))], &cfg).unwrap();
+            assert_eq!(m.outcome, Outcome::Skipped(Skip::NoContainerCovered));
+
+            // ...and a pod rolebridge injected (the annotation is there) is a reinvocation.
+            let injected = json.replace(
+                r#""name":"p"}"#,
+                r#""name":"p","annotations":{"rolebridge.io/bindings":"app=b"}}"#,
+            );
+            let pod = PodView::from_json(&injected).unwrap();
+            assert!(mutate(&pod, "ns", &bindings, &cfg).is_ok());
+        }
+    }
+
+    #[test]
+    fn role_annotation_naming_a_binding_that_covers_no_container_warns() {
+        let json = r#"{"metadata":{"name":"p","annotations":{"rolebridge.io/role":"worker"}},
+            "spec":{"serviceAccountName":"sa","containers":[{"name":"app"}]}}"#;
+        let pod = PodView::from_json(json).unwrap();
+        let bindings = [binding("base", None), binding("worker", Some(&["worker"]))];
+        let m = mutate(&pod, "ns", &bindings, &Config::default()).unwrap();
+        assert_eq!(applied(&m), Some("app=base"));
+        assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
+        assert!(
+            m.warnings[0].contains(
+                r#"annotation rolebridge.io/role="worker" names binding "worker", whose spec.containers (worker) lists no container of this pod"#
+            ),
+            "{:?}",
+            m.warnings
+        );
+        // A binding that covers a container of the pod, even one it does not win, is no news.
+        let bindings = [binding("base", None), binding("worker", Some(&["app"]))];
+        let json = json.replace(r#""worker"}"#, r#""base"}"#);
+        let pod = PodView::from_json(&json).unwrap();
+        let m = mutate(&pod, "ns", &bindings, &Config::default()).unwrap();
+        assert_eq!(applied(&m), Some("app=worker"));
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
     }
 
     #[test]

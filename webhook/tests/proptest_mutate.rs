@@ -1,16 +1,20 @@
 //! Property tests for the mutation, on generated pods and bindings.
 //!
-//! Pods get random init and app containers (unique names), optional / `null` / present env,
-//! volumeMounts, volumes and annotations, annotation keys with `/` and `~`, rolebridge's own
-//! annotations with valid and invalid values, and unknown fields at several levels. Bindings of
-//! the pod's service account get random `containers`, audiences and regions.
+//! Pods get random init and app containers (unique names, rarely one under the agent's reserved
+//! names), optional / `null` / present env (role/token variables that are the user's own, or
+//! exactly what a binding writes), volumeMounts, volumes (rarely one named `rolebridge-token`)
+//! and annotations, annotation keys with `/` and `~`, rolebridge's own annotations with valid and
+//! invalid values, and unknown fields at several levels. Bindings of the pod's service account
+//! get random `containers`, audiences and regions. `PROPTEST_CASES=N` runs more cases.
 //!
 //! Properties: the patch only adds and always applies; the result is a fixed point; removing
 //! exactly what rolebridge owns from the result gives back the input (so no user field is
 //! changed, every pre-existing env var keeps its value, and nothing is duplicated); env names
 //! stay unique per container; and an independent model of the rules predicts the outcome:
-//! which container gets which binding, every skip, and a denial exactly when there is an
-//! unresolved tie or a `rolebridge.io/role` that names no binding of the service account.
+//! which container gets which binding, every skip, the warning for a `rolebridge.io/role` whose
+//! binding covers no container, and a denial (and which rule caused it) exactly when there is a
+//! `rolebridge.io/role` that names no binding of the service account, an unresolved tie on a
+//! container that is not the user's own, or a reserved name in a pod rolebridge did not inject.
 
 use std::collections::BTreeSet;
 
@@ -27,6 +31,7 @@ use rolebridge_webhook::pod::PodView;
 use serde_json::{Map, Value, json};
 
 const SA: &str = "app-sa";
+const DEFAULT_AUDIENCE: &str = "sts.amazonaws.com";
 const NS: &str = "default";
 const CONTAINER_NAMES: &[&str] = &["app", "web", "worker", "proxy", "migrate", "seed", "logs"];
 const BINDING_NAMES: &[&str] = &["b0", "b1", "b2", "b3"];
@@ -111,13 +116,22 @@ fn with_extra(mut v: Value, e: Option<(String, Value)>) -> Value {
 }
 
 fn env_entry(name: &'static str) -> impl Strategy<Value = Value> {
-    // Users' own role/token values never equal what rolebridge would write.
-    let value = match name {
-        ENV_ROLE_ARN => "arn:aws:iam::999999999999:role/users-own".to_owned(),
-        ENV_TOKEN_FILE => "/users/own/token".to_owned(),
-        _ => format!("user-{}", name.to_lowercase()),
+    // Role/token values are mostly the user's own, and sometimes exactly what binding b0 or b1
+    // (with the default audience) writes, as after an earlier injection.
+    let values = match name {
+        ENV_ROLE_ARN => vec![
+            "arn:aws:iam::999999999999:role/users-own".to_owned(),
+            "arn:aws:iam::999999999999:role/users-own".to_owned(),
+            "arn:aws:iam::123456789012:role/b0".to_owned(),
+            "arn:aws:iam::123456789012:role/b1".to_owned(),
+        ],
+        ENV_TOKEN_FILE => vec![
+            "/users/own/token".to_owned(),
+            token_path("sts.amazonaws.com"),
+        ],
+        _ => vec![format!("user-{}", name.to_lowercase())],
     };
-    (0..3u8, extra()).prop_map(move |(kind, e)| {
+    (0..3u8, prop::sample::select(values), extra()).prop_map(move |(kind, value, e)| {
         let v = match kind {
             0 | 1 => json!({"name": name, "value": value}),
             _ => json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}),
@@ -132,10 +146,22 @@ fn env_list() -> impl Strategy<Value = Value> {
         4 => subsequence(&ENV_NAMES[..7], 0..=4),
         1 => subsequence(ENV_NAMES, 0..=5),
     ];
-    names
+    let plain = names
         .prop_shuffle()
         .prop_flat_map(|names| names.into_iter().map(env_entry).collect::<Vec<_>>())
-        .prop_map(Value::Array)
+        .prop_map(Value::Array);
+    // Sometimes exactly the pair binding b0 or b1 writes (an earlier injection), plus others.
+    let injected = (
+        prop::sample::select(vec!["b0", "b1"]),
+        subsequence(&ENV_NAMES[..7], 0..=3)
+            .prop_flat_map(|names| names.into_iter().map(env_entry).collect::<Vec<_>>()),
+    )
+        .prop_map(|(b, mut env)| {
+            env.push(json!({"name": ENV_ROLE_ARN, "value": format!("arn:aws:iam::123456789012:role/{b}")}));
+            env.push(json!({"name": ENV_TOKEN_FILE, "value": token_path(DEFAULT_AUDIENCE)}));
+            Value::Array(env)
+        });
+    prop_oneof![9 => plain, 1 => injected]
 }
 
 fn mounts() -> impl Strategy<Value = Value> {
@@ -192,7 +218,15 @@ fn volumes() -> impl Strategy<Value = Value> {
         json!({"name": "cfg", "configMap": {"name": "cfg"}}),
         json!({"name": "own", "secret": {"secretName": "own"}, "futureVolume": [1]}),
     ];
-    subsequence(pool, 0..=3).prop_map(Value::Array)
+    // Rarely, the user's own volume under rolebridge's reserved name.
+    let reserved = prop::option::weighted(
+        0.1,
+        Just(json!({"name": TOKEN_VOLUME, "configMap": {"name": "mine"}})),
+    );
+    (subsequence(pool, 0..=3), reserved).prop_map(|(mut v, r)| {
+        v.extend(r);
+        Value::Array(v)
+    })
 }
 
 fn annotations() -> impl Strategy<Value = Value> {
@@ -217,7 +251,7 @@ fn annotations() -> impl Strategy<Value = Value> {
         )
         .prop_map(|s| s.join(",")),
     );
-    let applied = prop::option::weighted(0.1, Just("stale=value"));
+    let applied = prop::option::weighted(0.25, Just("stale=value"));
     (other, inject, role, skip, applied).prop_map(|(other, inject, role, skip, applied)| {
         let mut m: Map<String, Value> = other.into_iter().map(|(k, v)| (k, json!(v))).collect();
         let ours = [
@@ -246,7 +280,16 @@ fn pod_name() -> impl Strategy<Value = (Option<String>, Option<String>)> {
 
 fn pod() -> impl Strategy<Value = Value> {
     // Unique names across init and app containers, at least one app container.
-    let split = subsequence(CONTAINER_NAMES, 1..=5)
+    // Rarely, a user's container under one of the agent's reserved names.
+    let reserved = prop::option::weighted(
+        0.12,
+        prop::sample::select(vec![AGENT_CONTAINER, AGENT_INIT_CONTAINER]),
+    );
+    let split = (subsequence(CONTAINER_NAMES, 1..=5), reserved)
+        .prop_map(|(mut names, r)| {
+            names.extend(r);
+            names
+        })
         .prop_shuffle()
         .prop_flat_map(|names| {
             let n = names.len();
@@ -361,12 +404,36 @@ fn bindings() -> impl Strategy<Value = Vec<Binding>> {
 // ---------------------------------------------------------------------------------------------
 // The model: the rules of issue 2, written independently of `mutate.rs`.
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DenyReason {
+    /// `rolebridge.io/role` names no binding of the service account.
+    UnboundRole,
+    /// Several bindings of the same rank cover a container and nothing chooses.
+    Tie,
+    /// A reserved agent container / token volume name in a pod rolebridge did not inject.
+    ReservedName,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Expected {
-    Deny,
+    Deny(DenyReason),
     Skip(Skip),
     /// (container name, binding name) in pod order: init containers first.
     Mutate(Vec<(String, String)>),
+}
+
+/// What the model predicts, plus what the coverage test wants to see reached.
+#[derive(Debug)]
+struct Prediction {
+    expected: Expected,
+    /// A warning that `rolebridge.io/role` names a binding covering no container of the pod.
+    role_warning: bool,
+    /// A container with an unresolved tie was the user's own, so it was skipped, not a denial.
+    owned_tie: bool,
+    /// The pod uses a reserved name but carries the bindings annotation (reinvocation).
+    reserved_annotated: bool,
+    /// A container's role/token variables were recognised as rolebridge's own.
+    ours_recognised: bool,
 }
 
 fn arr(v: &Value) -> &[Value] {
@@ -377,25 +444,62 @@ fn env_has(c: &Value, name: &str) -> bool {
     arr(&c["env"]).iter().any(|e| e["name"] == name)
 }
 
-fn model(pod: &Value, bindings: &[Binding]) -> Expected {
+/// The variable is set to exactly this literal value (not `valueFrom`).
+fn env_is(c: &Value, name: &str, want: &str) -> bool {
+    arr(&c["env"])
+        .iter()
+        .any(|e| e["name"] == name && e.get("valueFrom").is_none() && e["value"] == want)
+}
+
+fn is_agent_name(name: &str) -> bool {
+    name == AGENT_CONTAINER || name == AGENT_INIT_CONTAINER
+}
+
+fn predict(pod: &Value, bindings: &[Binding]) -> Prediction {
+    let mut p = Prediction {
+        expected: Expected::Skip(Skip::NoBinding),
+        role_warning: false,
+        owned_tie: false,
+        reserved_annotated: false,
+        ours_recognised: false,
+    };
+    let done = |mut p: Prediction, e: Expected| {
+        p.expected = e;
+        p
+    };
     if bindings.is_empty() {
-        return Expected::Skip(Skip::NoBinding);
+        return done(p, Expected::Skip(Skip::NoBinding));
     }
     let ann = |k: &str| pod["metadata"]["annotations"][k].as_str();
     if matches!(
         ann(ANNOTATION_INJECT).map(str::trim),
         Some("false" | "False" | "disabled")
     ) {
-        return Expected::Skip(Skip::OptedOut);
+        return done(p, Expected::Skip(Skip::OptedOut));
     }
     if pod["spec"]["os"]["name"] == "windows" {
-        return Expected::Skip(Skip::Windows);
+        return done(p, Expected::Skip(Skip::Windows));
     }
     let role = ann(ANNOTATION_ROLE)
         .map(str::trim)
         .filter(|r| !r.is_empty());
     if role.is_some_and(|r| !bindings.iter().any(|b| b.name == r)) {
-        return Expected::Deny;
+        return done(p, Expected::Deny(DenyReason::UnboundRole));
+    }
+    let containers: Vec<&Value> = arr(&pod["spec"]["initContainers"])
+        .iter()
+        .chain(arr(&pod["spec"]["containers"]))
+        .collect();
+    let names = |b: &Binding, name: &str| {
+        b.containers
+            .as_ref()
+            .is_some_and(|cs| cs.iter().any(|x| x == name))
+    };
+    if let Some(b) = role.and_then(|r| bindings.iter().find(|b| b.name == r)) {
+        p.role_warning = !containers.iter().any(|c| {
+            let n = c["name"].as_str().unwrap();
+            !is_agent_name(n) && (b.containers.is_none() || names(b, n))
+        });
     }
     let skip: Vec<&str> = ann(ANNOTATION_SKIP_CONTAINERS)
         .unwrap_or("")
@@ -404,51 +508,69 @@ fn model(pod: &Value, bindings: &[Binding]) -> Expected {
         .collect();
     let mut tie = false;
     let mut planned = Vec::new();
-    for c in arr(&pod["spec"]["initContainers"])
-        .iter()
-        .chain(arr(&pod["spec"]["containers"]))
-    {
+    for c in &containers {
         let name = c["name"].as_str().unwrap();
-        if skip.contains(&name) {
+        if is_agent_name(name) || skip.contains(&name) {
             continue;
         }
-        let named: Vec<&Binding> = bindings
-            .iter()
-            .filter(|b| {
-                b.containers
-                    .as_ref()
-                    .is_some_and(|cs| cs.iter().any(|x| x == name))
-            })
-            .collect();
+        let named: Vec<&Binding> = bindings.iter().filter(|b| names(b, name)).collect();
         let all: Vec<&Binding> = bindings.iter().filter(|b| b.containers.is_none()).collect();
+        let covering: Vec<&Binding> = named.iter().chain(&all).copied().collect();
         let tier = if named.is_empty() { all } else { named };
         let chosen = match tier.as_slice() {
             [] => continue,
-            [one] => *one,
-            _ => match tier.iter().find(|b| Some(b.name.as_str()) == role) {
-                Some(b) => *b,
-                None => {
-                    tie = true;
-                    continue;
-                }
-            },
+            [one] => Some(*one),
+            _ => tier.iter().copied().find(|b| Some(b.name.as_str()) == role),
         };
-        let own_vars = env_has(c, ENV_ROLE_ARN) || env_has(c, ENV_TOKEN_FILE);
+        // The user's own variables or mount: left alone before any tie is looked at.
+        // Variables exactly as a covering binding writes them are rolebridge's own.
+        let ours = |b: &Binding| {
+            env_is(c, ENV_ROLE_ARN, &b.role_arn)
+                && env_is(
+                    c,
+                    ENV_TOKEN_FILE,
+                    &token_path(b.audience.as_deref().unwrap_or(DEFAULT_AUDIENCE)),
+                )
+        };
+        let has_vars = env_has(c, ENV_ROLE_ARN) || env_has(c, ENV_TOKEN_FILE);
+        let own_vars = has_vars && !covering.iter().any(|b| ours(b));
         let clash = arr(&c["volumeMounts"]).iter().any(|m| {
             m["mountPath"].as_str().unwrap().trim_end_matches('/') == TOKEN_MOUNT_PATH
                 && m["name"] != TOKEN_VOLUME
         });
-        if !own_vars && !clash {
-            planned.push((name.to_owned(), chosen.name.clone()));
+        if own_vars || clash {
+            p.owned_tie |= chosen.is_none();
+            continue;
         }
+        p.ours_recognised |= has_vars;
+        let Some(chosen) = chosen else {
+            tie = true;
+            continue;
+        };
+        // Ours, but for another covering binding: left alone too.
+        if has_vars && !ours(chosen) {
+            continue;
+        }
+        planned.push((name.to_owned(), chosen.name.clone()));
     }
-    if tie {
-        Expected::Deny
+    let reserved = containers
+        .iter()
+        .any(|c| is_agent_name(c["name"].as_str().unwrap()))
+        || arr(&pod["spec"]["volumes"])
+            .iter()
+            .any(|v| v["name"] == TOKEN_VOLUME);
+    let annotated = ann(ANNOTATION_APPLIED).is_some();
+    let e = if tie {
+        Expected::Deny(DenyReason::Tie)
     } else if planned.is_empty() {
         Expected::Skip(Skip::NoContainerCovered)
+    } else if reserved && !annotated {
+        Expected::Deny(DenyReason::ReservedName)
     } else {
+        p.reserved_annotated = reserved;
         Expected::Mutate(planned)
-    }
+    };
+    done(p, e)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -589,20 +711,45 @@ fn check(input: &Value, bindings: &[Binding], legacy: bool) -> Result<(), TestCa
     let view = PodView::from_json(&text).map_err(|e| TestCaseError::fail(format!("parse: {e}")))?;
     prop_assert_eq!(view.service_account(), SA);
     let result = mutate::mutate(&view, NS, bindings, &cfg);
-    let expected = model(input, bindings);
+    let prediction = predict(input, bindings);
+    let expected = prediction.expected;
 
     let m = match (result, &expected) {
-        (Err(_), Expected::Deny) => return Ok(()),
+        (Err(d), Expected::Deny(why)) => {
+            // The message says which rule denied the pod.
+            let marker = match why {
+                DenyReason::UnboundRole => "names no AWSRoleBinding of service account",
+                DenyReason::Tie => "nothing chooses between them",
+                DenyReason::ReservedName => "reserved by rolebridge",
+            };
+            prop_assert!(
+                d.message.contains(marker),
+                "model says {:?}, denied with: {}",
+                why,
+                d
+            );
+            return Ok(());
+        }
         (Err(d), _) => {
             return Err(TestCaseError::fail(format!(
                 "denied ({d}), model says {expected:?}"
             )));
         }
-        (Ok(m), Expected::Deny) => {
-            return Err(TestCaseError::fail(format!("model says deny, got {m:?}")));
+        (Ok(m), Expected::Deny(why)) => {
+            return Err(TestCaseError::fail(format!(
+                "model says deny ({why:?}), got {m:?}"
+            )));
         }
         (Ok(m), _) => m,
     };
+    prop_assert_eq!(
+        m.warnings
+            .iter()
+            .any(|w| w.contains("so the annotation has no effect")),
+        prediction.role_warning,
+        "role annotation warning; warnings: {:?}",
+        &m.warnings
+    );
     prop_assert!(
         m.patch
             .iter()
@@ -637,12 +784,24 @@ fn check(input: &Value, bindings: &[Binding], legacy: bool) -> Result<(), TestCa
     );
 
     // Every covered container has its binding's role, token file and mount; the agent serves
-    // every token file.
-    let agent = find_container(&out, AGENT_CONTAINER).expect("agent container");
-    let agent_args: Vec<&str> = arr(&agent["args"])
+    // every token file. A pod that already has containers under the agent's names (admitted
+    // only because it carries the bindings annotation) keeps them, and gets a warning for every
+    // token they do not serve.
+    let user_agents = arr(&input["spec"]["initContainers"])
         .iter()
+        .chain(arr(&input["spec"]["containers"]))
+        .any(|c| is_agent_name(c["name"].as_str().unwrap_or_default()));
+    let agent_args: Vec<&str> = arr(&out["spec"]["initContainers"])
+        .iter()
+        .chain(arr(&out["spec"]["containers"]))
+        .filter(|c| is_agent_name(c["name"].as_str().unwrap_or_default()))
+        .flat_map(|c| arr(&c["args"]))
         .filter_map(Value::as_str)
         .collect();
+    prop_assert!(
+        user_agents || find_container(&out, AGENT_CONTAINER).is_some(),
+        "no agent container"
+    );
     for (c, b) in &planned {
         let b = bindings.iter().find(|x| &x.name == b).unwrap();
         let aud = b.audience.as_deref().unwrap_or(&cfg.default_audience);
@@ -671,12 +830,18 @@ fn check(input: &Value, bindings: &[Binding], legacy: bool) -> Result<(), TestCa
         );
         let token_arg = format!("{path}={aud}");
         prop_assert!(
-            agent_args.contains(&token_arg.as_str()),
+            agent_args.contains(&token_arg.as_str())
+                || (user_agents
+                    && m.warnings
+                        .iter()
+                        .any(|w| w.contains(&format!("does not serve token {token_arg}")))),
             "agent does not serve {}",
             token_arg
         );
     }
-    if legacy {
+    if user_agents {
+        // Nothing to check about placement: no agent was added.
+    } else if legacy {
         prop_assert_eq!(
             &out["spec"]["initContainers"][0]["name"],
             &json!(AGENT_INIT_CONTAINER)
@@ -864,22 +1029,49 @@ fn generators_reach_every_outcome() {
     );
     let strategy = (pod(), bindings());
     let mut tally: std::collections::BTreeMap<String, usize> = Default::default();
-    let n = 256;
+    let n = 1024;
     for _ in 0..n {
         let (p, b) = strategy.new_tree(&mut runner).unwrap().current();
-        let kind = match model(&p, &b) {
+        let pr = predict(&p, &b);
+        let kind = match &pr.expected {
             Expected::Mutate(_) => "mutate".to_owned(),
             other => format!("{other:?}"),
         };
         *tally.entry(kind).or_default() += 1;
+        let admitted = !matches!(pr.expected, Expected::Deny(_));
+        for (flag, what) in [
+            (
+                pr.role_warning && admitted,
+                "role covers no container (warned)",
+            ),
+            (
+                pr.owned_tie && admitted,
+                "tie on a user-owned container (admitted)",
+            ),
+            (pr.reserved_annotated, "reserved name, annotated (mutated)"),
+            (
+                pr.ours_recognised && admitted,
+                "our own variables recognised",
+            ),
+        ] {
+            if flag {
+                *tally.entry(what.to_owned()).or_default() += 1;
+            }
+        }
     }
     eprintln!("{tally:#?}");
     for kind in [
-        "Deny",
+        "Deny(UnboundRole)",
+        "Deny(Tie)",
+        "Deny(ReservedName)",
         "Skip(NoBinding)",
         "Skip(OptedOut)",
         "Skip(Windows)",
         "Skip(NoContainerCovered)",
+        "role covers no container (warned)",
+        "tie on a user-owned container (admitted)",
+        "reserved name, annotated (mutated)",
+        "our own variables recognised",
     ] {
         assert!(
             tally.get(kind).is_some_and(|&c| c > 0),
