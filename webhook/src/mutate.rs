@@ -222,6 +222,12 @@ fn is_agent(name: &str) -> bool {
     name == AGENT_CONTAINER || name == AGENT_INIT_CONTAINER
 }
 
+fn sets_own_vars(container: &str, not_applied: &str) -> String {
+    format!(
+        "container {container:?} sets {ENV_ROLE_ARN} or {ENV_TOKEN_FILE} itself, so rolebridge left it alone ({not_applied})"
+    )
+}
+
 fn warn(warnings: &mut Vec<String>, msg: String) {
     warnings.push(format!("rolebridge: {msg}"));
 }
@@ -402,13 +408,7 @@ pub fn mutate(
         let ours_for = |b: &Binding| ours(role_var, &b.role_arn) && ours(file_var, &path_of(b));
         let has_vars = role_var.is_some() || file_var.is_some();
         if has_vars && !candidates.iter().any(|b| ours_for(b)) {
-            warn(
-                &mut warnings,
-                format!(
-                    "container {name:?} sets {ENV_ROLE_ARN} or {ENV_TOKEN_FILE} itself, so rolebridge left it alone ({})",
-                    not_applied()
-                ),
-            );
+            warn(&mut warnings, sets_own_vars(name, &not_applied()));
             continue;
         }
         if c.volume_mounts
@@ -442,13 +442,7 @@ pub fn mutate(
         if has_vars && !ours_for(binding) {
             // Ours, but for another covering binding (the bindings changed since the pod
             // was injected): env cannot be rewritten with `add`, so leave it as it is.
-            warn(
-                &mut warnings,
-                format!(
-                    "container {name:?} sets {ENV_ROLE_ARN} or {ENV_TOKEN_FILE} itself, so rolebridge left it alone ({})",
-                    not_applied()
-                ),
-            );
+            warn(&mut warnings, sets_own_vars(name, &not_applied()));
             continue;
         }
         if c.env_var("AWS_ACCESS_KEY_ID").is_some() {
