@@ -171,8 +171,8 @@ pub fn validate_spec(spec: &AWSRoleBindingSpec) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// Hand-written twin of [`ROLE_ARN_PATTERN`] (a regex engine is not worth its weight here; a
-/// test checks both agree).
+/// Hand-written twin of [`ROLE_ARN_PATTERN`] (a regex engine is not worth its weight here;
+/// `tests/crd_drift.rs` checks that both accept exactly the same strings).
 pub fn validate_role_arn(arn: &str) -> Result<(), SpecError> {
     let err = || SpecError::RoleArn(arn.to_owned());
     if arn.len() > 2048 {
