@@ -78,6 +78,16 @@ pub fn agent_command(metadata_host: &str) -> Command {
     c
 }
 
+/// Spawns `rolebridge-agent run [extra…] --token PATH=sts.amazonaws.com` against the metadata
+/// server at `metadata_host`, logging into `dir`: the sidecar as the webhook injects it.
+pub fn spawn_run(metadata_host: &str, dir: &Path, token: &Path, extra: &[&str]) -> AgentProcess {
+    let mut cmd = agent_command(metadata_host);
+    cmd.arg("run")
+        .args(extra)
+        .args(["--token", &format!("{}=sts.amazonaws.com", token.display())]);
+    AgentProcess::spawn(cmd, dir)
+}
+
 /// A running agent process, killed on drop.
 pub struct AgentProcess {
     pub child: Child,
@@ -472,13 +482,7 @@ impl WebIdentityRig {
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let token_file = dir.path().join("sts.amazonaws.com.token");
-        let mut cmd = agent_command(&emulator.host());
-        cmd.args([
-            "run",
-            "--token",
-            &format!("{}=sts.amazonaws.com", token_file.display()),
-        ]);
-        let agent = AgentProcess::spawn(cmd, dir.path());
+        let agent = spawn_run(&emulator.host(), dir.path(), &token_file, &[]);
         assert!(
             wait_until(Duration::from_secs(10), || token_file.exists()),
             "agent wrote no token: {}",

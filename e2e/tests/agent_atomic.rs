@@ -3,28 +3,29 @@
 use std::time::{Duration, Instant};
 
 use rolebridge_e2e::metadata_emulator::{Config, Emulator};
-use rolebridge_e2e::support::{AgentProcess, agent_command, claims, wait_until};
+use rolebridge_e2e::support::{claims, spawn_run, wait_until};
 
 #[test]
 fn reader_never_sees_a_partial_token_while_the_agent_rewrites_it() {
-    // 2 s tokens: the agent rewrites about once a second (its minimum refresh delay).
+    // 4 s tokens refreshed at 30 % ± 10 % of their life: a rewrite about every 1.2 s, while each
+    // token keeps ≥ 2.4 s of validity, so a loaded machine delaying one refresh does not let
+    // the token expire (the agent then removes it, correctly) in the middle of the reads.
     let emu = Emulator::start(
         "127.0.0.1:0".parse().unwrap(),
         Config {
-            lifetime: Duration::from_secs(2),
+            lifetime: Duration::from_secs(4),
             ..Config::default()
         },
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.token");
-    let mut cmd = agent_command(&emu.host());
-    cmd.args([
-        "run",
-        "--token",
-        &format!("{}=sts.amazonaws.com", path.display()),
-    ]);
-    let agent = AgentProcess::spawn(cmd, dir.path());
+    let agent = spawn_run(
+        &emu.host(),
+        dir.path(),
+        &path,
+        &["--refresh-fraction", "0.3"],
+    );
     assert!(
         wait_until(Duration::from_secs(5), || path.exists()),
         "{}",
@@ -34,7 +35,7 @@ fn reader_never_sees_a_partial_token_while_the_agent_rewrites_it() {
     let expected_len = std::fs::read(&path).unwrap().len();
     let mut reads = 0u64;
     let mut distinct = std::collections::HashSet::new();
-    let end = Instant::now() + Duration::from_secs(5);
+    let end = Instant::now() + Duration::from_secs(6);
     while Instant::now() < end {
         let bytes =
             std::fs::read(&path).expect("the file must never vanish while tokens are valid");

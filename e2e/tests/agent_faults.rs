@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use rolebridge_e2e::metadata_emulator::{Config, Emulator, Fault};
 use rolebridge_e2e::support::{
-    AgentProcess, EXPIRY_GRACE_MS, FileWatcher, agent_command, claims, free_addr, now_ms,
-    wait_until,
+    AgentProcess, EXPIRY_GRACE_MS, FileWatcher, claims, free_addr, now_ms, spawn_run, wait_until,
 };
 
 const STS: &str = "sts.amazonaws.com";
@@ -26,16 +25,12 @@ fn emulator_on(addr: SocketAddr) -> Emulator {
 }
 
 fn run_agent(host: &str, dir: &Path, path: &Path) -> AgentProcess {
-    let mut cmd = agent_command(host);
-    cmd.args([
-        "run",
-        "--max-retry-interval",
-        "1s",
-        "--request-timeout",
-        "500ms",
-    ])
-    .args(["--token", &format!("{}={STS}", path.display())]);
-    AgentProcess::spawn(cmd, dir)
+    spawn_run(
+        host,
+        dir,
+        path,
+        &["--max-retry-interval", "1s", "--request-timeout", "500ms"],
+    )
 }
 
 fn current_exp(path: &Path) -> Option<i64> {

@@ -5,7 +5,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use rolebridge_e2e::metadata_emulator::{Config, Emulator};
-use rolebridge_e2e::support::{AgentProcess, FileWatcher, agent_command, claims, wait_until};
+use rolebridge_e2e::support::{
+    AgentProcess, FileWatcher, agent_command, claims, spawn_run, wait_until,
+};
 
 const STS: &str = "sts.amazonaws.com";
 
@@ -239,15 +241,12 @@ fn caching_metadata_server_is_not_polled() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.token");
     let watcher = FileWatcher::start(&path, STS);
-    let mut cmd = agent_command(&emu.host());
-    cmd.args([
-        "run",
-        "--refresh-fraction",
-        "0.3",
-        "--token",
-        &format!("{}={STS}", path.display()),
-    ]);
-    let agent = AgentProcess::spawn(cmd, dir.path());
+    let agent = spawn_run(
+        &emu.host(),
+        dir.path(),
+        &path,
+        &["--refresh-fraction", "0.3"],
+    );
     assert!(
         wait_until(Duration::from_secs(14), || watcher.report().tokens.len()
             >= 3),
