@@ -26,7 +26,7 @@ use crate::metadata::{self, Endpoint, FetchError, Token};
 use crate::writer;
 
 /// The audience AWS documents for web identity federation, and what the webhook uses.
-pub const DEFAULT_AUDIENCE: &str = "sts.amazonaws.com";
+pub use rolebridge_contract::DEFAULT_AUDIENCE;
 
 /// The hardened trust policy for a Google service account with unique ID `gsa_unique_id`.
 ///

@@ -45,7 +45,7 @@ enum Command {
 #[derive(clap::Args)]
 struct MutationArgs {
     /// Image of the injected agent container.
-    #[arg(long, env = "ROLEBRIDGE_AGENT_IMAGE", default_value = concat!("ghcr.io/rolebridge/rolebridge-agent:", env!("CARGO_PKG_VERSION")))]
+    #[arg(long, env = "ROLEBRIDGE_AGENT_IMAGE", default_value = rolebridge_contract::DEFAULT_AGENT_IMAGE)]
     agent_image: String,
     /// imagePullPolicy of the injected agent container.
     #[arg(long, env = "ROLEBRIDGE_AGENT_IMAGE_PULL_POLICY", default_value = "IfNotPresent",
@@ -63,7 +63,7 @@ struct MutationArgs {
     #[arg(
         long,
         env = "ROLEBRIDGE_DEFAULT_AUDIENCE",
-        default_value = "sts.amazonaws.com"
+        default_value = rolebridge_contract::DEFAULT_AUDIENCE
     )]
     default_audience: String,
 }

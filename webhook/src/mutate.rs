@@ -39,11 +39,9 @@ use serde_json::{Value, json};
 use crate::pod::{ContainerView, PodView};
 
 pub const TOKEN_VOLUME: &str = "rolebridge-token";
-pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/rolebridge.io";
+pub use rolebridge_contract::{AGENT_BINARY, AGENT_UID, TOKEN_MOUNT_PATH, token_path};
 pub const AGENT_CONTAINER: &str = "rolebridge-agent";
 pub const AGENT_INIT_CONTAINER: &str = "rolebridge-agent-init";
-pub const AGENT_BINARY: &str = "/rolebridge-agent";
-pub const AGENT_UID: i64 = 65532;
 /// Tokens are a few KiB; the limit only guards the node's memory against a runaway writer.
 pub const TOKEN_VOLUME_SIZE_LIMIT: &str = "1Mi";
 
@@ -109,10 +107,10 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            agent_image: "ghcr.io/rolebridge/rolebridge-agent:0.1.0".into(),
+            agent_image: rolebridge_contract::DEFAULT_AGENT_IMAGE.into(),
             agent_image_pull_policy: "IfNotPresent".into(),
             sidecar_mode: SidecarMode::Native,
-            default_audience: "sts.amazonaws.com".into(),
+            default_audience: rolebridge_contract::DEFAULT_AUDIENCE.into(),
             own_namespace: None,
         }
     }
@@ -148,39 +146,6 @@ pub struct Mutation {
 #[error("{message}")]
 pub struct Denial {
     pub message: String,
-}
-
-/// The token file for an audience. Readable names for ordinary audiences; anything that is not
-/// a safe file name gets sanitised plus a hash, so two audiences can never share a file and a
-/// path never contains `=` (the agent's `--token PATH=AUDIENCE` splits on the first `=`).
-pub fn token_path(audience: &str) -> String {
-    let sanitized: String = audience
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(100)
-        .collect();
-    if sanitized == audience && !audience.starts_with('.') {
-        format!("{TOKEN_MOUNT_PATH}/{audience}.token")
-    } else {
-        format!(
-            "{TOKEN_MOUNT_PATH}/{sanitized}-{:08x}.token",
-            fnv1a(audience)
-        )
-    }
-}
-
-/// FNV-1a: stable across releases and platforms (unlike `DefaultHasher`), which matters
-/// because the path is baked into pods and must be the same on every replica and version.
-fn fnv1a(s: &str) -> u32 {
-    s.bytes().fold(0x811c_9dc5, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
 }
 
 fn ptr(tokens: &[&str]) -> PointerBuf {
@@ -789,21 +754,6 @@ fn insert_first(exists: bool, item: Value) -> PatchOperation {
 mod tests {
     use super::*;
 
-    #[test]
-    fn token_paths_are_readable_distinct_and_have_no_equals_sign() {
-        assert_eq!(
-            token_path("sts.amazonaws.com"),
-            "/var/run/secrets/rolebridge.io/sts.amazonaws.com.token"
-        );
-        let a = token_path("https://example.com/aws?x=1");
-        let b = token_path("https___example.com_aws_x_1");
-        assert_ne!(a, b);
-        assert!(!a.contains('='), "{a}");
-        assert!(token_path(&"x".repeat(500)).len() < 160);
-        assert_ne!(token_path(".."), format!("{TOKEN_MOUNT_PATH}/...token"));
-        assert!(!token_path("../etc").contains("/../"));
-    }
-
     fn binding(name: &str, containers: Option<&[&str]>) -> Binding {
         Binding {
             name: name.into(),
@@ -996,11 +946,5 @@ mod tests {
         let m = mutate(&pod, "ns", &bindings, &Config::default()).unwrap();
         assert_eq!(applied(&m), Some("app=worker"));
         assert!(m.warnings.is_empty(), "{:?}", m.warnings);
-    }
-
-    #[test]
-    fn fnv_is_stable() {
-        assert_eq!(fnv1a(""), 0x811c_9dc5);
-        assert_eq!(fnv1a("a"), 0xe40c_292c);
     }
 }

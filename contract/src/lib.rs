@@ -1,0 +1,488 @@
+//! rolebridge-contract: the one definition of what the webhook tells the agent.
+//!
+//! The webhook renders an agent container (its arguments, its probe, the files and variables it
+//! shares with the app containers); the agent parses those arguments. Both sides used to hold
+//! their own copy of the strings involved (`PATH=AUDIENCE`, the token directory, the default
+//! audience, the agent image version) and a test promised they agreed. Now both sides build
+//! and read them through the types here, so they cannot drift, and the agent's tests parse
+//! exactly what [`AgentArgs`] renders (a round trip through its real command line).
+//!
+//! Two deliveries exist, and this crate is where their shared facts live:
+//! - **web identity**: the agent keeps a Google ID token in a file per audience
+//!   ([`TokenSpec`], [`token_path`]); the app's own AWS SDK calls
+//!   `AssumeRoleWithWebIdentity` with it (`AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE`).
+//! - **credentials endpoint**: for a binding with a role chain or a session duration, the agent
+//!   obtains the credentials itself ([`CredentialsSpec`]) and serves them on loopback
+//!   ([`credentials_uri`]) with the AWS container credentials protocol, guarded by a per-pod
+//!   authorization token in [`AUTH_TOKEN_PATH`].
+//!
+//! Deliberately small: std, serde and serde_json only, because the agent is linked into every
+//! bound pod.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The version of this build; webhook and agent are released together.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The agent image the webhook injects unless told otherwise: the same version as the webhook.
+pub const DEFAULT_AGENT_IMAGE: &str = concat!(
+    "ghcr.io/rolebridge/rolebridge-agent:",
+    env!("CARGO_PKG_VERSION")
+);
+
+/// The audience AWS documents for web identity federation.
+pub const DEFAULT_AUDIENCE: &str = "sts.amazonaws.com";
+
+/// Where the agent binary sits in its image (the probes exec it).
+pub const AGENT_BINARY: &str = "/rolebridge-agent";
+
+/// The agent runs as this user and group (the image's `nonroot`).
+pub const AGENT_UID: i64 = 65532;
+
+/// The shared in-memory volume, as mounted in the agent and in every covered container.
+pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/rolebridge.io";
+
+/// The per-pod authorization token of the credentials endpoint
+/// (`AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`). It never ends in `.token`, so no audience's
+/// [`token_path`] can be this file.
+pub const AUTH_TOKEN_PATH: &str = "/var/run/secrets/rolebridge.io/credentials.auth";
+
+/// Loopback address the credentials endpoint listens on inside the pod's network namespace.
+/// An IP literal: every SDK accepts plain HTTP to loopback, and no resolver is involved.
+pub const CREDENTIALS_HOST: &str = "127.0.0.1";
+
+/// The webhook's default port for the credentials endpoint (overridable per pod). Below the
+/// Linux ephemeral range (32768+), so an outgoing connection of the app cannot be holding it
+/// when the agent restarts, and away from the 8xxx/9xxx ports that apps and exporters favour.
+pub const DEFAULT_CREDENTIALS_PORT: u16 = 24118;
+
+/// Credentials of a binding are served at `CREDENTIALS_PATH_PREFIX + <binding name>`.
+pub const CREDENTIALS_PATH_PREFIX: &str = "/v1/credentials/";
+
+/// Unauthenticated readiness of the endpoint: 200 once every role's credentials are held. It
+/// carries no secret; the agent's `check` probe asks it.
+pub const HEALTH_PATH: &str = "/healthz";
+
+/// Environment variables the webhook sets on the agent container (downward API or values).
+pub mod env {
+    /// `metadata.name`: the role session name, and the `kubernetes-pod-name` tag.
+    pub const POD_NAME: &str = "ROLEBRIDGE_POD_NAME";
+    /// `metadata.namespace`: the `kubernetes-namespace` tag.
+    pub const POD_NAMESPACE: &str = "ROLEBRIDGE_POD_NAMESPACE";
+    /// `metadata.uid`: the `kubernetes-pod-uid` tag (not known yet at admission time).
+    pub const POD_UID: &str = "ROLEBRIDGE_POD_UID";
+    /// `spec.serviceAccountName`: the `kubernetes-service-account` tag.
+    pub const SERVICE_ACCOUNT: &str = "ROLEBRIDGE_SERVICE_ACCOUNT";
+    /// The cluster name, when the webhook is told it; otherwise the agent asks the GKE
+    /// metadata server (`instance/attributes/cluster-name`).
+    pub const CLUSTER_NAME: &str = "ROLEBRIDGE_CLUSTER_NAME";
+}
+
+/// Command-line flags of the agent that the webhook renders.
+pub mod flag {
+    pub const TOKEN: &str = "--token";
+    pub const CREDENTIALS: &str = "--credentials";
+    pub const CREDENTIALS_PORT: &str = "--credentials-port";
+}
+
+/// Agent subcommands the webhook renders.
+pub mod subcommand {
+    /// The sidecar: keeps tokens fresh and serves credentials until SIGTERM.
+    pub const RUN: &str = "run";
+    /// Legacy mode's one-shot init container: writes every token once.
+    pub const INIT: &str = "init";
+    /// The startup and liveness probe.
+    pub const CHECK: &str = "check";
+}
+
+/// The token file for an audience. Readable names for ordinary audiences; anything that is not
+/// a safe file name gets sanitised plus a hash, so two audiences can never share a file and a
+/// path never contains `=` (a [`TokenSpec`] splits on the first `=`).
+pub fn token_path(audience: &str) -> String {
+    let sanitized: String = audience
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    if sanitized == audience && !audience.starts_with('.') {
+        format!("{TOKEN_MOUNT_PATH}/{audience}.token")
+    } else {
+        format!(
+            "{TOKEN_MOUNT_PATH}/{sanitized}-{:08x}.token",
+            fnv1a(audience)
+        )
+    }
+}
+
+/// FNV-1a: stable across releases and platforms (unlike `DefaultHasher`), which matters
+/// because the path is baked into pods and must be the same on every replica and version.
+fn fnv1a(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// `AWS_CONTAINER_CREDENTIALS_FULL_URI` for the binding `name` served on `port`.
+pub fn credentials_uri(port: u16, name: &str) -> String {
+    format!("http://{CREDENTIALS_HOST}:{port}{CREDENTIALS_PATH_PREFIX}{name}")
+}
+
+/// Why an agent argument does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContractError {
+    #[error("token mapping {0:?} is not PATH=AUDIENCE")]
+    TokenSyntax(String),
+    #[error("token path {0:?} must be absolute")]
+    TokenRelative(String),
+    #[error("credentials spec is not valid JSON of the expected shape: {0}")]
+    CredentialsSyntax(String),
+    #[error("credentials spec: {0}")]
+    Credentials(String),
+}
+
+/// One token file and the audience its token is minted for: `PATH=AUDIENCE` on the agent's
+/// command line.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TokenSpec {
+    pub path: PathBuf,
+    pub audience: String,
+}
+
+impl TokenSpec {
+    /// The token of `audience` at its [`token_path`].
+    pub fn for_audience(audience: &str) -> Self {
+        TokenSpec {
+            path: PathBuf::from(token_path(audience)),
+            audience: audience.to_owned(),
+        }
+    }
+}
+
+impl FromStr for TokenSpec {
+    type Err = ContractError;
+
+    /// Split at the first `=`: paths never contain one, audiences (URLs) may.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (path, audience) = s
+            .split_once('=')
+            .ok_or_else(|| ContractError::TokenSyntax(s.into()))?;
+        let (path, audience) = (path.trim(), audience.trim());
+        if path.is_empty() || audience.is_empty() {
+            return Err(ContractError::TokenSyntax(s.into()));
+        }
+        if !path.starts_with('/') {
+            return Err(ContractError::TokenRelative(path.into()));
+        }
+        Ok(TokenSpec {
+            path: PathBuf::from(path),
+            audience: audience.into(),
+        })
+    }
+}
+
+impl fmt::Display for TokenSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.path.display(), self.audience)
+    }
+}
+
+/// One `sts:AssumeRole` hop after the web identity hop.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Hop {
+    pub role_arn: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+}
+
+/// STS allows at most this many chained hops in a binding (the CRD's limit).
+pub const MAX_CHAIN: usize = 5;
+
+/// What the agent must do to serve one binding's credentials: `AssumeRoleWithWebIdentity`
+/// into `role_arn` with a Google ID token for `audience`, then `AssumeRole` through each hop
+/// of `chain` in order. Rendered as compact JSON after `--credentials`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CredentialsSpec {
+    /// The binding's name: the endpoint path, and how logs and errors name it.
+    pub name: String,
+    pub audience: String,
+    pub role_arn: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<Hop>,
+    /// Lifetime of the final credentials; STS's default (one hour) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<u32>,
+    /// Pass the pod's identity as session tags on every `AssumeRole` hop.
+    #[serde(default)]
+    pub session_tags: bool,
+    /// STS region (regional endpoint); the global endpoint's region when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+impl CredentialsSpec {
+    /// Structural checks only: the CRD and the webhook validate ARNs and ranges; this guards
+    /// the agent against a hand-written or truncated argument.
+    fn check(&self) -> Result<(), ContractError> {
+        let bad = |m: String| Err(ContractError::Credentials(m));
+        let url_safe = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 253
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        };
+        if !url_safe(&self.name) {
+            return bad(format!(
+                "name {:?} must be a Kubernetes object name ([a-z0-9.-], at most 253)",
+                self.name
+            ));
+        }
+        if self.audience.is_empty() {
+            return bad("audience must not be empty".into());
+        }
+        if !self.role_arn.starts_with("arn:") {
+            return bad(format!("roleArn {:?} is not an ARN", self.role_arn));
+        }
+        if self.chain.len() > MAX_CHAIN {
+            return bad(format!(
+                "chain has {} hops; at most {MAX_CHAIN}",
+                self.chain.len()
+            ));
+        }
+        for hop in &self.chain {
+            if !hop.role_arn.starts_with("arn:") {
+                return bad(format!("chain roleArn {:?} is not an ARN", hop.role_arn));
+            }
+        }
+        if self.duration_seconds == Some(0) {
+            return bad("durationSeconds must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The role whose credentials the app ends up with.
+    pub fn final_role_arn(&self) -> &str {
+        self.chain
+            .last()
+            .map_or(self.role_arn.as_str(), |h| h.role_arn.as_str())
+    }
+}
+
+impl FromStr for CredentialsSpec {
+    type Err = ContractError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let spec: CredentialsSpec =
+            serde_json::from_str(s).map_err(|e| ContractError::CredentialsSyntax(e.to_string()))?;
+        spec.check()?;
+        Ok(spec)
+    }
+}
+
+impl fmt::Display for CredentialsSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let json = serde_json::to_string(self).map_err(|_| fmt::Error)?;
+        f.write_str(&json)
+    }
+}
+
+/// Everything one agent container is told: the token files it keeps fresh and the credentials
+/// it serves. The webhook builds one per pod; [`AgentArgs::args`] and [`AgentArgs::check_command`]
+/// render it, and the agent's command line parses it back.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AgentArgs {
+    pub tokens: Vec<TokenSpec>,
+    pub credentials: Vec<CredentialsSpec>,
+    /// The endpoint's port; only rendered when `credentials` is not empty.
+    pub credentials_port: u16,
+}
+
+impl AgentArgs {
+    /// Arguments of the agent container for `subcommand` (`run` or `init`).
+    pub fn args(&self, subcommand: &str) -> Vec<String> {
+        let mut args = vec![subcommand.to_owned()];
+        self.push_common(&mut args, true);
+        args
+    }
+
+    /// The probe's command: `check` over every token file and, when credentials are served,
+    /// the endpoint's health.
+    pub fn check_command(&self) -> Vec<String> {
+        let mut cmd = vec![AGENT_BINARY.to_owned(), subcommand::CHECK.to_owned()];
+        self.push_common(&mut cmd, false);
+        cmd
+    }
+
+    fn push_common(&self, out: &mut Vec<String>, with_credentials: bool) {
+        for t in &self.tokens {
+            out.push(flag::TOKEN.into());
+            out.push(t.to_string());
+        }
+        if with_credentials {
+            for c in &self.credentials {
+                out.push(flag::CREDENTIALS.into());
+                out.push(c.to_string());
+            }
+        }
+        if !self.credentials.is_empty() {
+            out.push(flag::CREDENTIALS_PORT.into());
+            out.push(self.credentials_port.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn token_paths_are_readable_distinct_and_have_no_equals_sign() {
+        assert_eq!(
+            token_path("sts.amazonaws.com"),
+            "/var/run/secrets/rolebridge.io/sts.amazonaws.com.token"
+        );
+        let a = token_path("https://example.com/aws?x=1");
+        let b = token_path("https___example.com_aws_x_1");
+        assert_ne!(a, b);
+        assert!(!a.contains('='), "{a}");
+        assert!(token_path(&"x".repeat(500)).len() < 160);
+        assert_ne!(token_path(".."), format!("{TOKEN_MOUNT_PATH}/...token"));
+        assert!(!token_path("../etc").contains("/../"));
+        assert!(!AUTH_TOKEN_PATH.ends_with(".token"));
+    }
+
+    #[test]
+    fn fnv_is_stable() {
+        assert_eq!(fnv1a(""), 0x811c_9dc5);
+        assert_eq!(fnv1a("a"), 0xe40c_292c);
+    }
+
+    #[test]
+    fn token_spec_splits_at_first_equals_and_rejects_malformed() {
+        let s: TokenSpec = "/var/run/secrets/rolebridge.io/x.token=https://a.b/c?d=e:f"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            s.path,
+            PathBuf::from("/var/run/secrets/rolebridge.io/x.token")
+        );
+        assert_eq!(s.audience, "https://a.b/c?d=e:f");
+        for bad in ["nope", "=aud", "/p="] {
+            assert!(matches!(
+                bad.parse::<TokenSpec>(),
+                Err(ContractError::TokenSyntax(_))
+            ));
+        }
+        assert!(matches!(
+            "rel/p=a".parse::<TokenSpec>(),
+            Err(ContractError::TokenRelative(_))
+        ));
+    }
+
+    fn spec() -> CredentialsSpec {
+        CredentialsSpec {
+            name: "docs".into(),
+            audience: DEFAULT_AUDIENCE.into(),
+            role_arn: "arn:aws:iam::111111111111:role/ci-identity".into(),
+            chain: vec![Hop {
+                role_arn: "arn:aws:iam::222222222222:role/docs-writer".into(),
+                external_id: Some("docs-ext-4711".into()),
+            }],
+            duration_seconds: Some(900),
+            session_tags: true,
+            region: Some("eu-west-1".into()),
+        }
+    }
+
+    #[test]
+    fn credentials_spec_round_trips_and_is_checked() {
+        let s = spec();
+        let text = s.to_string();
+        assert!(!text.contains('\n'));
+        assert_eq!(text.parse::<CredentialsSpec>().unwrap(), s);
+        assert_eq!(
+            s.final_role_arn(),
+            "arn:aws:iam::222222222222:role/docs-writer"
+        );
+        let mut long = s.clone();
+        long.chain = vec![s.chain[0].clone(); MAX_CHAIN + 1];
+        assert!(long.to_string().parse::<CredentialsSpec>().is_err());
+        let mut bad = s.clone();
+        bad.name = "Has/Slash".into();
+        assert!(bad.to_string().parse::<CredentialsSpec>().is_err());
+        assert!(
+            r#"{"name":"a","audience":"x","roleArn":"arn:x","surprise":1}"#
+                .parse::<CredentialsSpec>()
+                .is_err()
+        );
+        let minimal: CredentialsSpec =
+            r#"{"name":"a","audience":"x","roleArn":"arn:x"}"#.parse().unwrap();
+        assert!(minimal.chain.is_empty() && !minimal.session_tags);
+    }
+
+    #[test]
+    fn agent_args_render_flags_in_a_stable_order() {
+        let args = AgentArgs {
+            tokens: vec![TokenSpec::for_audience("sts.amazonaws.com")],
+            credentials: vec![spec()],
+            credentials_port: 24118,
+        };
+        let run = args.args(subcommand::RUN);
+        assert_eq!(run[0], "run");
+        assert_eq!(
+            run[1..3],
+            [
+                "--token".to_string(),
+                "/var/run/secrets/rolebridge.io/sts.amazonaws.com.token=sts.amazonaws.com".into()
+            ]
+        );
+        assert_eq!(run[3], "--credentials");
+        assert_eq!(run[4].parse::<CredentialsSpec>().unwrap(), spec());
+        assert_eq!(run[5..], ["--credentials-port".to_string(), "24118".into()]);
+        let check = args.check_command();
+        assert_eq!(check[..2], [AGENT_BINARY.to_string(), "check".into()]);
+        assert!(!check.contains(&"--credentials".to_string()));
+        assert!(check.contains(&"--credentials-port".to_string()));
+        let tokens_only = AgentArgs {
+            tokens: args.tokens.clone(),
+            ..AgentArgs::default()
+        };
+        assert!(
+            !tokens_only
+                .args("run")
+                .iter()
+                .any(|a| a.starts_with("--cred"))
+        );
+    }
+
+    #[test]
+    fn credentials_uri_is_loopback_http() {
+        assert_eq!(
+            credentials_uri(24118, "docs"),
+            "http://127.0.0.1:24118/v1/credentials/docs"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn token_spec_display_parses_back(aud in "[ -~]{1,80}") {
+            let aud = aud.trim().to_string();
+            prop_assume!(!aud.is_empty());
+            let spec = TokenSpec::for_audience(&aud);
+            prop_assert!(!spec.path.display().to_string().contains('='));
+            prop_assert_eq!(spec.to_string().parse::<TokenSpec>().unwrap(), spec);
+        }
+    }
+}
