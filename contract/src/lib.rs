@@ -137,6 +137,45 @@ pub fn credentials_uri(port: u16, name: &str) -> String {
     format!("http://{CREDENTIALS_HOST}:{port}{CREDENTIALS_PATH_PREFIX}{name}")
 }
 
+/// Durations on rolebridge's command lines (webhook and agent flags).
+pub mod duration {
+    use std::time::Duration;
+
+    /// Why a duration flag does not parse.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum DurationError {
+        #[error("invalid duration {0:?} (want e.g. 500ms, 2s, 1.5s, 5m, 1h, or plain seconds)")]
+        Syntax(String),
+        #[error("invalid duration unit in {0:?} (use ms, s, m or h)")]
+        Unit(String),
+        #[error("duration {0:?} is out of range")]
+        Range(String),
+    }
+
+    /// `500ms`, `2s`, `1.5s`, `5m`, `1h`, or a plain number of seconds (`10`), so flags that
+    /// always took seconds keep accepting what they did. One number and one unit: a flag value
+    /// is short, and mixed forms (`1m30s`) are easy to misread.
+    pub fn parse(s: &str) -> Result<Duration, DurationError> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        if num.is_empty() || num.starts_with('.') || num.ends_with('.') {
+            return Err(DurationError::Syntax(s.into()));
+        }
+        let n: f64 = num.parse().map_err(|_| DurationError::Syntax(s.into()))?;
+        let scale = match unit {
+            "ms" => 0.001,
+            "" | "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(DurationError::Unit(s.into())),
+        };
+        Duration::try_from_secs_f64(n * scale).map_err(|_| DurationError::Range(s.into()))
+    }
+}
+
 /// Why an agent argument does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ContractError {
@@ -473,6 +512,32 @@ mod tests {
             credentials_uri(24118, "docs"),
             "http://127.0.0.1:24118/v1/credentials/docs"
         );
+    }
+
+    #[test]
+    fn durations_take_units_and_plain_seconds() {
+        use std::time::Duration;
+        for (s, want) in [
+            ("500ms", Duration::from_millis(500)),
+            ("2s", Duration::from_secs(2)),
+            ("10", Duration::from_secs(10)),
+            (" 1.5s ", Duration::from_millis(1500)),
+            ("5m", Duration::from_secs(300)),
+            ("1h", Duration::from_secs(3600)),
+            ("0", Duration::ZERO),
+        ] {
+            assert_eq!(duration::parse(s), Ok(want), "{s}");
+        }
+        for bad in [
+            "", "s", "-1", "1.", ".5s", "1..2s", "1d", "1 s", "1m30s", "1e3",
+        ] {
+            assert!(duration::parse(bad).is_err(), "{bad}");
+        }
+        // Far beyond u64 seconds: an error, not a panic.
+        assert!(matches!(
+            duration::parse("99999999999999999999999h"),
+            Err(duration::DurationError::Range(_))
+        ));
     }
 
     proptest! {
