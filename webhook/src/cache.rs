@@ -25,10 +25,10 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{Notify, OnceCell};
 
+use crate::binding::Binding;
 use crate::crd::AWSRoleBinding;
 use crate::index::{BindingIndex, binding_from_json};
 use crate::metrics::Metrics;
-use crate::mutate::Binding;
 
 const LIVE_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -282,6 +282,7 @@ mod tests {
             audience: None,
             region: None,
             containers: None,
+            ..Binding::default()
         }
     }
 

@@ -84,7 +84,7 @@ async fn reconcile_all(
         namespace: String,
         name: String,
         generation: Option<i64>,
-        spec: Result<crate::mutate::Binding, String>,
+        spec: Result<crate::binding::Binding, String>,
         current: Option<AWSRoleBindingStatus>,
     }
     let parsed: Vec<Parsed> = objects

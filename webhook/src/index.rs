@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::binding::Binding;
 use crate::crd::{AWSRoleBinding, AWSRoleBindingSpec, SpecError, validate_spec};
-use crate::mutate::Binding;
 
 /// Why an object could not be turned into a [`Binding`].
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +89,7 @@ pub fn binding_from_spec(
             .containers
             .as_ref()
             .map(|cs| cs.iter().map(|c| c.0.clone()).collect()),
+        ..Binding::default()
     })
 }
 
@@ -178,6 +179,7 @@ mod tests {
             audience: None,
             region: None,
             containers: None,
+            ..Binding::default()
         }
     }
 

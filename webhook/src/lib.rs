@@ -16,6 +16,7 @@
 //! - [`tls`] is a tokio-rustls accept loop serving the warp routes with certificate hot reload;
 //!   [`admin`] is the plain-HTTP health and metrics port; [`metrics`] the Prometheus registry.
 pub mod admin;
+pub mod binding;
 pub mod cache;
 pub mod controller;
 pub mod crd;

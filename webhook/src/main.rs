@@ -82,6 +82,7 @@ impl MutationArgs {
             },
             default_audience: self.default_audience.clone(),
             own_namespace,
+            ..Config::default()
         })
     }
 }

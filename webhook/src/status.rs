@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 
+use crate::binding::{self, Binding};
 use crate::crd::{AWSRoleBindingStatus, Condition};
-use crate::mutate::Binding;
 
 pub const READY: &str = "Ready";
 pub const GSA_ANNOTATION: &str = "iam.gke.io/gcp-service-account";
@@ -32,15 +32,11 @@ pub enum ServiceAccountState {
     WorkloadIdentity(String),
 }
 
-/// Whether two bindings of one service account can tie on some container: both cover every
-/// container, or both name a common one. A binding that names a container beats one that
-/// covers all, so that pair never ties (the same rule as the mutation).
+/// Whether two bindings of one service account can tie on some container: the rule admission
+/// applies ([`binding::can_tie`]), so a binding reported Ready never gets its pods denied for a
+/// tie with another.
 pub fn overlaps(a: &Binding, b: &Binding) -> bool {
-    match (&a.containers, &b.containers) {
-        (None, None) => true,
-        (Some(x), Some(y)) => x.iter().any(|c| y.contains(c)),
-        _ => false,
-    }
+    binding::can_tie(a, b)
 }
 
 /// The status each binding should have (index-aligned with `bindings`), or `None` where the
@@ -145,6 +141,7 @@ mod tests {
             audience: None,
             region: None,
             containers: containers.map(|c| c.iter().map(|s| s.to_string()).collect()),
+            ..Binding::default()
         }
     }
 

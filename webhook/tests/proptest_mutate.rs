@@ -28,6 +28,7 @@ use rolebridge_webhook::mutate::{
     TOKEN_MOUNT_PATH, TOKEN_VOLUME, token_path,
 };
 use rolebridge_webhook::pod::PodView;
+use rolebridge_webhook::status;
 use serde_json::{Map, Value, json};
 
 const SA: &str = "app-sa";
@@ -396,6 +397,7 @@ fn bindings() -> impl Strategy<Value = Vec<Binding>> {
                     audience: audience.map(str::to_owned),
                     region: region.map(str::to_owned),
                     containers: containers.map(|cs| cs.into_iter().map(str::to_owned).collect()),
+                    ..Binding::default()
                 })
                 .collect()
         })
@@ -976,6 +978,66 @@ proptest! {
         legacy in any::<bool>(),
     ) {
         check(&input, &bindings, legacy)?;
+    }
+}
+
+/// A pod of the service account with these containers and no annotations.
+fn plain_pod(names: &BTreeSet<String>) -> Value {
+    let containers: Vec<Value> = names
+        .iter()
+        .map(|n| json!({"name": n, "image": "registry.example.com/app:1"}))
+        .collect();
+    json!({"metadata": {"name": "p", "namespace": NS},
+           "spec": {"serviceAccountName": SA, "containers": containers}})
+}
+
+fn denied_for_tie(pod: &Value, bindings: &[Binding]) -> bool {
+    let text = serde_json::to_string(pod).unwrap();
+    let view = PodView::from_json(&text).unwrap();
+    matches!(mutate::mutate(&view, NS, bindings, &Config::default()),
+        Err(d) if d.message.contains("nothing chooses between them"))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Status and admission read the tie rule from one place: a binding is reported as a
+    /// `Conflict` exactly when some pod of its service account would be denied for a tie
+    /// (a pod holding every container any binding lists, plus one that none lists, is such a
+    /// pod if any is), and each pair the status calls overlapping is denied on its own.
+    #[test]
+    fn admission_and_status_agree_on_ties(bindings in bindings()) {
+        let mut names: BTreeSet<String> = bindings
+            .iter()
+            .flat_map(|b| b.containers.iter().flatten().cloned())
+            .collect();
+        names.insert("unlisted".into());
+        let pod = plain_pod(&names);
+        let states: Vec<status::BindingState> = bindings
+            .iter()
+            .map(|b| status::BindingState {
+                namespace: NS,
+                name: &b.name,
+                generation: Some(1),
+                spec: Ok(b),
+                current: None,
+            })
+            .collect();
+        let wi = |_: &str, _: &str| status::ServiceAccountState::WorkloadIdentity("g@p.iam.gserviceaccount.com".into());
+        let conflicted = status::desired(&states, wi, "t0")
+            .iter()
+            .any(|s| s.as_ref().is_some_and(|s| s.conditions[0].reason == "Conflict"));
+        prop_assert_eq!(conflicted, denied_for_tie(&pod, &bindings));
+        for (i, a) in bindings.iter().enumerate() {
+            for b in &bindings[i + 1..] {
+                let pair = [a.clone(), b.clone()];
+                prop_assert_eq!(
+                    status::overlaps(a, b),
+                    denied_for_tie(&pod, &pair),
+                    "{:?} / {:?}", a.containers, b.containers
+                );
+            }
+        }
     }
 }
 

@@ -1,0 +1,228 @@
+//! Every rule that differs between the two deliveries, in one place: which variables say "these
+//! are the container's credentials" (and so which ones rolebridge owns), what a covered container
+//! gets, and what the agent is told.
+
+use std::collections::BTreeMap;
+
+use rolebridge_contract::{
+    AUTH_TOKEN_PATH, AgentArgs, CredentialsSpec, TokenSpec, credentials_uri,
+};
+use serde_json::{Value, json};
+
+use super::plan::Planned;
+use super::{
+    Binding, Config, Delivery, ENV_AUTHORIZATION_TOKEN, ENV_AUTHORIZATION_TOKEN_FILE,
+    ENV_CREDENTIALS_FULL_URI, ENV_CREDENTIALS_RELATIVE_URI, ENV_DEFAULT_REGION, ENV_REGION,
+    ENV_ROLE_ARN, ENV_SESSION_NAME, ENV_STS_REGIONAL, ENV_TOKEN_FILE,
+};
+use crate::pod::{ContainerView, EnvView, PodView};
+
+/// The variables that choose where an AWS SDK gets its credentials from. A container that sets
+/// any of them to anything but exactly what a covering binding's delivery writes has made its
+/// own choice, and rolebridge leaves it alone.
+pub const IDENTITY_VARS: &[&str] = &[
+    ENV_ROLE_ARN,
+    ENV_TOKEN_FILE,
+    ENV_CREDENTIALS_FULL_URI,
+    ENV_CREDENTIALS_RELATIVE_URI,
+    ENV_AUTHORIZATION_TOKEN,
+    ENV_AUTHORIZATION_TOKEN_FILE,
+];
+
+/// STS limits `RoleSessionName` to 2..=64 characters of `[\w+=,.@-]`.
+const SESSION_NAME_MAX: usize = 64;
+
+/// What every delivery rule needs to know about this pod and the webhook.
+pub(super) struct Ctx<'c> {
+    pub cfg: &'c Config,
+    /// Where this pod's credentials endpoint listens.
+    pub port: u16,
+    /// `AWS_ROLE_SESSION_NAME` for web identity.
+    session_name: Value,
+}
+
+impl<'c> Ctx<'c> {
+    pub fn new(pod: &PodView<'_>, cfg: &'c Config) -> Self {
+        Ctx {
+            cfg,
+            port: cfg.credentials_port,
+            session_name: session_name_env(pod),
+        }
+    }
+
+    fn audience<'b>(&'b self, b: &'b Binding) -> &'b str {
+        b.audience_or(&self.cfg.default_audience)
+    }
+}
+
+/// What `b`'s delivery sets to say where the credentials come from (exactly these two; every
+/// other variable of [`IDENTITY_VARS`] stays unset).
+pub(super) fn identity_env(b: &Binding, ctx: &Ctx) -> [(&'static str, String); 2] {
+    match b.delivery() {
+        Delivery::WebIdentity => [
+            (ENV_ROLE_ARN, b.role_arn.clone()),
+            (
+                ENV_TOKEN_FILE,
+                rolebridge_contract::token_path(ctx.audience(b)),
+            ),
+        ],
+        Delivery::CredentialsEndpoint => [
+            (ENV_CREDENTIALS_FULL_URI, credentials_uri(ctx.port, &b.name)),
+            (ENV_AUTHORIZATION_TOKEN_FILE, AUTH_TOKEN_PATH.to_owned()),
+        ],
+    }
+}
+
+/// The [`IDENTITY_VARS`] the container sets itself, in that order.
+pub(super) fn identity_vars_set(c: &ContainerView<'_>) -> Vec<&'static str> {
+    IDENTITY_VARS
+        .iter()
+        .copied()
+        .filter(|v| c.env_var(v).is_some())
+        .collect()
+}
+
+/// The container's identity variables are exactly what `b`'s delivery writes: an earlier pass
+/// of rolebridge for this binding, not the user's own choice.
+pub(super) fn written_for(c: &ContainerView<'_>, b: &Binding, ctx: &Ctx) -> bool {
+    let ours = identity_env(b, ctx);
+    let literal = |e: &EnvView, want: &str| {
+        e.value_from.is_none() && e.value.as_ref().is_some_and(|x| x.as_str() == want)
+    };
+    IDENTITY_VARS.iter().all(
+        |v| match (c.env_var(v), ours.iter().find(|(n, _)| n == v)) {
+            (None, None) => true,
+            (Some(e), Some((_, want))) => literal(e, want),
+            _ => false,
+        },
+    )
+}
+
+/// How the app's SDK gets credentials with this delivery, for messages.
+pub(super) fn describe(d: Delivery) -> &'static str {
+    match d {
+        Delivery::WebIdentity => "web identity",
+        Delivery::CredentialsEndpoint => "the container credentials endpoint",
+    }
+}
+
+/// Every variable a covered container gets (before dropping those it already defines).
+pub(super) fn container_env(b: &Binding, ctx: &Ctx) -> Vec<Value> {
+    let mut env: Vec<Value> = identity_env(b, ctx)
+        .into_iter()
+        .map(|(name, value)| json!({"name": name, "value": value}))
+        .collect();
+    if b.delivery() == Delivery::WebIdentity {
+        env.push(ctx.session_name.clone());
+    }
+    if let Some(region) = &b.region {
+        env.push(json!({"name": ENV_REGION, "value": region}));
+        env.push(json!({"name": ENV_DEFAULT_REGION, "value": region}));
+        env.push(json!({"name": ENV_STS_REGIONAL, "value": "regional"}));
+    }
+    env
+}
+
+/// `AWS_ROLE_SESSION_NAME` shows in CloudTrail which pod acted. The downward API resolves the
+/// final name at container start (a `generateName` pod has no name yet at admission; generated
+/// names are at most 63 characters). An explicit name outside STS's 2..=64 would make every
+/// AssumeRoleWithWebIdentity fail, so such pods get a fixed, valid session name instead.
+fn session_name_env(pod: &PodView<'_>) -> Value {
+    match pod.metadata.name.as_ref().map(|n| n.as_str()) {
+        Some(n) if !n.is_empty() && !(2..=SESSION_NAME_MAX).contains(&n.len()) => {
+            let mut v: String = n.chars().take(SESSION_NAME_MAX).collect();
+            if v.len() < 2 {
+                v.push_str("-pod");
+            }
+            json!({"name": ENV_SESSION_NAME, "value": v})
+        }
+        _ => json!({
+            "name": ENV_SESSION_NAME,
+            "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
+        }),
+    }
+}
+
+/// What the agent of this pod must serve: a token file per audience of the web-identity
+/// bindings, the credentials of every endpoint binding. Sorted, so every replica renders the
+/// same arguments.
+pub(super) fn agent_args(planned: &[Planned], ctx: &Ctx) -> AgentArgs {
+    // Keyed by (path, audience) as text: the order the agent's arguments have always had.
+    let mut tokens: BTreeMap<(String, String), TokenSpec> = BTreeMap::new();
+    let mut credentials: BTreeMap<&str, CredentialsSpec> = BTreeMap::new();
+    for p in planned {
+        let b = p.binding;
+        match b.delivery() {
+            Delivery::WebIdentity => {
+                let t = TokenSpec::for_audience(ctx.audience(b));
+                let key = (t.path.display().to_string(), t.audience.clone());
+                tokens.entry(key).or_insert(t);
+            }
+            Delivery::CredentialsEndpoint => {
+                credentials
+                    .entry(&b.name)
+                    .or_insert_with(|| CredentialsSpec {
+                        name: b.name.clone(),
+                        audience: ctx.audience(b).to_owned(),
+                        role_arn: b.role_arn.clone(),
+                        chain: b.chain.clone(),
+                        duration_seconds: b.duration_seconds,
+                        session_tags: b.session_tags,
+                        region: b.region.clone(),
+                    });
+            }
+        }
+    }
+    AgentArgs {
+        tokens: tokens.into_values().collect(),
+        credentials: credentials.into_values().collect(),
+        credentials_port: ctx.port,
+    }
+}
+
+/// The agent's own environment: the pod's identity (downward API) for session names and tags,
+/// needed only when it obtains credentials itself.
+pub(super) fn agent_env(args: &AgentArgs, cfg: &Config) -> Option<Value> {
+    use rolebridge_contract::env;
+    if args.credentials.is_empty() {
+        return None;
+    }
+    let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}});
+    let mut vars = vec![
+        field(env::POD_NAME, "metadata.name"),
+        field(env::POD_NAMESPACE, "metadata.namespace"),
+        field(env::POD_UID, "metadata.uid"),
+        field(env::SERVICE_ACCOUNT, "spec.serviceAccountName"),
+    ];
+    if let Some(cluster) = &cfg.cluster_name {
+        vars.push(json!({"name": env::CLUSTER_NAME, "value": cluster}));
+    }
+    Some(Value::Array(vars))
+}
+
+/// What an agent already in the pod (an earlier injection) lacks, as `(what, value)`: its
+/// arguments cannot be changed by an `add`, so the caller can only report it.
+pub(super) fn missing_from_agent(args: &AgentArgs, existing: &[&ContainerView<'_>]) -> Vec<String> {
+    let has = |value: &str| {
+        existing.iter().any(|c| {
+            c.args
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .any(|a| a.as_str() == value)
+        })
+    };
+    let mut missing = Vec::new();
+    for t in &args.tokens {
+        let t = t.to_string();
+        if !has(&t) {
+            missing.push(format!("token {t}"));
+        }
+    }
+    for c in &args.credentials {
+        if !has(&c.to_string()) {
+            missing.push(format!("the credentials of binding {:?}", c.name));
+        }
+    }
+    missing
+}

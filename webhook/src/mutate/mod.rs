@@ -1,0 +1,430 @@
+//! The mutation: a pure, synchronous function from (pod, namespace, matching bindings, config)
+//! to JSON-patch `add` operations, warnings, or a denial.
+//!
+//! Everything here is deterministic and free of I/O so it can be tested exhaustively and reused
+//! unchanged by `rolebridge-webhook inject`. It runs in phases, each in its own module:
+//!
+//! 1. [`gate`]: pods in the webhook's own namespace, pods without a binding, pods that opt out
+//!    with `rolebridge.io/inject: "false"` and Windows pods are left unchanged;
+//!    `rolebridge.io/role` may only name a binding of the pod's service account (else: deny);
+//!    naming one whose `spec.containers` lists no container of the pod earns a warning.
+//! 2. [`plan`]: which binding covers which container, the same whatever the delivery.
+//!    Containers named like the agent are never covered, those in
+//!    `rolebridge.io/skip-containers` are skipped. A container that already chooses its own
+//!    credentials (one of [`delivery::IDENTITY_VARS`] set to anything but exactly what a covering
+//!    binding's delivery writes), or that mounts another volume at the token directory, is left
+//!    alone with a warning: the user's explicit choice wins. This is decided before tie
+//!    resolution, so such a container never takes part in a tie. Every other container (init or
+//!    app) is covered by the binding that names it in `spec.containers`, else by the one binding
+//!    that covers all containers ([`crate::binding::Coverage`]); the annotation chooses when
+//!    several tie, and an unresolved tie is a denial.
+//! 3. [`reserved`]: the agent's container names and the token volume's name are reserved: a pod
+//!    that would be injected but already uses one of them without carrying
+//!    `rolebridge.io/bindings` (so rolebridge did not inject it) is denied, since its containers
+//!    would be pointed at files nobody writes. A pod carrying the annotation is a reinvocation.
+//! 4. [`render`]: the patch for the plan, where [`delivery`] holds every rule that differs
+//!    between web identity and the credentials endpoint (variables, what the agent is told, the
+//!    endpoint's port). Every `add` is guarded by an existence check, so mutating an already
+//!    mutated pod yields no operations (webhook reinvocation, a second replica, `inject` run
+//!    twice).
+
+use json_patch::PatchOperation;
+
+use crate::pod::{ContainerView, PodView};
+
+mod delivery;
+mod gate;
+mod plan;
+mod render;
+mod reserved;
+
+pub use crate::binding::{Binding, Delivery};
+pub use delivery::IDENTITY_VARS;
+pub use rolebridge_contract::{AGENT_BINARY, AGENT_UID, TOKEN_MOUNT_PATH, token_path};
+
+pub const TOKEN_VOLUME: &str = "rolebridge-token";
+pub const AGENT_CONTAINER: &str = "rolebridge-agent";
+pub const AGENT_INIT_CONTAINER: &str = "rolebridge-agent-init";
+/// Tokens are a few KiB; the limit only guards the node's memory against a runaway writer.
+pub const TOKEN_VOLUME_SIZE_LIMIT: &str = "1Mi";
+
+pub const ANNOTATION_INJECT: &str = "rolebridge.io/inject";
+pub const ANNOTATION_SKIP_CONTAINERS: &str = "rolebridge.io/skip-containers";
+pub const ANNOTATION_ROLE: &str = "rolebridge.io/role";
+/// Written by the webhook: `container=binding` pairs that were applied.
+pub const ANNOTATION_APPLIED: &str = "rolebridge.io/bindings";
+
+pub const ENV_ROLE_ARN: &str = "AWS_ROLE_ARN";
+pub const ENV_TOKEN_FILE: &str = "AWS_WEB_IDENTITY_TOKEN_FILE";
+pub const ENV_SESSION_NAME: &str = "AWS_ROLE_SESSION_NAME";
+pub const ENV_REGION: &str = "AWS_REGION";
+pub const ENV_DEFAULT_REGION: &str = "AWS_DEFAULT_REGION";
+pub const ENV_STS_REGIONAL: &str = "AWS_STS_REGIONAL_ENDPOINTS";
+pub const ENV_CREDENTIALS_FULL_URI: &str = "AWS_CONTAINER_CREDENTIALS_FULL_URI";
+pub const ENV_CREDENTIALS_RELATIVE_URI: &str = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI";
+pub const ENV_AUTHORIZATION_TOKEN: &str = "AWS_CONTAINER_AUTHORIZATION_TOKEN";
+pub const ENV_AUTHORIZATION_TOKEN_FILE: &str = "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE";
+
+/// How the agent runs next to the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SidecarMode {
+    /// Kubernetes ≥ 1.29 native sidecar: an init container with `restartPolicy: Always`.
+    Native,
+    /// Older clusters: a one-shot init container plus a regular sidecar container.
+    Legacy,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub agent_image: String,
+    pub agent_image_pull_policy: String,
+    pub sidecar_mode: SidecarMode,
+    pub default_audience: String,
+    /// Pods in this namespace (the webhook's own) are never mutated, so the webhook can always
+    /// start even when it is broken.
+    pub own_namespace: Option<String>,
+    /// The credentials endpoint's port unless a pod's annotation says otherwise.
+    pub credentials_port: u16,
+    /// Told to the agent for the `gke-cluster-name` session tag; the agent asks the GKE
+    /// metadata server when it is not set.
+    pub cluster_name: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            agent_image: rolebridge_contract::DEFAULT_AGENT_IMAGE.into(),
+            agent_image_pull_policy: "IfNotPresent".into(),
+            sidecar_mode: SidecarMode::Native,
+            default_audience: rolebridge_contract::DEFAULT_AUDIENCE.into(),
+            own_namespace: None,
+            credentials_port: rolebridge_contract::DEFAULT_CREDENTIALS_PORT,
+            cluster_name: None,
+        }
+    }
+}
+
+/// Why a pod was passed through unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    OwnNamespace,
+    NoBinding,
+    OptedOut,
+    Windows,
+    NoContainerCovered,
+    AlreadyInjected,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Mutated,
+    Skipped(Skip),
+}
+
+/// The result for an admitted pod. `patch` is empty unless `outcome` is `Mutated`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mutation {
+    pub outcome: Outcome,
+    pub patch: Vec<PatchOperation>,
+    pub warnings: Vec<String>,
+}
+
+/// A policy violation: the pod must be rejected with this message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Denial {
+    pub message: String,
+}
+
+impl Denial {
+    fn new(message: String) -> Self {
+        Denial {
+            message: format!("rolebridge: {message}"),
+        }
+    }
+}
+
+/// Admission warnings, each prefixed so `kubectl` users see who is talking.
+#[derive(Debug, Default)]
+struct Warnings(Vec<String>);
+
+impl Warnings {
+    fn push(&mut self, msg: impl std::fmt::Display) {
+        self.0.push(format!("rolebridge: {msg}"));
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Init,
+    App,
+}
+
+impl Kind {
+    fn field(self) -> &'static str {
+        match self {
+            Kind::Init => "initContainers",
+            Kind::App => "containers",
+        }
+    }
+}
+
+fn is_agent(name: &str) -> bool {
+    name == AGENT_CONTAINER || name == AGENT_INIT_CONTAINER
+}
+
+/// Every container of the pod with where it sits: init containers first, in pod order.
+fn containers<'p, 'a>(
+    pod: &'p PodView<'a>,
+) -> impl Iterator<Item = (Kind, usize, &'p ContainerView<'a>)> + Clone {
+    let init = pod.spec.init_containers.as_deref().unwrap_or_default();
+    let app = pod.spec.containers.as_deref().unwrap_or_default();
+    init.iter()
+        .enumerate()
+        .map(|(i, c)| (Kind::Init, i, c))
+        .chain(app.iter().enumerate().map(|(i, c)| (Kind::App, i, c)))
+}
+
+/// Computes the patch for a pod. `bindings` are the bindings of the pod's service account in
+/// its namespace (what the cache returns for `(namespace, pod.service_account())`).
+pub fn mutate(
+    pod: &PodView<'_>,
+    namespace: &str,
+    bindings: &[Binding],
+    cfg: &Config,
+) -> Result<Mutation, Denial> {
+    let mut warnings = Warnings::default();
+    let skip = |why, warnings: Warnings| {
+        Ok(Mutation {
+            outcome: Outcome::Skipped(why),
+            patch: Vec::new(),
+            warnings: warnings.0,
+        })
+    };
+    let gate = match gate::gate(pod, namespace, bindings, cfg, &mut warnings)? {
+        Ok(gate) => gate,
+        Err(why) => return skip(why, warnings),
+    };
+    let ctx = delivery::Ctx::new(pod, cfg);
+    let planned = plan::plan(pod, namespace, bindings, &gate, &ctx, &mut warnings)?;
+    if planned.is_empty() {
+        warnings.push(format!(
+            "service account {:?} is bound to {}, but no container of this pod is covered, so it gets no AWS credentials from rolebridge",
+            pod.service_account(),
+            gate::binding_list(bindings)
+        ));
+        return skip(Skip::NoContainerCovered, warnings);
+    }
+    reserved::check(pod)?;
+    let patch = render::render(pod, &planned, &ctx, &mut warnings)?;
+    let outcome = if patch.is_empty() {
+        Outcome::Skipped(Skip::AlreadyInjected)
+    } else {
+        Outcome::Mutated
+    };
+    Ok(Mutation {
+        outcome,
+        patch,
+        warnings: warnings.0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(name: &str, containers: Option<&[&str]>) -> Binding {
+        Binding {
+            name: name.into(),
+            service_account: "sa".into(),
+            role_arn: format!("arn:aws:iam::123456789012:role/{name}"),
+            audience: None,
+            region: None,
+            containers: containers.map(|cs| cs.iter().map(|c| (*c).to_owned()).collect()),
+            ..Binding::default()
+        }
+    }
+
+    fn applied(m: &Mutation) -> Option<&str> {
+        m.patch.iter().find_map(|op| match op {
+            PatchOperation::Add(a) if a.path.to_string().starts_with("/metadata/annotations") => a
+                .value
+                .as_str()
+                .or_else(|| a.value[ANNOTATION_APPLIED].as_str()),
+            _ => None,
+        })
+    }
+
+    /// The role annotation breaks ties only: it must not take a container away from the
+    /// binding that names it (regression: it used to override `spec.containers`).
+    #[test]
+    fn role_annotation_does_not_override_a_binding_that_names_the_container() {
+        let json = r#"{"metadata":{"name":"p","annotations":{"rolebridge.io/role":"writer"}},
+            "spec":{"serviceAccountName":"sa","containers":[{"name":"app"},{"name":"side"}]}}"#;
+        let pod = PodView::from_json(json).unwrap();
+        let bindings = [
+            binding("app-only", Some(&["app"])),
+            binding("reader", None),
+            binding("writer", None),
+        ];
+        let m = mutate(&pod, "ns", &bindings, &Config::default()).unwrap();
+        assert_eq!(applied(&m), Some("app=app-only,side=writer"));
+
+        // Two bindings name the container: the annotation chooses among them...
+        let bindings = [
+            binding("a", Some(&["app", "side"])),
+            binding("writer", Some(&["app"])),
+        ];
+        let m = mutate(&pod, "ns", &bindings, &Config::default()).unwrap();
+        assert_eq!(applied(&m), Some("app=writer,side=a"));
+        // ...but an all-containers binding does not rank with them.
+        let bindings = [
+            binding("a", Some(&["app"])),
+            binding("b", Some(&["app"])),
+            binding("writer", None),
+        ];
+        let err = mutate(&pod, "ns", &bindings, &Config::default()).unwrap_err();
+        assert!(
+            err.message
+                .contains(r#"container "app" is covered by bindings a and b"#),
+            "{err}"
+        );
+    }
+
+    /// A container rolebridge leaves alone anyway (the user's own role variables, or another
+    /// volume at the token directory) must not get the pod denied over a tie; a container whose
+    /// variables are exactly ours for a covering binding is still ours and still ties.
+    #[test]
+    fn tie_on_a_user_owned_container_does_not_deny() {
+        let bindings = [
+            binding("reader", None),
+            binding("writer", None),
+            binding("app-role", Some(&["app"])),
+        ];
+        let json = r#"{"metadata":{"name":"p"},"spec":{"serviceAccountName":"sa","containers":[
+            {"name":"own","env":[{"name":"AWS_ROLE_ARN","value":"arn:aws:iam::999999999999:role/x"}]},
+            {"name":"mounted","volumeMounts":[{"name":"v","mountPath":"/var/run/secrets/rolebridge.io/"}]},
+            {"name":"app"}]}}"#;
+        let pod = PodView::from_json(json).unwrap();
+        let m = mutate(&pod, "ns", &bindings, &Config::default()).unwrap();
+        assert_eq!(m.outcome, Outcome::Mutated);
+        assert_eq!(applied(&m), Some("app=app-role"));
+        assert_eq!(m.warnings.len(), 2, "{:?}", m.warnings);
+        assert!(m.warnings[0].contains(r#"container "own" sets AWS_ROLE_ARN"#));
+        assert!(m.warnings[1].contains(r#"container "mounted" already mounts"#));
+        for w in &m.warnings {
+            assert!(
+                w.contains(r#"bindings "reader" and "writer" not applied to it"#),
+                "{w}"
+            );
+        }
+
+        // Exactly what `reader` writes: recognised as an earlier injection, so it still ties.
+        let path = token_path("sts.amazonaws.com");
+        let json = format!(
+            r#"{{"metadata":{{"name":"p"}},"spec":{{"serviceAccountName":"sa","containers":[
+            {{"name":"app2","env":[{{"name":"AWS_ROLE_ARN","value":"arn:aws:iam::123456789012:role/reader"}},
+            {{"name":"AWS_WEB_IDENTITY_TOKEN_FILE","value":"{path}"}}]}}]}}}}"#
+        );
+        let pod = PodView::from_json(&json).unwrap();
+        let err = mutate(&pod, "ns", &bindings, &Config::default()).unwrap_err();
+        assert!(
+            err.message
+                .contains(r#"container "app2" is covered by bindings reader and writer"#),
+            "{err}"
+        );
+        // ...and with the tie resolved for it, it is already injected: nothing left to add
+        // but the bindings annotation.
+        let json = json.replace(
+            r#"{"metadata":{"name":"p"}"#,
+            r#"{"metadata":{"name":"p","annotations":{"rolebridge.io/role":"reader"}}"#,
+        );
+        let pod = PodView::from_json(&json).unwrap();
+        let m = mutate(&pod, "ns", &bindings, &Config::default()).unwrap();
+        assert_eq!(applied(&m), Some("app2=reader"));
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+    }
+
+    #[test]
+    fn reserved_names_deny_a_pod_rolebridge_did_not_inject() {
+        let bindings = [binding("b", None)];
+        let cfg = Config::default();
+        for (extra, what) in [
+            (
+                r#""containers":[{"name":"app"}],"initContainers":[{"name":"rolebridge-agent-init"}]"#,
+                r#"container "rolebridge-agent-init""#,
+            ),
+            (
+                r#""containers":[{"name":"app"},{"name":"rolebridge-agent"}]"#,
+                r#"container "rolebridge-agent""#,
+            ),
+            (
+                r#""containers":[{"name":"app"}],"volumes":[{"name":"rolebridge-token","emptyDir":{}}]"#,
+                r#"volume "rolebridge-token""#,
+            ),
+        ] {
+            let json = format!(
+                r#"{{"metadata":{{"name":"p"}},"spec":{{"serviceAccountName":"sa",{extra}}}}}"#
+            );
+            let pod = PodView::from_json(&json).unwrap();
+            let err = mutate(&pod, "ns", &bindings, &cfg).unwrap_err();
+            for want in [
+                what,
+                "reserved by rolebridge",
+                "Rename it",
+                r#"rolebridge.io/inject: "false""#,
+            ] {
+                assert!(err.message.contains(want), "{want:?} not in {err}");
+            }
+
+            // Opt-out, Windows and "nothing covered" still come first...
+            let opted = json.replace(
+                r#""name":"p"}"#,
+                r#""name":"p","annotations":{"rolebridge.io/inject":"false"}}"#,
+            );
+            let pod = PodView::from_json(&opted).unwrap();
+            let m = mutate(&pod, "ns", &bindings, &cfg).unwrap();
+            assert_eq!(m.outcome, Outcome::Skipped(Skip::OptedOut));
+            let windows = json.replace(r#""spec":{"#, r#""spec":{"os":{"name":"windows"},"#);
+            let pod = PodView::from_json(&windows).unwrap();
+            let m = mutate(&pod, "ns", &bindings, &cfg).unwrap();
+            assert_eq!(m.outcome, Outcome::Skipped(Skip::Windows));
+            let pod = PodView::from_json(&json).unwrap();
+            let m = mutate(&pod, "ns", &[binding("b", Some(&["worker"]))], &cfg).unwrap();
+            assert_eq!(m.outcome, Outcome::Skipped(Skip::NoContainerCovered));
+
+            // ...and a pod rolebridge injected (the annotation is there) is a reinvocation.
+            let injected = json.replace(
+                r#""name":"p"}"#,
+                r#""name":"p","annotations":{"rolebridge.io/bindings":"app=b"}}"#,
+            );
+            let pod = PodView::from_json(&injected).unwrap();
+            assert!(mutate(&pod, "ns", &bindings, &cfg).is_ok());
+        }
+    }
+
+    #[test]
+    fn role_annotation_naming_a_binding_that_covers_no_container_warns() {
+        let json = r#"{"metadata":{"name":"p","annotations":{"rolebridge.io/role":"worker"}},
+            "spec":{"serviceAccountName":"sa","containers":[{"name":"app"}]}}"#;
+        let pod = PodView::from_json(json).unwrap();
+        let bindings = [binding("base", None), binding("worker", Some(&["worker"]))];
+        let m = mutate(&pod, "ns", &bindings, &Config::default()).unwrap();
+        assert_eq!(applied(&m), Some("app=base"));
+        assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
+        assert!(
+            m.warnings[0].contains(
+                r#"annotation rolebridge.io/role="worker" names binding "worker", whose spec.containers (worker) lists no container of this pod"#
+            ),
+            "{:?}",
+            m.warnings
+        );
+        // A binding that covers a container of the pod, even one it does not win, is no news.
+        let bindings = [binding("base", None), binding("worker", Some(&["app"]))];
+        let json = json.replace(r#""worker"}"#, r#""base"}"#);
+        let pod = PodView::from_json(&json).unwrap();
+        let m = mutate(&pod, "ns", &bindings, &Config::default()).unwrap();
+        assert_eq!(applied(&m), Some("app=worker"));
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+    }
+}

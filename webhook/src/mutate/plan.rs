@@ -1,0 +1,151 @@
+//! Phase 2: which binding covers which container. The assignment is the same whatever the
+//! bindings' deliveries; only "is this variable ours?" asks the delivery what it writes.
+
+use super::delivery::{self, Ctx};
+use super::gate::Gate;
+use super::{
+    ANNOTATION_ROLE, Binding, Denial, ENV_ROLE_ARN, ENV_TOKEN_FILE, Kind, TOKEN_MOUNT_PATH,
+    TOKEN_VOLUME, Warnings, containers, is_agent,
+};
+use crate::binding::Coverage;
+use crate::pod::{ContainerView, PodView};
+
+/// A container that will get a role.
+pub(super) struct Planned<'p, 'a, 'b> {
+    pub kind: Kind,
+    pub index: usize,
+    pub container: &'p ContainerView<'a>,
+    pub binding: &'b Binding,
+}
+
+/// Why a container that a binding covers is not planned.
+enum LeftAlone {
+    /// It sets identity variables of its own (these).
+    OwnVars(Vec<&'static str>),
+    /// Another volume is mounted at the token directory.
+    OwnMount,
+}
+
+fn left_alone(c: &ContainerView<'_>, cov: &Coverage<'_>, ctx: &Ctx) -> Option<LeftAlone> {
+    let set = delivery::identity_vars_set(c);
+    // Variables exactly as a covering binding's delivery writes them are ours (an earlier
+    // pass), so an injected container is still recognised.
+    if !set.is_empty()
+        && !cov
+            .candidates
+            .iter()
+            .any(|b| delivery::written_for(c, b, ctx))
+    {
+        return Some(LeftAlone::OwnVars(set));
+    }
+    let mounts_other = c
+        .volume_mounts
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|m| {
+            m.mount_path.as_str().trim_end_matches('/') == TOKEN_MOUNT_PATH
+                && m.name.as_str() != TOKEN_VOLUME
+        });
+    mounts_other.then_some(LeftAlone::OwnMount)
+}
+
+fn own_vars_message(container: &str, set: &[&str], not_applied: &str) -> String {
+    let web_identity_only = set
+        .iter()
+        .all(|v| [ENV_ROLE_ARN, ENV_TOKEN_FILE].contains(v));
+    let vars = if web_identity_only {
+        format!("{ENV_ROLE_ARN} or {ENV_TOKEN_FILE}")
+    } else {
+        set.join(" and ")
+    };
+    format!(
+        "container {container:?} sets {vars} itself, so rolebridge left it alone ({not_applied})"
+    )
+}
+
+fn not_applied(cov: &Coverage<'_>, resolved: Option<&Binding>) -> String {
+    match resolved {
+        Some(b) => format!("binding {:?} not applied to it", b.name),
+        None => {
+            let names: Vec<String> = cov.tier.iter().map(|b| format!("{:?}", b.name)).collect();
+            format!("bindings {} not applied to it", names.join(" and "))
+        }
+    }
+}
+
+/// The containers that get a binding, in pod order; a denial for containers that tie.
+pub(super) fn plan<'p, 'a, 'b>(
+    pod: &'p PodView<'a>,
+    namespace: &str,
+    bindings: &'b [Binding],
+    gate: &Gate<'_>,
+    ctx: &Ctx,
+    warnings: &mut Warnings,
+) -> Result<Vec<Planned<'p, 'a, 'b>>, Denial> {
+    let mut planned = Vec::new();
+    let mut ties: Vec<String> = Vec::new();
+    for (kind, index, c) in containers(pod) {
+        let name = c.name.as_str();
+        if is_agent(name) || gate.skip_list.contains(&name) {
+            continue;
+        }
+        let cov = Coverage::of(bindings, name);
+        if cov.is_empty() {
+            continue;
+        }
+        let resolved = cov.resolve(gate.chosen_role);
+        // The user's own configuration is decided before tie resolution: a container that
+        // rolebridge leaves alone anyway must not get the pod denied over a tie.
+        match left_alone(c, &cov, ctx) {
+            Some(LeftAlone::OwnVars(set)) => {
+                warnings.push(own_vars_message(name, &set, &not_applied(&cov, resolved)));
+                continue;
+            }
+            Some(LeftAlone::OwnMount) => {
+                warnings.push(format!(
+                    "container {name:?} already mounts something at {TOKEN_MOUNT_PATH}, so rolebridge left it alone ({})",
+                    not_applied(&cov, resolved)
+                ));
+                continue;
+            }
+            None => {}
+        }
+        let Some(binding) = resolved else {
+            let names: Vec<&str> = cov.tier.iter().map(|b| b.name.as_str()).collect();
+            ties.push(format!(
+                "container {name:?} is covered by bindings {}",
+                names.join(" and ")
+            ));
+            continue;
+        };
+        let set = delivery::identity_vars_set(c);
+        if !set.is_empty() && !delivery::written_for(c, binding, ctx) {
+            // Ours, but for another covering binding (the bindings changed since the pod
+            // was injected): env cannot be rewritten with `add`, so leave it as it is.
+            warnings.push(own_vars_message(name, &set, &not_applied(&cov, resolved)));
+            continue;
+        }
+        if c.env_var("AWS_ACCESS_KEY_ID").is_some() {
+            warnings.push(format!(
+                "container {name:?} sets AWS_ACCESS_KEY_ID; AWS SDKs prefer static keys over {}, so role {} will not be used by it",
+                delivery::describe(binding.delivery()),
+                binding.final_role_arn()
+            ));
+        }
+        planned.push(Planned {
+            kind,
+            index,
+            container: c,
+            binding,
+        });
+    }
+    if !ties.is_empty() {
+        return Err(Denial::new(format!(
+            "{} for service account {:?} in namespace {namespace:?}, and nothing chooses between them. Resolve it: annotate the pod (template) with {ANNOTATION_ROLE}: <binding name>, or list the containers each binding is for in its spec.containers, or delete the extra binding.",
+            ties.join("; "),
+            pod.service_account()
+        )));
+    }
+    Ok(planned)
+}

@@ -1,0 +1,42 @@
+//! Phase 3: names rolebridge reserves for what it injects.
+
+use super::{ANNOTATION_APPLIED, ANNOTATION_INJECT, Denial, TOKEN_VOLUME, containers, is_agent};
+use crate::pod::PodView;
+
+/// A pod that uses the agent's container names or the token volume's name without having been
+/// injected by rolebridge (no `rolebridge.io/bindings`) is denied: injecting it would point its
+/// containers at files that nothing writes. A pod carrying the annotation is a reinvocation, and
+/// what is there is reused.
+pub(super) fn check(pod: &PodView<'_>) -> Result<(), Denial> {
+    if pod.annotation(ANNOTATION_APPLIED).is_some() {
+        return Ok(());
+    }
+    let mut taken: Vec<String> = containers(pod)
+        .filter(|(_, _, c)| is_agent(c.name.as_str()))
+        .map(|(_, _, c)| format!("container {:?}", c.name.as_str()))
+        .collect();
+    if has_token_volume(pod) {
+        taken.push(format!("volume {TOKEN_VOLUME:?}"));
+    }
+    if taken.is_empty() {
+        return Ok(());
+    }
+    let one = taken.len() == 1;
+    Err(Denial::new(format!(
+        "this pod has {}, but {} reserved by rolebridge for the token agent it injects, and the pod was not injected by rolebridge (it has no {ANNOTATION_APPLIED} annotation); injecting it would point its containers at a token file that nothing writes. Rename {}, or opt the pod out with the annotation {ANNOTATION_INJECT}: \"false\" if it should not get AWS credentials from rolebridge.",
+        taken.join(" and "),
+        if one {
+            "that name is"
+        } else {
+            "those names are"
+        },
+        if one { "it" } else { "them" },
+    )))
+}
+
+pub(super) fn has_token_volume(pod: &PodView<'_>) -> bool {
+    pod.spec
+        .volumes
+        .as_deref()
+        .is_some_and(|v| v.iter().any(|v| v.name.as_str() == TOKEN_VOLUME))
+}
