@@ -8,13 +8,125 @@
 //! re-serialised.
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize as _;
 use serde_json::Value;
 
-use crate::index::BindingIndex;
+use crate::flags::{FlagError, MutationArgs};
+use crate::index::{self, BindingError, BindingIndex};
 use crate::mutate::{self, Config, Outcome};
 use crate::pod::PodView;
+
+/// `rolebridge-webhook inject`.
+#[derive(clap::Args)]
+pub struct InjectArgs {
+    /// Manifests to inject (multi-document YAML); `-` reads standard input.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        env = "ROLEBRIDGE_INJECT_FILENAME",
+        default_value = "-"
+    )]
+    pub filename: PathBuf,
+    /// YAML file(s) with the AWSRoleBindings to apply (other kinds in them are ignored).
+    #[arg(
+        long,
+        env = "ROLEBRIDGE_INJECT_BINDINGS",
+        required = true,
+        value_delimiter = ','
+    )]
+    pub bindings: Vec<PathBuf>,
+    /// Namespace of objects that name none.
+    #[arg(
+        long = "namespace",
+        env = "ROLEBRIDGE_INJECT_NAMESPACE",
+        default_value = "default"
+    )]
+    pub namespace: String,
+    #[command(flatten)]
+    pub mutation: MutationArgs,
+}
+
+/// Why `inject` as a command failed: its files, its flags, or the injection itself.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Flags(#[from] FlagError),
+    #[error("reading {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--bindings {path}: {source}")]
+    Bindings {
+        path: String,
+        #[source]
+        source: BindingError,
+    },
+    #[error(transparent)]
+    Inject(#[from] InjectError),
+    #[error("writing the output: {0}")]
+    Write(#[source] std::io::Error),
+}
+
+fn read(what: &'static str, path: &Path) -> Result<String, RunError> {
+    std::fs::read_to_string(path).map_err(|source| RunError::Read {
+        what,
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The command: reads the bindings files and the manifests (`-`: `stdin`), writes the injected
+/// manifests to `stdout` and warnings plus a summary to `stderr`.
+pub fn run(
+    args: &InjectArgs,
+    stdin: &mut dyn std::io::Read,
+    stdout: &mut dyn std::io::Write,
+    stderr: &mut dyn std::io::Write,
+) -> Result<Injected, RunError> {
+    let config = args.mutation.config(None)?;
+    let mut bindings = Vec::new();
+    for path in &args.bindings {
+        let text = read("--bindings", path)?;
+        let found = index::bindings_from_yaml(&text, &args.namespace).map_err(|source| {
+            RunError::Bindings {
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
+        bindings.extend(found);
+    }
+    let index = BindingIndex::new(bindings);
+    let input = if args.filename.as_os_str() == "-" {
+        let mut s = String::new();
+        stdin
+            .read_to_string(&mut s)
+            .map_err(|source| RunError::Read {
+                what: "standard input",
+                path: "-".into(),
+                source,
+            })?;
+        s
+    } else {
+        read("manifests", &args.filename)?
+    };
+    let injected = inject(&input, &index, &config, &args.namespace)?;
+    let io = |r: std::io::Result<()>| r.map_err(RunError::Write);
+    for w in &injected.warnings {
+        io(writeln!(stderr, "warning: {w}"))?;
+    }
+    io(writeln!(
+        stderr,
+        "injected {} pod template(s)",
+        injected.mutated
+    ))?;
+    io(stdout.write_all(injected.output.as_bytes()))?;
+    Ok(injected)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum InjectError {

@@ -16,10 +16,12 @@
 //! - [`tls`] is a tokio-rustls accept loop serving the warp routes with certificate hot reload;
 //!   [`admin`] is the plain-HTTP health and metrics port; [`metrics`] the Prometheus registry.
 pub mod admin;
+pub mod app;
 pub mod binding;
 pub mod cache;
 pub mod controller;
 pub mod crd;
+pub mod flags;
 pub mod index;
 pub mod inject;
 pub mod metrics;

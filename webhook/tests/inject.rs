@@ -164,3 +164,52 @@ fn bad_yaml_is_an_error_with_its_document_number() {
     let err = inject("a: 1\n---\nkind: [\n", &index(), &Config::default(), "apps").unwrap_err();
     assert!(err.to_string().starts_with("document 2"), "{err}");
 }
+
+/// The command around `inject`: bindings files, stdin, the output and the summary on stderr.
+#[test]
+fn the_command_reads_files_and_stdin() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: rolebridge_webhook::inject::InjectArgs,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bindings = dir.path().join("bindings.yaml");
+    std::fs::write(&bindings, BINDINGS).unwrap();
+    let cmd = Cmd::try_parse_from([
+        "inject",
+        "--bindings",
+        bindings.to_str().unwrap(),
+        "--namespace",
+        "apps",
+    ])
+    .unwrap();
+    let pod =
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": pod_spec()});
+    let input = serde_norway::to_string(&pod).unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let injected =
+        rolebridge_webhook::inject::run(&cmd.args, &mut input.as_bytes(), &mut out, &mut err)
+            .unwrap();
+    assert_eq!(injected.mutated, 1);
+    assert_eq!(String::from_utf8(out).unwrap(), injected.output);
+    assert_eq!(
+        String::from_utf8(err).unwrap(),
+        "injected 1 pod template(s)\n"
+    );
+
+    let missing = Cmd::try_parse_from(["inject", "--bindings", "/nonexistent/b.yaml"]).unwrap();
+    let e = rolebridge_webhook::inject::run(
+        &missing.args,
+        &mut &b""[..],
+        &mut Vec::new(),
+        &mut Vec::new(),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("reading --bindings /nonexistent/b.yaml"),
+        "{e}"
+    );
+}

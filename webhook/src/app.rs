@@ -1,0 +1,310 @@
+//! `rolebridge-webhook serve`: builds the binding cache, the status controller, the TLS and
+//! admin listeners from the flags, and runs them until SIGTERM.
+//!
+//! Wiring only: every decision is made in the modules it calls.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::cache::{BindingCache, LiveReadLimits, api_live_source};
+use crate::flags::{self, MutationArgs, SidecarChoice};
+use crate::metrics::Metrics;
+use crate::server::{AppState, serve_tls};
+use crate::tls::{CertStore, server_config};
+use crate::{admin, controller, index, server};
+
+/// How often `--sidecar-mode auto` asks the API server's version again, so a cluster upgrade
+/// to 1.29+ switches new pods to native sidecars without a restart.
+const SIDECAR_RECHECK: Duration = Duration::from_secs(600);
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// HTTPS address for admission reviews. GKE private clusters only let the control plane
+    /// reach nodes on 443 and 10250.
+    #[arg(long, env = "ROLEBRIDGE_LISTEN", default_value = "0.0.0.0:10250")]
+    pub listen: SocketAddr,
+    /// Plain-HTTP address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "ROLEBRIDGE_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
+    pub admin_listen: SocketAddr,
+    /// PEM certificate chain; re-read when it changes.
+    #[arg(
+        long,
+        env = "ROLEBRIDGE_TLS_CERT",
+        default_value = "/etc/rolebridge/tls/tls.crt"
+    )]
+    pub tls_cert: PathBuf,
+    /// PEM private key; re-read when it changes.
+    #[arg(
+        long,
+        env = "ROLEBRIDGE_TLS_KEY",
+        default_value = "/etc/rolebridge/tls/tls.key"
+    )]
+    pub tls_key: PathBuf,
+    /// How often to check the certificate files for a rotation (e.g. `2s`; plain numbers are
+    /// seconds). At least one second.
+    #[arg(long, env = "ROLEBRIDGE_TLS_RELOAD_INTERVAL", default_value = "2s", value_parser = flags::duration)]
+    pub tls_reload_interval: Duration,
+    #[command(flatten)]
+    pub mutation: MutationArgs,
+    /// The webhook's own namespace, whose pods are never mutated. Defaults to the namespace of
+    /// the pod's service account when running in a cluster.
+    #[arg(long, env = "ROLEBRIDGE_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Serve these AWSRoleBindings (a YAML file) instead of watching the API server: for local
+    /// runs, demos and benchmarks. Status is not written in this mode.
+    #[arg(long, env = "ROLEBRIDGE_BINDINGS_FILE")]
+    pub bindings_file: Option<PathBuf>,
+    /// How long a namespace's live binding read is reused; 0 disables live reads on cache
+    /// misses.
+    #[arg(long, env = "ROLEBRIDGE_LIVE_READ_INTERVAL", default_value = "10s", value_parser = flags::duration)]
+    pub live_read_interval: Duration,
+    /// How long a client may take to send request headers (at least one second).
+    #[arg(long, env = "ROLEBRIDGE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = flags::duration)]
+    pub header_read_timeout: Duration,
+    /// How long to keep serving after SIGTERM while reporting not-ready, so endpoints drop this
+    /// replica before it stops accepting.
+    #[arg(long, env = "ROLEBRIDGE_SHUTDOWN_DELAY", default_value = "5s", value_parser = flags::duration)]
+    pub shutdown_delay: Duration,
+    /// How long to let in-flight admissions finish after the listener closes.
+    #[arg(long, env = "ROLEBRIDGE_DRAIN_TIMEOUT", default_value = "10s", value_parser = flags::duration)]
+    pub drain_timeout: Duration,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `rolebridge_webhook=debug`.
+    #[arg(long, env = "ROLEBRIDGE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    #[arg(
+        long,
+        env = "ROLEBRIDGE_LOG_FORMAT",
+        value_enum,
+        default_value = "plain"
+    )]
+    pub log_format: LogFormat,
+    /// Worker threads for the runtime (0: one per CPU).
+    #[arg(long, env = "ROLEBRIDGE_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq, Debug)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// Why `serve` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Flags(#[from] flags::FlagError),
+    #[error("reading --bindings-file {path}: {source}")]
+    ReadBindings {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--bindings-file {path}: {source}")]
+    Bindings {
+        path: String,
+        #[source]
+        source: index::BindingError,
+    },
+    #[error("connecting to the Kubernetes API (in-cluster or KUBECONFIG): {0}")]
+    Connect(#[source] kube::Error),
+    #[error("reading the API server version for --sidecar-mode auto: {0}")]
+    Version(#[source] kube::Error),
+    #[error("binding {flag} {addr}: {source}")]
+    Bind {
+        flag: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS configuration: {0}")]
+    Tls(#[source] rustls::Error),
+}
+
+fn in_cluster_namespace() -> Option<String> {
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// The binding cache: fixed from a file, or fed by a watch (plus the status controller).
+async fn bindings(
+    args: &ServeArgs,
+    metrics: &Arc<Metrics>,
+) -> Result<(Arc<BindingCache>, Option<kube::Client>), ServeError> {
+    if let Some(path) = &args.bindings_file {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ServeError::ReadBindings {
+            path: shown.clone(),
+            source,
+        })?;
+        let bindings =
+            index::bindings_from_yaml(&text, "default").map_err(|source| ServeError::Bindings {
+                path: shown.clone(),
+                source,
+            })?;
+        tracing::info!(bindings = bindings.len(), file = %shown, "serving fixed bindings");
+        return Ok((
+            Arc::new(BindingCache::fixed(metrics.clone(), bindings)),
+            None,
+        ));
+    }
+    let client = kube::Client::try_default()
+        .await
+        .map_err(ServeError::Connect)?;
+    let live = (!args.live_read_interval.is_zero()).then(|| {
+        let limits = LiveReadLimits {
+            interval: args.live_read_interval,
+            ..LiveReadLimits::default()
+        };
+        (api_live_source(client.clone()), limits)
+    });
+    let cache = Arc::new(BindingCache::new(metrics.clone(), live));
+    let store = cache.clone().run_watch(client.clone()).await;
+    tokio::spawn(controller::run(
+        client.clone(),
+        store,
+        cache.clone(),
+        metrics.clone(),
+    ));
+    Ok((cache, Some(client)))
+}
+
+/// Re-resolves `--sidecar-mode auto` against the API server's version from time to time.
+fn follow_sidecar_mode(state: Arc<AppState>, choice: SidecarChoice, client: kube::Client) {
+    if choice != SidecarChoice::Auto {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(SIDECAR_RECHECK).await;
+            let Ok(info) = client.apiserver_version().await else {
+                continue;
+            };
+            let mode = choice.resolve(Some(&info));
+            if state.config.load().sidecar_mode != mode {
+                tracing::info!(?mode, "API server version changed the sidecar mode");
+                let mut c = (**state.config.load()).clone();
+                c.sidecar_mode = mode;
+                state.config.store(Arc::new(c));
+            }
+        }
+    });
+}
+
+/// Runs the webhook until SIGTERM (then drains).
+pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    let metrics = Arc::new(Metrics::new());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = Arc::new(CertStore::new(
+        args.tls_cert.clone(),
+        args.tls_key.clone(),
+        provider.clone(),
+    ));
+    if let Err(error) = certs.reload() {
+        // Not fatal: the Secret may still be on its way (cert-manager). /readyz says so.
+        tracing::error!(%error, "serving certificate not loaded yet; retrying");
+    }
+    tokio::spawn(certs.clone().watch(
+        args.tls_reload_interval.max(Duration::from_secs(1)),
+        metrics.clone(),
+    ));
+
+    let mut config = args
+        .mutation
+        .config(args.namespace.clone().or_else(in_cluster_namespace))?;
+    let (cache, client) = bindings(&args, &metrics).await?;
+    let choice = args.mutation.sidecar_mode;
+    let version = match (&client, choice) {
+        (Some(client), SidecarChoice::Auto) => {
+            let info = client
+                .apiserver_version()
+                .await
+                .map_err(ServeError::Version)?;
+            tracing::info!(version = %info.git_version, "API server version");
+            Some(info)
+        }
+        _ => None,
+    };
+    config.sidecar_mode = choice.resolve(version.as_ref());
+    tracing::info!(mode = ?config.sidecar_mode, agent_image = %config.agent_image,
+        own_namespace = ?config.own_namespace, credentials_port = config.credentials_port,
+        "mutation config");
+
+    let state = Arc::new(AppState {
+        cache,
+        config: ArcSwap::from_pointee(config),
+        metrics,
+        certs: certs.clone(),
+        shutting_down: Default::default(),
+    });
+    if let Some(client) = client {
+        follow_sidecar_mode(state.clone(), choice, client);
+    }
+
+    let bind = |flag, addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { flag, addr, source })
+    };
+    let listener = bind("--listen", args.listen).await?;
+    let admin_listener = bind("--admin-listen", args.admin_listen).await?;
+    tracing::info!(listen = ?listener.local_addr().ok(), admin = ?admin_listener.local_addr().ok(), "serving");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut admin_stop = stop_rx.clone();
+    let admin = tokio::spawn(
+        warp::serve(admin::routes(state.clone()))
+            .incoming(admin_listener)
+            .graceful(async move {
+                let _ = admin_stop.wait_for(|s| *s).await;
+            })
+            .run(),
+    );
+    let shutdown_state = state.clone();
+    let delay = args.shutdown_delay;
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!(delay = ?delay, "shutdown requested; reporting not ready before closing");
+        shutdown_state.shutting_down.store(true, Ordering::Relaxed);
+        tokio::time::sleep(delay).await;
+        let _ = stop_tx.send(true);
+    });
+
+    let tls = Arc::new(server_config(&certs, provider).map_err(ServeError::Tls)?);
+    serve_tls(
+        listener,
+        tls,
+        server::routes(state),
+        args.header_read_timeout.max(Duration::from_secs(1)),
+        stop_rx,
+        args.drain_timeout,
+    )
+    .await;
+    let _ = admin.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
