@@ -144,35 +144,59 @@ pub mod duration {
     /// Why a duration flag does not parse.
     #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
     pub enum DurationError {
-        #[error("invalid duration {0:?} (want e.g. 500ms, 2s, 1.5s, 5m, 1h, or plain seconds)")]
+        #[error("invalid duration {0:?} (want e.g. 500ms, 2s, 1m30s, 1h, or plain seconds)")]
         Syntax(String),
-        #[error("invalid duration unit in {0:?} (use ms, s, m or h)")]
+        #[error("invalid duration unit in {0:?} (use ns, us, ms, s, m or h)")]
         Unit(String),
         #[error("duration {0:?} is out of range")]
         Range(String),
     }
 
-    /// `500ms`, `2s`, `1.5s`, `5m`, `1h`, or a plain number of seconds (`10`), so flags that
-    /// always took seconds keep accepting what they did. One number and one unit: a flag value
-    /// is short, and mixed forms (`1m30s`) are easy to misread.
-    pub fn parse(s: &str) -> Result<Duration, DurationError> {
-        let s = s.trim();
-        let split = s
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        if num.is_empty() || num.starts_with('.') || num.ends_with('.') {
-            return Err(DurationError::Syntax(s.into()));
-        }
-        let n: f64 = num.parse().map_err(|_| DurationError::Syntax(s.into()))?;
-        let scale = match unit {
-            "ms" => 0.001,
-            "" | "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(DurationError::Unit(s.into())),
+    /// Go's notation, as Kubernetes users write it in manifests: `500ms`, `2s`, `1.5s`, `1m30s`,
+    /// `1h` (units `ns`, `us`/`µs`, `ms`, `s`, `m`, `h`, fractions allowed), or a bare number of
+    /// seconds (`10`, `1.5`), so flags that always took seconds keep accepting what they did.
+    pub fn parse(text: &str) -> Result<Duration, DurationError> {
+        let s = text.trim();
+        let syntax = || DurationError::Syntax(s.into());
+        let number = |n: &str| -> Result<f64, DurationError> {
+            let plain = !n.is_empty()
+                && !n.starts_with('.')
+                && !n.ends_with('.')
+                && n.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+            if !plain {
+                return Err(syntax());
+            }
+            n.parse().map_err(|_| syntax())
         };
-        Duration::try_from_secs_f64(n * scale).map_err(|_| DurationError::Range(s.into()))
+        let seconds = if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            number(s)?
+        } else {
+            let mut rest = s;
+            let mut total = 0.0;
+            while !rest.is_empty() {
+                let unit_at = rest
+                    .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                    .ok_or_else(syntax)?;
+                let (n, tail) = rest.split_at(unit_at);
+                let unit_len = tail
+                    .find(|c: char| c.is_ascii_digit() || c == '.')
+                    .unwrap_or(tail.len());
+                let (unit, next) = tail.split_at(unit_len);
+                let scale = match unit {
+                    "ns" => 1e-9,
+                    "us" | "µs" => 1e-6,
+                    "ms" => 1e-3,
+                    "s" => 1.0,
+                    "m" => 60.0,
+                    "h" => 3600.0,
+                    _ => return Err(DurationError::Unit(s.into())),
+                };
+                total += number(n)? * scale;
+                rest = next;
+            }
+            total
+        };
+        Duration::try_from_secs_f64(seconds).map_err(|_| DurationError::Range(s.into()))
     }
 }
 
@@ -525,11 +549,17 @@ mod tests {
             ("5m", Duration::from_secs(300)),
             ("1h", Duration::from_secs(3600)),
             ("0", Duration::ZERO),
+            ("1.5", Duration::from_millis(1500)),
+            ("1m30s", Duration::from_secs(90)),
+            ("1h2m3s4ms", Duration::from_millis(3_723_004)),
+            ("250us", Duration::from_micros(250)),
+            ("7µs", Duration::from_micros(7)),
+            ("100ns", Duration::from_nanos(100)),
         ] {
             assert_eq!(duration::parse(s), Ok(want), "{s}");
         }
         for bad in [
-            "", "s", "-1", "1.", ".5s", "1..2s", "1d", "1 s", "1m30s", "1e3",
+            "", "s", "-1", "1.", ".5s", "1..2s", "1d", "1 s", "1e3", "m1", "1m 30s", "5x",
         ] {
             assert!(duration::parse(bad).is_err(), "{bad}");
         }

@@ -14,11 +14,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::cache::{BindingCache, LiveReadLimits, api_live_source};
-use crate::flags::{self, MutationArgs, SidecarChoice};
 use crate::metrics::Metrics;
+use crate::mutate::flags::{self, MutationArgs, SidecarChoice};
 use crate::server::{AppState, serve_tls};
 use crate::tls::{CertStore, server_config};
 use crate::{admin, controller, index, server};
+use rolebridge_contract::duration;
 
 /// How often `--sidecar-mode auto` asks the API server's version again, so a cluster upgrade
 /// to 1.29+ switches new pods to native sidecars without a restart.
@@ -49,7 +50,7 @@ pub struct ServeArgs {
     pub tls_key: PathBuf,
     /// How often to check the certificate files for a rotation (e.g. `2s`; plain numbers are
     /// seconds). At least one second.
-    #[arg(long, env = "ROLEBRIDGE_TLS_RELOAD_INTERVAL", default_value = "2s", value_parser = flags::duration)]
+    #[arg(long, env = "ROLEBRIDGE_TLS_RELOAD_INTERVAL", default_value = "2s", value_parser = duration::parse)]
     pub tls_reload_interval: Duration,
     #[command(flatten)]
     pub mutation: MutationArgs,
@@ -63,17 +64,17 @@ pub struct ServeArgs {
     pub bindings_file: Option<PathBuf>,
     /// How long a namespace's live binding read is reused; 0 disables live reads on cache
     /// misses.
-    #[arg(long, env = "ROLEBRIDGE_LIVE_READ_INTERVAL", default_value = "10s", value_parser = flags::duration)]
+    #[arg(long, env = "ROLEBRIDGE_LIVE_READ_INTERVAL", default_value = "10s", value_parser = duration::parse)]
     pub live_read_interval: Duration,
-    /// How long a client may take to send request headers (at least one second).
-    #[arg(long, env = "ROLEBRIDGE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = flags::duration)]
-    pub header_read_timeout: Duration,
+    /// Seconds a client may take to send request headers.
+    #[arg(long, env = "ROLEBRIDGE_HEADER_READ_TIMEOUT", default_value_t = 10)]
+    pub header_read_timeout: u64,
     /// How long to keep serving after SIGTERM while reporting not-ready, so endpoints drop this
     /// replica before it stops accepting.
-    #[arg(long, env = "ROLEBRIDGE_SHUTDOWN_DELAY", default_value = "5s", value_parser = flags::duration)]
+    #[arg(long, env = "ROLEBRIDGE_SHUTDOWN_DELAY", default_value = "5s", value_parser = duration::parse)]
     pub shutdown_delay: Duration,
     /// How long to let in-flight admissions finish after the listener closes.
-    #[arg(long, env = "ROLEBRIDGE_DRAIN_TIMEOUT", default_value = "10s", value_parser = flags::duration)]
+    #[arg(long, env = "ROLEBRIDGE_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration::parse)]
     pub drain_timeout: Duration,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `rolebridge_webhook=debug`.
     #[arg(long, env = "ROLEBRIDGE_LOG_LEVEL", default_value = "info")]
@@ -284,7 +285,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         listener,
         tls,
         server::routes(state),
-        args.header_read_timeout.max(Duration::from_secs(1)),
+        Duration::from_secs(args.header_read_timeout.max(1)),
         stop_rx,
         args.drain_timeout,
     )

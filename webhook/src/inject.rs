@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize as _;
 use serde_json::Value;
 
-use crate::flags::{FlagError, MutationArgs};
 use crate::index::{self, BindingError, BindingIndex};
+use crate::mutate::flags::{FlagError, MutationArgs};
 use crate::mutate::{self, Config, Outcome};
 use crate::pod::PodView;
 

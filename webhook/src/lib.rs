@@ -21,7 +21,6 @@ pub mod binding;
 pub mod cache;
 pub mod controller;
 pub mod crd;
-pub mod flags;
 pub mod index;
 pub mod inject;
 pub mod metrics;

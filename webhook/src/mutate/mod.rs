@@ -33,6 +33,7 @@ use json_patch::PatchOperation;
 use crate::pod::{ContainerView, PodView};
 
 mod delivery;
+pub mod flags;
 mod gate;
 mod plan;
 mod render;

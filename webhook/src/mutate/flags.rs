@@ -1,16 +1,9 @@
-//! Command-line flags shared by `serve` and `inject`, and the typed values they parse into.
-
-use std::time::Duration;
+//! The flags that shape the injected pod, shared by `serve` and `inject`, and the
+//! [`Config`] they make.
 
 use clap::ValueEnum;
 
-use crate::mutate::{Config, SidecarMode};
-
-/// clap value parser for every duration flag: `500ms`, `2s`, `5m`, `1h`, or plain seconds
-/// (what the older flags took, so existing configurations keep working).
-pub fn duration(s: &str) -> Result<Duration, String> {
-    rolebridge_contract::duration::parse(s).map_err(|e| e.to_string())
-}
+use super::{Config, SidecarMode};
 
 /// What the operator asked for with `--sidecar-mode`.
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -148,12 +141,5 @@ mod tests {
         assert_eq!(Native.resolve(Some(&info("1", "20"))), SidecarMode::Native);
         assert_eq!(Legacy.resolve(Some(&info("1", "36"))), SidecarMode::Legacy);
         assert_eq!(Legacy.resolve(None), SidecarMode::Legacy);
-    }
-
-    #[test]
-    fn durations_accept_units_and_old_plain_seconds() {
-        assert_eq!(duration("2"), Ok(Duration::from_secs(2)));
-        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
-        assert!(duration("2 days").is_err());
     }
 }
