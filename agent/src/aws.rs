@@ -1,26 +1,21 @@
-//! The AWS side: `verify`, `trust-policy` and `credential-process`.
-//!
-//! Only these subcommands run aws-sdk-sts; the sidecar path never touches this module, so the
-//! SDK's code stays on disk and out of the resident set. To keep the binary small the SDK is
-//! used without aws-config and with an explicit rustls + ring HTTPS client (ring is what the
-//! rest of rolebridge uses); the standard environment variables are read here instead (see
-//! [`sts_config_from_env`]). AssumeRoleWithWebIdentity is an unsigned call, so no credential
-//! provider chain is needed at all.
+//! AWS facts shared by `verify`, `trust-policy` and `credential-process`: the trust policies
+//! each hop of a chain needs, what an STS error code most likely means, and the
+//! `credential_process` output and its owner-only cache. The STS calls themselves are in
+//! [`crate::sts`].
 
+use std::fmt;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aws_sdk_sts_lean as aws_sdk_sts;
-
-use aws_sdk_sts::error::ProvideErrorMetadata;
-use aws_sdk_sts::primitives::{DateTime, DateTimeFormat};
+use aws_sdk_sts_lean::primitives::{DateTime, DateTimeFormat};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::agent::now_ms;
+use crate::creds::Credentials;
 use crate::jwt::Claims;
 use crate::metadata::{self, Endpoint, FetchError, Token};
 use crate::writer;
@@ -51,6 +46,38 @@ pub fn trust_policy(audience: &str, gsa_unique_id: &str) -> serde_json::Value {
     })
 }
 
+/// The trust policy of a chained role: the previous role of the chain may `sts:AssumeRole`
+/// into it (with the external ID, when one is set) and `sts:TagSession` (the agent passes the
+/// pod's identity as session tags on every `AssumeRole` hop; without this statement STS denies
+/// the whole call). The two actions are separate statements, so the external ID condition
+/// applies to the `AssumeRole` request as AWS documents it.
+pub fn chained_trust_policy(
+    previous_role_arn: &str,
+    external_id: Option<&str>,
+) -> serde_json::Value {
+    let mut assume = json!({
+        "Sid": "RolebridgeChain",
+        "Effect": "Allow",
+        "Principal": { "AWS": previous_role_arn },
+        "Action": "sts:AssumeRole",
+    });
+    if let Some(id) = external_id {
+        assume["Condition"] = json!({ "StringEquals": { "sts:ExternalId": id } });
+    }
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            assume,
+            {
+                "Sid": "RolebridgeSessionTags",
+                "Effect": "Allow",
+                "Principal": { "AWS": previous_role_arn },
+                "Action": "sts:TagSession",
+            }
+        ]
+    })
+}
+
 /// The Google service account's unique ID as AWS sees it in `accounts.google.com:aud`.
 pub fn unique_id(claims: &Claims) -> Option<&str> {
     claims.azp.as_deref().or(claims.sub.as_deref())
@@ -58,15 +85,6 @@ pub fn unique_id(claims: &Claims) -> Option<&str> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AwsError {
-    #[error("cannot get an ID token from the metadata server: {0}")]
-    Token(#[from] FetchError),
-    #[error("STS AssumeRoleWithWebIdentity failed: {message}")]
-    Sts {
-        code: Option<String>,
-        message: String,
-    },
-    #[error("STS answered without credentials")]
-    NoCredentials,
     #[error("credential cache {path}: {source}")]
     Cache {
         path: PathBuf,
@@ -76,7 +94,7 @@ pub enum AwsError {
 }
 
 /// Temporary credentials in the `credential_process` output format (Version 1).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase")]
 pub struct ProcessCredentials {
     pub version: u8,
@@ -87,19 +105,35 @@ pub struct ProcessCredentials {
     pub expiration: String,
 }
 
+impl fmt::Debug for ProcessCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("session_token", &"<redacted>")
+            .field("expiration", &self.expiration)
+            .finish()
+    }
+}
+
+impl From<&Credentials> for ProcessCredentials {
+    fn from(c: &Credentials) -> Self {
+        ProcessCredentials {
+            version: 1,
+            access_key_id: c.access_key_id.clone(),
+            secret_access_key: c.secret_access_key.clone(),
+            session_token: c.session_token.clone(),
+            expiration: c.expiration.clone(),
+        }
+    }
+}
+
 impl ProcessCredentials {
     fn expires_at_ms(&self) -> Option<i64> {
         DateTime::from_str(&self.expiration, DateTimeFormat::DateTime)
             .ok()
             .and_then(|d| d.to_millis().ok())
     }
-}
-
-/// Result of a successful AssumeRoleWithWebIdentity.
-#[derive(Debug, Clone)]
-pub struct Assumed {
-    pub assumed_role_arn: Option<String>,
-    pub credentials: ProcessCredentials,
 }
 
 /// Fetch an ID token for `audience` from the metadata server.
@@ -111,95 +145,26 @@ pub async fn fetch(
     metadata::fetch_token(endpoint, audience, timeout, || now_ms().div_euclid(1000)).await
 }
 
-/// Where and how to reach STS, from the standard AWS environment variables.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StsSettings {
-    pub region: String,
-    pub endpoint_url: Option<String>,
-    pub max_attempts: Option<u32>,
-}
-
-/// `AWS_REGION` / `AWS_DEFAULT_REGION` (else us-east-1, STS's global region, as the SDKs'
-/// web identity providers do), `AWS_ENDPOINT_URL_STS` / `AWS_ENDPOINT_URL` (unless
-/// `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`), `AWS_MAX_ATTEMPTS`.
-pub fn sts_config_from_env(get: impl Fn(&str) -> Option<String>) -> StsSettings {
-    let get = |k: &str| {
-        get(k)
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-    };
-    let ignore_endpoints =
-        get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    StsSettings {
-        region: get("AWS_REGION")
-            .or_else(|| get("AWS_DEFAULT_REGION"))
-            .unwrap_or_else(|| "us-east-1".into()),
-        endpoint_url: if ignore_endpoints {
-            None
-        } else {
-            get("AWS_ENDPOINT_URL_STS").or_else(|| get("AWS_ENDPOINT_URL"))
-        },
-        max_attempts: get("AWS_MAX_ATTEMPTS")
-            .and_then(|v| v.parse().ok())
-            .filter(|n| *n > 0),
+/// What most likely went wrong on hop `hop` (1-based; hop 1 is the web identity hop), given
+/// STS's error code.
+pub fn explain_hop_error(hop: usize, code: Option<&str>) -> &'static str {
+    match (hop, code) {
+        (2.., Some("AccessDenied")) => {
+            "the role's trust policy does not let the previous role of the chain in: it must allow \
+             that role (as principal) sts:AssumeRole, with an sts:ExternalId condition equal to the \
+             hop's external ID if one is set, and sts:TagSession (rolebridge passes the pod's \
+             identity as session tags); the previous role's permissions policy must also allow \
+             sts:AssumeRole (and sts:TagSession) on this role"
+        }
+        (2.., Some("ValidationError")) => {
+            "the request is malformed: check the role ARN, the external ID (2-1224 of \
+             [\\w+=,.@:/-]), and DurationSeconds (a chained session lasts at most 3600 s)"
+        }
+        (2.., Some("RegionDisabledException")) => {
+            "STS is not activated in this region for the role's account; use another region"
+        }
+        _ => explain_sts_error(code),
     }
-}
-
-/// Call STS AssumeRoleWithWebIdentity as configured by the environment ([`sts_config_from_env`]).
-pub async fn assume_role(
-    role_arn: &str,
-    session_name: &str,
-    web_identity_token: &str,
-) -> Result<Assumed, AwsError> {
-    let settings = sts_config_from_env(|k| std::env::var(k).ok());
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https();
-    let mut retry = aws_sdk_sts::config::retry::RetryConfig::standard();
-    if let Some(n) = settings.max_attempts {
-        retry = retry.with_max_attempts(n);
-    }
-    let mut sts = aws_sdk_sts::Config::builder()
-        .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
-        .region(aws_sdk_sts::config::Region::new(settings.region))
-        .http_client(http)
-        .retry_config(retry);
-    if let Some(url) = settings.endpoint_url {
-        sts = sts.endpoint_url(url);
-    }
-    let client = aws_sdk_sts::Client::from_conf(sts.build());
-    let out = client
-        .assume_role_with_web_identity()
-        .role_arn(role_arn)
-        .role_session_name(session_name)
-        .web_identity_token(web_identity_token)
-        .send()
-        .await
-        .map_err(|e| {
-            let code = e.code().map(str::to_string);
-            let message = match (e.code(), e.message()) {
-                (Some(c), Some(m)) => format!("{c}: {m}"),
-                (Some(c), None) => c.to_string(),
-                _ => format!("{}", aws_sdk_sts::error::DisplayErrorContext(&e)),
-            };
-            AwsError::Sts { code, message }
-        })?;
-    let c = out.credentials().ok_or(AwsError::NoCredentials)?;
-    Ok(Assumed {
-        assumed_role_arn: out.assumed_role_user().map(|u| u.arn().to_string()),
-        credentials: ProcessCredentials {
-            version: 1,
-            access_key_id: c.access_key_id().to_string(),
-            secret_access_key: c.secret_access_key().to_string(),
-            session_token: c.session_token().to_string(),
-            expiration: c
-                .expiration()
-                .fmt(DateTimeFormat::DateTime)
-                .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into()),
-        },
-    })
 }
 
 /// What most likely went wrong, given STS's error code.
@@ -229,30 +194,6 @@ pub fn explain_sts_error(code: Option<&str>) -> &'static str {
              (AWS_ENDPOINT_URL_STS / AWS_ENDPOINT_URL if set) and AWS_REGION"
         }
     }
-}
-
-/// A role session name from the host name, as STS allows (`[\w+=,.@-]{2,64}`).
-pub fn default_session_name() -> String {
-    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    sanitize_session_name(&format!("rolebridge-{}", host.trim()))
-}
-
-pub fn sanitize_session_name(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(64)
-        .collect();
-    while out.len() < 2 {
-        out.push('-');
-    }
-    out
 }
 
 /// The cache directory: `$XDG_CACHE_HOME/rolebridge`, else `$HOME/.cache/rolebridge`.
@@ -388,54 +329,39 @@ mod tests {
     }
 
     #[test]
-    fn session_names_are_sanitized() {
-        assert_eq!(
-            sanitize_session_name("rolebridge-my host/1"),
-            "rolebridge-my-host-1"
-        );
-        assert_eq!(sanitize_session_name("x"), "x-");
-        assert_eq!(sanitize_session_name(&"a".repeat(100)).len(), 64);
-    }
-
-    #[test]
-    fn sts_settings_follow_the_sdk_environment_conventions() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
-                pairs
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| v.to_string())
-            }
-        };
-        let none = sts_config_from_env(env(&[]));
-        assert_eq!(none.region, "us-east-1");
-        assert_eq!(none.endpoint_url, None);
-        let s = sts_config_from_env(env(&[
-            ("AWS_DEFAULT_REGION", "eu-west-1"),
-            ("AWS_ENDPOINT_URL", "http://generic"),
-            ("AWS_ENDPOINT_URL_STS", "http://sts-specific"),
-            ("AWS_MAX_ATTEMPTS", "2"),
-        ]));
-        assert_eq!(s.region, "eu-west-1");
-        assert_eq!(s.endpoint_url.as_deref(), Some("http://sts-specific"));
-        assert_eq!(s.max_attempts, Some(2));
-        let s = sts_config_from_env(env(&[
-            ("AWS_REGION", "ap-south-1"),
-            ("AWS_DEFAULT_REGION", "x"),
-            ("AWS_ENDPOINT_URL", "http://g"),
-        ]));
-        assert_eq!(s.region, "ap-south-1");
-        assert_eq!(s.endpoint_url.as_deref(), Some("http://g"));
-        let s = sts_config_from_env(env(&[
-            ("AWS_ENDPOINT_URL", "http://g"),
-            ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true"),
-        ]));
-        assert_eq!(s.endpoint_url, None);
-    }
-
-    #[test]
     fn explanations_cover_trust_policy_failures() {
         assert!(explain_sts_error(Some("AccessDenied")).contains("trust policy"));
         assert!(explain_sts_error(None).contains("AWS_ENDPOINT_URL"));
+        assert!(explain_hop_error(2, Some("AccessDenied")).contains("sts:TagSession"));
+        assert!(explain_hop_error(1, Some("AccessDenied")).contains("accounts.google.com"));
+    }
+
+    #[test]
+    fn chained_trust_policy_trusts_the_previous_role_with_tags_and_external_id() {
+        let p = chained_trust_policy("arn:aws:iam::111111111111:role/ci-identity", Some("ext-1"));
+        let st = p["Statement"].as_array().unwrap();
+        assert_eq!(st.len(), 2);
+        assert_eq!(
+            st[0]["Principal"]["AWS"],
+            "arn:aws:iam::111111111111:role/ci-identity"
+        );
+        assert_eq!(st[0]["Action"], "sts:AssumeRole");
+        assert_eq!(
+            st[0]["Condition"]["StringEquals"]["sts:ExternalId"],
+            "ext-1"
+        );
+        assert_eq!(st[1]["Action"], "sts:TagSession");
+        assert_eq!(st[1]["Principal"], st[0]["Principal"]);
+        let no_ext = chained_trust_policy("arn:aws:iam::1:role/a", None);
+        assert!(no_ext["Statement"][0].get("Condition").is_none());
+    }
+
+    #[test]
+    fn process_credentials_debug_is_redacted() {
+        let shown = format!("{:?}", creds("2030-01-01T00:00:00Z"));
+        assert!(
+            !shown.contains("\"s\"") && !shown.contains("\"t\""),
+            "{shown}"
+        );
     }
 }

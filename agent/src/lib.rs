@@ -1,29 +1,52 @@
 //! rolebridge-agent: keeps Google ID tokens fresh on disk so that unmodified AWS SDKs can call
-//! `AssumeRoleWithWebIdentity` with them.
+//! `AssumeRoleWithWebIdentity` with them, and, for bindings with a role chain or a session
+//! duration, obtains the credentials itself and serves them to the pod's containers with the
+//! AWS container credentials protocol.
 //!
 //! The mutating webhook injects this binary into every bound pod, so its cost is multiplied by
-//! the number of pods, and a bad token on disk breaks an application in a way that is hard to
-//! trace back. The design follows from those two facts:
+//! the number of pods, and a bad token or credential breaks an application in a way that is
+//! hard to trace back. The design follows from those two facts:
 //!
-//! - **Pure core, thin shell.** [`schedule`] decides when to refresh and how long to back off as
-//!   pure functions of (token times, now, jitter); [`jwt`] decides whether a token is acceptable;
-//!   [`spec`] parses the `PATH=AUDIENCE` mapping. They hold all the decisions and are unit-tested
-//!   without clocks or sockets. [`agent`], [`metadata`] and [`writer`] only do I/O.
+//! - **Pure core, thin shell.** [`schedule`] decides when to refresh and how long to back off
+//!   as pure functions of (times, now, jitter); [`creds::Slot`] is the credentials endpoint's
+//!   whole state machine for one binding (what to answer now, when to refresh, when to retry);
+//!   [`endpoint`]'s routing, authorization and replies are pure functions; [`jwt`] decides
+//!   whether a token is acceptable; [`spec`] and [`cli`] parse what the webhook renders
+//!   ([`rolebridge_contract::AgentArgs`]). All unit-tested without clocks or sockets.
+//!   [`agent`], [`sidecar`], [`metadata`], [`sts`] and [`writer`] do the I/O; `main` only wires.
 //! - **The file only ever holds a valid token.** A token is written only after its claims decode,
 //!   its `aud` is the audience requested and its `exp` is in the future; it is replaced by
 //!   `rename(2)` of a fully written, fsynced temporary file in the same directory; it is kept
 //!   through metadata-server outages until it expires, and removed then.
-//! - **Small and quiet.** One current-thread tokio runtime, one plain HTTP/1.1 request over a
-//!   fresh TCP connection per refresh (no TLS, no DNS, no pool), sleeping in between. The AWS
-//!   SDK is linked in for `verify` and `credential-process` ([`aws`]) but never runs in the
-//!   sidecar path, so it costs disk, not memory.
-//! - **Nothing secret in logs.** Errors and log fields name files, audiences and expiry times,
-//!   never token or credential contents.
+//! - **Credentials only ever in memory, never stale.** One refresh loop per binding is the only
+//!   STS caller (one round trip per refresh however many clients ask); it refreshes at half the
+//!   lifetime with jitter, backs off on failure, keeps still-valid credentials through STS or
+//!   metadata outages, and the endpoint never hands out credentials with less than a safety
+//!   margin left ([`schedule::Lifetime`]). Failures reach the app as the SDK's error, naming
+//!   the hop, the role and STS's message ([`sts::ChainError`]).
+//! - **Hostile clients.** The endpoint listens on loopback only, wants a per-pod random token
+//!   ([`authtoken`], constant-time comparison), bounds connections, head size and read time,
+//!   closes idle connections and allocates nothing on a client's say-so.
+//! - **Small and quiet.** One current-thread tokio runtime; a token refresh is one plain
+//!   HTTP/1.1 request over a fresh TCP connection (no TLS, no DNS, no pool). The AWS SDK runs
+//!   only for `verify`, `credential-process` and bindings with the credentials delivery, with
+//!   one shared HTTPS client.
+//! - **Nothing secret in logs.** Errors, log fields and `Debug` name files, audiences, roles and
+//!   expiry times, never token or credential contents.
 
 pub mod agent;
+pub mod authtoken;
 pub mod aws;
+pub mod cli;
+pub mod creds;
+pub mod doctor;
+pub mod endpoint;
+pub mod identity;
 pub mod jwt;
 pub mod metadata;
+pub mod process;
 pub mod schedule;
+pub mod sidecar;
 pub mod spec;
+pub mod sts;
 pub mod writer;

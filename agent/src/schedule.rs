@@ -1,4 +1,5 @@
-//! When to refresh a token and how long to wait after a failure.
+//! When to refresh a token or a set of credentials, how long to wait after a failure, and
+//! whether credentials may still be handed out.
 //!
 //! Pure functions of their inputs (times in Unix milliseconds, jitter as a number in `[0, 1)`)
 //! so that every edge case is a unit test instead of a sleep. The I/O shell supplies the clock
@@ -21,6 +22,10 @@ pub struct Policy {
     pub backoff_base: Duration,
     /// Longest retry delay: short enough to recover quickly once the metadata server is back.
     pub backoff_cap: Duration,
+    /// Credentials are never handed out with less than this left (capped at a tenth of their
+    /// lifetime, so that short test lifetimes still work): the app must be able to use them
+    /// for a request or two, across some clock skew, before they lapse.
+    pub safety_margin: Duration,
 }
 
 impl Default for Policy {
@@ -31,6 +36,7 @@ impl Default for Policy {
             min_delay: Duration::from_secs(1),
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(30),
+            safety_margin: Duration::from_secs(60),
         }
     }
 }
@@ -54,6 +60,18 @@ pub fn next_refresh(
         Some(iat) if iat < exp => iat.saturating_mul(1000),
         _ => now_ms.min(exp_ms),
     };
+    refresh_delay_ms(policy, start_ms, exp_ms, now_ms, jitter)
+}
+
+/// [`next_refresh`] in milliseconds, for a lifetime from `start_ms` to `exp_ms`.
+fn refresh_delay_ms(
+    policy: &Policy,
+    start_ms: i64,
+    exp_ms: i64,
+    now_ms: i64,
+    jitter: f64,
+) -> Duration {
+    let start_ms = start_ms.min(exp_ms);
     let lifetime_ms = (exp_ms - start_ms) as f64;
     let jitter = jitter.clamp(0.0, 1.0);
     let fraction =
@@ -118,6 +136,60 @@ pub fn retry_delay(
             }
         }
         None => delay,
+    }
+}
+
+/// The lifetime of one set of credentials as the schedule sees it: from when the agent got
+/// them (its own clock, not STS's) to their `Expiration`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime {
+    pub obtained_ms: i64,
+    pub expires_ms: i64,
+}
+
+impl Lifetime {
+    /// How much must be left for the credentials to be handed out: the policy's margin, at
+    /// most a tenth of the lifetime.
+    pub fn margin_ms(&self, policy: &Policy) -> i64 {
+        let lifetime = (self.expires_ms - self.obtained_ms).max(0);
+        (policy.safety_margin.as_millis() as i64).min(lifetime / 10)
+    }
+
+    /// The moment from which the credentials are no longer handed out.
+    pub fn unservable_at_ms(&self, policy: &Policy) -> i64 {
+        self.expires_ms - self.margin_ms(policy)
+    }
+
+    /// True while the credentials may be handed out at `now_ms`.
+    pub fn servable(&self, policy: &Policy, now_ms: i64) -> bool {
+        now_ms < self.unservable_at_ms(policy)
+    }
+}
+
+/// Delay until credentials with lifetime `l` are replaced: at `refresh_fraction ± jitter` of
+/// their lifetime (so always well before they stop being servable, which is at 90 % at the
+/// earliest), never sooner than `min_delay`.
+pub fn credentials_refresh(policy: &Policy, l: Lifetime, now_ms: i64, jitter: f64) -> Duration {
+    refresh_delay_ms(policy, l.obtained_ms, l.expires_ms, now_ms, jitter)
+}
+
+/// Delay before retrying after failed attempt number `attempt`: the backoff, but when
+/// servable credentials are held, no later than the moment they stop being servable (one more
+/// try before the app is left without credentials), and never below `min_delay`.
+pub fn credentials_retry(
+    policy: &Policy,
+    attempt: u32,
+    jitter: f64,
+    held: Option<Lifetime>,
+    now_ms: i64,
+) -> Duration {
+    let delay = backoff(policy, attempt, jitter);
+    match held {
+        Some(l) if l.servable(policy, now_ms) => {
+            let left = Duration::from_millis((l.unservable_at_ms(policy) - now_ms) as u64);
+            delay.min(left).max(policy.min_delay.min(left))
+        }
+        _ => delay,
     }
 }
 
@@ -309,7 +381,124 @@ mod tests {
         assert!(!about_to_expire(None, T0 + 400, now, five_min));
     }
 
+    fn life(obtained_s: i64, lifetime_s: i64) -> Lifetime {
+        Lifetime {
+            obtained_ms: obtained_s * 1000,
+            expires_ms: (obtained_s + lifetime_s) * 1000,
+        }
+    }
+
+    #[test]
+    fn credentials_margin_is_a_minute_capped_at_a_tenth_of_the_lifetime() {
+        let policy = p();
+        assert_eq!(life(T0, 900).margin_ms(&policy), 60_000);
+        assert_eq!(life(T0, 3600).margin_ms(&policy), 60_000);
+        assert_eq!(life(T0, 30).margin_ms(&policy), 3_000);
+        // Nonsense (expiry before we got them): nothing is servable.
+        let backwards = Lifetime {
+            obtained_ms: T0 * 1000,
+            expires_ms: T0 * 1000 - 1,
+        };
+        assert_eq!(backwards.margin_ms(&policy), 0);
+        assert!(!backwards.servable(&policy, T0 * 1000));
+    }
+
+    #[test]
+    fn credentials_are_served_until_the_margin_and_never_after() {
+        let policy = p();
+        let l = life(T0, 900);
+        assert!(l.servable(&policy, T0 * 1000));
+        assert!(l.servable(&policy, (T0 + 839) * 1000));
+        assert!(!l.servable(&policy, (T0 + 840) * 1000));
+        assert!(!l.servable(&policy, (T0 + 900) * 1000));
+        assert!(!l.servable(&policy, (T0 + 5000) * 1000));
+    }
+
+    #[test]
+    fn credentials_refresh_at_half_life_with_jitter() {
+        let policy = p();
+        let l = life(T0, 900);
+        assert_eq!(
+            credentials_refresh(&policy, l, T0 * 1000, 0.5),
+            Duration::from_secs(450)
+        );
+        assert_eq!(
+            credentials_refresh(&policy, l, T0 * 1000, 0.0),
+            Duration::from_secs(360)
+        );
+        assert_eq!(
+            credentials_refresh(&policy, l, T0 * 1000, 1.0),
+            Duration::from_secs(540)
+        );
+        // Already past the refresh point (e.g. the process was suspended): soon, not never.
+        assert_eq!(
+            credentials_refresh(&policy, l, (T0 + 600) * 1000, 0.5),
+            policy.min_delay
+        );
+    }
+
+    #[test]
+    fn credentials_retry_backs_off_but_tries_again_before_they_become_unservable() {
+        let policy = p();
+        let l = life(T0, 900); // unservable from T0 + 840
+        // Plenty left: plain backoff.
+        assert_eq!(
+            credentials_retry(&policy, 10, 1.0, Some(l), (T0 + 500) * 1000),
+            Duration::from_secs(30)
+        );
+        // 5 s before the margin: retry then, not after.
+        assert_eq!(
+            credentials_retry(&policy, 10, 1.0, Some(l), (T0 + 835) * 1000),
+            Duration::from_secs(5)
+        );
+        // Already unservable, or nothing held: plain backoff.
+        assert_eq!(
+            credentials_retry(&policy, 3, 1.0, Some(l), (T0 + 850) * 1000),
+            Duration::from_secs(4)
+        );
+        assert_eq!(
+            credentials_retry(&policy, 1, 0.0, None, T0 * 1000),
+            Duration::from_millis(500)
+        );
+        // 200 ms before the margin: retry in 200 ms (the floor never pushes past the margin).
+        assert_eq!(
+            credentials_retry(&policy, 10, 1.0, Some(l), (T0 + 840) * 1000 - 200),
+            Duration::from_millis(200)
+        );
+    }
+
     proptest! {
+        #[test]
+        fn credentials_refresh_lands_while_servable(
+            obtained in 1_000_000_000i64..2_000_000_000,
+            lifetime in 20i64..43_200,
+            jitter in 0.0f64..1.0,
+        ) {
+            let policy = p();
+            let l = life(obtained, lifetime);
+            let now = obtained * 1000;
+            let at = now + credentials_refresh(&policy, l, now, jitter).as_millis() as i64;
+            prop_assert!(l.servable(&policy, at));
+            prop_assert!(at > now);
+        }
+
+        #[test]
+        fn credentials_retry_never_sleeps_past_the_margin(
+            lifetime in 20i64..43_200,
+            elapsed_pct in 0u32..100,
+            attempt in 1u32..50,
+            jitter in 0.0f64..1.0,
+        ) {
+            let policy = p();
+            let l = life(T0, lifetime);
+            let now = T0 * 1000 + lifetime * 10 * elapsed_pct as i64;
+            let d = credentials_retry(&policy, attempt, jitter, Some(l), now);
+            prop_assert!(d <= policy.backoff_cap);
+            if l.servable(&policy, now) {
+                prop_assert!(now + d.as_millis() as i64 <= l.unservable_at_ms(&policy));
+            }
+        }
+
         #[test]
         fn refresh_is_before_expiry_and_after_floor(
             iat in 1_000_000_000i64..2_000_000_000,

@@ -117,7 +117,10 @@ fn agent_verify_assumes_the_role_through_sts() {
     ]);
     let out = expect_success("rolebridge-agent verify", &run_with_timeout(cmd, TIMEOUT));
     assert!(
-        out.contains(&format!("OK: assumed {}", assumed_role_arn("rb-verify"))),
+        out.contains(&format!(
+            "OK: hop 1: assumed {}",
+            assumed_role_arn("rb-verify")
+        )),
         "{out}"
     );
     assert!(out.contains("azp:   112233445566778899001"), "{out}");

@@ -1,0 +1,551 @@
+//! The command line. It lives in the library (not in `main`) so that tests can parse exactly
+//! what the webhook renders ([`rolebridge_contract::AgentArgs`]) through the real parser.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing_subscriber::filter::LevelFilter;
+
+use rolebridge_contract::{AUTH_TOKEN_PATH, CredentialsSpec, DEFAULT_CREDENTIALS_PORT, env};
+
+use crate::agent::Config;
+use crate::aws::DEFAULT_AUDIENCE;
+use crate::endpoint::Limits;
+use crate::identity::PodIdentity;
+use crate::metadata::Endpoint;
+use crate::schedule::Policy;
+use crate::spec::{self, SpecError, TokenSpec};
+use crate::sts::Hop;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rolebridge-agent",
+    version,
+    about = "Keeps Google ID tokens fresh for AWS web identity federation, and serves AWS \
+             credentials obtained through a role chain"
+)]
+pub struct Cli {
+    /// Log level: off, error, warn, info, debug, trace.
+    #[arg(
+        long,
+        env = "ROLEBRIDGE_LOG_LEVEL",
+        default_value = "info",
+        global = true
+    )]
+    pub log_level: LevelFilter,
+    /// Log format.
+    #[arg(long, env = "ROLEBRIDGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Token file and audience, split at the first '='. Repeat once per audience. Without any
+    /// flag, ROLEBRIDGE_TOKENS is read as a comma-separated list of the same.
+    #[arg(long = "token", value_name = "PATH=AUDIENCE")]
+    pub tokens: Vec<TokenSpec>,
+}
+
+impl TokenArgs {
+    /// The token mapping; may be empty only when `allow_empty` (credentials are served).
+    pub fn resolve(self, allow_empty: bool) -> Result<Vec<TokenSpec>, SpecError> {
+        let env = std::env::var("ROLEBRIDGE_TOKENS").ok();
+        match spec::resolve(self.tokens, env.as_deref()) {
+            Err(SpecError::Empty) if allow_empty => Ok(Vec::new()),
+            other => other,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct MetadataArgs {
+    /// Metadata server as host[:port], no scheme (the variable Google's client libraries use).
+    /// Default: 169.254.169.254:80 with Host: metadata.google.internal.
+    #[arg(long, env = "GCE_METADATA_HOST", value_name = "HOST[:PORT]")]
+    pub metadata_host: Option<String>,
+    /// Timeout of one request to the metadata server (e.g. 500ms, 10s).
+    #[arg(long, env = "ROLEBRIDGE_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+}
+
+impl MetadataArgs {
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::new(self.metadata_host.as_deref())
+    }
+
+    pub fn config(&self, policy: Policy) -> Arc<Config> {
+        Arc::new(Config {
+            endpoint: self.endpoint(),
+            request_timeout: self.request_timeout,
+            policy,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct AudienceArg {
+    /// Audience of the ID token (what AWS matches as accounts.google.com:oaud).
+    #[arg(long, env = "ROLEBRIDGE_AUDIENCE", default_value = DEFAULT_AUDIENCE)]
+    pub audience: String,
+}
+
+/// The pod's identity, from the downward API variables the webhook sets.
+#[derive(Debug, Args, Default)]
+pub struct PodArgs {
+    /// The pod's name: the role session name and the kubernetes-pod-name session tag.
+    #[arg(long, env = env::POD_NAME)]
+    pub pod_name: Option<String>,
+    /// The kubernetes-namespace session tag.
+    #[arg(long, env = env::POD_NAMESPACE)]
+    pub pod_namespace: Option<String>,
+    /// The kubernetes-pod-uid session tag.
+    #[arg(long, env = env::POD_UID)]
+    pub pod_uid: Option<String>,
+    /// The kubernetes-service-account session tag.
+    #[arg(long, env = env::SERVICE_ACCOUNT)]
+    pub service_account: Option<String>,
+    /// The gke-cluster-name session tag; asked from the metadata server when unset.
+    #[arg(long, env = env::CLUSTER_NAME)]
+    pub cluster_name: Option<String>,
+}
+
+impl PodArgs {
+    pub fn identity(&self) -> PodIdentity {
+        PodIdentity {
+            name: self.pod_name.clone(),
+            namespace: self.pod_namespace.clone(),
+            uid: self.pod_uid.clone(),
+            service_account: self.service_account.clone(),
+        }
+    }
+}
+
+/// A role chain given as flags (`credential-process`, `verify`).
+#[derive(Debug, Args)]
+pub struct ChainArgs {
+    /// After the web identity hop, sts:AssumeRole into this role. Repeat for more hops, in
+    /// order; the last one is the role whose credentials you get.
+    #[arg(
+        long = "chain-role-arn",
+        env = "ROLEBRIDGE_CHAIN_ROLE_ARN",
+        value_name = "ARN",
+        value_delimiter = ','
+    )]
+    pub chain_role_arns: Vec<String>,
+    /// External ID for the last --chain-role-arn hop.
+    #[arg(
+        long,
+        env = "ROLEBRIDGE_CHAIN_EXTERNAL_ID",
+        value_name = "ID",
+        requires = "chain_role_arns"
+    )]
+    pub chain_external_id: Option<String>,
+    /// Lifetime of the final credentials, in seconds (900-43200; at most 3600 with a chain).
+    #[arg(long, env = "ROLEBRIDGE_DURATION_SECONDS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub duration_seconds: Option<u32>,
+}
+
+impl ChainArgs {
+    pub fn hops(&self) -> Vec<Hop> {
+        let n = self.chain_role_arns.len();
+        self.chain_role_arns
+            .iter()
+            .enumerate()
+            .map(|(i, arn)| Hop {
+                role_arn: arn.clone(),
+                external_id: if i + 1 == n {
+                    self.chain_external_id.clone()
+                } else {
+                    None
+                },
+            })
+            .collect()
+    }
+}
+
+/// Limits of the credentials endpoint's listener.
+#[derive(Debug, Args)]
+pub struct ListenerArgs {
+    /// Most connections to the credentials endpoint at once; further ones wait.
+    #[arg(long, env = "ROLEBRIDGE_MAX_CONNECTIONS", default_value_t = 32)]
+    pub max_connections: usize,
+    /// A request head must arrive within this.
+    #[arg(long, env = "ROLEBRIDGE_HEADER_READ_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Close a keep-alive connection idle for this long.
+    #[arg(long, env = "ROLEBRIDGE_IDLE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// How long a request may wait for the first credentials being fetched (keep well under
+    /// the SDKs' 1 s timeout).
+    #[arg(long, env = "ROLEBRIDGE_PENDING_WAIT", default_value = "500ms", value_parser = parse_duration)]
+    pub pending_wait: Duration,
+}
+
+impl ListenerArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections.max(1),
+            header_read_timeout: self.header_read_timeout.max(Duration::from_millis(100)),
+            idle_timeout: self.idle_timeout.max(Duration::from_millis(100)),
+            pending_wait: self.pending_wait,
+        }
+    }
+}
+
+/// The credentials delivery (`run`, and accepted by `init` so that it parses what the webhook
+/// renders for both).
+#[derive(Debug, Args)]
+pub struct CredentialsArgs {
+    /// A binding whose credentials are served (JSON, as the webhook renders it). Repeatable.
+    #[arg(
+        long = "credentials",
+        env = "ROLEBRIDGE_CREDENTIALS",
+        value_name = "JSON"
+    )]
+    pub credentials: Vec<CredentialsSpec>,
+    /// Port of the credentials endpoint on 127.0.0.1.
+    #[arg(long, env = "ROLEBRIDGE_CREDENTIALS_PORT", default_value_t = DEFAULT_CREDENTIALS_PORT)]
+    pub credentials_port: u16,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sidecar: write every token, then keep each fresh; serve the credentials of every
+    /// --credentials binding on 127.0.0.1; until SIGTERM.
+    Run {
+        #[command(flatten)]
+        tokens: TokenArgs,
+        #[command(flatten)]
+        credentials: CredentialsArgs,
+        /// The endpoint's authorization token is written here (and reused if well formed).
+        #[arg(long, env = "ROLEBRIDGE_AUTH_TOKEN_FILE", default_value = AUTH_TOKEN_PATH)]
+        auth_token_file: PathBuf,
+        #[command(flatten)]
+        pod: PodArgs,
+        #[command(flatten)]
+        listener: ListenerArgs,
+        #[command(flatten)]
+        metadata: MetadataArgs,
+        /// Refresh after this fraction of a token's or credentials' lifetime (±0.1 jitter).
+        #[arg(long, env = "ROLEBRIDGE_REFRESH_FRACTION", default_value_t = 0.5, value_parser = parse_fraction)]
+        refresh_fraction: f64,
+        /// Longest wait between retries while the metadata server or STS fails.
+        #[arg(long, env = "ROLEBRIDGE_MAX_RETRY_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+        max_retry_interval: Duration,
+        /// Never hand out credentials with less than this left (capped at a tenth of their
+        /// lifetime).
+        #[arg(long, env = "ROLEBRIDGE_CREDENTIALS_MARGIN", default_value = "60s", value_parser = parse_duration)]
+        credentials_margin: Duration,
+    },
+    /// One-shot: write every token, retrying until the deadline, then exit. (--credentials
+    /// are accepted and left to the sidecar, which serves them.)
+    Init {
+        #[command(flatten)]
+        tokens: TokenArgs,
+        #[command(flatten)]
+        credentials: CredentialsArgs,
+        #[command(flatten)]
+        metadata: MetadataArgs,
+        /// Give up (exit 1) when the tokens are not written by then.
+        #[arg(long, env = "ROLEBRIDGE_INIT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Probe: exit 0 when every token file holds a valid token that is not about to expire,
+    /// and (with --credentials-port) the credentials endpoint holds every binding's credentials.
+    Check {
+        #[command(flatten)]
+        tokens: TokenArgs,
+        /// Also ask http://127.0.0.1:PORT/healthz.
+        #[arg(long, env = "ROLEBRIDGE_CHECK_CREDENTIALS_PORT", value_name = "PORT")]
+        credentials_port: Option<u16>,
+        /// "About to expire": less than this left (capped at a tenth of the token's lifetime).
+        #[arg(long, env = "ROLEBRIDGE_MIN_REMAINING", default_value = "5m", value_parser = parse_duration)]
+        min_remaining: Duration,
+        /// Timeout of the health request.
+        #[arg(long, env = "ROLEBRIDGE_HEALTH_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+        health_timeout: Duration,
+    },
+    /// Doctor: fetch a token, show its claims, and walk the role chain hop by hop.
+    Verify {
+        /// Role to assume with the ID token (hop 1). Defaults to AWS_ROLE_ARN when that is set.
+        #[arg(long, env = "ROLEBRIDGE_ROLE_ARN")]
+        role_arn: Option<String>,
+        #[command(flatten)]
+        chain: ChainArgs,
+        #[command(flatten)]
+        audience: AudienceArg,
+        /// Role session name (default: the pod name, else rolebridge-<hostname>).
+        #[arg(long, env = "ROLEBRIDGE_SESSION_NAME")]
+        session_name: Option<String>,
+        /// Do not send the pod's identity as session tags on the AssumeRole hops.
+        #[arg(long, env = "ROLEBRIDGE_NO_SESSION_TAGS")]
+        no_session_tags: bool,
+        #[command(flatten)]
+        pod: PodArgs,
+        #[command(flatten)]
+        metadata: MetadataArgs,
+    },
+    /// Print the IAM trust policy a role needs: for the web identity role (trusting this Google
+    /// service account), or with --previous-role-arn for a chained role.
+    TrustPolicy {
+        #[command(flatten)]
+        audience: AudienceArg,
+        /// The Google service account's unique ID (numeric). Without it, it is read from a
+        /// token fetched from the metadata server.
+        #[arg(long, env = "ROLEBRIDGE_GSA_UNIQUE_ID")]
+        gsa_unique_id: Option<String>,
+        /// Print the policy of a chained role instead: trusting this role (the previous hop)
+        /// with sts:AssumeRole and sts:TagSession.
+        #[arg(long, env = "ROLEBRIDGE_PREVIOUS_ROLE_ARN", value_name = "ARN")]
+        previous_role_arn: Option<String>,
+        /// With --previous-role-arn: require this external ID.
+        #[arg(long, env = "ROLEBRIDGE_EXTERNAL_ID", requires = "previous_role_arn")]
+        external_id: Option<String>,
+        #[command(flatten)]
+        metadata: MetadataArgs,
+    },
+    /// AWS credential_process helper: print Version 1 credentials JSON (through the role
+    /// chain, if any), cached until shortly before they expire.
+    CredentialProcess {
+        #[arg(long, env = "ROLEBRIDGE_ROLE_ARN")]
+        role_arn: String,
+        #[command(flatten)]
+        chain: ChainArgs,
+        #[command(flatten)]
+        audience: AudienceArg,
+        /// Role session name (default rolebridge-<hostname>).
+        #[arg(long, env = "ROLEBRIDGE_SESSION_NAME")]
+        session_name: Option<String>,
+        /// Cache directory (default $XDG_CACHE_HOME/rolebridge or ~/.cache/rolebridge).
+        #[arg(long, env = "ROLEBRIDGE_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
+        /// Do not read or write the credential cache.
+        #[arg(long, env = "ROLEBRIDGE_NO_CACHE")]
+        no_cache: bool,
+        /// Fetch new credentials when the cached ones expire within this.
+        #[arg(long, env = "ROLEBRIDGE_REFRESH_BEFORE", default_value = "5m", value_parser = parse_duration)]
+        refresh_before: Duration,
+        #[command(flatten)]
+        metadata: MetadataArgs,
+    },
+}
+
+/// `250ms`, `10s`, `5m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("invalid duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.1..=0.9).contains(&f) => Ok(f),
+        _ => Err(format!("{s:?} is not a fraction between 0.1 and 0.9")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use rolebridge_contract::{AgentArgs, subcommand};
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    fn contract_examples() -> Vec<AgentArgs> {
+        let docs: CredentialsSpec = serde_json::from_value(serde_json::json!({
+            "name": "docs",
+            "audience": "sts.amazonaws.com",
+            "roleArn": "arn:aws:iam::111111111111:role/ci-identity",
+            "chain": [
+                {"roleArn": "arn:aws:iam::222222222222:role/hop", "externalId": "a,b=c@d:/e"},
+                {"roleArn": "arn:aws:iam::333333333333:role/docs-writer"}
+            ],
+            "durationSeconds": 900,
+            "sessionTags": true,
+            "region": "eu-west-1"
+        }))
+        .unwrap();
+        let minimal: CredentialsSpec = serde_json::from_value(serde_json::json!({
+            "name": "short.lived-1",
+            "audience": "https://example.com/aws?x=1",
+            "roleArn": "arn:aws:iam::111111111111:role/short",
+            "durationSeconds": 43200
+        }))
+        .unwrap();
+        let tokens = vec![
+            TokenSpec::for_audience("sts.amazonaws.com"),
+            TokenSpec::for_audience("https://example.com/aws?x=1"),
+        ];
+        vec![
+            AgentArgs {
+                tokens: tokens.clone(),
+                ..AgentArgs::default()
+            },
+            AgentArgs {
+                tokens: tokens.clone(),
+                credentials: vec![docs.clone(), minimal.clone()],
+                credentials_port: 24118,
+            },
+            AgentArgs {
+                tokens: vec![],
+                credentials: vec![docs],
+                credentials_port: 1,
+            },
+        ]
+    }
+
+    fn parse(args: Vec<String>) -> Command {
+        let argv = std::iter::once("rolebridge-agent".to_string()).chain(args);
+        Cli::try_parse_from(argv)
+            .unwrap_or_else(|e| panic!("the webhook's rendering does not parse: {e}"))
+            .command
+    }
+
+    /// What the webhook renders (through the one shared type) is exactly what the agent
+    /// parses: the same token specs, credentials specs and port, for `run`, `init` and the
+    /// probe.
+    #[test]
+    fn webhook_rendering_round_trips_through_the_real_parser() {
+        for want in contract_examples() {
+            match parse(want.args(subcommand::RUN)) {
+                Command::Run {
+                    tokens,
+                    credentials,
+                    ..
+                } => {
+                    assert_eq!(tokens.tokens, want.tokens);
+                    assert_eq!(credentials.credentials, want.credentials);
+                    if !want.credentials.is_empty() {
+                        assert_eq!(credentials.credentials_port, want.credentials_port);
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+            match parse(want.args(subcommand::INIT)) {
+                Command::Init {
+                    tokens,
+                    credentials,
+                    ..
+                } => {
+                    assert_eq!(tokens.tokens, want.tokens);
+                    assert_eq!(credentials.credentials, want.credentials);
+                }
+                other => panic!("{other:?}"),
+            }
+            let probe = want.check_command();
+            assert_eq!(probe[0], rolebridge_contract::AGENT_BINARY);
+            match parse(probe[1..].to_vec()) {
+                Command::Check {
+                    tokens,
+                    credentials_port,
+                    ..
+                } => {
+                    assert_eq!(tokens.tokens, want.tokens);
+                    let expected = (!want.credentials.is_empty()).then_some(want.credentials_port);
+                    assert_eq!(credentials_port, expected);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_arguments_are_rejected_by_the_parser() {
+        let bad = |args: &[&str]| {
+            let argv = std::iter::once("rolebridge-agent").chain(args.iter().copied());
+            Cli::try_parse_from(argv).is_err()
+        };
+        assert!(bad(&["run", "--token", "relative=a"]));
+        assert!(bad(&["run", "--refresh-fraction", "1.5"]));
+        assert!(bad(&["run", "--credentials", "{\"name\":\"x\"}"]));
+        assert!(bad(&["run", "--credentials", "not json"]));
+        assert!(bad(&[
+            "credential-process",
+            "--role-arn",
+            "a",
+            "--chain-external-id",
+            "x"
+        ]));
+        assert!(bad(&[
+            "credential-process",
+            "--role-arn",
+            "a",
+            "--duration-seconds",
+            "0"
+        ]));
+        assert!(bad(&["trust-policy", "--external-id", "x"]));
+        assert!(!bad(&["check", "--credentials-port", "24118"]));
+    }
+
+    #[test]
+    fn chain_flags_put_the_external_id_on_the_last_hop() {
+        let argv = [
+            "rolebridge-agent",
+            "credential-process",
+            "--role-arn",
+            "arn:aws:iam::1:role/id",
+            "--chain-role-arn",
+            "arn:aws:iam::2:role/a",
+            "--chain-role-arn",
+            "arn:aws:iam::3:role/b",
+            "--chain-external-id",
+            "ext",
+            "--duration-seconds",
+            "900",
+        ];
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::CredentialProcess { chain, .. } => {
+                let hops = chain.hops();
+                assert_eq!(hops.len(), 2);
+                assert_eq!(hops[0].external_id, None);
+                assert_eq!(hops[1].external_id.as_deref(), Some("ext"));
+                assert_eq!(chain.duration_seconds, Some(900));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
