@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs the real peers the SDK tests (e2e/tests/sdk_*.rs) run against:
-#   moto's server (STS + S3), boto3 and the AWS CLI (v1, from PyPI).
-# Idempotent: does nothing when they are already importable. Uses apt (for Python itself, if
-# missing) and pip only. The tests find the interpreter as $ROLEBRIDGE_PYTHON or python3.
+#   moto's server (STS + S3), boto3 and the AWS CLI (v1, from PyPI);
+#   the AWS SDK for JavaScript v3 (@aws-sdk/client-s3, @aws-sdk/client-sts, pinned in
+#   e2e/sdk/js/package.json and package-lock.json) into e2e/sdk/js/node_modules, from npm.
+# Idempotent: does nothing when they are already installed. Uses apt (for Python or Node.js
+# themselves, if missing), pip and npm only. The tests find the interpreter as
+# $ROLEBRIDGE_PYTHON or python3, and node on PATH.
 set -euo pipefail
 
 PY="${ROLEBRIDGE_PYTHON:-python3}"
@@ -24,6 +27,30 @@ if ! command -v "$PY" >/dev/null 2>&1; then
   apt-get update -qq
   apt-get install -y -qq python3 python3-pip python3-venv >/dev/null
 fi
+
+install_js() {
+  local js dir_stamp want
+  js="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/js"
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "install-peers: node/npm not found; installing Node.js from apt"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  dir_stamp="$js/node_modules/.rolebridge-lock.sha256"
+  want="$(sha256sum "$js/package-lock.json" | cut -d' ' -f1)"
+  if [ -f "$dir_stamp" ] && [ "$(cat "$dir_stamp")" = "$want" ] \
+     && [ -f "$js/node_modules/@aws-sdk/client-s3/package.json" ] \
+     && [ -f "$js/node_modules/@aws-sdk/client-sts/package.json" ]; then
+    echo "install-peers: the JS SDK v3 is already installed in $js"
+    return 0
+  fi
+  echo "install-peers: npm ci (JS SDK v3) in $js"
+  (cd "$js" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$want" > "$dir_stamp"
+}
+
+install_js
 
 if have_peers; then
   echo "install-peers: moto, boto3 and the AWS CLI are already installed for $("$PY" -c 'import sys; print(sys.executable)')"

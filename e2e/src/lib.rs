@@ -4,7 +4,12 @@
 //!   binary, which the local demo starts as a process).
 //! - [`support`]: helpers the tests in `tests/` share: locating the agent binary, running it,
 //!   watching a token file for invariant violations, and finding/starting the real peers
-//!   (moto, boto3, the AWS CLI) for the SDK tests.
+//!   (moto, boto3, the AWS CLI, node with the JS SDK v3) for the SDK tests.
+//! - [`endpoint_rig`]: the credentials-endpoint delivery as a pod gets it: the agent with a
+//!   role chain, and the app environment, both rendered from the webhook↔agent contract.
+//! - [`sts_stub`]: an STS that denies chosen roles (moto grants everything).
 
+pub mod endpoint_rig;
 pub mod metadata_emulator;
+pub mod sts_stub;
 pub mod support;

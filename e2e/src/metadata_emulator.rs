@@ -109,6 +109,8 @@ pub struct Config {
     /// a caching metadata server does (and as the benchmark uses to keep signing out of the
     /// measured path).
     pub cache_tokens: bool,
+    /// `instance/attributes/cluster-name`, as on a GKE node; None answers 404 (not GKE).
+    pub cluster_name: Option<String>,
 }
 
 impl Default for Config {
@@ -122,6 +124,7 @@ impl Default for Config {
             project_id: "rolebridge-test".into(),
             fault: Fault::None,
             cache_tokens: false,
+            cluster_name: None,
         }
     }
 }
@@ -562,6 +565,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Clo
             Ok(text(StatusCode::OK, cfg.email))
         }
         "/computeMetadata/v1/project/project-id" => Ok(text(StatusCode::OK, cfg.project_id)),
+        "/computeMetadata/v1/instance/attributes/cluster-name" => match cfg.cluster_name {
+            Some(name) => Ok(text(StatusCode::OK, name)),
+            None => Ok(text(StatusCode::NOT_FOUND, "Not Found\n")),
+        },
         _ => Ok(text(StatusCode::NOT_FOUND, "Not Found\n")),
     }
 }

@@ -141,6 +141,32 @@ impl Drop for AgentProcess {
     }
 }
 
+/// A blocking HTTP/1.1 GET to `addr` (no keep-alive); returns the status and the body.
+pub fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// Run a command to completion with a timeout; kills it on timeout.
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
     let mut child = cmd
@@ -350,6 +376,50 @@ pub struct Moto {
 
 impl Moto {
     pub fn start(peers: &Peers) -> Moto {
+        Moto::start_with(peers, &[])
+    }
+
+    /// moto with its request recorder on (`/moto-api/recorder/…`), recording into `file`:
+    /// what the agent sent STS can then be read back from moto's own record.
+    pub fn start_recording(peers: &Peers, file: &Path) -> Moto {
+        let file = file.display().to_string();
+        Moto::start_with(
+            peers,
+            &[
+                ("MOTO_ENABLE_RECORDING", "true"),
+                ("MOTO_RECORDER_FILEPATH", file.as_str()),
+            ],
+        )
+    }
+
+    /// Form parameters of every recorded STS request of `actions` (e.g. `AssumeRole`), in
+    /// order, as moto's recorder saw them.
+    pub fn recorded(&self, actions: &[&str]) -> Vec<std::collections::HashMap<String, String>> {
+        let addr: SocketAddr = self.endpoint.trim_start_matches("http://").parse().unwrap();
+        let (status, body) = http_get(addr, "/moto-api/recorder/download-recording", &[]);
+        assert_eq!(status, 200, "moto recorder: {body}");
+        body.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter_map(|entry| {
+                let raw = entry["body"].as_str().unwrap_or("");
+                let text = if entry["body_encoded"].as_bool() == Some(true) {
+                    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(raw).ok()?)
+                        .ok()?
+                } else {
+                    raw.to_string()
+                };
+                let params: std::collections::HashMap<String, String> =
+                    crate::metadata_emulator::query_params(Some(&text))
+                        .into_iter()
+                        .collect();
+                actions
+                    .contains(&params.get("Action")?.as_str())
+                    .then_some(params)
+            })
+            .collect()
+    }
+
+    fn start_with(peers: &Peers, env: &[(&str, &str)]) -> Moto {
         let addr = free_addr();
         let child = Command::new(&peers.python)
             .args([
@@ -362,6 +432,7 @@ impl Moto {
             ])
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -540,4 +611,43 @@ pub fn expect_success(what: &str, out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Node.js with the AWS SDK for JavaScript v3 installed in `e2e/sdk/js` (by
+/// `e2e/sdk/install-peers.sh`): the node binary, or None after printing why the test is
+/// skipped (a failure with `ROLEBRIDGE_REQUIRE_PEERS=1`).
+pub fn js_peer(test: &str) -> Option<PathBuf> {
+    let modules = sdk_file("js/node_modules/@aws-sdk");
+    let why = match Command::new("node").arg("--version").output() {
+        Err(e) => Some(format!("node not runnable: {e}")),
+        Ok(o) if !o.status.success() => Some("node --version failed".into()),
+        Ok(_)
+            if !modules.join("client-s3/package.json").exists()
+                || !modules.join("client-sts/package.json").exists() =>
+        {
+            Some(format!(
+                "the JS SDK v3 is not installed in {}",
+                modules.display()
+            ))
+        }
+        Ok(_) => None,
+    };
+    match why {
+        None => {
+            let out = Command::new("sh")
+                .args(["-c", "command -v node"])
+                .output()
+                .ok()?;
+            Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        }
+        Some(why) => {
+            if std::env::var("ROLEBRIDGE_REQUIRE_PEERS").as_deref() == Ok("1") {
+                panic!(
+                    "{test}: required peer missing (ROLEBRIDGE_REQUIRE_PEERS=1): {why}; run e2e/sdk/install-peers.sh"
+                );
+            }
+            eprintln!("SKIPPED {test}: {why} (install with e2e/sdk/install-peers.sh)");
+            None
+        }
+    }
 }

@@ -55,6 +55,9 @@ struct Args {
     /// metadata server).
     #[arg(long, env = "EMULATOR_CACHE_TOKENS")]
     cache_tokens: bool,
+    /// Serve instance/attributes/cluster-name with this value (404 when unset).
+    #[arg(long, env = "EMULATOR_CLUSTER_NAME")]
+    cluster_name: Option<String>,
     /// Project ID served at /computeMetadata/v1/project/project-id.
     #[arg(long, env = "EMULATOR_PROJECT_ID", default_value = "rolebridge-test")]
     project_id: String,
@@ -76,6 +79,7 @@ fn main() -> anyhow::Result<()> {
             project_id: a.project_id,
             fault: a.fault,
             cache_tokens: a.cache_tokens,
+            cluster_name: a.cluster_name.clone(),
         },
     )
     .with_context(|| format!("cannot listen on {}", a.listen))?;

@@ -1,10 +1,12 @@
 //! The application side for the AWS SDK for Rust: no credential code at all. aws-config's
-//! default chain must find AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE and call
-//! AssumeRoleWithWebIdentity by itself; the endpoint comes from AWS_ENDPOINT_URL.
+//! default chain must find the credentials by itself (AWS_ROLE_ARN +
+//! AWS_WEB_IDENTITY_TOKEN_FILE, or AWS_CONTAINER_CREDENTIALS_FULL_URI +
+//! AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE); the endpoint comes from AWS_ENDPOINT_URL.
 //!
-//! Usage: sdk-rust-s3-read BUCKET KEY -> prints JSON {"body", "arn"}
+//! Usage: sdk-rust-s3-read BUCKET KEY -> prints JSON {"body", "arn", "expiry"}
 
 use anyhow::Context;
+use aws_sdk_sts::config::ProvideCredentials as _;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -37,11 +39,22 @@ async fn main() -> anyhow::Result<()> {
         .send()
         .await
         .context("GetCallerIdentity")?;
+    let creds = config
+        .credentials_provider()
+        .context("no credentials provider")?
+        .provide_credentials()
+        .await
+        .context("credentials")?;
+    let expiry = creds
+        .expiry()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs_f64());
     println!(
         "{}",
         serde_json::json!({
             "body": String::from_utf8_lossy(&body),
             "arn": identity.arn().unwrap_or_default(),
+            "expiry": expiry,
         })
     );
     Ok(())
