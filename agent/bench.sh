@@ -10,6 +10,12 @@
 #   - idle RSS of `run` (VmRSS / VmHWM from /proc/PID/status after the first write)
 #   - CPU per refresh of `run` (/proc/PID/schedstat, nanoseconds on CPU, over ~$REFRESH_SECS s
 #     of 2-second tokens, i.e. a refresh about every second)
+#   - the credentials endpoint (needs python3 with moto[server], see e2e/sdk/install-peers.sh):
+#     `run` serving one chained binding (moto as STS), idle private memory (smaps_rollup
+#     Private_Clean + Private_Dirty) next to token-only `run`; latency of $ENDPOINT_REQUESTS
+#     sequential requests over one keep-alive connection (p50/p99/max, measured by the debug
+#     build of e2e's endpoint-bench client, so client overhead is included); 50 concurrent
+#     requests and the STS calls they caused (from moto's request recorder)
 #
 # Usage: agent/bench.sh            (env: RUNS=20 REFRESH_SECS=20)
 set -euo pipefail
@@ -17,14 +23,17 @@ cd "$(dirname "$0")/.."
 
 RUNS="${RUNS:-20}"
 REFRESH_SECS="${REFRESH_SECS:-20}"
+ENDPOINT_REQUESTS="${ENDPOINT_REQUESTS:-20000}"
+PY="${ROLEBRIDGE_PYTHON:-python3}"
 TARGET=x86_64-unknown-linux-gnu
 AUD=sts.amazonaws.com
 
 echo "building release agent (static) and the emulator..." >&2
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release -p rolebridge-agent --target "$TARGET"
-cargo build --quiet -p rolebridge-e2e --bin gke-metadata-emulator
+cargo build --quiet -p rolebridge-e2e --bin gke-metadata-emulator --bin endpoint-bench
 AGENT="target/$TARGET/release/rolebridge-agent"
 EMU=target/debug/gke-metadata-emulator
+LOAD=target/debug/endpoint-bench
 
 WORK="$(mktemp -d)"
 # Token files go to tmpfs when there is one: the webhook's emptyDir is in memory (medium Memory),
@@ -105,6 +114,9 @@ IDLE_HWM=$(awk '/^VmHWM/ {printf "%.2f", $2/1024}' "/proc/$RUN_PID/status")
 IDLE_THREADS=$(awk '/^Threads/ {print $2}' "/proc/$RUN_PID/status")
 IDLE_ANON=$(awk '/^RssAnon/ {printf "%.2f", $2/1024}' "/proc/$RUN_PID/status")
 IDLE_FILE=$(awk '/^RssFile/ {printf "%.2f", $2/1024}' "/proc/$RUN_PID/status")
+# Private (not shared with other processes mapping the same binary): what each pod costs.
+private_kib() { awk '/^Private_(Clean|Dirty):/ {s += $2} END {print s}' "/proc/$1/smaps_rollup"; }
+IDLE_PRIV_KIB=$(private_kib "$RUN_PID")
 kill -TERM "$RUN_PID"; wait "$RUN_PID" || true
 
 # CPU per refresh: fresh 2 s tokens from a non-caching emulator.
@@ -122,6 +134,52 @@ kill -TERM "$REF_PID"; wait "$REF_PID" || true
 REFRESHES=$(( C1 - C0 ))
 CPU_PER_REFRESH=$(awk -v s="$(( S1 - S0 ))" -v n="$REFRESHES" 'BEGIN { if (n > 0) printf "%.3f", s / n / 1e6; else print "n/a" }')
 
+# The credentials endpoint: one chained binding, moto as STS.
+EP="n/a"
+if "$PY" -c 'import moto, flask' 2>/dev/null; then
+  MOTO_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  MOTO_ENABLE_RECORDING=true MOTO_RECORDER_FILEPATH="$WORK/moto-recording" \
+    "$PY" -m moto.server -H 127.0.0.1 -p "$MOTO_PORT" >/dev/null 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 150); do curl -s -o /dev/null "http://127.0.0.1:$MOTO_PORT/" && break; sleep 0.1; done
+  EP_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  SPEC='{"name":"bench","audience":"sts.amazonaws.com","roleArn":"arn:aws:iam::111111111111:role/ci-identity","chain":[{"roleArn":"arn:aws:iam::222222222222:role/docs-writer","externalId":"bench-ext"}],"durationSeconds":900,"sessionTags":true}'
+  GCE_METADATA_HOST="$HOST_cached" AWS_ENDPOINT_URL_STS="http://127.0.0.1:$MOTO_PORT" \
+    ROLEBRIDGE_POD_NAME=bench-pod ROLEBRIDGE_POD_NAMESPACE=bench ROLEBRIDGE_POD_UID=0000 \
+    ROLEBRIDGE_SERVICE_ACCOUNT=bench ROLEBRIDGE_CLUSTER_NAME=bench \
+    "$AGENT" --log-level off run --credentials "$SPEC" --credentials-port "$EP_PORT" \
+    --auth-token-file "$TOK/credentials.auth" &
+  EP_PID=$!
+  PIDS+=("$EP_PID")
+  for _ in $(seq 200); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$EP_PORT/healthz")" = 200 ] && break
+    sleep 0.05
+  done
+  sleep 3
+  EP_RSS=$(awk '/^VmRSS/ {printf "%.2f", $2/1024}' "/proc/$EP_PID/status")
+  EP_ANON=$(awk '/^RssAnon/ {printf "%.2f", $2/1024}' "/proc/$EP_PID/status")
+  EP_PRIV_KIB=$(private_kib "$EP_PID")
+  assume_roles() {
+    curl -s "http://127.0.0.1:$MOTO_PORT/moto-api/recorder/download-recording" | "$PY" -c '
+import base64, json, sys
+n = 0
+for line in sys.stdin:
+    e = json.loads(line)
+    b = e.get("body") or ""
+    if e.get("body_encoded"):
+        b = base64.b64decode(b).decode("utf-8", "replace")
+    n += "Action=AssumeRole&" in b + "&"
+print(n)'
+  }
+  STS0=$(assume_roles)
+  LOADJSON=$("$LOAD" --addr "127.0.0.1:$EP_PORT" --token-file "$TOK/credentials.auth" --requests "$ENDPOINT_REQUESTS" --concurrency 50)
+  STS1=$(assume_roles)
+  EP_HWM=$(awk '/^VmHWM/ {printf "%.2f", $2/1024}' "/proc/$EP_PID/status")
+  kill -TERM "$EP_PID"; wait "$EP_PID" || true
+  field() { echo "$LOADJSON" | sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
+  EP="ok"
+fi
+
 printf '\nrolebridge-agent footprint (%s, %s, %s cores, token dir on %s)\n\n' "$(uname -m)" "$LINKAGE" "$(nproc)" "$(stat -f -c %T "$TOK")"
 printf '| %-34s | %-22s | %-10s |\n' "measure" "result" "target"
 printf '|%s|%s|%s|\n' "------------------------------------" "------------------------" "------------"
@@ -135,5 +193,18 @@ printf '| %-34s | %-22s | %-10s |\n' "  of which anon / file-backed (MiB)" "$IDL
 printf '| %-34s | %-22s | %-10s |\n' "run threads" "$IDLE_THREADS" "-"
 printf '| %-34s | %-22s | %-10s |\n' "CPU per refresh (ms)" "$CPU_PER_REFRESH ($REFRESHES refreshes)" "<= 0.5 ms"
 printf '| %-34s | %-22s | %-10s |\n' "run VmHWM after refreshes (MiB)" "$REF_RSS" "-"
+if [ "$EP" = ok ]; then
+  printf '| %-34s | %-22s | %-10s |\n' "run idle private, token-only (MiB)" "$(awk -v k="$IDLE_PRIV_KIB" 'BEGIN{printf "%.2f", k/1024}')" "-"
+  printf '| %-34s | %-22s | %-10s |\n' "endpoint idle private (MiB)" "$(awk -v k="$EP_PRIV_KIB" 'BEGIN{printf "%.2f", k/1024}')" "-"
+  printf '| %-34s | %-22s | %-10s |\n' "  endpoint - token-only (MiB)" "$(awk -v a="$EP_PRIV_KIB" -v b="$IDLE_PRIV_KIB" 'BEGIN{printf "%+.2f", (a-b)/1024}')" "<= +1 MiB"
+  printf '| %-34s | %-22s | %-10s |\n' "endpoint idle VmRSS / anon (MiB)" "$EP_RSS / $EP_ANON" "-"
+  printf '| %-34s | %-22s | %-10s |\n' "endpoint request p50 / p99 / max (us)" "$(field p50_us) / $(field p99_us) / $(field max_us)" "p99 < 1000"
+  printf '| %-34s | %-22s | %-10s |\n' "  requests answered 200" "$(field sequential_ok) of $(field requests)" "all"
+  printf '| %-34s | %-22s | %-10s |\n' "50 concurrent: 200s / wall (ms)" "$(field concurrent_ok) / $(field concurrent_wall_ms)" "50"
+  printf '| %-34s | %-22s | %-10s |\n' "  extra STS calls during the load" "$(( STS1 - STS0 ))" "0"
+  printf '| %-34s | %-22s | %-10s |\n' "endpoint VmHWM after the load (MiB)" "$EP_HWM" "-"
+else
+  echo "(credentials endpoint not measured: $PY lacks moto[server]; run e2e/sdk/install-peers.sh)"
+fi
 echo
 echo "(runs=$RUNS; wall times include fork/exec from bash; the emulator is a debug build on loopback)"

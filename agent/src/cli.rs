@@ -274,6 +274,10 @@ pub enum Command {
         /// Timeout of the health request.
         #[arg(long, env = "ROLEBRIDGE_HEALTH_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
         health_timeout: Duration,
+        /// Retry the whole check until it passes, for at most this long, then fail with the
+        /// last reason (legacy mode's postStart hook holds the app containers with it).
+        #[arg(long, env = "ROLEBRIDGE_CHECK_WAIT", value_parser = parse_duration)]
+        wait: Option<Duration>,
     },
     /// Doctor: fetch a token, show its claims, and walk the role chain hop by hop.
     Verify {
@@ -340,29 +344,10 @@ pub enum Command {
     },
 }
 
-/// `250ms`, `10s`, `5m`, `1h`, or plain seconds.
+/// Durations on the command line: the contract's parser (Go notation such as `500ms`, `1m30s`,
+/// or plain seconds), the same one the webhook's flags use.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "invalid duration unit in {s:?} (use ms, s, m or h)"
-            ));
-        }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("invalid duration {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    rolebridge_contract::duration::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -390,9 +375,12 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
         assert!(parse_duration("5d").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-1s").is_err());
+        // Overflow is an error, not a panic.
+        assert!(parse_duration("99999999999999999999999h").is_err());
     }
 
     fn contract_examples() -> Vec<AgentArgs> {
@@ -476,19 +464,30 @@ mod tests {
                 }
                 other => panic!("{other:?}"),
             }
-            let probe = want.check_command();
-            assert_eq!(probe[0], rolebridge_contract::AGENT_BINARY);
-            match parse(probe[1..].to_vec()) {
-                Command::Check {
-                    tokens,
-                    credentials_port,
-                    ..
-                } => {
-                    assert_eq!(tokens.tokens, want.tokens);
-                    let expected = (!want.credentials.is_empty()).then_some(want.credentials_port);
-                    assert_eq!(credentials_port, expected);
+            let probes = [
+                (want.check_command(), None),
+                (
+                    want.wait_command(Duration::from_secs(120)),
+                    Some(Duration::from_secs(120)),
+                ),
+            ];
+            for (probe, want_wait) in probes {
+                assert_eq!(probe[0], rolebridge_contract::AGENT_BINARY);
+                match parse(probe[1..].to_vec()) {
+                    Command::Check {
+                        tokens,
+                        credentials_port,
+                        wait,
+                        ..
+                    } => {
+                        assert_eq!(tokens.tokens, want.tokens);
+                        let expected =
+                            (!want.credentials.is_empty()).then_some(want.credentials_port);
+                        assert_eq!(credentials_port, expected);
+                        assert_eq!(wait, want_wait);
+                    }
+                    other => panic!("{other:?}"),
                 }
-                other => panic!("{other:?}"),
             }
         }
     }

@@ -7,7 +7,8 @@
 //! The decisions are pure functions ([`route`], [`authorize`], [`credentials_reply`],
 //! [`health_reply`]); [`serve`] is the hyper shell. Every client is assumed hostile (anything
 //! in the pod's network namespace can connect):
-//! - at most `max_connections` connections at once (further ones wait in the kernel's backlog);
+//! - at most `max_connections` connections at once; at the cap, idle ones are closed to make
+//!   room, and further clients wait in the kernel's backlog;
 //! - the request head must arrive within `header_read_timeout`, in at most hyper's minimum
 //!   read buffer (8 KiB) and 32 headers; bodies are never read (a request with one is answered
 //!   400 and the connection closed);
@@ -332,11 +333,25 @@ pub async fn bind(port: u16) -> std::io::Result<TcpListener> {
 }
 
 /// Serve until the task is dropped.
+///
+/// At the connection cap, a new client first asks every open connection to close once it has
+/// no request in flight (hyper's graceful shutdown: an idle keep-alive connection, or one that
+/// has not sent a complete head, closes at once); only then does it wait for a slot. So clients
+/// that keep connections open for reuse (the Rust SDK's pool) never lock others out, and the
+/// cap still bounds what a hostile client can hold.
 pub async fn serve(listener: TcpListener, state: Arc<State>) {
     let permits = Arc::new(Semaphore::new(state.limits.max_connections.max(1)));
+    let pressure = Arc::new(tokio::sync::Notify::new());
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                pressure.notify_waiters();
+                let Ok(p) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                p
+            }
         };
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -347,15 +362,15 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) {
                 continue;
             }
         };
-        let state = state.clone();
+        let (state, pressure) = (state.clone(), pressure.clone());
         tokio::spawn(async move {
-            connection(stream, state).await;
+            connection(stream, state, pressure).await;
             drop(permit);
         });
     }
 }
 
-async fn connection(stream: TcpStream, state: Arc<State>) {
+async fn connection(stream: TcpStream, state: Arc<State>, pressure: Arc<tokio::sync::Notify>) {
     let _ = stream.set_nodelay(true);
     let epoch = Instant::now();
     let last = Arc::new(AtomicI64::new(0));
@@ -382,6 +397,8 @@ async fn connection(stream: TcpStream, state: Arc<State>) {
         .serve_connection(io, service);
     tokio::pin!(conn);
     let idle = state.limits.idle_timeout;
+    let drain =
+        Duration::from_secs(1) + state.limits.header_read_timeout + state.limits.pending_wait;
     loop {
         let since = Duration::from_millis(last.load(Ordering::Relaxed).max(0) as u64);
         let wake = tokio::time::Instant::from_std(epoch + since + idle);
@@ -390,6 +407,12 @@ async fn connection(stream: TcpStream, state: Arc<State>) {
                 if let Err(e) = r {
                     debug!(error = %e, "credentials connection ended");
                 }
+                return;
+            }
+            _ = pressure.notified() => {
+                debug!("connection cap reached: closing this connection once it is idle");
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(drain, conn.as_mut()).await;
                 return;
             }
             _ = tokio::time::sleep_until(wake) => {

@@ -64,6 +64,36 @@ fn exit(ok: bool) -> ExitCode {
     }
 }
 
+/// One pass of `check`: every token file, then the endpoint's health. Returns the report.
+fn check_once(
+    rt: &tokio::runtime::Runtime,
+    specs: &[rolebridge_agent::spec::TokenSpec],
+    credentials_port: Option<u16>,
+    min_remaining: Duration,
+    health_timeout: Duration,
+) -> anyhow::Result<String> {
+    let now = now_ms();
+    let exps = agent::check(specs, min_remaining, now)?;
+    let mut report: Vec<String> = specs
+        .iter()
+        .zip(exps)
+        .map(|(s, exp)| {
+            format!(
+                "ok {} expires in {}s",
+                s.path.display(),
+                exp - now.div_euclid(1000)
+            )
+        })
+        .collect();
+    if let Some(port) = credentials_port {
+        rt.block_on(endpoint::probe_health(port, health_timeout))?;
+        report.push(format!(
+            "ok credentials endpoint 127.0.0.1:{port} holds every binding's credentials"
+        ));
+    }
+    Ok(report.join("\n"))
+}
+
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run {
@@ -121,24 +151,24 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             credentials_port,
             min_remaining,
             health_timeout,
+            wait,
         } => {
             let specs = tokens.resolve(credentials_port.is_some())?;
-            let now = now_ms();
-            let exps = agent::check(&specs, min_remaining, now)?;
-            for (s, exp) in specs.iter().zip(exps) {
-                println!(
-                    "ok {} expires in {}s",
-                    s.path.display(),
-                    exp - now.div_euclid(1000)
-                );
+            let rt = runtime()?;
+            let deadline = std::time::Instant::now() + wait.unwrap_or_default();
+            loop {
+                match check_once(&rt, &specs, credentials_port, min_remaining, health_timeout) {
+                    Ok(report) => {
+                        println!("{report}");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        tracing::debug!(error = %e, "check not passing yet; retrying");
+                        std::thread::sleep(Duration::from_millis(250));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            if let Some(port) = credentials_port {
-                runtime()?.block_on(endpoint::probe_health(port, health_timeout))?;
-                println!(
-                    "ok credentials endpoint 127.0.0.1:{port} holds every binding's credentials"
-                );
-            }
-            Ok(ExitCode::SUCCESS)
         }
         Command::Verify {
             role_arn,
