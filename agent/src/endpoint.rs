@@ -334,11 +334,12 @@ pub async fn bind(port: u16) -> std::io::Result<TcpListener> {
 
 /// Serve until the task is dropped.
 ///
-/// At the connection cap, a new client first asks every open connection to close once it has
-/// no request in flight (hyper's graceful shutdown: an idle keep-alive connection, or one that
-/// has not sent a complete head, closes at once); only then does it wait for a slot. So clients
-/// that keep connections open for reuse (the Rust SDK's pool) never lock others out, and the
-/// cap still bounds what a hostile client can hold.
+/// At the connection cap, a new client asks every connection that has already been served a
+/// request to close once it has none in flight (hyper's graceful shutdown: an idle keep-alive
+/// connection closes at once) and waits for a slot. So clients that keep connections open for
+/// reuse (the Rust SDK's pool) never lock others out, connections that have not sent a request
+/// yet are left to the header read timeout (a client that just connected is not cut off before
+/// it could speak), and the cap still bounds what a hostile client can hold.
 pub async fn serve(listener: TcpListener, state: Arc<State>) {
     let permits = Arc::new(Semaphore::new(state.limits.max_connections.max(1)));
     let pressure = Arc::new(tokio::sync::Notify::new());
@@ -346,11 +347,20 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) {
         let permit = match permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                pressure.notify_waiters();
-                let Ok(p) = permits.clone().acquire_owned().await else {
-                    return;
-                };
-                p
+                // Keep asking while waiting: a connection that was busy a moment ago may be
+                // idle now.
+                let acquire = permits.clone().acquire_owned();
+                tokio::pin!(acquire);
+                loop {
+                    pressure.notify_waiters();
+                    tokio::select! {
+                        p = &mut acquire => match p {
+                            Ok(p) => break p,
+                            Err(_) => return,
+                        },
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    }
+                }
             }
         };
         let stream = match listener.accept().await {
@@ -380,11 +390,14 @@ async fn connection(stream: TcpStream, state: Arc<State>, pressure: Arc<tokio::s
         epoch,
     });
     let svc_state = state.clone();
+    let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let svc_served = served.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let state = svc_state.clone();
+        let (state, served) = (svc_state.clone(), svc_served.clone());
         async move {
             let head_only = req.method() == Method::HEAD;
             let reply = answer(&state, &req).await;
+            served.store(true, Ordering::Relaxed);
             Ok::<_, Infallible>(to_response(reply, head_only))
         }
     });
@@ -409,7 +422,7 @@ async fn connection(stream: TcpStream, state: Arc<State>, pressure: Arc<tokio::s
                 }
                 return;
             }
-            _ = pressure.notified() => {
+            _ = pressure.notified(), if served.load(Ordering::Relaxed) => {
                 debug!("connection cap reached: closing this connection once it is idle");
                 conn.as_mut().graceful_shutdown();
                 let _ = tokio::time::timeout(drain, conn.as_mut()).await;

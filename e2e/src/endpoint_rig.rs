@@ -20,8 +20,8 @@ use rolebridge_contract::{AgentArgs, CredentialsSpec, Hop, credentials_uri, env,
 use crate::metadata_emulator::{Config, Emulator};
 use crate::sts_stub::StsStub;
 use crate::support::{
-    AgentProcess, BUCKET, CleanAwsHome, Moto, OBJECT_BODY, OBJECT_KEY, Peers, agent_bin,
-    agent_command, free_addr, http_get, now_ms, run_with_timeout, sdk_file, wait_until,
+    AgentProcess, CleanAwsHome, Moto, Peers, agent_bin, agent_command, free_addr, http_get, now_ms,
+    run_with_timeout, wait_until,
 };
 
 pub const IDENTITY_ROLE: &str = "arn:aws:iam::111111111111:role/ci-identity";
@@ -85,15 +85,7 @@ impl EndpointRig {
         let peers = Peers::get(test)?;
         let dir = tempfile::tempdir().unwrap();
         let moto = Moto::start_recording(&peers, &dir.path().join("moto-recording.jsonl"));
-        let mut setup = Command::new(&peers.python);
-        setup.arg(sdk_file("moto_setup.py")).args([
-            moto.endpoint.as_str(),
-            BUCKET,
-            OBJECT_KEY,
-            OBJECT_BODY,
-        ]);
-        let out = run_with_timeout(setup, Duration::from_secs(60));
-        assert!(out.status.success(), "moto setup: {out:?}");
+        moto.put_test_object(&peers);
         let addr: SocketAddr = moto.endpoint.trim_start_matches("http://").parse().unwrap();
         let (status, _) = http_get(addr, "/moto-api/recorder/start-recording", &[]);
         assert_eq!(status, 200);

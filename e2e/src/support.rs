@@ -419,6 +419,23 @@ impl Moto {
             .collect()
     }
 
+    /// The rig's bucket and object ([`BUCKET`], [`OBJECT_KEY`], [`OBJECT_BODY`]).
+    pub fn put_test_object(&self, peers: &Peers) {
+        let mut c = Command::new(&peers.python);
+        c.arg(sdk_file("moto_setup.py")).args([
+            self.endpoint.as_str(),
+            BUCKET,
+            OBJECT_KEY,
+            OBJECT_BODY,
+        ]);
+        let setup = run_with_timeout(c, Duration::from_secs(60));
+        assert!(
+            setup.status.success(),
+            "moto setup: {}",
+            String::from_utf8_lossy(&setup.stderr)
+        );
+    }
+
     fn start_with(peers: &Peers, env: &[(&str, &str)]) -> Moto {
         let addr = free_addr();
         let child = Command::new(&peers.python)
@@ -528,24 +545,7 @@ impl WebIdentityRig {
     pub fn start(test: &str) -> Option<WebIdentityRig> {
         let peers = Peers::get(test)?;
         let moto = Moto::start(&peers);
-        let setup = run_with_timeout(
-            {
-                let mut c = Command::new(&peers.python);
-                c.arg(sdk_file("moto_setup.py")).args([
-                    moto.endpoint.as_str(),
-                    BUCKET,
-                    OBJECT_KEY,
-                    OBJECT_BODY,
-                ]);
-                c
-            },
-            Duration::from_secs(60),
-        );
-        assert!(
-            setup.status.success(),
-            "moto setup: {}",
-            String::from_utf8_lossy(&setup.stderr)
-        );
+        moto.put_test_object(&peers);
         let emulator = crate::metadata_emulator::Emulator::start(
             "127.0.0.1:0".parse().unwrap(),
             crate::metadata_emulator::Config::default(),
