@@ -87,6 +87,9 @@ pub mod flag {
     pub const TOKEN: &str = "--token";
     pub const CREDENTIALS: &str = "--credentials";
     pub const CREDENTIALS_PORT: &str = "--credentials-port";
+    /// `check` only: keep retrying until the check passes, for at most this duration, then
+    /// fail. Legacy sidecar mode's `postStart` hook holds the app containers with it.
+    pub const WAIT: &str = "--wait";
 }
 
 /// Agent subcommands the webhook renders.
@@ -387,6 +390,15 @@ impl AgentArgs {
         cmd
     }
 
+    /// [`AgentArgs::check_command`] that waits up to `timeout` for the check to pass (the
+    /// value rendered in whole seconds, at least one, as `--wait <N>s`).
+    pub fn wait_command(&self, timeout: std::time::Duration) -> Vec<String> {
+        let mut cmd = self.check_command();
+        cmd.push(flag::WAIT.into());
+        cmd.push(format!("{}s", timeout.as_secs().max(1)));
+        cmd
+    }
+
     fn push_common(&self, out: &mut Vec<String>, with_credentials: bool) {
         for t in &self.tokens {
             out.push(flag::TOKEN.into());
@@ -516,6 +528,13 @@ mod tests {
         assert_eq!(run[5..], ["--credentials-port".to_string(), "24118".into()]);
         let check = args.check_command();
         assert_eq!(check[..2], [AGENT_BINARY.to_string(), "check".into()]);
+        let wait = args.wait_command(std::time::Duration::from_secs(120));
+        assert_eq!(wait[..check.len()], check[..]);
+        assert_eq!(wait[check.len()..], ["--wait".to_string(), "120s".into()]);
+        assert_eq!(
+            duration::parse(wait.last().unwrap()),
+            Ok(std::time::Duration::from_secs(120))
+        );
         assert!(!check.contains(&"--credentials".to_string()));
         assert!(check.contains(&"--credentials-port".to_string()));
         let tokens_only = AgentArgs {
