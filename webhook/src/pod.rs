@@ -145,6 +145,7 @@ pub struct SpecView<'a> {
     pub volumes: Option<Vec<NamedView<'a>>>,
     #[serde(borrow)]
     pub os: Option<OsView<'a>>,
+    pub host_network: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +173,18 @@ pub struct ContainerView<'a> {
     pub env: Option<Vec<EnvView<'a>>>,
     #[serde(borrow)]
     pub volume_mounts: Option<Vec<MountView<'a>>>,
+    #[serde(borrow)]
+    pub ports: Option<Vec<PortView<'a>>>,
+}
+
+/// A declared container port (`ports[]`): the API server has decoded the pod before any webhook
+/// sees it, so these are well-typed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PortView<'a> {
+    pub container_port: Option<i64>,
+    #[serde(borrow)]
+    pub protocol: Option<Str<'a>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -216,6 +229,14 @@ impl<'a> PodView<'a> {
 }
 
 impl ContainerView<'_> {
+    /// The container declares `port` for TCP (the protocol when none is given).
+    pub fn declares_tcp_port(&self, port: u16) -> bool {
+        self.ports.as_deref().unwrap_or_default().iter().any(|p| {
+            p.container_port == Some(i64::from(port))
+                && p.protocol.as_ref().is_none_or(|x| x.as_str() == "TCP")
+        })
+    }
+
     pub fn env_var(&self, name: &str) -> Option<&EnvView<'_>> {
         self.env
             .as_deref()?

@@ -54,6 +54,8 @@ pub const ANNOTATION_SKIP_CONTAINERS: &str = "rolebridge.io/skip-containers";
 pub const ANNOTATION_ROLE: &str = "rolebridge.io/role";
 /// Written by the webhook: `container=binding` pairs that were applied.
 pub const ANNOTATION_APPLIED: &str = "rolebridge.io/bindings";
+/// The credentials endpoint's port for this pod; written by the webhook when it chose one.
+pub const ANNOTATION_CREDENTIALS_PORT: &str = "rolebridge.io/credentials-port";
 
 pub const ENV_ROLE_ARN: &str = "AWS_ROLE_ARN";
 pub const ENV_TOKEN_FILE: &str = "AWS_WEB_IDENTITY_TOKEN_FILE";
