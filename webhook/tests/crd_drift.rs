@@ -623,3 +623,33 @@ mod new_fields {
         }
     }
 }
+
+/// Every binding in examples/ is accepted by the API server's rules and by the webhook.
+#[test]
+fn examples_are_valid_bindings() {
+    use serde::Deserialize as _;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_norway::Deserializer::from_str(&text) {
+            let v = serde_json::Value::deserialize(doc).unwrap();
+            if v["kind"] != "AWSRoleBinding" {
+                continue;
+            }
+            seen += 1;
+            let shown = path.display();
+            assert_eq!(apiserver::verdict(&v["spec"]), Ok(()), "{shown}");
+            assert_eq!(webhook_verdict(&v["spec"]), Ok(()), "{shown}");
+        }
+    }
+    assert!(
+        seen >= 2,
+        "only {seen} example bindings found in {}",
+        dir.display()
+    );
+}
