@@ -94,6 +94,16 @@ fn binding(name: &str, sa: &str, arn: &str, extra: Value) -> Value {
            "metadata": {"name": name}, "spec": spec})
 }
 
+/// The names of a stored container's environment variables.
+fn env_names(container: &Value) -> Vec<&str> {
+    container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["name"].as_str())
+        .collect()
+}
+
 fn pod(name: &str, sa: &str, annotations: Value) -> Pod {
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -322,12 +332,7 @@ async fn scenario(
         "no agent: {spec:#}"
     );
     let app = &spec["containers"][0];
-    let env: Vec<&str> = app["env"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["name"].as_str())
-        .collect();
+    let env = env_names(app);
     for want in [
         "AWS_ROLE_ARN",
         "AWS_WEB_IDENTITY_TOKEN_FILE",
@@ -547,12 +552,7 @@ async fn chained_bindings(
     p.spec.as_mut().unwrap().containers[0].name = "publish".into();
     let stored = serde_json::to_value(pods.create(&PostParams::default(), &p).await?)?;
     let app = &stored["spec"]["containers"][0];
-    let env: Vec<&str> = app["env"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["name"].as_str())
-        .collect();
+    let env = env_names(app);
     anyhow::ensure!(
         env.contains(&"AWS_CONTAINER_CREDENTIALS_FULL_URI")
             && env.contains(&"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")

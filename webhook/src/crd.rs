@@ -39,10 +39,15 @@ pub const CHAINED_DURATION_RULE: &str = "!has(self.chain) || size(self.chain) ==
 /// What the API server says when [`CHAINED_DURATION_RULE`] fails.
 pub const CHAINED_DURATION_MESSAGE: &str = "durationSeconds must be at most 3600 when chain is set: STS caps a chained role session at one hour";
 
-// The schemas of the new optional fields are written out rather than derived from `Option<T>`:
+// Role ARNs share one schema built from ROLE_ARN_PATTERN. The schemas of the new optional fields
+// are written out rather than derived from `Option<T>`:
 // that would add `nullable: true`, and the API server would then keep an explicit `null` and hand
 // it to the CEL rule (an evaluation error), where without it a `null` is pruned like an absent
 // field, which is exactly how the Rust side reads it.
+
+fn role_arn_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "maxLength": 2048, "pattern": ROLE_ARN_PATTERN})
+}
 
 fn duration_seconds_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
@@ -117,12 +122,7 @@ pub struct AWSRoleBindingSpec {
     /// Partitions aws, aws-cn and aws-us-gov. The role's trust policy must trust
     /// `accounts.google.com` for this Google service account (`rolebridge-agent trust-policy`
     /// prints one).
-    #[schemars(
-        length(max = 2048),
-        regex(
-            pattern = r"^arn:aws(-cn|-us-gov)?:iam::[0-9]{12}:role/([!-.0-~]+/)*[A-Za-z0-9+=,.@_-]{1,64}$"
-        )
-    )]
+    #[schemars(schema_with = "role_arn_schema")]
     pub role_arn: String,
 
     /// Audience (`aud`) of the Google ID token the agent requests; it must match the
@@ -180,12 +180,7 @@ pub struct AWSRoleBindingSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ChainHop {
     /// ARN of the role to assume, as for `spec.roleArn`.
-    #[schemars(
-        length(max = 2048),
-        regex(
-            pattern = r"^arn:aws(-cn|-us-gov)?:iam::[0-9]{12}:role/([!-.0-~]+/)*[A-Za-z0-9+=,.@_-]{1,64}$"
-        )
-    )]
+    #[schemars(schema_with = "role_arn_schema")]
     pub role_arn: String,
 
     /// External ID the role's trust policy requires (`sts:ExternalId`), as a third party's
