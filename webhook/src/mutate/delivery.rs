@@ -162,6 +162,9 @@ pub(super) fn identity_env(b: &Binding, ctx: &Ctx) -> [(&'static str, String); 2
 
 /// The [`IDENTITY_VARS`] the container sets itself, in that order.
 pub(super) fn identity_vars_set(c: &ContainerView<'_>) -> Vec<&'static str> {
+    if c.env.as_deref().is_none_or(<[_]>::is_empty) {
+        return Vec::new();
+    }
     IDENTITY_VARS
         .iter()
         .copied()
@@ -194,9 +197,11 @@ pub(super) fn describe(d: Delivery) -> &'static str {
 }
 
 /// Every variable a covered container gets (before dropping those it already defines).
-pub(super) fn container_env(b: &Binding, ctx: &Ctx) -> Vec<Value> {
-    let mut env: Vec<Value> = identity_env(b, ctx)
-        .into_iter()
+pub(super) fn container_env(p: &Planned, ctx: &Ctx) -> Vec<Value> {
+    let b = p.binding;
+    let mut env: Vec<Value> = p
+        .identity
+        .iter()
         .map(|(name, value)| json!({"name": name, "value": value}))
         .collect();
     if b.delivery() == Delivery::WebIdentity {
@@ -234,16 +239,17 @@ fn session_name_env(pod: &PodView<'_>) -> Value {
 /// bindings, the credentials of every endpoint binding. Sorted, so every replica renders the
 /// same arguments.
 pub(super) fn agent_args(planned: &[Planned], ctx: &Ctx) -> AgentArgs {
-    // Keyed by (path, audience) as text: the order the agent's arguments have always had.
-    let mut tokens: BTreeMap<(String, String), TokenSpec> = BTreeMap::new();
+    // Token path → audience; the path comes from the planned variables (one per audience), and
+    // (path, audience) order is the order the agent's arguments have always had.
+    let mut tokens: BTreeMap<&str, &str> = BTreeMap::new();
     let mut credentials: BTreeMap<&str, CredentialsSpec> = BTreeMap::new();
     for p in planned {
         let b = p.binding;
         match b.delivery() {
             Delivery::WebIdentity => {
-                let t = TokenSpec::for_audience(ctx.audience(b));
-                let key = (t.path.display().to_string(), t.audience.clone());
-                tokens.entry(key).or_insert(t);
+                if let Some((_, path)) = p.identity.iter().find(|(n, _)| *n == ENV_TOKEN_FILE) {
+                    tokens.insert(path, ctx.audience(b));
+                }
             }
             Delivery::CredentialsEndpoint => {
                 credentials
@@ -261,7 +267,13 @@ pub(super) fn agent_args(planned: &[Planned], ctx: &Ctx) -> AgentArgs {
         }
     }
     AgentArgs {
-        tokens: tokens.into_values().collect(),
+        tokens: tokens
+            .into_iter()
+            .map(|(path, audience)| TokenSpec {
+                path: path.into(),
+                audience: audience.to_owned(),
+            })
+            .collect(),
         credentials: credentials.into_values().collect(),
         credentials_port: ctx.port.number,
     }

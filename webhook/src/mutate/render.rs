@@ -123,7 +123,7 @@ fn container_ops(patch: &mut Vec<PatchOperation>, p: &Planned, ctx: &Ctx) {
     let c = p.container;
     let idx = p.index.to_string();
     let base = ["spec", p.kind.field(), idx.as_str()];
-    let mut env = delivery::container_env(p.binding, ctx);
+    let mut env = delivery::container_env(p, ctx);
     // A variable the container already defines is the user's (or ours from an earlier pass).
     env.retain(|e| c.env_var(e["name"].as_str().unwrap_or_default()).is_none());
     if !env.is_empty() {
