@@ -4,8 +4,11 @@
 //! names), optional / `null` / present env (role/token variables that are the user's own, or
 //! exactly what a binding writes), volumeMounts, volumes (rarely one named `rolebridge-token`)
 //! and annotations, annotation keys with `/` and `~`, rolebridge's own annotations with valid and
-//! invalid values, and unknown fields at several levels. Bindings of the pod's service account
-//! get random `containers`, audiences and regions. `PROPTEST_CASES=N` runs more cases.
+//! invalid values, unknown fields at several levels, and sometimes `hostNetwork`. Bindings of the
+//! pod's service account get random `containers`, audiences and regions, and either delivery (a
+//! session duration and/or a role chain selects the credentials endpoint), so pods mix both;
+//! containers sometimes set the endpoint's variables, the user's own or exactly rolebridge's.
+//! `PROPTEST_CASES=N` runs more cases.
 //!
 //! Properties: the patch only adds and always applies; the result is a fixed point; removing
 //! exactly what rolebridge owns from the result gives back the input (so no user field is
@@ -14,7 +17,11 @@
 //! which container gets which binding, every skip, the warning for a `rolebridge.io/role` whose
 //! binding covers no container, and a denial (and which rule caused it) exactly when there is a
 //! `rolebridge.io/role` that names no binding of the service account, an unresolved tie on a
-//! container that is not the user's own, or a reserved name in a pod rolebridge did not inject.
+//! container that is not the user's own, a reserved name in a pod rolebridge did not inject, a
+//! `hostNetwork` pod that needs the endpoint, or (legacy mode) an init container that needs it.
+//! Each covered container gets exactly its delivery's variables and never the other's; the agent
+//! serves every token and every endpoint binding; the endpoint's port is recorded exactly when
+//! the endpoint is used.
 
 use std::collections::BTreeSet;
 
