@@ -68,6 +68,10 @@ pub struct PodView<'a> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct MetaView<'a> {
+    /// The object has a `metadata` map (false only when the key is missing): a patch must then
+    /// add the whole map rather than a member of it.
+    #[serde(skip_deserializing, default = "present")]
+    pub present: bool,
     #[serde(borrow)]
     pub name: Option<Str<'a>>,
     #[serde(borrow)]
@@ -80,6 +84,10 @@ pub struct MetaView<'a> {
     pub annotations: Option<Annotations<'a>>,
     #[serde(borrow)]
     pub owner_references: Option<Vec<OwnerRefView<'a>>>,
+}
+
+fn present() -> bool {
+    true
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -275,6 +283,24 @@ mod tests {
         assert!(pod.metadata.annotations.is_none());
         assert!(pod.spec.init_containers.is_none());
         assert!(pod.spec.volumes.is_none());
+    }
+
+    #[test]
+    fn a_missing_metadata_map_is_told_from_an_empty_one() {
+        assert!(
+            !PodView::from_json(r#"{"spec":{}}"#)
+                .unwrap()
+                .metadata
+                .present
+        );
+        assert!(
+            PodView::from_json(r#"{"metadata":{}}"#)
+                .unwrap()
+                .metadata
+                .present
+        );
+        let pod = PodView::from_json(r#"{"metadata":{"name":"p"}}"#).unwrap();
+        assert!(pod.metadata.present && pod.metadata.annotations.is_none());
     }
 
     #[test]

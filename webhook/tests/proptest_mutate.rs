@@ -363,6 +363,8 @@ fn pod() -> impl Strategy<Value = Value> {
                 (
                     prop_oneof![Just("serviceAccountName"), Just("serviceAccount")],
                     prop_oneof![16 => Just(None), 1 => Just(Some(false)), 1 => Just(Some(true))],
+                    // Rarely, no metadata map at all (a fuzzer finding: the patch must add it).
+                    prop::bool::weighted(0.03),
                 ),
             )
         })
@@ -375,7 +377,7 @@ fn pod() -> impl Strategy<Value = Value> {
                 (name, gen_name),
                 (e_top, e_meta, e_spec),
                 os,
-                (sa_field, host_network),
+                (sa_field, host_network, no_metadata),
             )| {
                 let mut meta = Map::new();
                 if let Some(n) = name {
@@ -397,12 +399,15 @@ fn pod() -> impl Strategy<Value = Value> {
                 if let Some(h) = host_network {
                     spec.insert("hostNetwork".into(), json!(h));
                 }
-                let pod = json!({
+                let mut pod = json!({
                     "apiVersion": "v1",
                     "kind": "Pod",
                     "metadata": with_extra(Value::Object(meta), e_meta),
                     "spec": with_extra(Value::Object(spec), e_spec),
                 });
+                if no_metadata {
+                    pod.as_object_mut().unwrap().remove("metadata");
+                }
                 with_extra(pod, e_top)
             },
         )
@@ -758,6 +763,9 @@ fn strip(out: &Value, input: &Value, covered: &BTreeSet<String>) -> Result<Value
         }
     }
     restore_missing(meta, &input["metadata"], "annotations");
+    if input.get("metadata").is_none() && meta.is_empty() {
+        out.as_object_mut().unwrap().remove("metadata");
+    }
 
     let spec = out["spec"].as_object_mut().ok_or("spec is not an object")?;
     let in_spec = &input["spec"];

@@ -300,14 +300,19 @@ fn annotation_ops(
     if let Some(port) = port {
         ours.push((ANNOTATION_CREDENTIALS_PORT, port.to_string()));
     }
+    let new_map = |ours: Vec<(&str, String)>| {
+        let map: serde_json::Map<String, Value> = ours
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), Value::String(v)))
+            .collect();
+        Value::Object(map)
+    };
     match &pod.metadata.annotations {
-        None => {
-            let map: serde_json::Map<String, Value> = ours
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), Value::String(v)))
-                .collect();
-            patch.push(add(&["metadata", "annotations"], Value::Object(map)));
+        // A JSON patch cannot add below a missing parent: no metadata at all gets the whole map.
+        None if !pod.metadata.present => {
+            patch.push(add(&["metadata"], json!({"annotations": new_map(ours)})))
         }
+        None => patch.push(add(&["metadata", "annotations"], new_map(ours))),
         Some(a) => {
             for (k, v) in ours {
                 if a.get(k) != Some(v.as_str()) {
