@@ -258,7 +258,12 @@ impl FromStr for TokenSpec {
 
 impl fmt::Display for TokenSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={}", self.path.display(), self.audience)
+        // Paths built by `token_path` are UTF-8; `display()` would re-validate them lossily on
+        // every render (the webhook renders these on every admission).
+        match self.path.to_str() {
+            Some(path) => write!(f, "{path}={}", self.audience),
+            None => write!(f, "{}={}", self.path.display(), self.audience),
+        }
     }
 }
 

@@ -94,6 +94,16 @@ fn binding(name: &str, sa: &str, arn: &str, extra: Value) -> Value {
            "metadata": {"name": name}, "spec": spec})
 }
 
+/// The names of a stored container's environment variables.
+fn env_names(container: &Value) -> Vec<&str> {
+    container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["name"].as_str())
+        .collect()
+}
+
 fn pod(name: &str, sa: &str, annotations: Value) -> Pod {
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -261,6 +271,7 @@ async fn scenario(
         ("app-sa", true),
         ("plain-sa", false),
         ("conflict-sa", true),
+        ("chain-sa", true),
         ("default", false),
     ] {
         let mut sa =
@@ -321,12 +332,7 @@ async fn scenario(
         "no agent: {spec:#}"
     );
     let app = &spec["containers"][0];
-    let env: Vec<&str> = app["env"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["name"].as_str())
-        .collect();
+    let env = env_names(app);
     for want in [
         "AWS_ROLE_ARN",
         "AWS_WEB_IDENTITY_TOKEN_FILE",
@@ -450,5 +456,163 @@ async fn scenario(
         )
         .await;
     }
+
+    // 11. Role chains, session durations and tags (issue 7).
+    chained_bindings(client, &bindings, &pods, ns).await
+}
+
+const CHAINED_RULE_MESSAGE: &str = "durationSeconds must be at most 3600 when chain is set: STS caps a chained role session at one hour";
+
+/// The API server validates the new fields as documented (schema and CEL rule), a chained
+/// binding's pods get the credentials endpoint, and `kubectl get arb` shows the final role.
+async fn chained_bindings(
+    client: &Client,
+    bindings: &Api<DynamicObject>,
+    pods: &Api<Pod>,
+    ns: &str,
+) -> anyhow::Result<()> {
+    let identity = "arn:aws:iam::111111111111:role/ci-identity";
+    let target = "arn:aws:iam::222222222222:role/docs-writer";
+    let create = |name: &str, extra: Value| {
+        let obj: DynamicObject =
+            serde_json::from_value(binding(name, "chain-sa", identity, extra)).expect("an object");
+        let bindings = bindings.clone();
+        async move { bindings.create(&PostParams::default(), &obj).await }
+    };
+    let hop = json!({"roleArn": target});
+    for (name, extra, why) in [
+        ("too-long", json!({"chain": vec![hop.clone(); 6]}), "chain"),
+        (
+            "chained-2h",
+            json!({"chain": [hop.clone()], "durationSeconds": 7200}),
+            CHAINED_RULE_MESSAGE,
+        ),
+        (
+            "too-short",
+            json!({"durationSeconds": 899}),
+            "durationSeconds",
+        ),
+        (
+            "too-long-session",
+            json!({"durationSeconds": 43201}),
+            "durationSeconds",
+        ),
+        (
+            "bad-hop",
+            json!({"chain": [{"roleArn": "arn:aws:iam::1:role/x"}]}),
+            "roleArn",
+        ),
+        (
+            "bad-ext",
+            json!({"chain": [{"roleArn": target, "externalId": "a"}]}),
+            "externalId",
+        ),
+        (
+            "bad-ext-chars",
+            json!({"chain": [{"roleArn": target, "externalId": "has space"}]}),
+            "externalId",
+        ),
+    ] {
+        let err = create(name, extra).await.expect_err(&format!(
+            "binding {name} must be rejected by the API server"
+        ));
+        anyhow::ensure!(
+            format!("{err}").contains(why),
+            "{name}: {err} does not mention {why:?}"
+        );
+    }
+    // Accepted: a chain with an external ID and a session of 15 minutes; a duration alone.
+    create(
+        "docs",
+        json!({"chain": [{"roleArn": target, "externalId": "docs-ext-4711"}],
+               "durationSeconds": 900, "containers": ["publish"]}),
+    )
+    .await?;
+    create(
+        "long-session",
+        json!({"durationSeconds": 43200, "containers": ["other"]}),
+    )
+    .await?;
+
+    // Status: the final role in status.roleArn and in the Ready message (also: the watch has
+    // delivered the binding, so the pod below is admitted from the cache).
+    let ready = wait_for("status of docs", Duration::from_secs(30), || async {
+        let obj = bindings.get("docs").await.ok()?;
+        (obj.data["status"]["roleArn"] == target).then(|| obj.data["status"].clone())
+    })
+    .await;
+    anyhow::ensure!(
+        ready["conditions"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("act as {target}"))),
+        "{ready:#}"
+    );
+    // A pod gets the endpoint variables, never the web identity ones, and the agent its spec.
+    let mut p = pod("publisher", "chain-sa", json!({}));
+    p.spec.as_mut().unwrap().containers[0].name = "publish".into();
+    let stored = serde_json::to_value(pods.create(&PostParams::default(), &p).await?)?;
+    let app = &stored["spec"]["containers"][0];
+    let env = env_names(app);
+    anyhow::ensure!(
+        env.contains(&"AWS_CONTAINER_CREDENTIALS_FULL_URI")
+            && env.contains(&"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
+            && !env.contains(&"AWS_ROLE_ARN")
+            && !env.contains(&"AWS_WEB_IDENTITY_TOKEN_FILE"),
+        "endpoint env: {env:?}"
+    );
+    let agent = &stored["spec"]["initContainers"][0];
+    anyhow::ensure!(
+        agent["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a.as_str().is_some_and(|a| a.contains(target))),
+        "agent args lack the chain: {agent:#}"
+    );
+    anyhow::ensure!(
+        stored["metadata"]["annotations"]["rolebridge.io/credentials-port"] == "24118",
+        "port annotation: {}",
+        stored["metadata"]["annotations"]
+    );
+    // Its loopback would be the node's: a host-network pod is denied.
+    let mut host = pod("host", "chain-sa", json!({}));
+    host.spec.as_mut().unwrap().host_network = Some(true);
+    host.spec.as_mut().unwrap().containers[0].name = "publish".into();
+    let err = pods
+        .create(&PostParams::default(), &host)
+        .await
+        .expect_err("a hostNetwork pod with an endpoint binding must be denied");
+    anyhow::ensure!(format!("{err}").contains("hostNetwork"), "{err}");
+
+    // `kubectl get arb`: the Role column shows the final role, IdentityRole (-o wide) roleArn.
+    let table = client
+        .request_text(
+            hyper::Request::get(format!(
+                "/apis/rolebridge.io/v1alpha1/namespaces/{ns}/awsrolebindings/docs"
+            ))
+            .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+            .body(Vec::new())?,
+        )
+        .await?;
+    let table: Value = serde_json::from_str(&table)?;
+    let columns: Vec<&str> = table["columnDefinitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let role_at = columns
+        .iter()
+        .position(|c| *c == "Role")
+        .ok_or_else(|| anyhow::anyhow!("no Role column: {columns:?}"))?;
+    let identity_at = columns
+        .iter()
+        .position(|c| *c == "IdentityRole")
+        .ok_or_else(|| anyhow::anyhow!("no IdentityRole column: {columns:?}"))?;
+    let cells = &table["rows"][0]["cells"];
+    anyhow::ensure!(
+        cells[role_at] == target && cells[identity_at] == identity,
+        "table: {table:#}"
+    );
     Ok(())
 }

@@ -18,11 +18,72 @@ pub const ROLE_ARN_PATTERN: &str =
 /// Pattern for `spec.region`: `us-east-1`, `eu-central-2`, `us-gov-west-1`, `cn-north-1`.
 pub const REGION_PATTERN: &str = r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$";
 
+/// Pattern for `spec.chain[].externalId`: the characters STS allows (`[\w+=,.@:/-]`, ASCII), with
+/// the length in [`EXTERNAL_ID_LENGTH`] (RE2 caps repetition counts at 1000, so the length is
+/// `minLength`/`maxLength`, not a `{2,1224}`). Mirrored by [`valid_external_id`].
+pub const EXTERNAL_ID_PATTERN: &str = r"^[A-Za-z0-9_+=,.@:/-]+$";
+/// STS's limits for an external ID.
+pub const EXTERNAL_ID_LENGTH: std::ops::RangeInclusive<usize> = 2..=1224;
+
+/// STS's limits for `DurationSeconds`: 15 minutes to the 12 hours a role's maximum session
+/// duration can be raised to.
+pub const DURATION_SECONDS: std::ops::RangeInclusive<i64> = 900..=43200;
+/// STS caps a role session obtained by role chaining at one hour.
+pub const CHAINED_DURATION_MAX: i64 = 3600;
+/// At most this many `sts:AssumeRole` hops after the identity role.
+pub const MAX_CHAIN: usize = rolebridge_contract::MAX_CHAIN;
+
+/// The cross-field rule, checked by the API server as a CEL `x-kubernetes-validations` rule on
+/// `spec` and mirrored by [`validate_spec`].
+pub const CHAINED_DURATION_RULE: &str = "!has(self.chain) || size(self.chain) == 0 || !has(self.durationSeconds) || self.durationSeconds <= 3600";
+/// What the API server says when [`CHAINED_DURATION_RULE`] fails.
+pub const CHAINED_DURATION_MESSAGE: &str = "durationSeconds must be at most 3600 when chain is set: STS caps a chained role session at one hour";
+
+// Role ARNs share one schema built from ROLE_ARN_PATTERN. The schemas of the new optional fields
+// are written out rather than derived from `Option<T>`:
+// that would add `nullable: true`, and the API server would then keep an explicit `null` and hand
+// it to the CEL rule (an evaluation error), where without it a `null` is pruned like an absent
+// field, which is exactly how the Rust side reads it.
+
+fn role_arn_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "maxLength": 2048, "pattern": ROLE_ARN_PATTERN})
+}
+
+fn duration_seconds_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "integer",
+        "format": "int64",
+        "minimum": *DURATION_SECONDS.start(),
+        "maximum": *DURATION_SECONDS.end(),
+    })
+}
+
+fn session_tags_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "boolean"})
+}
+
+fn external_id_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "minLength": *EXTERNAL_ID_LENGTH.start(),
+        "maxLength": *EXTERNAL_ID_LENGTH.end(),
+        "pattern": EXTERNAL_ID_PATTERN,
+    })
+}
+
+/// A `null` chain reads as no chain (the API server prunes it; a file may hold it).
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ChainHop>, D::Error> {
+    Ok(Option::<Vec<ChainHop>>::deserialize(d)?.unwrap_or_default())
+}
+
 /// Binds a Kubernetes service account to an AWS IAM role.
 ///
 /// Pods in this namespace that run as `serviceAccountName` get an agent that keeps a Google ID
 /// token fresh, plus `AWS_ROLE_ARN` and `AWS_WEB_IDENTITY_TOKEN_FILE`, so AWS SDKs assume
-/// `roleArn` through STS AssumeRoleWithWebIdentity without any static key.
+/// `roleArn` through STS AssumeRoleWithWebIdentity without any static key. With a `chain` or a
+/// `durationSeconds` the agent obtains the credentials itself (web identity into `roleArn`,
+/// then `sts:AssumeRole` through each hop) and serves them on the pod's loopback through the
+/// AWS container credentials protocol (`AWS_CONTAINER_CREDENTIALS_FULL_URI`).
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[kube(
     group = "rolebridge.io",
@@ -35,12 +96,17 @@ pub const REGION_PATTERN: &str = r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$";
     doc = "AWSRoleBinding lets the pods of one Kubernetes service account assume an AWS IAM role with a Google ID token from GKE Workload Identity, without static AWS keys.",
     status = "AWSRoleBindingStatus",
     printcolumn = r#"{"name":"ServiceAccount","type":"string","jsonPath":".spec.serviceAccountName"}"#,
-    printcolumn = r#"{"name":"Role","type":"string","jsonPath":".spec.roleArn"}"#,
+    printcolumn = r#"{"name":"Role","type":"string","description":"The role pods act as (the chain's last role, else roleArn)","jsonPath":".status.roleArn"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"IdentityRole","type":"string","priority":1,"description":"The role assumed with the pod's Google ID token","jsonPath":".spec.roleArn"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": CHAINED_DURATION_RULE,
+    "message": CHAINED_DURATION_MESSAGE,
+}]))]
 pub struct AWSRoleBindingSpec {
     /// Name of the Kubernetes service account (in this binding's namespace) whose pods may
     /// assume the role. The service account should carry the GKE Workload Identity annotation
@@ -56,12 +122,7 @@ pub struct AWSRoleBindingSpec {
     /// Partitions aws, aws-cn and aws-us-gov. The role's trust policy must trust
     /// `accounts.google.com` for this Google service account (`rolebridge-agent trust-policy`
     /// prints one).
-    #[schemars(
-        length(max = 2048),
-        regex(
-            pattern = r"^arn:aws(-cn|-us-gov)?:iam::[0-9]{12}:role/([!-.0-~]+/)*[A-Za-z0-9+=,.@_-]{1,64}$"
-        )
-    )]
+    #[schemars(schema_with = "role_arn_schema")]
     pub role_arn: String,
 
     /// Audience (`aud`) of the Google ID token the agent requests; it must match the
@@ -84,6 +145,49 @@ pub struct AWSRoleBindingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1), extend("x-kubernetes-list-type" = "set"))]
     pub containers: Option<Vec<ContainerName>>,
+
+    /// Roles to assume after `roleArn`, in order, each with `sts:AssumeRole` using the previous
+    /// role's credentials: how pods reach a role in another AWS account whose trust policy names
+    /// `roleArn`. Pods act as the last one. Each role's trust policy must allow
+    /// `sts:AssumeRole` (and `sts:TagSession` while `sessionTags` is on) for the role before it.
+    /// At most 5 hops.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_empty"
+    )]
+    #[schemars(length(max = 5), extend("x-kubernetes-list-type" = "atomic"))]
+    pub chain: Vec<ChainHop>,
+
+    /// Lifetime of the credentials pods get, in seconds: 900 (STS's minimum) to 43200, and at
+    /// most 3600 with a `chain` (STS caps chained sessions at one hour). The role's maximum
+    /// session duration must allow it. Omit for STS's default of one hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "duration_seconds_schema")]
+    pub duration_seconds: Option<i64>,
+
+    /// Pass the pod's identity (`kubernetes-namespace`, `kubernetes-service-account`,
+    /// `kubernetes-pod-name`, `kubernetes-pod-uid`, and `gke-cluster-name` when known) as session
+    /// tags on every `sts:AssumeRole` hop of the `chain`, for tag-based policies. Defaults to true
+    /// when a `chain` is set; the web identity hop cannot take tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "session_tags_schema")]
+    pub session_tags: Option<bool>,
+}
+
+/// One `sts:AssumeRole` hop of a role chain.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChainHop {
+    /// ARN of the role to assume, as for `spec.roleArn`.
+    #[schemars(schema_with = "role_arn_schema")]
+    pub role_arn: String,
+
+    /// External ID the role's trust policy requires (`sts:ExternalId`), as a third party's
+    /// role usually does: 2 to 1224 characters of letters, digits and `_+=,.@:/-`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "external_id_schema")]
+    pub external_id: Option<String>,
 }
 
 /// A container name (DNS label).
@@ -111,6 +215,11 @@ pub struct AWSRoleBindingStatus {
     /// The `metadata.generation` the conditions were computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+
+    /// The role pods of this binding act as: the last role of `spec.chain`, else
+    /// `spec.roleArn` (unset while the spec is invalid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
 }
 
 /// A status condition, shaped like `metav1.Condition`.
@@ -145,30 +254,124 @@ pub enum SpecError {
     RoleArn(String),
     #[error("region {0:?} is not an AWS region name such as us-east-1")]
     Region(String),
-    #[error("serviceAccountName must not be empty")]
-    ServiceAccount,
-    #[error("audience must not be empty")]
+    #[error(
+        "serviceAccountName {0:?} is not a Kubernetes object name (1 to 253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit)"
+    )]
+    ServiceAccount(String),
+    #[error("audience must be 1 to 512 characters")]
     Audience,
     #[error("containers must list at least one container name")]
     Containers,
+    #[error(
+        "containers: {0:?} is not a container name (1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit)"
+    )]
+    ContainerName(String),
+    #[error("containers lists {0:?} twice")]
+    DuplicateContainer(String),
+    #[error("chain has {0} hops; at most {MAX_CHAIN} are allowed")]
+    ChainTooLong(usize),
+    #[error("chain[{hop}].{source}")]
+    ChainRoleArn {
+        hop: usize,
+        #[source]
+        source: Box<SpecError>,
+    },
+    #[error(
+        "chain[{hop}].externalId must be 2 to 1224 characters of letters, digits and _+=,.@:/- (as STS requires)"
+    )]
+    ExternalId { hop: usize },
+    #[error("durationSeconds {0} is outside 900..=43200 (STS's limits)")]
+    Duration(i64),
+    #[error("durationSeconds {0}: {CHAINED_DURATION_MESSAGE}")]
+    ChainedDuration(i64),
 }
 
 /// Checks a spec with the same rules as the CRD schema.
 pub fn validate_spec(spec: &AWSRoleBindingSpec) -> Result<(), SpecError> {
-    if spec.service_account_name.is_empty() {
-        return Err(SpecError::ServiceAccount);
+    if !dns_name(&spec.service_account_name, 253, true) {
+        return Err(SpecError::ServiceAccount(spec.service_account_name.clone()));
     }
     validate_role_arn(&spec.role_arn)?;
     if let Some(region) = &spec.region {
         validate_region(region)?;
     }
-    if spec.audience.as_deref().is_some_and(str::is_empty) {
+    if spec
+        .audience
+        .as_deref()
+        .is_some_and(|a| !(1..=512).contains(&a.chars().count()))
+    {
         return Err(SpecError::Audience);
     }
-    if spec.containers.as_ref().is_some_and(Vec::is_empty) {
-        return Err(SpecError::Containers);
+    if let Some(cs) = &spec.containers {
+        if cs.is_empty() {
+            return Err(SpecError::Containers);
+        }
+        // `x-kubernetes-list-type: set`: the API server rejects duplicates.
+        for (i, c) in cs.iter().enumerate() {
+            if !dns_name(&c.0, 63, false) {
+                return Err(SpecError::ContainerName(c.0.clone()));
+            }
+            if cs[..i].contains(c) {
+                return Err(SpecError::DuplicateContainer(c.0.clone()));
+            }
+        }
+    }
+    validate_chain(&spec.chain)?;
+    if let Some(d) = spec.duration_seconds {
+        if !DURATION_SECONDS.contains(&d) {
+            return Err(SpecError::Duration(d));
+        }
+        // The twin of CHAINED_DURATION_RULE.
+        if !spec.chain.is_empty() && d > CHAINED_DURATION_MAX {
+            return Err(SpecError::ChainedDuration(d));
+        }
     }
     Ok(())
+}
+
+/// Hand-written twin of the name patterns: `^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$` (with dots) or
+/// `^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`, at most `max` long.
+fn dns_name(s: &str, max: usize, dots: bool) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = s.as_bytes();
+    match (bytes.first(), bytes.last()) {
+        (Some(&first), Some(&last)) => {
+            bytes.len() <= max
+                && alnum(first)
+                && alnum(last)
+                && bytes
+                    .iter()
+                    .all(|&b| alnum(b) || b == b'-' || (dots && b == b'.'))
+        }
+        _ => false,
+    }
+}
+
+fn validate_chain(chain: &[ChainHop]) -> Result<(), SpecError> {
+    if chain.len() > MAX_CHAIN {
+        return Err(SpecError::ChainTooLong(chain.len()));
+    }
+    for (hop, h) in chain.iter().enumerate() {
+        validate_role_arn(&h.role_arn).map_err(|e| SpecError::ChainRoleArn {
+            hop,
+            source: Box::new(e),
+        })?;
+        if let Some(id) = &h.external_id
+            && !valid_external_id(id)
+        {
+            return Err(SpecError::ExternalId { hop });
+        }
+    }
+    Ok(())
+}
+
+/// Hand-written twin of [`EXTERNAL_ID_PATTERN`] with [`EXTERNAL_ID_LENGTH`] (in characters, as
+/// the API server counts `maxLength`).
+pub fn valid_external_id(id: &str) -> bool {
+    EXTERNAL_ID_LENGTH.contains(&id.chars().count())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@:/-".contains(&b))
 }
 
 /// Hand-written twin of [`ROLE_ARN_PATTERN`] (a regex engine is not worth its weight here;
@@ -299,6 +502,9 @@ mod tests {
             audience: None,
             region: None,
             containers: None,
+            chain: Vec::new(),
+            duration_seconds: None,
+            session_tags: None,
         };
         let v = serde_json::to_value(&spec).unwrap();
         assert_eq!(

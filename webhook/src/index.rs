@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::binding::Binding;
+use crate::binding::{Binding, Hop};
 use crate::crd::{AWSRoleBinding, AWSRoleBindingSpec, SpecError, validate_spec};
 
 /// Why an object could not be turned into a [`Binding`].
@@ -89,7 +89,19 @@ pub fn binding_from_spec(
             .containers
             .as_ref()
             .map(|cs| cs.iter().map(|c| c.0.clone()).collect()),
-        ..Binding::default()
+        chain: spec
+            .chain
+            .iter()
+            .map(|h| Hop {
+                role_arn: h.role_arn.clone(),
+                external_id: h.external_id.clone(),
+            })
+            .collect(),
+        duration_seconds: spec
+            .duration_seconds
+            .map(|d| u32::try_from(d).expect("validate_spec bounds durationSeconds")),
+        // The CRD's default: tags are on when there are AssumeRole hops to carry them.
+        session_tags: spec.session_tags.unwrap_or(!spec.chain.is_empty()),
     })
 }
 
@@ -220,6 +232,44 @@ mod tests {
             bindings_from_yaml("kind: [", "d"),
             Err(BindingError::Yaml { .. })
         ));
+    }
+
+    #[test]
+    fn chain_duration_and_the_session_tags_default() {
+        let spec = |extra: serde_json::Value| {
+            let mut s = serde_json::json!({"serviceAccountName": "sa",
+                "roleArn": "arn:aws:iam::111111111111:role/id"});
+            s.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            binding_from_json("ns", "b", &s).unwrap()
+        };
+        let hop = serde_json::json!([{"roleArn": "arn:aws:iam::222222222222:role/t", "externalId": "ext-1"}]);
+        let chained = spec(serde_json::json!({"chain": hop, "durationSeconds": 900}));
+        assert_eq!(
+            chained.chain,
+            [Hop {
+                role_arn: "arn:aws:iam::222222222222:role/t".into(),
+                external_id: Some("ext-1".into())
+            }]
+        );
+        assert_eq!(chained.duration_seconds, Some(900));
+        assert!(chained.session_tags, "on by default with a chain");
+        let untagged = spec(serde_json::json!({"chain": hop, "sessionTags": false}));
+        assert!(!untagged.session_tags);
+        let timed = spec(serde_json::json!({"durationSeconds": 43200}));
+        assert!(timed.chain.is_empty() && !timed.session_tags);
+        let err = binding_from_json(
+            "ns",
+            "b",
+            &serde_json::json!({"serviceAccountName": "sa", "roleArn": "arn:aws:iam::111111111111:role/id",
+                "chain": hop, "durationSeconds": 7200}),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("at most 3600 when chain is set"),
+            "{err}"
+        );
     }
 
     #[test]

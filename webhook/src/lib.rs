@@ -5,7 +5,13 @@
 //! - [`mutate`] is the core: a synchronous function from a borrowed view of the pod's raw JSON
 //!   ([`pod::PodView`]), the bindings of its service account and the config, to JSON-patch `add`
 //!   operations. It never round-trips the pod through typed structs, so fields newer than
-//!   k8s-openapi survive.
+//!   k8s-openapi survive. It runs in phases (gate, plan, reserved names, render); every rule that
+//!   differs between the two deliveries (web identity, and the in-pod credentials endpoint for
+//!   role chains and session durations) lives in one module of it.
+//! - [`binding`] is the domain: a binding, which containers it covers, and when two tie. The
+//!   mutation and [`status`] both use it, so admission and a binding's status cannot disagree.
+//! - [`crd`] is the API: the CRD types, their schema (generated, drift-tested) and the Rust twins
+//!   of its rules.
 //! - [`review`] turns an AdmissionReview body into a response body around the core; malformed
 //!   input becomes an `invalid` review, never an HTTP 500.
 //! - [`index`] holds the bindings, indexed by (namespace, service account) for O(1) lookups with
@@ -14,7 +20,11 @@
 //! - [`status`] computes binding conditions (a pure function) and [`controller`] writes them.
 //! - [`inject`] applies the same mutation to pod templates in YAML manifests, offline.
 //! - [`tls`] is a tokio-rustls accept loop serving the warp routes with certificate hot reload;
-//!   [`admin`] is the plain-HTTP health and metrics port; [`metrics`] the Prometheus registry.
+//!   [`admin`] is the plain-HTTP health and metrics port; [`metrics`] the Prometheus registry;
+//!   [`app`] wires them together for `serve`.
+//!
+//! What the webhook tells the agent (arguments, probe, files, variables) is defined once, in the
+//! `rolebridge-contract` crate, which the agent parses with.
 pub mod admin;
 pub mod app;
 pub mod binding;

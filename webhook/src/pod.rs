@@ -68,6 +68,10 @@ pub struct PodView<'a> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct MetaView<'a> {
+    /// The object has a `metadata` map (false only when the key is missing): a patch must then
+    /// add the whole map rather than a member of it.
+    #[serde(skip_deserializing, default = "present")]
+    pub present: bool,
     #[serde(borrow)]
     pub name: Option<Str<'a>>,
     #[serde(borrow)]
@@ -80,6 +84,10 @@ pub struct MetaView<'a> {
     pub annotations: Option<Annotations<'a>>,
     #[serde(borrow)]
     pub owner_references: Option<Vec<OwnerRefView<'a>>>,
+}
+
+fn present() -> bool {
+    true
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,6 +153,7 @@ pub struct SpecView<'a> {
     pub volumes: Option<Vec<NamedView<'a>>>,
     #[serde(borrow)]
     pub os: Option<OsView<'a>>,
+    pub host_network: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +181,18 @@ pub struct ContainerView<'a> {
     pub env: Option<Vec<EnvView<'a>>>,
     #[serde(borrow)]
     pub volume_mounts: Option<Vec<MountView<'a>>>,
+    #[serde(borrow)]
+    pub ports: Option<Vec<PortView<'a>>>,
+}
+
+/// A declared container port (`ports[]`): the API server has decoded the pod before any webhook
+/// sees it, so these are well-typed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PortView<'a> {
+    pub container_port: Option<i64>,
+    #[serde(borrow)]
+    pub protocol: Option<Str<'a>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -216,6 +237,14 @@ impl<'a> PodView<'a> {
 }
 
 impl ContainerView<'_> {
+    /// The container declares `port` for TCP (the protocol when none is given).
+    pub fn declares_tcp_port(&self, port: u16) -> bool {
+        self.ports.as_deref().unwrap_or_default().iter().any(|p| {
+            p.container_port == Some(i64::from(port))
+                && p.protocol.as_ref().is_none_or(|x| x.as_str() == "TCP")
+        })
+    }
+
     pub fn env_var(&self, name: &str) -> Option<&EnvView<'_>> {
         self.env
             .as_deref()?
@@ -254,6 +283,24 @@ mod tests {
         assert!(pod.metadata.annotations.is_none());
         assert!(pod.spec.init_containers.is_none());
         assert!(pod.spec.volumes.is_none());
+    }
+
+    #[test]
+    fn a_missing_metadata_map_is_told_from_an_empty_one() {
+        assert!(
+            !PodView::from_json(r#"{"spec":{}}"#)
+                .unwrap()
+                .metadata
+                .present
+        );
+        assert!(
+            PodView::from_json(r#"{"metadata":{}}"#)
+                .unwrap()
+                .metadata
+                .present
+        );
+        let pod = PodView::from_json(r#"{"metadata":{"name":"p"}}"#).unwrap();
+        assert!(pod.metadata.present && pod.metadata.annotations.is_none());
     }
 
     #[test]

@@ -39,6 +39,38 @@ pub fn overlaps(a: &Binding, b: &Binding) -> bool {
     binding::can_tie(a, b)
 }
 
+/// What a Ready binding's pods act as, and how they get there.
+fn bound_message(spec: &Binding, gsa: &str) -> String {
+    let sa = &spec.service_account;
+    let lifetime = spec
+        .duration_seconds
+        .map(|d| format!(", in sessions of {d} s"))
+        .unwrap_or_default();
+    if spec.chain.is_empty() {
+        return format!(
+            "pods of service account {sa} act as {} through Google service account {gsa}{lifetime}",
+            spec.role_arn
+        );
+    }
+    let via: Vec<&str> = std::iter::once(spec.role_arn.as_str())
+        .chain(
+            spec.chain[..spec.chain.len() - 1]
+                .iter()
+                .map(|h| h.role_arn.as_str()),
+        )
+        .collect();
+    let tags = if spec.session_tags {
+        "with the pod's session tags"
+    } else {
+        "without session tags"
+    };
+    format!(
+        "pods of service account {sa} act as {} (assumed from {} {tags}) through Google service account {gsa}{lifetime}",
+        spec.final_role_arn(),
+        via.join(" then ")
+    )
+}
+
 /// The status each binding should have (index-aligned with `bindings`), or `None` where the
 /// current status is already right.
 pub fn desired(
@@ -102,7 +134,7 @@ pub fn desired(
                     ServiceAccountState::WorkloadIdentity(gsa) => (
                         "True",
                         "Bound",
-                        format!("pods of service account {} act as {} through Google service account {gsa}", spec.service_account, spec.role_arn),
+                        bound_message(spec, &gsa),
                     ),
                 },
             };
@@ -123,6 +155,7 @@ pub fn desired(
                     observed_generation: b.generation,
                 }],
                 observed_generation: b.generation,
+                role_arn: b.spec.ok().map(|spec| spec.final_role_arn().to_owned()),
             };
             (b.current != Some(&want)).then_some(want)
         })
@@ -219,6 +252,44 @@ mod tests {
     }
 
     #[test]
+    fn a_chained_binding_says_what_pods_act_as() {
+        let mut b = binding("docs", "sa", None);
+        b.role_arn = "arn:aws:iam::111111111111:role/ci-identity".into();
+        b.chain = vec![crate::binding::Hop {
+            role_arn: "arn:aws:iam::222222222222:role/docs-writer".into(),
+            external_id: Some("docs-ext-4711".into()),
+        }];
+        b.duration_seconds = Some(900);
+        b.session_tags = true;
+        let out = desired(
+            &[state("docs", &b)],
+            |_, _| ServiceAccountState::WorkloadIdentity("ci@p.iam.gserviceaccount.com".into()),
+            "t0",
+        );
+        let s = out[0].as_ref().unwrap();
+        assert_eq!(
+            s.role_arn.as_deref(),
+            Some("arn:aws:iam::222222222222:role/docs-writer")
+        );
+        assert_eq!(
+            s.conditions[0].message,
+            "pods of service account sa act as arn:aws:iam::222222222222:role/docs-writer (assumed from arn:aws:iam::111111111111:role/ci-identity with the pod's session tags) through Google service account ci@p.iam.gserviceaccount.com, in sessions of 900 s"
+        );
+        assert!(!s.conditions[0].message.contains("docs-ext-4711"));
+        // Without a chain the identity role is what pods act as.
+        let plain = binding("plain", "sa", None);
+        let out = desired(
+            &[state("plain", &plain)],
+            |_, _| ServiceAccountState::Missing,
+            "t0",
+        );
+        assert_eq!(
+            out[0].as_ref().unwrap().role_arn.as_deref(),
+            Some(plain.role_arn.as_str())
+        );
+    }
+
+    #[test]
     fn invalid_spec() {
         let states = [BindingState {
             namespace: "ns",
@@ -229,6 +300,7 @@ mod tests {
         }];
         let out = desired(&states, |_, _| ServiceAccountState::Missing, "t0");
         assert_eq!(reason(&out[0]), "InvalidSpec");
+        assert_eq!(out[0].as_ref().unwrap().role_arn, None);
         assert_eq!(out[0].as_ref().unwrap().observed_generation, Some(3));
     }
 }

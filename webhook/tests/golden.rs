@@ -15,7 +15,7 @@
 //! description: what this case proves
 //! namespace: default            # optional, default "default"
 //! config: {sidecarMode: legacy} # optional: agentImage, agentImagePullPolicy, sidecarMode,
-//!                               # defaultAudience, ownNamespace
+//!                               # defaultAudience, ownNamespace, credentialsPort, clusterName
 //! bindings: [ ...AWSRoleBinding manifests... ]
 //! pod: { ... }                  # or podFromReview: <file in tests/fixtures>
 //! expect:
@@ -67,6 +67,8 @@ struct ConfigOverrides {
     sidecar_mode: Option<Mode>,
     default_audience: Option<String>,
     own_namespace: Option<String>,
+    credentials_port: Option<u16>,
+    cluster_name: Option<String>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -150,6 +152,12 @@ fn config(o: &ConfigOverrides) -> Config {
     }
     if let Some(v) = &o.own_namespace {
         cfg.own_namespace = Some(v.clone());
+    }
+    if let Some(v) = o.credentials_port {
+        cfg.credentials_port = v;
+    }
+    if let Some(v) = &o.cluster_name {
+        cfg.cluster_name = Some(v.clone());
     }
     cfg
 }

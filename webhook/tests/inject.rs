@@ -213,3 +213,62 @@ fn the_command_reads_files_and_stdin() {
         "{e}"
     );
 }
+
+/// `inject` renders the credentials-endpoint delivery exactly as admission does.
+#[test]
+fn inject_renders_the_credentials_endpoint() {
+    let bindings = "
+apiVersion: rolebridge.io/v1alpha1
+kind: AWSRoleBinding
+metadata: {name: docs, namespace: ci}
+spec:
+  serviceAccountName: publisher
+  roleArn: arn:aws:iam::111111111111:role/ci-identity
+  chain: [{roleArn: 'arn:aws:iam::222222222222:role/docs-writer', externalId: docs-ext-4711}]
+  durationSeconds: 900
+";
+    let index = BindingIndex::new(bindings_from_yaml(bindings, "ci").unwrap());
+    let cfg = Config {
+        cluster_name: Some("prod".into()),
+        ..Config::default()
+    };
+    let spec = json!({"serviceAccountName": "publisher", "containers": [{"name": "publish", "image": "p"}]});
+    let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "docs", "namespace": "ci"},
+        "spec": {"template": {"spec": spec}}});
+    let out = inject(&serde_norway::to_string(&job).unwrap(), &index, &cfg, "ci").unwrap();
+    assert_eq!(out.mutated, 1);
+    let template = docs(&out.output)[0]["spec"]["template"].clone();
+
+    let mut pod = job["spec"]["template"].clone();
+    pod["metadata"] = json!({});
+    let text = pod.to_string();
+    let view = PodView::from_json(&text).unwrap();
+    let m = mutate(&view, "ci", index.lookup("ci", "publisher").unwrap(), &cfg).unwrap();
+    json_patch::patch(&mut pod, &m.patch).unwrap();
+    assert_eq!(template, pod);
+
+    let env = &template["spec"]["containers"][0]["env"];
+    assert_eq!(env[0]["name"], "AWS_CONTAINER_CREDENTIALS_FULL_URI");
+    assert_eq!(
+        env[0]["value"],
+        "http://127.0.0.1:24118/v1/credentials/docs"
+    );
+    let agent = &template["spec"]["initContainers"][0];
+    assert!(
+        agent["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--credentials")
+    );
+    assert!(
+        agent["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "ROLEBRIDGE_CLUSTER_NAME" && e["value"] == "prod")
+    );
+    // Injecting the output again changes nothing.
+    let again = inject(&out.output, &index, &cfg, "ci").unwrap();
+    assert_eq!(again.mutated, 0);
+}

@@ -4,8 +4,11 @@
 //! names), optional / `null` / present env (role/token variables that are the user's own, or
 //! exactly what a binding writes), volumeMounts, volumes (rarely one named `rolebridge-token`)
 //! and annotations, annotation keys with `/` and `~`, rolebridge's own annotations with valid and
-//! invalid values, and unknown fields at several levels. Bindings of the pod's service account
-//! get random `containers`, audiences and regions. `PROPTEST_CASES=N` runs more cases.
+//! invalid values, unknown fields at several levels, and sometimes `hostNetwork`. Bindings of the
+//! pod's service account get random `containers`, audiences and regions, and either delivery (a
+//! session duration and/or a role chain selects the credentials endpoint), so pods mix both;
+//! containers sometimes set the endpoint's variables, the user's own or exactly rolebridge's.
+//! `PROPTEST_CASES=N` runs more cases.
 //!
 //! Properties: the patch only adds and always applies; the result is a fixed point; removing
 //! exactly what rolebridge owns from the result gives back the input (so no user field is
@@ -14,18 +17,28 @@
 //! which container gets which binding, every skip, the warning for a `rolebridge.io/role` whose
 //! binding covers no container, and a denial (and which rule caused it) exactly when there is a
 //! `rolebridge.io/role` that names no binding of the service account, an unresolved tie on a
-//! container that is not the user's own, or a reserved name in a pod rolebridge did not inject.
+//! container that is not the user's own, a reserved name in a pod rolebridge did not inject, a
+//! `hostNetwork` pod that needs the endpoint, or (legacy mode) an init container that needs it.
+//! Each covered container gets exactly its delivery's variables and never the other's; the agent
+//! serves every token and every endpoint binding; the endpoint's port is recorded exactly when
+//! the endpoint is used.
 
 use std::collections::BTreeSet;
 
 use json_patch::PatchOperation;
 use proptest::prelude::*;
 use proptest::sample::subsequence;
+use rolebridge_contract::{
+    AUTH_TOKEN_PATH, CredentialsSpec, DEFAULT_CREDENTIALS_PORT, credentials_uri,
+};
+use rolebridge_webhook::binding::Hop;
 use rolebridge_webhook::mutate::{
-    self, AGENT_CONTAINER, AGENT_INIT_CONTAINER, ANNOTATION_APPLIED, ANNOTATION_INJECT,
-    ANNOTATION_ROLE, ANNOTATION_SKIP_CONTAINERS, Binding, Config, ENV_DEFAULT_REGION, ENV_REGION,
-    ENV_ROLE_ARN, ENV_SESSION_NAME, ENV_STS_REGIONAL, ENV_TOKEN_FILE, Outcome, SidecarMode, Skip,
-    TOKEN_MOUNT_PATH, TOKEN_VOLUME, token_path,
+    self, AGENT_CONTAINER, AGENT_INIT_CONTAINER, ANNOTATION_APPLIED, ANNOTATION_CREDENTIALS_PORT,
+    ANNOTATION_INJECT, ANNOTATION_ROLE, ANNOTATION_SKIP_CONTAINERS, Binding, Config, Delivery,
+    ENV_AUTHORIZATION_TOKEN, ENV_AUTHORIZATION_TOKEN_FILE, ENV_CREDENTIALS_FULL_URI,
+    ENV_CREDENTIALS_RELATIVE_URI, ENV_DEFAULT_REGION, ENV_REGION, ENV_ROLE_ARN, ENV_SESSION_NAME,
+    ENV_STS_REGIONAL, ENV_TOKEN_FILE, Outcome, SidecarMode, Skip, TOKEN_MOUNT_PATH, TOKEN_VOLUME,
+    token_path,
 };
 use rolebridge_webhook::pod::PodView;
 use rolebridge_webhook::status;
@@ -46,10 +59,25 @@ const ENV_NAMES: &[&str] = &[
     "AWS_ACCESS_KEY_ID",
     ENV_ROLE_ARN,
     ENV_TOKEN_FILE,
+    ENV_CREDENTIALS_FULL_URI,
+    ENV_CREDENTIALS_RELATIVE_URI,
+    ENV_AUTHORIZATION_TOKEN,
+    ENV_AUTHORIZATION_TOKEN_FILE,
+];
+/// The variables that say where a container's credentials come from.
+const IDENTITY: &[&str] = &[
+    ENV_ROLE_ARN,
+    ENV_TOKEN_FILE,
+    ENV_CREDENTIALS_FULL_URI,
+    ENV_CREDENTIALS_RELATIVE_URI,
+    ENV_AUTHORIZATION_TOKEN,
+    ENV_AUTHORIZATION_TOKEN_FILE,
 ];
 const OWNED_ENV: &[&str] = &[
     ENV_ROLE_ARN,
     ENV_TOKEN_FILE,
+    ENV_CREDENTIALS_FULL_URI,
+    ENV_AUTHORIZATION_TOKEN_FILE,
     ENV_SESSION_NAME,
     ENV_REGION,
     ENV_DEFAULT_REGION,
@@ -130,6 +158,14 @@ fn env_entry(name: &'static str) -> impl Strategy<Value = Value> {
             "/users/own/token".to_owned(),
             token_path("sts.amazonaws.com"),
         ],
+        ENV_CREDENTIALS_FULL_URI => vec![
+            "http://127.0.0.1:9911/users-own".to_owned(),
+            credentials_uri(DEFAULT_CREDENTIALS_PORT, "b0"),
+            credentials_uri(DEFAULT_CREDENTIALS_PORT, "b1"),
+        ],
+        ENV_AUTHORIZATION_TOKEN_FILE => {
+            vec!["/users/own/auth".to_owned(), AUTH_TOKEN_PATH.to_owned()]
+        }
         _ => vec![format!("user-{}", name.to_lowercase())],
     };
     (0..3u8, prop::sample::select(values), extra()).prop_map(move |(kind, value, e)| {
@@ -151,15 +187,22 @@ fn env_list() -> impl Strategy<Value = Value> {
         .prop_shuffle()
         .prop_flat_map(|names| names.into_iter().map(env_entry).collect::<Vec<_>>())
         .prop_map(Value::Array);
-    // Sometimes exactly the pair binding b0 or b1 writes (an earlier injection), plus others.
+    // Sometimes exactly the pair binding b0 or b1 writes with either delivery (an earlier
+    // injection), plus others.
     let injected = (
         prop::sample::select(vec!["b0", "b1"]),
+        any::<bool>(),
         subsequence(&ENV_NAMES[..7], 0..=3)
             .prop_flat_map(|names| names.into_iter().map(env_entry).collect::<Vec<_>>()),
     )
-        .prop_map(|(b, mut env)| {
-            env.push(json!({"name": ENV_ROLE_ARN, "value": format!("arn:aws:iam::123456789012:role/{b}")}));
-            env.push(json!({"name": ENV_TOKEN_FILE, "value": token_path(DEFAULT_AUDIENCE)}));
+        .prop_map(|(b, endpoint, mut env)| {
+            if endpoint {
+                env.push(json!({"name": ENV_CREDENTIALS_FULL_URI, "value": credentials_uri(DEFAULT_CREDENTIALS_PORT, b)}));
+                env.push(json!({"name": ENV_AUTHORIZATION_TOKEN_FILE, "value": AUTH_TOKEN_PATH}));
+            } else {
+                env.push(json!({"name": ENV_ROLE_ARN, "value": format!("arn:aws:iam::123456789012:role/{b}")}));
+                env.push(json!({"name": ENV_TOKEN_FILE, "value": token_path(DEFAULT_AUDIENCE)}));
+            }
             Value::Array(env)
         });
     prop_oneof![9 => plain, 1 => injected]
@@ -317,7 +360,12 @@ fn pod() -> impl Strategy<Value = Value> {
                 pod_name(),
                 (extra(), extra(), extra()),
                 prop_oneof![8 => Just(None), 1 => Just(Some("linux")), 1 => Just(Some("windows"))],
-                prop_oneof![Just("serviceAccountName"), Just("serviceAccount")],
+                (
+                    prop_oneof![Just("serviceAccountName"), Just("serviceAccount")],
+                    prop_oneof![16 => Just(None), 1 => Just(Some(false)), 1 => Just(Some(true))],
+                    // Rarely, no metadata map at all (a fuzzer finding: the patch must add it).
+                    prop::bool::weighted(0.03),
+                ),
             )
         })
         .prop_map(
@@ -329,7 +377,7 @@ fn pod() -> impl Strategy<Value = Value> {
                 (name, gen_name),
                 (e_top, e_meta, e_spec),
                 os,
-                sa_field,
+                (sa_field, host_network, no_metadata),
             )| {
                 let mut meta = Map::new();
                 if let Some(n) = name {
@@ -348,12 +396,18 @@ fn pod() -> impl Strategy<Value = Value> {
                 if let Some(os) = os {
                     spec.insert("os".into(), json!({"name": os}));
                 }
-                let pod = json!({
+                if let Some(h) = host_network {
+                    spec.insert("hostNetwork".into(), json!(h));
+                }
+                let mut pod = json!({
                     "apiVersion": "v1",
                     "kind": "Pod",
                     "metadata": with_extra(Value::Object(meta), e_meta),
                     "spec": with_extra(Value::Object(spec), e_spec),
                 });
+                if no_metadata {
+                    pod.as_object_mut().unwrap().remove("metadata");
+                }
                 with_extra(pod, e_top)
             },
         )
@@ -379,6 +433,8 @@ fn bindings() -> impl Strategy<Value = Vec<Binding>> {
             ]),
         ),
         prop::option::weighted(0.3, prop::sample::select(vec!["us-east-1", "eu-west-1"])),
+        // Mostly web identity; sometimes a session duration, a chain, or both.
+        prop_oneof![8 => Just((false, false)), 1 => Just((true, false)), 1 => Just((false, true)), 1 => Just((true, true))],
     );
     let names = prop_oneof![1 => Just(Vec::new()), 6 => subsequence(BINDING_NAMES, 1..=3)];
     names
@@ -390,15 +446,27 @@ fn bindings() -> impl Strategy<Value = Vec<Binding>> {
             names
                 .into_iter()
                 .zip(specs)
-                .map(|(name, (containers, audience, region))| Binding {
-                    name: name.to_owned(),
-                    service_account: SA.to_owned(),
-                    role_arn: format!("arn:aws:iam::123456789012:role/{name}"),
-                    audience: audience.map(str::to_owned),
-                    region: region.map(str::to_owned),
-                    containers: containers.map(|cs| cs.into_iter().map(str::to_owned).collect()),
-                    ..Binding::default()
-                })
+                .map(
+                    |(name, (containers, audience, region, (timed, chained)))| Binding {
+                        name: name.to_owned(),
+                        service_account: SA.to_owned(),
+                        role_arn: format!("arn:aws:iam::123456789012:role/{name}"),
+                        audience: audience.map(str::to_owned),
+                        region: region.map(str::to_owned),
+                        containers: containers
+                            .map(|cs| cs.into_iter().map(str::to_owned).collect()),
+                        chain: if chained {
+                            vec![Hop {
+                                role_arn: format!("arn:aws:iam::210987654321:role/{name}-target"),
+                                external_id: Some(format!("ext-{name}")),
+                            }]
+                        } else {
+                            Vec::new()
+                        },
+                        duration_seconds: timed.then_some(900),
+                        session_tags: chained,
+                    },
+                )
                 .collect()
         })
 }
@@ -414,6 +482,10 @@ enum DenyReason {
     Tie,
     /// A reserved agent container / token volume name in a pod rolebridge did not inject.
     ReservedName,
+    /// A `hostNetwork` pod with a binding that needs the credentials endpoint.
+    HostNetwork,
+    /// Legacy sidecar mode and an init container covered by an endpoint binding.
+    LegacyInit,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -436,6 +508,34 @@ struct Prediction {
     reserved_annotated: bool,
     /// A container's role/token variables were recognised as rolebridge's own.
     ours_recognised: bool,
+    /// Containers got each delivery (for the coverage test: mixed pods).
+    web_identity: bool,
+    endpoint: bool,
+}
+
+/// The model's own statement of what each delivery writes to say where credentials come from.
+fn identity_of(b: &Binding) -> [(&'static str, String); 2] {
+    if b.chain.is_empty() && b.duration_seconds.is_none() {
+        [
+            (ENV_ROLE_ARN, b.role_arn.clone()),
+            (
+                ENV_TOKEN_FILE,
+                token_path(b.audience.as_deref().unwrap_or(DEFAULT_AUDIENCE)),
+            ),
+        ]
+    } else {
+        [
+            (
+                ENV_CREDENTIALS_FULL_URI,
+                credentials_uri(DEFAULT_CREDENTIALS_PORT, &b.name),
+            ),
+            (ENV_AUTHORIZATION_TOKEN_FILE, AUTH_TOKEN_PATH.to_owned()),
+        ]
+    }
+}
+
+fn is_endpoint(b: &Binding) -> bool {
+    !b.chain.is_empty() || b.duration_seconds.is_some()
 }
 
 fn arr(v: &Value) -> &[Value] {
@@ -457,13 +557,15 @@ fn is_agent_name(name: &str) -> bool {
     name == AGENT_CONTAINER || name == AGENT_INIT_CONTAINER
 }
 
-fn predict(pod: &Value, bindings: &[Binding]) -> Prediction {
+fn predict(pod: &Value, bindings: &[Binding], legacy: bool) -> Prediction {
     let mut p = Prediction {
         expected: Expected::Skip(Skip::NoBinding),
         role_warning: false,
         owned_tie: false,
         reserved_annotated: false,
         ours_recognised: false,
+        web_identity: false,
+        endpoint: false,
     };
     let done = |mut p: Prediction, e: Expected| {
         p.expected = e;
@@ -525,16 +627,18 @@ fn predict(pod: &Value, bindings: &[Binding]) -> Prediction {
             _ => tier.iter().copied().find(|b| Some(b.name.as_str()) == role),
         };
         // The user's own variables or mount: left alone before any tie is looked at.
-        // Variables exactly as a covering binding writes them are rolebridge's own.
+        // Variables exactly as a covering binding's delivery writes them (and no other
+        // identity variable) are rolebridge's own.
         let ours = |b: &Binding| {
-            env_is(c, ENV_ROLE_ARN, &b.role_arn)
-                && env_is(
-                    c,
-                    ENV_TOKEN_FILE,
-                    &token_path(b.audience.as_deref().unwrap_or(DEFAULT_AUDIENCE)),
-                )
+            let mine = identity_of(b);
+            IDENTITY
+                .iter()
+                .all(|v| match mine.iter().find(|(n, _)| n == v) {
+                    Some((_, want)) => env_is(c, v, want),
+                    None => !env_has(c, v),
+                })
         };
-        let has_vars = env_has(c, ENV_ROLE_ARN) || env_has(c, ENV_TOKEN_FILE);
+        let has_vars = IDENTITY.iter().any(|v| env_has(c, v));
         let own_vars = has_vars && !covering.iter().any(|b| ours(b));
         let clash = arr(&c["volumeMounts"]).iter().any(|m| {
             m["mountPath"].as_str().unwrap().trim_end_matches('/') == TOKEN_MOUNT_PATH
@@ -562,14 +666,29 @@ fn predict(pod: &Value, bindings: &[Binding]) -> Prediction {
             .iter()
             .any(|v| v["name"] == TOKEN_VOLUME);
     let annotated = ann(ANNOTATION_APPLIED).is_some();
+    let binding = |name: &str| bindings.iter().find(|b| b.name == name).unwrap();
+    let init_names: Vec<&str> = arr(&pod["spec"]["initContainers"])
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let endpoint = planned.iter().any(|(_, b)| is_endpoint(binding(b)));
+    let endpoint_init = planned
+        .iter()
+        .any(|(c, b)| is_endpoint(binding(b)) && init_names.contains(&c.as_str()));
     let e = if tie {
         Expected::Deny(DenyReason::Tie)
     } else if planned.is_empty() {
         Expected::Skip(Skip::NoContainerCovered)
     } else if reserved && !annotated {
         Expected::Deny(DenyReason::ReservedName)
+    } else if endpoint && pod["spec"]["hostNetwork"] == true {
+        Expected::Deny(DenyReason::HostNetwork)
+    } else if endpoint_init && legacy {
+        Expected::Deny(DenyReason::LegacyInit)
     } else {
         p.reserved_annotated = reserved;
+        p.endpoint = endpoint;
+        p.web_identity = planned.iter().any(|(_, b)| !is_endpoint(binding(b)));
         Expected::Mutate(planned)
     };
     done(p, e)
@@ -632,16 +751,21 @@ fn strip(out: &Value, input: &Value, covered: &BTreeSet<String>) -> Result<Value
         .as_object_mut()
         .ok_or("metadata is not an object")?;
     if let Some(Value::Object(a)) = meta.get_mut("annotations") {
-        match input["metadata"]["annotations"].get(ANNOTATION_APPLIED) {
-            Some(v) => {
-                a.insert(ANNOTATION_APPLIED.into(), v.clone());
-            }
-            None => {
-                a.remove(ANNOTATION_APPLIED);
+        for key in [ANNOTATION_APPLIED, ANNOTATION_CREDENTIALS_PORT] {
+            match input["metadata"]["annotations"].get(key) {
+                Some(v) => {
+                    a.insert(key.into(), v.clone());
+                }
+                None => {
+                    a.remove(key);
+                }
             }
         }
     }
     restore_missing(meta, &input["metadata"], "annotations");
+    if input.get("metadata").is_none() && meta.is_empty() {
+        out.as_object_mut().unwrap().remove("metadata");
+    }
 
     let spec = out["spec"].as_object_mut().ok_or("spec is not an object")?;
     let in_spec = &input["spec"];
@@ -713,7 +837,7 @@ fn check(input: &Value, bindings: &[Binding], legacy: bool) -> Result<(), TestCa
     let view = PodView::from_json(&text).map_err(|e| TestCaseError::fail(format!("parse: {e}")))?;
     prop_assert_eq!(view.service_account(), SA);
     let result = mutate::mutate(&view, NS, bindings, &cfg);
-    let prediction = predict(input, bindings);
+    let prediction = predict(input, bindings, legacy);
     let expected = prediction.expected;
 
     let m = match (result, &expected) {
@@ -723,6 +847,8 @@ fn check(input: &Value, bindings: &[Binding], legacy: bool) -> Result<(), TestCa
                 DenyReason::UnboundRole => "names no AWSRoleBinding of service account",
                 DenyReason::Tie => "nothing chooses between them",
                 DenyReason::ReservedName => "reserved by rolebridge",
+                DenyReason::HostNetwork => "hostNetwork: true",
+                DenyReason::LegacyInit => "in legacy sidecar mode",
             };
             prop_assert!(
                 d.message.contains(marker),
@@ -804,20 +930,32 @@ fn check(input: &Value, bindings: &[Binding], legacy: bool) -> Result<(), TestCa
         user_agents || find_container(&out, AGENT_CONTAINER).is_some(),
         "no agent container"
     );
+    let mut endpoint_pod = false;
+    let mut web_identity_pod = false;
     for (c, b) in &planned {
         let b = bindings.iter().find(|x| &x.name == b).unwrap();
         let aud = b.audience.as_deref().unwrap_or(&cfg.default_audience);
-        let path = token_path(aud);
         let cv = find_container(&out, c).unwrap();
+        // Exactly the delivery's two identity variables, never the other delivery's.
+        for v in IDENTITY {
+            let want = identity_of(b).into_iter().find(|(n, _)| n == v);
+            match want {
+                Some((_, value)) => {
+                    prop_assert_eq!(
+                        &env_value(cv, v).unwrap()["value"],
+                        &json!(value),
+                        "{} of {}",
+                        v,
+                        c
+                    )
+                }
+                None => prop_assert!(env_value(cv, v).is_none(), "{} set in {}", v, c),
+            }
+        }
         prop_assert_eq!(
-            &env_value(cv, ENV_ROLE_ARN).unwrap()["value"],
-            &json!(b.role_arn)
+            b.delivery() == Delivery::CredentialsEndpoint,
+            is_endpoint(b)
         );
-        prop_assert_eq!(
-            &env_value(cv, ENV_TOKEN_FILE).unwrap()["value"],
-            &json!(path)
-        );
-        prop_assert!(env_value(cv, ENV_SESSION_NAME).is_some());
         if let Some(r) = &b.region {
             // The user's own AWS_REGION wins; otherwise ours.
             let in_c = find_container(input, c).unwrap();
@@ -830,28 +968,63 @@ fn check(input: &Value, bindings: &[Binding], legacy: bool) -> Result<(), TestCa
                 .iter()
                 .any(|m| m["name"] == TOKEN_VOLUME && m["mountPath"] == TOKEN_MOUNT_PATH)
         );
-        let token_arg = format!("{path}={aud}");
+        let (served, missing) = if is_endpoint(b) {
+            endpoint_pod = true;
+            let served = agent_args
+                .iter()
+                .filter_map(|a| a.parse::<CredentialsSpec>().ok())
+                .any(|spec| {
+                    spec.name == b.name
+                        && spec.role_arn == b.role_arn
+                        && spec.chain == b.chain
+                        && spec.duration_seconds == b.duration_seconds
+                        && spec.audience == aud
+                });
+            (
+                served,
+                format!("does not serve the credentials of binding {:?}", b.name),
+            )
+        } else {
+            web_identity_pod = true;
+            prop_assert!(env_value(cv, ENV_SESSION_NAME).is_some());
+            let token_arg = format!("{}={aud}", token_path(aud));
+            (
+                agent_args.contains(&token_arg.as_str()),
+                format!("does not serve token {token_arg}"),
+            )
+        };
         prop_assert!(
-            agent_args.contains(&token_arg.as_str())
-                || (user_agents
-                    && m.warnings
-                        .iter()
-                        .any(|w| w.contains(&format!("does not serve token {token_arg}")))),
-            "agent does not serve {}",
-            token_arg
+            served || (user_agents && m.warnings.iter().any(|w| w.contains(&missing))),
+            "agent: {}",
+            missing
         );
     }
+    // The endpoint's port is recorded exactly when the endpoint is used.
+    let want_port = endpoint_pod.then(|| json!(DEFAULT_CREDENTIALS_PORT.to_string()));
+    prop_assert_eq!(
+        out["metadata"]["annotations"].get(ANNOTATION_CREDENTIALS_PORT),
+        want_port.as_ref()
+    );
+    let first_app = &out["spec"]["containers"][0];
     if user_agents {
         // Nothing to check about placement: no agent was added.
     } else if legacy {
+        // The one-shot init container writes token files; the endpoint needs the sidecar first
+        // among the app containers, holding them with its postStart wait.
         prop_assert_eq!(
-            &out["spec"]["initContainers"][0]["name"],
-            &json!(AGENT_INIT_CONTAINER)
+            out["spec"]["initContainers"][0]["name"] == json!(AGENT_INIT_CONTAINER),
+            web_identity_pod
         );
-        prop_assert_eq!(
-            arr(&out["spec"]["containers"]).last().unwrap()["name"].clone(),
-            json!(AGENT_CONTAINER)
-        );
+        if endpoint_pod {
+            prop_assert_eq!(&first_app["name"], &json!(AGENT_CONTAINER));
+            let hook = &first_app["lifecycle"]["postStart"]["exec"]["command"];
+            prop_assert!(arr(hook).iter().any(|a| a == "--wait"), "{}", hook);
+        } else {
+            prop_assert_eq!(
+                arr(&out["spec"]["containers"]).last().unwrap()["name"].clone(),
+                json!(AGENT_CONTAINER)
+            );
+        }
     } else {
         prop_assert_eq!(
             &out["spec"]["initContainers"][0]["name"],
@@ -861,6 +1034,11 @@ fn check(input: &Value, bindings: &[Binding], legacy: bool) -> Result<(), TestCa
             &out["spec"]["initContainers"][0]["restartPolicy"],
             &json!("Always")
         );
+    }
+    if !user_agents {
+        // The agent learns the pod's identity exactly when it obtains credentials itself.
+        let agent = find_container(&out, AGENT_CONTAINER).unwrap();
+        prop_assert_eq!(agent.get("env").is_some(), endpoint_pod);
     }
 
     // Env names stay unique in every container.
@@ -913,10 +1091,25 @@ fn check(input: &Value, bindings: &[Binding], legacy: bool) -> Result<(), TestCa
         .as_str()
         .map(str::trim);
     let late_tie = generic.len() > 1 && !generic.iter().any(|b| Some(b.name.as_str()) == role);
+    // A host-network pod admitted with web identity only cannot take an endpoint binding later.
+    let late_binding = generic
+        .iter()
+        .find(|b| Some(b.name.as_str()) == role)
+        .or(generic.first());
+    let late_host = !late_tie
+        && late_binding.is_some_and(|b| is_endpoint(b))
+        && input["spec"]["hostNetwork"] == true;
     match mutate::mutate(&late_view, NS, bindings, &cfg) {
-        Err(d) => prop_assert!(late_tie, "late container denied without a tie: {}", d),
+        Err(d) => prop_assert!(
+            late_tie || (late_host && d.message.contains("hostNetwork")),
+            "late container denied without a tie: {}",
+            d
+        ),
         Ok(m3) => {
-            prop_assert!(!late_tie, "late container has a tie but was admitted");
+            prop_assert!(
+                !late_tie && !late_host,
+                "late container should have been denied"
+            );
             let mut late_out = late.clone();
             json_patch::patch(&mut late_out, &m3.patch)
                 .map_err(|e| TestCaseError::fail(format!("late patch does not apply: {e}")))?;
@@ -1089,12 +1282,12 @@ fn generators_reach_every_outcome() {
         RunnerConfig::default(),
         TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]),
     );
-    let strategy = (pod(), bindings());
+    let strategy = (pod(), bindings(), any::<bool>());
     let mut tally: std::collections::BTreeMap<String, usize> = Default::default();
     let n = 1024;
     for _ in 0..n {
-        let (p, b) = strategy.new_tree(&mut runner).unwrap().current();
-        let pr = predict(&p, &b);
+        let (p, b, legacy) = strategy.new_tree(&mut runner).unwrap().current();
+        let pr = predict(&p, &b, legacy);
         let kind = match &pr.expected {
             Expected::Mutate(_) => "mutate".to_owned(),
             other => format!("{other:?}"),
@@ -1115,6 +1308,9 @@ fn generators_reach_every_outcome() {
                 pr.ours_recognised && admitted,
                 "our own variables recognised",
             ),
+            (pr.endpoint, "endpoint delivery (mutated)"),
+            (pr.endpoint && pr.web_identity, "both deliveries in one pod"),
+            (pr.endpoint && legacy, "endpoint in legacy mode"),
         ] {
             if flag {
                 *tally.entry(what.to_owned()).or_default() += 1;
@@ -1126,6 +1322,11 @@ fn generators_reach_every_outcome() {
         "Deny(UnboundRole)",
         "Deny(Tie)",
         "Deny(ReservedName)",
+        "Deny(HostNetwork)",
+        "Deny(LegacyInit)",
+        "endpoint delivery (mutated)",
+        "both deliveries in one pod",
+        "endpoint in legacy mode",
         "Skip(NoBinding)",
         "Skip(OptedOut)",
         "Skip(Windows)",

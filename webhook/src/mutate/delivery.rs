@@ -11,9 +11,10 @@ use serde_json::{Value, json};
 
 use super::plan::Planned;
 use super::{
-    Binding, Config, Delivery, ENV_AUTHORIZATION_TOKEN, ENV_AUTHORIZATION_TOKEN_FILE,
-    ENV_CREDENTIALS_FULL_URI, ENV_CREDENTIALS_RELATIVE_URI, ENV_DEFAULT_REGION, ENV_REGION,
-    ENV_ROLE_ARN, ENV_SESSION_NAME, ENV_STS_REGIONAL, ENV_TOKEN_FILE,
+    ANNOTATION_CREDENTIALS_PORT, Binding, Config, Delivery, ENV_AUTHORIZATION_TOKEN,
+    ENV_AUTHORIZATION_TOKEN_FILE, ENV_CREDENTIALS_FULL_URI, ENV_CREDENTIALS_RELATIVE_URI,
+    ENV_DEFAULT_REGION, ENV_REGION, ENV_ROLE_ARN, ENV_SESSION_NAME, ENV_STS_REGIONAL,
+    ENV_TOKEN_FILE, containers, is_agent,
 };
 use crate::pod::{ContainerView, EnvView, PodView};
 
@@ -36,16 +37,99 @@ const SESSION_NAME_MAX: usize = 64;
 pub(super) struct Ctx<'c> {
     pub cfg: &'c Config,
     /// Where this pod's credentials endpoint listens.
-    pub port: u16,
+    pub port: Port,
     /// `AWS_ROLE_SESSION_NAME` for web identity.
     session_name: Value,
+}
+
+/// The credentials endpoint's port for a pod: decided for every pod (variables from an earlier
+/// pass are recognised by it), acted on only when a binding needs the endpoint.
+pub(super) struct Port {
+    pub number: u16,
+    /// The pod's `rolebridge.io/credentials-port` chose it (or an earlier pass recorded it).
+    pub annotated: bool,
+    /// Why the default moved, for a warning.
+    pub moved: Option<String>,
+    /// Why no port can be used, for a denial.
+    pub problem: Option<String>,
+}
+
+/// The lowest port the endpoint may use: the agent runs without privileges.
+const MIN_PORT: u16 = 1024;
+
+impl Port {
+    fn choose(pod: &PodView<'_>, cfg: &Config) -> Port {
+        let declared_by = |port: u16| {
+            containers(pod)
+                .map(|(_, _, c)| c)
+                .find(|c| !is_agent(c.name.as_str()) && c.declares_tcp_port(port))
+                .map(|c| c.name.as_str().to_owned())
+        };
+        let fail = |number, problem: String| Port {
+            number,
+            annotated: true,
+            moved: None,
+            problem: Some(problem),
+        };
+        if let Some(text) = pod.annotation(ANNOTATION_CREDENTIALS_PORT) {
+            let Some(number) = text.trim().parse::<u16>().ok().filter(|p| *p >= MIN_PORT) else {
+                return fail(
+                    cfg.credentials_port,
+                    format!(
+                        "annotation {ANNOTATION_CREDENTIALS_PORT}={text:?} is not a port number from {MIN_PORT} to 65535; set it to a port no container of the pod uses, or remove it to let rolebridge choose one"
+                    ),
+                );
+            };
+            if let Some(c) = declared_by(number) {
+                return fail(
+                    number,
+                    format!(
+                        "annotation {ANNOTATION_CREDENTIALS_PORT}={text:?} asks for port {number} for the credentials endpoint, but container {c:?} declares that port (ports[].containerPort); the endpoint needs it free on the pod's loopback. Choose another port in the annotation, or remove it to let rolebridge choose a free one"
+                    ),
+                );
+            }
+            return Port {
+                number,
+                annotated: true,
+                moved: None,
+                problem: None,
+            };
+        }
+        let wanted = cfg.credentials_port;
+        let Some(c) = declared_by(wanted) else {
+            return Port {
+                number: wanted,
+                annotated: false,
+                moved: None,
+                problem: None,
+            };
+        };
+        // The next free port above, wrapping around to MIN_PORT.
+        let free = (wanted..=u16::MAX)
+            .chain(MIN_PORT..wanted)
+            .find(|p| declared_by(*p).is_none());
+        match free {
+            Some(number) => Port {
+                number,
+                annotated: false,
+                moved: Some(format!(
+                    "container {c:?} declares port {wanted}, so this pod's credentials endpoint listens on port {number} instead (recorded in annotation {ANNOTATION_CREDENTIALS_PORT})"
+                )),
+                problem: None,
+            },
+            None => fail(
+                wanted,
+                "the containers of this pod declare every port from 1024 to 65535, so the credentials endpoint has none left".into(),
+            ),
+        }
+    }
 }
 
 impl<'c> Ctx<'c> {
     pub fn new(pod: &PodView<'_>, cfg: &'c Config) -> Self {
         Ctx {
             cfg,
-            port: cfg.credentials_port,
+            port: Port::choose(pod, cfg),
             session_name: session_name_env(pod),
         }
     }
@@ -67,7 +151,10 @@ pub(super) fn identity_env(b: &Binding, ctx: &Ctx) -> [(&'static str, String); 2
             ),
         ],
         Delivery::CredentialsEndpoint => [
-            (ENV_CREDENTIALS_FULL_URI, credentials_uri(ctx.port, &b.name)),
+            (
+                ENV_CREDENTIALS_FULL_URI,
+                credentials_uri(ctx.port.number, &b.name),
+            ),
             (ENV_AUTHORIZATION_TOKEN_FILE, AUTH_TOKEN_PATH.to_owned()),
         ],
     }
@@ -75,6 +162,9 @@ pub(super) fn identity_env(b: &Binding, ctx: &Ctx) -> [(&'static str, String); 2
 
 /// The [`IDENTITY_VARS`] the container sets itself, in that order.
 pub(super) fn identity_vars_set(c: &ContainerView<'_>) -> Vec<&'static str> {
+    if c.env.as_deref().is_none_or(<[_]>::is_empty) {
+        return Vec::new();
+    }
     IDENTITY_VARS
         .iter()
         .copied()
@@ -107,9 +197,11 @@ pub(super) fn describe(d: Delivery) -> &'static str {
 }
 
 /// Every variable a covered container gets (before dropping those it already defines).
-pub(super) fn container_env(b: &Binding, ctx: &Ctx) -> Vec<Value> {
-    let mut env: Vec<Value> = identity_env(b, ctx)
-        .into_iter()
+pub(super) fn container_env(p: &Planned, ctx: &Ctx) -> Vec<Value> {
+    let b = p.binding;
+    let mut env: Vec<Value> = p
+        .identity
+        .iter()
         .map(|(name, value)| json!({"name": name, "value": value}))
         .collect();
     if b.delivery() == Delivery::WebIdentity {
@@ -147,16 +239,17 @@ fn session_name_env(pod: &PodView<'_>) -> Value {
 /// bindings, the credentials of every endpoint binding. Sorted, so every replica renders the
 /// same arguments.
 pub(super) fn agent_args(planned: &[Planned], ctx: &Ctx) -> AgentArgs {
-    // Keyed by (path, audience) as text: the order the agent's arguments have always had.
-    let mut tokens: BTreeMap<(String, String), TokenSpec> = BTreeMap::new();
+    // Token path → audience; the path comes from the planned variables (one per audience), and
+    // (path, audience) order is the order the agent's arguments have always had.
+    let mut tokens: BTreeMap<&str, &str> = BTreeMap::new();
     let mut credentials: BTreeMap<&str, CredentialsSpec> = BTreeMap::new();
     for p in planned {
         let b = p.binding;
         match b.delivery() {
             Delivery::WebIdentity => {
-                let t = TokenSpec::for_audience(ctx.audience(b));
-                let key = (t.path.display().to_string(), t.audience.clone());
-                tokens.entry(key).or_insert(t);
+                if let Some((_, path)) = p.identity.iter().find(|(n, _)| *n == ENV_TOKEN_FILE) {
+                    tokens.insert(path, ctx.audience(b));
+                }
             }
             Delivery::CredentialsEndpoint => {
                 credentials
@@ -174,9 +267,15 @@ pub(super) fn agent_args(planned: &[Planned], ctx: &Ctx) -> AgentArgs {
         }
     }
     AgentArgs {
-        tokens: tokens.into_values().collect(),
+        tokens: tokens
+            .into_iter()
+            .map(|(path, audience)| TokenSpec {
+                path: path.into(),
+                audience: audience.to_owned(),
+            })
+            .collect(),
         credentials: credentials.into_values().collect(),
-        credentials_port: ctx.port,
+        credentials_port: ctx.port.number,
     }
 }
 

@@ -4,27 +4,30 @@
 //! Everything here is deterministic and free of I/O so it can be tested exhaustively and reused
 //! unchanged by `rolebridge-webhook inject`. It runs in phases, each in its own module:
 //!
-//! 1. [`gate`]: pods in the webhook's own namespace, pods without a binding, pods that opt out
+//! 1. `gate`: pods in the webhook's own namespace, pods without a binding, pods that opt out
 //!    with `rolebridge.io/inject: "false"` and Windows pods are left unchanged;
 //!    `rolebridge.io/role` may only name a binding of the pod's service account (else: deny);
 //!    naming one whose `spec.containers` lists no container of the pod earns a warning.
-//! 2. [`plan`]: which binding covers which container, the same whatever the delivery.
+//! 2. `plan`: which binding covers which container, the same whatever the delivery.
 //!    Containers named like the agent are never covered, those in
 //!    `rolebridge.io/skip-containers` are skipped. A container that already chooses its own
-//!    credentials (one of [`delivery::IDENTITY_VARS`] set to anything but exactly what a covering
+//!    credentials (one of [`IDENTITY_VARS`] set to anything but exactly what a covering
 //!    binding's delivery writes), or that mounts another volume at the token directory, is left
 //!    alone with a warning: the user's explicit choice wins. This is decided before tie
 //!    resolution, so such a container never takes part in a tie. Every other container (init or
 //!    app) is covered by the binding that names it in `spec.containers`, else by the one binding
 //!    that covers all containers ([`crate::binding::Coverage`]); the annotation chooses when
 //!    several tie, and an unresolved tie is a denial.
-//! 3. [`reserved`]: the agent's container names and the token volume's name are reserved: a pod
+//! 3. `reserved`: the agent's container names and the token volume's name are reserved: a pod
 //!    that would be injected but already uses one of them without carrying
 //!    `rolebridge.io/bindings` (so rolebridge did not inject it) is denied, since its containers
 //!    would be pointed at files nobody writes. A pod carrying the annotation is a reinvocation.
-//! 4. [`render`]: the patch for the plan, where [`delivery`] holds every rule that differs
+//! 4. `render`: the patch for the plan, where `delivery` holds every rule that differs
 //!    between web identity and the credentials endpoint (variables, what the agent is told, the
-//!    endpoint's port). Every `add` is guarded by an existence check, so mutating an already
+//!    endpoint's port). A pod whose bindings need the endpoint is denied when it cannot have one:
+//!    `hostNetwork` (its loopback is the node's), a port annotation that is unusable or that a
+//!    container declares, or, in legacy sidecar mode, an init container that would need it.
+//!    Every `add` is guarded by an existence check, so mutating an already
 //!    mutated pod yields no operations (webhook reinvocation, a second replica, `inject` run
 //!    twice).
 
@@ -54,6 +57,8 @@ pub const ANNOTATION_SKIP_CONTAINERS: &str = "rolebridge.io/skip-containers";
 pub const ANNOTATION_ROLE: &str = "rolebridge.io/role";
 /// Written by the webhook: `container=binding` pairs that were applied.
 pub const ANNOTATION_APPLIED: &str = "rolebridge.io/bindings";
+/// The credentials endpoint's port for this pod; written by the webhook when it chose one.
+pub const ANNOTATION_CREDENTIALS_PORT: &str = "rolebridge.io/credentials-port";
 
 pub const ENV_ROLE_ARN: &str = "AWS_ROLE_ARN";
 pub const ENV_TOKEN_FILE: &str = "AWS_WEB_IDENTITY_TOKEN_FILE";

@@ -16,6 +16,8 @@ pub(super) struct Planned<'p, 'a, 'b> {
     pub index: usize,
     pub container: &'p ContainerView<'a>,
     pub binding: &'b Binding,
+    /// [`delivery::identity_env`] of the binding, computed once.
+    pub identity: [(&'static str, String); 2],
 }
 
 /// Why a container that a binding covers is not planned.
@@ -138,6 +140,7 @@ pub(super) fn plan<'p, 'a, 'b>(
             index,
             container: c,
             binding,
+            identity: delivery::identity_env(binding, ctx),
         });
     }
     if !ties.is_empty() {

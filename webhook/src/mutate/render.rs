@@ -4,6 +4,7 @@
 //! come before the insertions at index 0, which shift them.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use json_patch::{AddOperation, PatchOperation, jsonptr::PointerBuf};
 use rolebridge_contract::{AGENT_UID, AgentArgs, TOKEN_MOUNT_PATH, subcommand};
@@ -12,8 +13,9 @@ use serde_json::{Value, json};
 use super::delivery::{self, Ctx};
 use super::plan::Planned;
 use super::{
-    AGENT_CONTAINER, AGENT_INIT_CONTAINER, ANNOTATION_APPLIED, Config, Denial, SidecarMode,
-    TOKEN_VOLUME, TOKEN_VOLUME_SIZE_LIMIT, Warnings, containers, is_agent, reserved,
+    AGENT_CONTAINER, AGENT_INIT_CONTAINER, ANNOTATION_APPLIED, ANNOTATION_CREDENTIALS_PORT,
+    ANNOTATION_SKIP_CONTAINERS, Config, Delivery, Denial, Kind, SidecarMode, TOKEN_VOLUME,
+    TOKEN_VOLUME_SIZE_LIMIT, Warnings, containers, is_agent, reserved,
 };
 use crate::pod::{ContainerView, PodView};
 
@@ -67,16 +69,61 @@ pub(super) fn render(
         ));
     }
     let args = delivery::agent_args(planned, ctx);
+    let endpoint = !args.credentials.is_empty();
+    if endpoint {
+        endpoint_checks(pod, planned, ctx)?;
+        if let Some(moved) = &ctx.port.moved {
+            warnings.push(moved);
+        }
+    }
     agent_ops(&mut patch, warnings, pod, ctx.cfg, &args);
-    annotation_ops(&mut patch, pod, planned);
+    let port = (endpoint && !ctx.port.annotated).then_some(ctx.port.number);
+    annotation_ops(&mut patch, pod, planned, port);
     Ok(patch)
+}
+
+/// What makes the credentials endpoint unusable in this pod, as a denial.
+fn endpoint_checks(pod: &PodView<'_>, planned: &[Planned], ctx: &Ctx) -> Result<(), Denial> {
+    let endpoint_bindings = || {
+        let mut names: Vec<String> = planned
+            .iter()
+            .filter(|p| p.binding.delivery() == Delivery::CredentialsEndpoint)
+            .map(|p| format!("{:?}", p.binding.name))
+            .collect();
+        names.dedup();
+        names.join(", ")
+    };
+    if pod.spec.host_network == Some(true) {
+        return Err(Denial::new(format!(
+            "this pod uses hostNetwork: true, and binding {} needs the in-pod credentials endpoint (it sets chain or durationSeconds), which would listen on the node's loopback where every host-network pod of the node could reach it. Run the pod without hostNetwork, or give its service account a binding without chain and durationSeconds (web identity needs no endpoint).",
+            endpoint_bindings()
+        )));
+    }
+    if let Some(problem) = &ctx.port.problem {
+        return Err(Denial::new(format!(
+            "{problem} (binding {} needs the credentials endpoint).",
+            endpoint_bindings()
+        )));
+    }
+    if ctx.cfg.sidecar_mode == SidecarMode::Legacy
+        && let Some(p) = planned
+            .iter()
+            .find(|p| p.kind == Kind::Init && p.binding.delivery() == Delivery::CredentialsEndpoint)
+    {
+        return Err(Denial::new(format!(
+            "init container {:?} is covered by binding {:?}, whose credentials the agent serves from its endpoint, but in legacy sidecar mode (clusters before Kubernetes 1.29) the agent runs beside the app containers only, after every init container has finished. Exclude the container with {ANNOTATION_SKIP_CONTAINERS}, cover it with a binding without chain and durationSeconds, or use native sidecars (--sidecar-mode native, Kubernetes 1.29 or later).",
+            p.container.name.as_str(),
+            p.binding.name
+        )));
+    }
+    Ok(())
 }
 
 fn container_ops(patch: &mut Vec<PatchOperation>, p: &Planned, ctx: &Ctx) {
     let c = p.container;
     let idx = p.index.to_string();
     let base = ["spec", p.kind.field(), idx.as_str()];
-    let mut env = delivery::container_env(p.binding, ctx);
+    let mut env = delivery::container_env(p, ctx);
     // A variable the container already defines is the user's (or ours from an earlier pass).
     env.retain(|e| c.env_var(e["name"].as_str().unwrap_or_default()).is_none());
     if !env.is_empty() {
@@ -175,38 +222,70 @@ fn agent_ops(
             let mut agent = sidecar(cfg, args);
             agent["restartPolicy"] = json!("Always");
             // The kubelet starts the next init container and the app only once this succeeds,
-            // i.e. once every token file holds a valid token.
-            agent["startupProbe"] = check_probe(args, 1, 120);
+            // i.e. once every token file holds a valid token and the endpoint has credentials.
+            agent["startupProbe"] = check_probe(args, 1, STARTUP_BUDGET_SECONDS);
             agent["livenessProbe"] = check_probe(args, 30, 4);
             patch.push(insert_first(has_init, "initContainers", agent));
         }
-        SidecarMode::Legacy => {
-            let first = agent_container(AGENT_INIT_CONTAINER, cfg, args.args(subcommand::INIT));
-            let mut agent = sidecar(cfg, args);
-            agent["livenessProbe"] = check_probe(args, 30, 4);
-            patch.push(append(
-                pod.spec.containers.is_some(),
-                &["spec", "containers"],
-                agent,
-            ));
-            patch.push(insert_first(has_init, "initContainers", first));
-            let owned_by_job = pod
-                .metadata
-                .owner_references
-                .as_deref()
-                .unwrap_or_default()
-                .iter()
-                .any(|o| o.kind.as_str() == "Job");
-            if owned_by_job {
-                warnings.push(
-                    "legacy sidecar mode: the agent container keeps running, so this Job's pod will not complete on its own; use a cluster ≥ 1.29 with --sidecar-mode native",
-                );
-            }
-        }
+        SidecarMode::Legacy => legacy_agent_ops(patch, pod, cfg, args, has_init),
+    }
+    let owned_by_job = pod
+        .metadata
+        .owner_references
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|o| o.kind.as_str() == "Job");
+    if cfg.sidecar_mode == SidecarMode::Legacy && owned_by_job {
+        warnings.push(
+            "legacy sidecar mode: the agent container keeps running, so this Job's pod will not complete on its own; use a cluster ≥ 1.29 with --sidecar-mode native",
+        );
     }
 }
 
-fn annotation_ops(patch: &mut Vec<PatchOperation>, pod: &PodView<'_>, planned: &[Planned]) {
+/// How long the agent may take to get every token and credential before the app starts anyway
+/// (native: the startup probe's budget; legacy: the `postStart` hook's wait).
+const STARTUP_BUDGET_SECONDS: u32 = 120;
+
+/// Clusters without native sidecars: a one-shot init container writes the tokens before any
+/// other container starts, and a regular sidecar keeps them fresh. With a credentials endpoint
+/// the sidecar goes first in `spec.containers` with a `postStart` hook that waits for it: the
+/// kubelet starts containers in order and runs the next one only after this hook returns, so
+/// the app containers start once the endpoint has credentials.
+fn legacy_agent_ops(
+    patch: &mut Vec<PatchOperation>,
+    pod: &PodView<'_>,
+    cfg: &Config,
+    args: &AgentArgs,
+    has_init: bool,
+) {
+    let has_app = pod.spec.containers.is_some();
+    let mut agent = sidecar(cfg, args);
+    agent["livenessProbe"] = check_probe(args, 30, 4);
+    let init_args = AgentArgs {
+        tokens: args.tokens.clone(),
+        ..AgentArgs::default()
+    };
+    if args.credentials.is_empty() {
+        patch.push(append(has_app, &["spec", "containers"], agent));
+    } else {
+        let wait = args.wait_command(Duration::from_secs(STARTUP_BUDGET_SECONDS.into()));
+        agent["lifecycle"] = json!({"postStart": {"exec": {"command": wait}}});
+        patch.push(insert_first(has_app, "containers", agent));
+    }
+    if !init_args.tokens.is_empty() {
+        let first = agent_container(AGENT_INIT_CONTAINER, cfg, init_args.args(subcommand::INIT));
+        patch.push(insert_first(has_init, "initContainers", first));
+    }
+}
+
+/// `rolebridge.io/bindings` always, and the endpoint's port when rolebridge chose it.
+fn annotation_ops(
+    patch: &mut Vec<PatchOperation>,
+    pod: &PodView<'_>,
+    planned: &[Planned],
+    port: Option<u16>,
+) {
     let mut applied = String::new();
     for (i, p) in planned.iter().enumerate() {
         let sep = if i == 0 { "" } else { "," };
@@ -217,15 +296,29 @@ fn annotation_ops(patch: &mut Vec<PatchOperation>, pod: &PodView<'_>, planned: &
             p.binding.name
         );
     }
+    let mut ours = vec![(ANNOTATION_APPLIED, applied)];
+    if let Some(port) = port {
+        ours.push((ANNOTATION_CREDENTIALS_PORT, port.to_string()));
+    }
+    let new_map = |ours: Vec<(&str, String)>| {
+        let map: serde_json::Map<String, Value> = ours
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), Value::String(v)))
+            .collect();
+        Value::Object(map)
+    };
     match &pod.metadata.annotations {
-        None => patch.push(add(
-            &["metadata", "annotations"],
-            json!({ ANNOTATION_APPLIED: applied }),
-        )),
-        Some(a) if a.get(ANNOTATION_APPLIED) != Some(applied.as_str()) => patch.push(add(
-            &["metadata", "annotations", ANNOTATION_APPLIED],
-            Value::String(applied),
-        )),
-        Some(_) => {}
+        // A JSON patch cannot add below a missing parent: no metadata at all gets the whole map.
+        None if !pod.metadata.present => {
+            patch.push(add(&["metadata"], json!({"annotations": new_map(ours)})))
+        }
+        None => patch.push(add(&["metadata", "annotations"], new_map(ours))),
+        Some(a) => {
+            for (k, v) in ours {
+                if a.get(k) != Some(v.as_str()) {
+                    patch.push(add(&["metadata", "annotations", k], Value::String(v)));
+                }
+            }
+        }
     }
 }
