@@ -11,6 +11,8 @@ use std::time::Duration;
 use warp::Filter;
 use warp::http::Response;
 
+use rolebridge_webhook::limits::Limits;
+use rolebridge_webhook::metrics::Metrics;
 use rolebridge_webhook::server::serve_tls;
 use rolebridge_webhook::tls::{CertStore, server_config};
 
@@ -62,7 +64,8 @@ fn main() {
                     listener,
                     tls,
                     routes,
-                    Duration::from_secs(10),
+                    Limits::default(),
+                    Arc::new(Metrics::new()),
                     rx,
                     Duration::from_secs(1),
                 )

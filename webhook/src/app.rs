@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::cache::{BindingCache, LiveReadLimits, api_live_source};
+use crate::limits::{Limits, LimitsError};
 use crate::metrics::Metrics;
 use crate::mutate::flags::{self, MutationArgs, SidecarChoice};
 use crate::server::{AppState, serve_tls};
@@ -66,9 +67,8 @@ pub struct ServeArgs {
     /// misses.
     #[arg(long, env = "ROLEBRIDGE_LIVE_READ_INTERVAL", default_value = "10s", value_parser = duration::parse)]
     pub live_read_interval: Duration,
-    /// Seconds a client may take to send request headers.
-    #[arg(long, env = "ROLEBRIDGE_HEADER_READ_TIMEOUT", default_value_t = 10)]
-    pub header_read_timeout: u64,
+    #[command(flatten)]
+    pub limits: Limits,
     /// How long to keep serving after SIGTERM while reporting not-ready, so endpoints drop this
     /// replica before it stops accepting.
     #[arg(long, env = "ROLEBRIDGE_SHUTDOWN_DELAY", default_value = "5s", value_parser = duration::parse)]
@@ -127,6 +127,8 @@ pub enum ServeError {
     },
     #[error("TLS configuration: {0}")]
     Tls(#[source] rustls::Error),
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
 }
 
 fn in_cluster_namespace() -> Option<String> {
@@ -203,6 +205,7 @@ fn follow_sidecar_mode(state: Arc<AppState>, choice: SidecarChoice, client: kube
 
 /// Runs the webhook until SIGTERM (then drains).
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    args.limits.validate()?;
     let metrics = Arc::new(Metrics::new());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = Arc::new(CertStore::new(
@@ -281,11 +284,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     });
 
     let tls = Arc::new(server_config(&certs, provider).map_err(ServeError::Tls)?);
+    let metrics = state.metrics.clone();
     serve_tls(
         listener,
         tls,
         server::routes(state),
-        Duration::from_secs(args.header_read_timeout.max(1)),
+        args.limits,
+        metrics,
         stop_rx,
         args.drain_timeout,
     )

@@ -28,11 +28,15 @@
 pub mod admin;
 pub mod app;
 pub mod binding;
+pub mod budget;
 pub mod cache;
+pub mod connections;
 pub mod controller;
 pub mod crd;
+pub mod flags;
 pub mod index;
 pub mod inject;
+pub mod limits;
 pub mod metrics;
 pub mod mutate;
 pub mod pod;
