@@ -18,11 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use tokio::sync::{Notify, OnceCell};
 
 use crate::binding::Binding;
@@ -211,26 +210,24 @@ impl BindingCache {
         Some(found)
     }
 
-    /// Runs the reflector until the process ends, keeping the index (and `store`) current.
+    /// Runs the watch until the process ends, keeping the index (and `store`) current.
     pub async fn run_watch(self: Arc<Self>, client: kube::Client) -> Store<DynamicObject> {
         let ar = api_resource();
         let api: Api<DynamicObject> = Api::all_with(client, &ar);
-        let writer = reflector::store::Writer::new(ar);
+        let mut writer = reflector::store::Writer::new(ar);
         let store = writer.as_reader();
-        let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-            .default_backoff();
         let this = self.clone();
         let reader = store.clone();
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(event) = stream.next().await {
+        tokio::spawn(crate::watch::run(
+            "bindings",
+            move || watcher(api.clone(), watcher::Config::default()),
+            move |event| {
+                writer.apply_watcher_event(&event);
                 match event {
-                    Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                    Ok(
-                        watcher::Event::InitDone
-                        | watcher::Event::Apply(_)
-                        | watcher::Event::Delete(_),
-                    ) => {
+                    watcher::Event::Init | watcher::Event::InitApply(_) => {}
+                    watcher::Event::InitDone
+                    | watcher::Event::Apply(_)
+                    | watcher::Event::Delete(_) => {
                         let state = reader.state();
                         let (bindings, invalid) = convert(state.iter().map(|o| o.as_ref()));
                         this.replace(BindingIndex::new(bindings), invalid);
@@ -238,12 +235,9 @@ impl BindingCache {
                             tracing::info!(bindings = state.len(), "binding cache synced");
                         }
                     }
-                    Err(error) => {
-                        tracing::warn!(%error, "binding watch error; retrying with backoff")
-                    }
                 }
-            }
-        });
+            },
+        ));
         store
     }
 }

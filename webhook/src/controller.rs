@@ -10,12 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use tokio::sync::Notify;
 
 use crate::cache::{BindingCache, api_resource};
@@ -40,20 +39,16 @@ pub async fn run(
     let accounts = writer.as_reader();
     // Metadata only: annotations are all we need, and full objects would cost memory.
     let api = Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone());
-    let stream =
-        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
     let notify = sa_changed.clone();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(_) => notify.notify_one(),
-                Err(error) => {
-                    tracing::warn!(%error, "service account watch error; retrying with backoff")
-                }
-            }
-        }
-    });
+    let mut writer = writer;
+    tokio::spawn(crate::watch::run(
+        "service accounts",
+        move || watcher(api.clone(), watcher::Config::default()),
+        move |event| {
+            writer.apply_watcher_event(&event);
+            notify.notify_one();
+        },
+    ));
 
     if bindings.wait_until_ready().await.is_err() || accounts.wait_until_ready().await.is_err() {
         tracing::error!("status controller stopped: its watches ended");

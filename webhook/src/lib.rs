@@ -44,3 +44,4 @@ pub mod review;
 pub mod server;
 pub mod status;
 pub mod tls;
+pub mod watch;

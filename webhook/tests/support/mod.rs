@@ -2,6 +2,8 @@
 //! a webhook server on a loopback port, and clients (hyper over TLS, or raw TLS bytes).
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod apiserver;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
