@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::cache::{BindingCache, LiveReadLimits, api_live_source};
+use crate::lease::{self, LeaderArgs};
 use crate::limits::{Limits, LimitsError};
 use crate::metrics::Metrics;
 use crate::mutate::flags::{self, MutationArgs, SidecarChoice};
@@ -69,6 +70,8 @@ pub struct ServeArgs {
     pub live_read_interval: Duration,
     #[command(flatten)]
     pub limits: Limits,
+    #[command(flatten)]
+    pub leader: LeaderArgs,
     /// How long to keep serving after SIGTERM while reporting not-ready, so endpoints drop this
     /// replica before it stops accepting.
     #[arg(long, env = "ROLEBRIDGE_SHUTDOWN_DELAY", default_value = "5s", value_parser = duration::parse)]
@@ -142,6 +145,8 @@ fn in_cluster_namespace() -> Option<String> {
 async fn bindings(
     args: &ServeArgs,
     metrics: &Arc<Metrics>,
+    own_namespace: Option<&str>,
+    stop: &watch::Receiver<bool>,
 ) -> Result<(Arc<BindingCache>, Option<kube::Client>), ServeError> {
     if let Some(path) = &args.bindings_file {
         let shown = path.display().to_string();
@@ -172,11 +177,14 @@ async fn bindings(
     });
     let cache = Arc::new(BindingCache::new(metrics.clone(), live));
     let store = cache.clone().run_watch(client.clone()).await;
+    let lease_namespace = own_namespace.unwrap_or(client.default_namespace());
+    let leadership = lease::start(&client, &args.leader, lease_namespace, stop.clone());
     tokio::spawn(controller::run(
         client.clone(),
         store,
         cache.clone(),
         metrics.clone(),
+        leadership,
     ));
     Ok((cache, Some(client)))
 }
@@ -225,7 +233,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let mut config = args
         .mutation
         .config(args.namespace.clone().or_else(in_cluster_namespace))?;
-    let (cache, client) = bindings(&args, &metrics).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (cache, client) =
+        bindings(&args, &metrics, config.own_namespace.as_deref(), &stop_rx).await?;
     let choice = args.mutation.sidecar_mode;
     let version = match (&client, choice) {
         (Some(client), SidecarChoice::Auto) => {
@@ -263,7 +273,6 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let admin_listener = bind("--admin-listen", args.admin_listen).await?;
     tracing::info!(listen = ?listener.local_addr().ok(), admin = ?admin_listener.local_addr().ok(), "serving");
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let mut admin_stop = stop_rx.clone();
     let admin = tokio::spawn(
         warp::serve(admin::routes(state.clone()))

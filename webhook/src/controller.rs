@@ -4,8 +4,8 @@
 //! span objects, so any change to any binding or service account re-evaluates all of them
 //! (cheap: bindings number in the hundreds, the computation is [`status::desired`], a pure
 //! function). Writes are server-side applies to the status subresource under one field
-//! manager, made only when the computed status differs from the stored one; several replicas
-//! therefore compute and apply identical statuses and need no leader election.
+//! manager, made only when the computed status differs from the stored one, and only by the
+//! replica holding the status Lease ([`crate::lease`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use crate::cache::{BindingCache, api_resource};
 use crate::crd::AWSRoleBindingStatus;
 use crate::index::binding_from_json;
+use crate::lease::Leadership;
 use crate::metrics::Metrics;
 use crate::status::{self, BindingState, GSA_ANNOTATION, ServiceAccountState};
 
@@ -33,6 +34,7 @@ pub async fn run(
     bindings: Store<DynamicObject>,
     cache: Arc<BindingCache>,
     metrics: Arc<Metrics>,
+    mut leadership: Leadership,
 ) {
     let sa_changed = Arc::new(Notify::new());
     let writer = reflector::store::Writer::<PartialObjectMeta<ServiceAccount>>::default();
@@ -56,11 +58,14 @@ pub async fn run(
     }
     let ar = api_resource();
     loop {
-        reconcile_all(&client, &ar, &bindings, &accounts, &metrics).await;
+        // Only the leader writes; a new leader starts with a full pass.
+        leadership.leading().await;
+        reconcile_all(&client, &ar, &bindings, &accounts, &metrics, &leadership).await;
         tokio::select! {
             _ = cache.changed.notified() => {}
             _ = sa_changed.notified() => {}
             _ = tokio::time::sleep(RESYNC) => {}
+            _ = leadership.lost() => {}
         }
         // Coalesce a burst (a relist, `kubectl apply -f dir/`) into one pass.
         tokio::time::sleep(DEBOUNCE).await;
@@ -73,6 +78,7 @@ async fn reconcile_all(
     bindings: &Store<DynamicObject>,
     accounts: &Store<PartialObjectMeta<ServiceAccount>>,
     metrics: &Metrics,
+    leadership: &Leadership,
 ) {
     let objects = bindings.state();
     struct Parsed {
@@ -134,6 +140,9 @@ async fn reconcile_all(
             conflicts += 1;
         }
         let Some(want) = want else { continue };
+        if !leadership.is_leader() {
+            break;
+        }
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &p.namespace, ar);
         let body = serde_json::json!({
             "apiVersion": ar.api_version,

@@ -36,6 +36,7 @@ pub mod crd;
 pub mod flags;
 pub mod index;
 pub mod inject;
+pub mod lease;
 pub mod limits;
 pub mod metrics;
 pub mod mutate;

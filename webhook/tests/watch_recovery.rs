@@ -12,6 +12,7 @@ use serde_json::json;
 
 use rolebridge_webhook::cache::BindingCache;
 use rolebridge_webhook::controller;
+use rolebridge_webhook::lease::Leadership;
 use rolebridge_webhook::metrics::Metrics;
 use support::apiserver::StubApi;
 
@@ -42,7 +43,13 @@ async fn recovers(gone_as_http: bool) {
     let metrics = Arc::new(Metrics::new());
     let cache = Arc::new(BindingCache::new(metrics.clone(), None));
     let store = cache.clone().run_watch(client.clone()).await;
-    tokio::spawn(controller::run(client, store, cache.clone(), metrics));
+    tokio::spawn(controller::run(
+        client,
+        store,
+        cache.clone(),
+        metrics,
+        Leadership::always(),
+    ));
     eventually("first status", Duration::from_secs(10), || {
         reason(&stub, "before").as_deref() == Some("Bound")
     })
