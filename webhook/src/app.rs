@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::cache::{BindingCache, LiveReadLimits, api_live_source};
+use crate::controller::StatusArgs;
 use crate::lease::{self, LeaderArgs};
 use crate::limits::{Limits, LimitsError};
 use crate::metrics::Metrics;
@@ -72,6 +73,8 @@ pub struct ServeArgs {
     pub limits: Limits,
     #[command(flatten)]
     pub leader: LeaderArgs,
+    #[command(flatten)]
+    pub status: StatusArgs,
     /// How long to keep serving after SIGTERM while reporting not-ready, so endpoints drop this
     /// replica before it stops accepting.
     #[arg(long, env = "ROLEBRIDGE_SHUTDOWN_DELAY", default_value = "5s", value_parser = duration::parse)]
@@ -176,15 +179,15 @@ async fn bindings(
         (api_live_source(client.clone()), limits)
     });
     let cache = Arc::new(BindingCache::new(metrics.clone(), live));
-    let store = cache.clone().run_watch(client.clone()).await;
+    cache.run_watches(client.clone());
     let lease_namespace = own_namespace.unwrap_or(client.default_namespace());
     let leadership = lease::start(&client, &args.leader, lease_namespace, stop.clone());
     tokio::spawn(controller::run(
         client.clone(),
-        store,
         cache.clone(),
         metrics.clone(),
         leadership,
+        args.status.clone(),
     ));
     Ok((cache, Some(client)))
 }

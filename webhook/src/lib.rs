@@ -44,5 +44,6 @@ pub mod pod;
 pub mod review;
 pub mod server;
 pub mod status;
+pub mod store;
 pub mod tls;
 pub mod watch;

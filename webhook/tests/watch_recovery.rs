@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use rolebridge_webhook::cache::BindingCache;
-use rolebridge_webhook::controller;
+use rolebridge_webhook::controller::{self, StatusArgs};
 use rolebridge_webhook::lease::Leadership;
 use rolebridge_webhook::metrics::Metrics;
 use support::apiserver::StubApi;
@@ -42,13 +42,15 @@ async fn recovers(gone_as_http: bool) {
     let client = stub.client();
     let metrics = Arc::new(Metrics::new());
     let cache = Arc::new(BindingCache::new(metrics.clone(), None));
-    let store = cache.clone().run_watch(client.clone()).await;
+    cache.run_watches(client.clone());
     tokio::spawn(controller::run(
         client,
-        store,
         cache.clone(),
         metrics,
         Leadership::always(),
+        StatusArgs {
+            status_concurrency: 4,
+        },
     ));
     eventually("first status", Duration::from_secs(10), || {
         reason(&stub, "before").as_deref() == Some("Bound")
@@ -70,7 +72,7 @@ async fn recovers(gone_as_http: bool) {
     stub.create_service_account("team", "late", Some("late@p.iam.gserviceaccount.com"));
     stub.create_binding("team", "after", spec("late"));
     let cached = eventually("cache has the new binding", Duration::from_secs(10), || {
-        cache.snapshot().lookup("team", "late").is_some()
+        cache.store().bindings_for("team", "late").is_some()
     })
     .await;
     eventually(
