@@ -47,6 +47,7 @@ use tokio_rustls::TlsAcceptor;
 use warp::Filter;
 use warp::http::{Request, Response, StatusCode, Version};
 
+use crate::bodybuf::{BodyBuf, HEAP_MAX};
 use crate::budget::{BodyBudget, BodyLease, Shed};
 use crate::cache::BindingCache;
 use crate::connections::{ConnState, ConnectionLimiter, Expiry};
@@ -56,9 +57,9 @@ use crate::mutate::Config;
 use crate::review::{self, AdmissionOutcome, Parsed};
 use crate::tls::CertStore;
 
-/// Bodies up to this size are allocated at once when their first bytes arrive; larger ones
-/// grow as their bytes do. Real reviews are about 10 KB.
-const SMALL_BODY: usize = 64 << 10;
+/// Bodies grow by this much (beyond the first [`HEAP_MAX`] bytes, allocated at once when the
+/// first bytes arrive: real reviews are about 10 KB).
+const GROW_STEP: usize = 64 << 10;
 /// HTTP/1.1 read buffer (request heads must fit; hyper's default grows to ~400 KiB).
 const H1_MAX_BUF: usize = 16 << 10;
 const H1_MAX_HEADERS: usize = 64;
@@ -148,7 +149,7 @@ async fn read_body<S, B>(
     ctx: &RequestCtx,
     length: Option<u64>,
     body: S,
-) -> Result<(Vec<u8>, BodyLease), BodyError>
+) -> Result<(BodyBuf, BodyLease), BodyError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
@@ -160,7 +161,7 @@ where
         None => max,
     };
     let mut lease = ctx.bodies.budget.lease();
-    let mut buf: Vec<u8> = Vec::new();
+    let mut buf = BodyBuf::new();
     let mut body = std::pin::pin!(body);
     loop {
         let next = tokio::select! {
@@ -176,20 +177,26 @@ where
             return Err(BodyError::TooLarge);
         }
         if needed > buf.capacity() {
-            // Double as bytes arrive, but never past what the client said it would send.
-            let target = needed
-                .max(buf.capacity() * 2)
-                .max(SMALL_BODY)
-                .min(expected.max(needed));
+            // A small body at once; a large one step by step, never past what the client said
+            // it would send.
+            let target = if buf.capacity() == 0 {
+                needed.max(expected.min(HEAP_MAX))
+            } else {
+                needed.next_multiple_of(GROW_STEP).min(expected.max(needed))
+            };
+            let target = BodyBuf::rounded(target);
             lease
                 .grow(target - buf.capacity(), ctx.deadline)
                 .await
                 .map_err(BodyError::Shed)?;
-            buf.reserve_exact(target - buf.len());
+            buf.grow_to(target).map_err(|error| {
+                tracing::warn!(%error, "could not map memory for a request body");
+                BodyError::Shed(Shed::Overloaded)
+            })?;
         }
         while chunk.has_remaining() {
             let part = chunk.chunk();
-            buf.extend_from_slice(part);
+            buf.extend(part);
             let n = part.len();
             chunk.advance(n);
         }
@@ -271,7 +278,7 @@ where
         }
     };
     let started = std::time::Instant::now();
-    let (body, outcome) = admit(state, &bytes).await;
+    let (body, outcome) = admit(state, bytes.as_slice()).await;
     drop((bytes, lease));
     state
         .metrics
