@@ -43,6 +43,7 @@ pub mod connections;
 pub mod controller;
 pub mod crd;
 pub mod flags;
+pub mod fuzzing;
 pub mod index;
 pub mod inject;
 pub mod lease;
