@@ -253,13 +253,32 @@ impl StubApi {
     /// (annotated for Workload Identity), without watch history: as if they existed before the
     /// webhook started.
     pub fn populate(&self, n: usize, namespaces: usize) {
+        self.add(n, namespaces, false);
+    }
+
+    /// Creates `n` more bindings (and service accounts) at once, with watch events: a
+    /// `kubectl apply` of a whole directory.
+    pub fn add_many(&self, n: usize, namespaces: usize) {
+        self.add(n, namespaces, true);
+    }
+
+    fn add(&self, n: usize, namespaces: usize, events: bool) {
         let mut state = self.shared.lock();
-        for i in 0..n {
+        let first = state.objects.get(&Kind::Binding).map_or(0, BTreeMap::len);
+        for i in first..first + n {
             let ns = format!("team-{:03}", i % namespaces.max(1));
             let (name, sa) = (format!("binding-{i:06}"), format!("app-{i:06}"));
             let spec = json!({"serviceAccountName": sa,
                 "roleArn": format!("arn:aws:iam::123456789012:role/app-{i:06}"),
                 "region": "eu-west-1"});
+            let gsa = format!("app-{i:06}@project.iam.gserviceaccount.com");
+            state.store(
+                Kind::ServiceAccount,
+                &ns,
+                &sa,
+                service_account(&ns, &sa, Some(&gsa)),
+                "ADDED",
+            );
             state.store(
                 Kind::Binding,
                 &ns,
@@ -267,19 +286,10 @@ impl StubApi {
                 binding_object(&ns, &name, spec, 1),
                 "ADDED",
             );
-            state.store(
-                Kind::ServiceAccount,
-                &ns,
-                &sa,
-                service_account(
-                    &ns,
-                    &sa,
-                    Some(&format!("app-{i:06}@project.iam.gserviceaccount.com")),
-                ),
-                "ADDED",
-            );
         }
-        state.compact();
+        if !events {
+            state.compact();
+        }
         let rv = state.rv;
         drop(state);
         self.shared.changed.send_replace(rv);
@@ -370,8 +380,32 @@ fn query(req: &Request<Incoming>) -> HashMap<String, String> {
         .unwrap_or("")
         .split('&')
         .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.replace("%2F", "/").replace("%3D", "=")))
+        .map(|(k, v)| (k.to_owned(), percent_decode(v)))
         .collect()
+}
+
+fn percent_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1..i + 3)) {
+            (b'%', Some(hex)) => {
+                match u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("zz"), 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            (b'+', _) => out.push(b' '),
+            (b, _) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// What a path names: (kind, namespace, name, subresource).
