@@ -48,6 +48,7 @@ pub mod index;
 pub mod inject;
 pub mod lease;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod mutate;
 pub mod pod;

@@ -394,6 +394,7 @@ pub async fn serve_tls<F>(
             server.connection(tcp, peer, state, routes, shutdown).await;
             server.metrics.connections.dec();
             drop(permit);
+            crate::memory::freed();
         });
     }
     tracing::info!(
