@@ -35,7 +35,7 @@ use crate::crd::{AWSRoleBinding, AWSRoleBindingStatus};
 use crate::index::{BindingIndex, binding_from_json};
 use crate::metrics::Metrics;
 use crate::status::GSA_ANNOTATION;
-use crate::store::{Group, Observed, Store};
+use crate::store::{Group, Observed, Pass, Store};
 
 const LIVE_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -117,9 +117,18 @@ pub struct BindingCache {
     accounts_synced: AtomicBool,
     live: Option<Live>,
     metrics: Arc<Metrics>,
-    dirty: Mutex<HashSet<Group>>,
-    /// Woken when `dirty` gains groups, or a watch syncs.
+    work: Mutex<Work>,
+    /// Woken (all waiters) when there is status work, or a watch syncs.
     pub changed: Notify,
+}
+
+/// Status work: groups a change touched, and a full pass in progress.
+#[derive(Default)]
+struct Work {
+    groups: HashSet<Group>,
+    pass: Option<Pass>,
+    relisting: bool,
+    accounts_relisting: bool,
 }
 
 impl BindingCache {
@@ -136,7 +145,7 @@ impl BindingCache {
                 bucket: Mutex::new((limits.burst, Instant::now())),
             }),
             metrics,
-            dirty: Mutex::new(HashSet::new()),
+            work: Mutex::new(Work::default()),
             changed: Notify::new(),
         }
     }
@@ -173,26 +182,60 @@ impl BindingCache {
         &self.store
     }
 
-    /// The groups whose status may have changed since the last call.
-    pub fn take_dirty(&self) -> Vec<Group> {
-        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
-        dirty.drain().collect()
+    fn work(&self) -> std::sync::MutexGuard<'_, Work> {
+        self.work.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Marks every group for a status check (a new leader's full pass).
-    pub fn mark_all_dirty(&self) {
-        self.mark(self.store.all_groups());
+    /// Up to `limit` groups whose status may have changed: those a change touched first, then
+    /// the next part of a full pass. Empty when there is nothing to do.
+    pub fn take_work(&self, limit: usize) -> Vec<Group> {
+        let mut work = self.work();
+        if !work.groups.is_empty() {
+            let take: Vec<Group> = work.groups.iter().take(limit).cloned().collect();
+            for g in &take {
+                work.groups.remove(g);
+            }
+            return take;
+        }
+        let Some(pass) = work.pass.as_mut() else {
+            return Vec::new();
+        };
+        match self.store.pass_chunk(pass, limit) {
+            Some(chunk) => chunk,
+            None => {
+                work.pass = None;
+                Vec::new()
+            }
+        }
     }
 
-    fn mark(&self, groups: Vec<Group>) {
+    /// Every group gets a status check (a new leader, a relist).
+    pub fn request_full_pass(&self) {
+        self.work().pass = Some(Pass::Start);
+        self.changed.notify_waiters();
+    }
+
+    /// Forgets all pending work (a replica that does not lead).
+    pub fn clear_work(&self) {
+        let mut work = self.work();
+        work.groups.clear();
+        work.pass = None;
+    }
+
+    /// Marks groups for a status check.
+    pub fn mark(&self, groups: Vec<Group>) {
         if groups.is_empty() {
             return;
         }
-        self.dirty
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(groups);
-        self.changed.notify_one();
+        let mut work = self.work();
+        // A relist ends with a full pass: marking every group it re-reads would only hold
+        // them all in memory until then.
+        if work.relisting || work.accounts_relisting {
+            return;
+        }
+        work.groups.extend(groups);
+        drop(work);
+        self.changed.notify_waiters();
     }
 
     fn update_gauges(&self) {
@@ -283,6 +326,7 @@ impl BindingCache {
         let groups = match event {
             watcher::Event::Init => {
                 self.store.begin_relist();
+                self.work().relisting = true;
                 return;
             }
             watcher::Event::InitApply(o) | watcher::Event::Apply(o) => self.apply(&o),
@@ -294,12 +338,15 @@ impl BindingCache {
                 self.store.delete(ns, name, sa)
             }
             watcher::Event::InitDone => {
-                let gone = self.store.end_relist();
+                self.store.end_relist();
                 if !self.synced.swap(true, Ordering::AcqRel) {
                     tracing::info!(bindings = self.store.counts().valid, "binding cache synced");
                 }
-                self.changed.notify_one();
-                gone
+                self.work().relisting = false;
+                self.update_gauges();
+                // Anything may have changed while the watch was away.
+                self.request_full_pass();
+                return;
             }
         };
         self.update_gauges();
@@ -331,6 +378,7 @@ impl BindingCache {
         let groups = match event {
             watcher::Event::Init => {
                 self.store.begin_accounts_relist();
+                self.work().accounts_relisting = true;
                 return;
             }
             watcher::Event::InitApply(sa) | watcher::Event::Apply(sa) => {
@@ -353,12 +401,13 @@ impl BindingCache {
                 self.store.delete_account(ns, name)
             }
             watcher::Event::InitDone => {
-                let gone = self.store.end_accounts_relist();
+                self.store.end_accounts_relist();
                 if !self.accounts_synced.swap(true, Ordering::AcqRel) {
                     tracing::info!("service account cache synced");
                 }
-                self.changed.notify_one();
-                gone
+                self.work().accounts_relisting = false;
+                self.request_full_pass();
+                return;
             }
         };
         self.mark(groups);
@@ -580,17 +629,24 @@ mod tests {
         cache.on_binding(watcher::Event::InitApply(watched("b", "other")));
         cache.on_binding(watcher::Event::InitDone);
         assert!(cache.is_synced() && !cache.is_fully_synced());
-        assert_eq!(cache.take_dirty().len(), 2);
-        // A relist after an outage that no longer sees "b": it is gone, and its group changed.
+        // The list ends in a full pass over both groups, walked in chunks.
+        assert_eq!(cache.take_work(1).len(), 1);
+        assert_eq!(cache.take_work(10).len(), 1);
+        assert!(cache.take_work(10).is_empty());
+        // A change touches its own group only.
+        cache.on_binding(watcher::Event::Apply(watched("a2", "app")));
+        let app = Group::Account {
+            namespace: "ns".into(),
+            service_account: "app".into(),
+        };
+        assert_eq!(cache.take_work(10), vec![app.clone()]);
+        // A relist after an outage that no longer sees "b" nor "a2": they are gone; the full
+        // pass that follows covers what is left.
         cache.on_binding(watcher::Event::Init);
         cache.on_binding(watcher::Event::InitApply(watched("a", "app")));
         cache.on_binding(watcher::Event::InitDone);
         assert!(cache.store.bindings_for("ns", "other").is_none());
-        let dirty = cache.take_dirty();
-        assert!(dirty.contains(&Group::Account {
-            namespace: "ns".into(),
-            service_account: "other".into()
-        }));
+        assert_eq!(cache.take_work(10), vec![app]);
         // An invalid spec is counted and kept for its status.
         let mut bad = watched("c", "app");
         bad.spec = serde_json::json!({"serviceAccountName": "app", "roleArn": "nope"});

@@ -8,25 +8,26 @@
 //! a steady cluster costs nothing at all (there is no periodic resync: every input of a status
 //! is watched).
 //!
-//! Writes are server-side applies to the status subresource under one field manager, queued
-//! per binding (a newer status replaces a queued one, so a burst writes each binding once) and
-//! sent by `--status-concurrency` workers; failures are retried with backoff. Only the replica
-//! holding the status Lease writes ([`crate::lease`]); a new leader starts with a full pass.
+//! Writes are server-side applies to the status subresource under one field manager, made by
+//! `--status-concurrency` workers that take changed groups (deduplicated, so a burst computes
+//! and writes each binding once) and, after a relist or a change of leader, walk every group
+//! with a cursor (a full pass never holds 100,000 keys at once). A status is computed when a
+//! worker gets to it, from what the store holds then; failures mark the group again after a
+//! backoff. Only the replica holding the status Lease writes ([`crate::lease`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::Resource as _;
 use kube::api::{Api, Patch, PatchParams};
-use tokio::sync::Notify;
 
 use crate::cache::{BindingCache, WatchedBinding};
 use crate::crd::{AWSRoleBinding, AWSRoleBindingStatus};
 use crate::lease::Leadership;
 use crate::metrics::Metrics;
 use crate::status::{self, BindingState};
-use crate::store::{GroupState, Seen, fingerprint};
+use crate::store::{Group, GroupState, Seen, fingerprint};
 
 pub const FIELD_MANAGER: &str = "rolebridge-webhook";
 /// Lets the watches deliver the rest of a burst (a binding and its service account) before
@@ -95,60 +96,14 @@ pub fn plan(group: &GroupState, now: &str) -> Vec<Planned> {
         .collect()
 }
 
-type Key = (Arc<str>, String);
+/// Groups one worker takes at a time.
+const CHUNK: usize = 64;
+/// A worker that has written this many statuses since the queue was last empty lets the
+/// allocator give the burst's memory back once it is idle.
+const BURST: usize = 1000;
 
-struct Want {
-    status: AWSRoleBindingStatus,
-    service_account: Option<String>,
-    conflict: bool,
-    attempts: u32,
-}
-
-/// Statuses waiting to be written, one per binding.
-#[derive(Default)]
-struct Queue {
-    inner: Mutex<(VecDeque<Key>, HashMap<Key, Want>)>,
-    ready: Notify,
-}
-
-impl Queue {
-    fn offer(&self, key: Key, want: Want) {
-        let mut q = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if q.1.insert(key.clone(), want).is_none() {
-            q.0.push_back(key);
-        }
-        drop(q);
-        self.ready.notify_one();
-    }
-
-    fn clear(&self) {
-        let mut q = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        q.0.clear();
-        q.1.clear();
-    }
-
-    async fn next(&self) -> (Key, Want) {
-        loop {
-            let notified = self.ready.notified();
-            {
-                let mut q = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-                while let Some(key) = q.0.pop_front() {
-                    if let Some(want) = q.1.remove(&key) {
-                        if !q.0.is_empty() {
-                            // Let another worker take the next one.
-                            self.ready.notify_one();
-                        }
-                        return (key, want);
-                    }
-                }
-            }
-            notified.await;
-        }
-    }
-}
-
-/// Runs until the process ends: computes the statuses of changed groups and writes them while
-/// this replica leads.
+/// Runs until the process ends: `--status-concurrency` workers compute the statuses of the
+/// groups that changed and write what differs, while this replica leads.
 pub async fn run(
     client: kube::Client,
     cache: Arc<BindingCache>,
@@ -158,131 +113,174 @@ pub async fn run(
 ) {
     // A status computed before both watches listed everything would be wrong (a service
     // account not yet seen is "not found") and written only to be corrected.
-    while !cache.is_fully_synced() {
-        cache.changed.notified().await;
+    loop {
+        let mut changed = std::pin::pin!(cache.changed.notified());
+        changed.as_mut().enable();
+        if cache.is_fully_synced() {
+            break;
+        }
+        changed.await;
     }
-    let queue = Arc::new(Queue::default());
+    let retries = Arc::new(Mutex::new(HashMap::new()));
     for _ in 0..args.status_concurrency.max(1) {
-        tokio::spawn(writer(
+        tokio::spawn(worker(
             client.clone(),
-            queue.clone(),
             cache.clone(),
             metrics.clone(),
             leadership.clone(),
+            retries.clone(),
         ));
     }
     loop {
-        leadership.leading().await;
-        cache.mark_all_dirty();
+        // A replica that does not lead keeps no work: it starts over with a full pass when
+        // it becomes the leader.
         loop {
-            let groups = cache.take_dirty();
-            let now = now();
-            for group in groups {
-                let Some(state) = cache.store().group(&group) else {
-                    continue;
-                };
-                let service_account = match &group {
-                    crate::store::Group::Account {
-                        service_account, ..
-                    } => Some(service_account.clone()),
-                    crate::store::Group::Invalid { .. } => None,
-                };
-                for p in plan(&state, &now) {
-                    cache.store().record_status(
-                        &state.namespace,
-                        &p.name,
-                        service_account.as_deref(),
-                        None,
-                        p.conflict,
-                    );
-                    if p.write {
-                        queue.offer(
-                            (state.namespace.clone(), p.name),
-                            Want {
-                                status: p.status,
-                                service_account: service_account.clone(),
-                                conflict: p.conflict,
-                                attempts: 0,
-                            },
-                        );
-                    }
-                }
+            let mut changed = std::pin::pin!(cache.changed.notified());
+            changed.as_mut().enable();
+            if leadership.is_leader() {
+                break;
             }
-            metrics
-                .conflicts
-                .set(cache.store().counts().conflicts as i64);
+            cache.clear_work();
             tokio::select! {
-                _ = cache.changed.notified() => tokio::time::sleep(DEBOUNCE).await,
-                _ = leadership.lost() => {
-                    queue.clear();
-                    break;
-                }
+                _ = changed => {}
+                _ = leadership.leading() => {}
             }
         }
+        cache.request_full_pass();
+        leadership.lost().await;
+        cache.clear_work();
     }
 }
 
-async fn writer(
+type Retries = Arc<Mutex<HashMap<Group, u32>>>;
+
+async fn worker(
     client: kube::Client,
-    queue: Arc<Queue>,
     cache: Arc<BindingCache>,
     metrics: Arc<Metrics>,
     leadership: Leadership,
+    retries: Retries,
 ) {
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut written = 0;
     loop {
-        let ((namespace, name), want) = queue.next().await;
-        if !leadership.is_leader() {
+        let mut changed = std::pin::pin!(cache.changed.notified());
+        changed.as_mut().enable();
+        let groups = if leadership.is_leader() {
+            cache.take_work(CHUNK)
+        } else {
+            Vec::new()
+        };
+        if groups.is_empty() {
+            if written >= BURST {
+                crate::memory::freed();
+            }
+            written = 0;
+            changed.await;
+            // Let the watches deliver the rest of a burst (a binding and its service account)
+            // before computing.
+            tokio::time::sleep(DEBOUNCE).await;
             continue;
         }
-        let api: Api<WatchedBinding> = Api::namespaced(client.clone(), &namespace);
+        let now = now();
+        for group in groups {
+            written += process(
+                &client,
+                &cache,
+                &metrics,
+                &leadership,
+                &retries,
+                group,
+                &now,
+            )
+            .await;
+        }
+        metrics
+            .conflicts
+            .set(cache.store().counts().conflicts as i64);
+    }
+}
+
+/// Computes one group's statuses and writes those that differ; returns the writes made.
+async fn process(
+    client: &kube::Client,
+    cache: &Arc<BindingCache>,
+    metrics: &Metrics,
+    leadership: &Leadership,
+    retries: &Retries,
+    group: Group,
+    now: &str,
+) -> usize {
+    let Some(state) = cache.store().group(&group) else {
+        return 0;
+    };
+    let service_account = match &group {
+        Group::Account {
+            service_account, ..
+        } => Some(service_account.as_str()),
+        Group::Invalid { .. } => None,
+    };
+    let api: Api<WatchedBinding> = Api::namespaced(client.clone(), &state.namespace);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut written = 0;
+    for p in plan(&state, now) {
+        cache
+            .store()
+            .record_status(&state.namespace, &p.name, service_account, None, p.conflict);
+        if !p.write || !leadership.is_leader() {
+            continue;
+        }
         let body = serde_json::json!({
             "apiVersion": AWSRoleBinding::api_version(&()),
             "kind": AWSRoleBinding::kind(&()),
-            "status": want.status,
+            "status": p.status,
         });
-        match api.patch_status(&name, &params, &Patch::Apply(&body)).await {
-            Ok(written) => {
+        match api
+            .patch_status(&p.name, &params, &Patch::Apply(&body))
+            .await
+        {
+            Ok(updated) => {
+                written += 1;
                 Metrics::result(&metrics.status_writes, true);
-                tracing::info!(namespace = %namespace, binding = %name,
-                    reason = %want.status.conditions.first().map_or("", |c| c.reason.as_str()),
+                tracing::info!(namespace = %state.namespace, binding = %p.name,
+                    reason = %p.status.conditions.first().map_or("", |c| c.reason.as_str()),
                     "binding status updated");
                 let held: Option<AWSRoleBindingStatus> =
-                    written.status.and_then(|s| serde_json::from_value(s).ok());
+                    updated.status.and_then(|s| serde_json::from_value(s).ok());
                 cache.store().record_status(
-                    &namespace,
-                    &name,
-                    want.service_account.as_deref(),
+                    &state.namespace,
+                    &p.name,
+                    service_account,
                     Some(Seen::of(held.as_ref())),
-                    want.conflict,
+                    p.conflict,
                 );
             }
+            // Deleted meanwhile: the watch will tell.
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(error) => {
                 Metrics::result(&metrics.status_writes, false);
-                let delay = Duration::from_secs(1 << want.attempts.min(5)).min(RETRY_MAX);
-                tracing::warn!(namespace = %namespace, binding = %name, %error, retry_in = ?delay,
-                    "binding status update failed");
-                let queue = queue.clone();
+                let attempt = {
+                    let mut r = retries.lock().unwrap_or_else(|e| e.into_inner());
+                    let n = r.entry(group.clone()).or_insert(0);
+                    *n += 1;
+                    *n
+                };
+                let delay = Duration::from_secs(1 << attempt.min(5)).min(RETRY_MAX);
+                tracing::warn!(namespace = %state.namespace, binding = %p.name, %error,
+                    retry_in = ?delay, "binding status update failed");
+                let cache = cache.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    let retry = Want {
-                        attempts: want.attempts + 1,
-                        ..want
-                    };
-                    // A newer status for the same binding, queued meanwhile, wins.
-                    let mut q = queue.inner.lock().unwrap_or_else(|e| e.into_inner());
-                    let key = (namespace, name);
-                    if !q.1.contains_key(&key) {
-                        q.1.insert(key.clone(), retry);
-                        q.0.push_back(key);
-                        drop(q);
-                        queue.ready.notify_one();
-                    }
+                    cache.mark(vec![group]);
                 });
+                return written;
             }
         }
     }
+    retries
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&group);
+    written
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 //! of a service account are one contiguous, name-sorted run (the order admissions need to be
 //! deterministic across replicas), and service accounts in another, sorted by name.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 
@@ -20,15 +20,16 @@ use crate::binding::{Binding, Hop};
 use crate::crd::AWSRoleBindingStatus;
 use crate::status::{READY, ServiceAccountState};
 
-/// What the API server holds as a binding's status, in 24 bytes.
+/// What the API server holds as a binding's status, in 16 bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Seen {
     /// [`fingerprint`] of the whole status; 0 when there is none.
     pub fingerprint: u64,
+    /// The Ready condition's `lastTransitionTime` in Unix seconds (0 if none or unreadable:
+    /// the next status then starts a new transition, once).
+    pub transition: u32,
     /// The Ready condition's `status`: 0 absent, 1 True, 2 False, 3 Unknown.
     pub ready: u8,
-    /// Its `lastTransitionTime` in Unix seconds.
-    pub transition: i64,
 }
 
 /// A stable hash of a status as the webhook would write it.
@@ -60,7 +61,8 @@ impl Seen {
                         .parse::<k8s_openapi::jiff::Timestamp>()
                         .ok()
                 })
-                .map_or(0, |t| t.as_second()),
+                .and_then(|t| u32::try_from(t.as_second()).ok())
+                .unwrap_or(0),
         }
     }
 
@@ -73,7 +75,7 @@ impl Seen {
             2 => "False",
             _ => "Unknown",
         };
-        let time = k8s_openapi::jiff::Timestamp::from_second(self.transition)
+        let time = k8s_openapi::jiff::Timestamp::from_second(i64::from(self.transition))
             .map(|t| t.to_string())
             .unwrap_or_default();
         Some(AWSRoleBindingStatus {
@@ -96,12 +98,15 @@ const REGION: u8 = 2;
 const CONTAINERS: u8 = 4;
 const SESSION_TAGS: u8 = 8;
 
-/// One binding: its strings in `text`, each preceded by its length in `lens` order:
-/// service account, name, role, [audience], [region], [containers…], [hop role, hop external id…].
+/// One binding: its strings concatenated in `text`, their lengths in `lens` (the first four
+/// inline, any further ones in `more`), in this order: service account, name, role,
+/// [audience], [region], [containers…], [hop role, hop external id…].
 #[derive(Debug, Clone)]
 struct Entry {
     text: Box<str>,
-    lens: Box<[u16]>,
+    lens: [u16; 4],
+    more: Option<Box<[u16]>>,
+    fields: u8,
     flags: u8,
     containers: u8,
     hops: u8,
@@ -118,7 +123,7 @@ struct Entry {
 /// Splits packed strings.
 struct Fields<'a> {
     text: &'a str,
-    lens: std::slice::Iter<'a, u16>,
+    lens: std::iter::Take<std::iter::Chain<std::slice::Iter<'a, u16>, std::slice::Iter<'a, u16>>>,
 }
 
 impl<'a> Iterator for Fields<'a> {
@@ -161,12 +166,18 @@ impl Entry {
                 parts.push(id);
             }
         }
+        // Kubernetes names and ARNs are far below 64 KiB; a longer field is cut, never wrapped.
+        let all: Vec<u16> = parts
+            .iter()
+            .map(|p| floor_char_boundary(p, u16::MAX as usize) as u16)
+            .collect();
+        let mut lens = [0; 4];
+        let inline = all.len().min(4);
+        lens[..inline].copy_from_slice(&all[..inline]);
         Entry {
-            // Kubernetes names and ARNs are far below 64 KiB; a longer field is cut, never wrapped.
-            lens: parts
-                .iter()
-                .map(|p| p.len().min(u16::MAX as usize) as u16)
-                .collect(),
+            lens,
+            more: (all.len() > 4).then(|| all[4..].into()),
+            fields: all.len().min(255) as u8,
             text: parts
                 .iter()
                 .map(|p| &p[..floor_char_boundary(p, u16::MAX as usize)])
@@ -185,9 +196,14 @@ impl Entry {
     }
 
     fn fields(&self) -> Fields<'_> {
+        let more: &[u16] = self.more.as_deref().unwrap_or_default();
         Fields {
             text: &self.text,
-            lens: self.lens.iter(),
+            lens: self
+                .lens
+                .iter()
+                .chain(more.iter())
+                .take(usize::from(self.fields)),
         }
     }
 
@@ -254,25 +270,46 @@ struct Invalid {
     epoch: u32,
 }
 
+/// Google service accounts end in this; stored without it.
+const GSA_SUFFIX: &str = ".iam.gserviceaccount.com";
+
 /// A service account: its name and its Workload Identity annotation, packed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Account {
     text: Box<str>,
     name_len: u16,
-    has_gsa: bool,
+    /// 0: no annotation; 1: annotation as is; 2: annotation without [`GSA_SUFFIX`].
+    gsa: u8,
     epoch: u32,
 }
 
 impl Account {
+    fn new(name: &str, gsa: Option<&str>, epoch: u32) -> Account {
+        let name = &name[..floor_char_boundary(name, u16::MAX as usize)];
+        let (kind, rest) = match gsa {
+            None => (0, ""),
+            Some(g) => match g.strip_suffix(GSA_SUFFIX) {
+                Some(short) => (2, short),
+                None => (1, g),
+            },
+        };
+        Account {
+            text: format!("{name}{rest}").into_boxed_str(),
+            name_len: name.len() as u16,
+            gsa: kind,
+            epoch,
+        }
+    }
+
     fn name(&self) -> &str {
         &self.text[..usize::from(self.name_len)]
     }
 
     fn state(&self) -> ServiceAccountState {
-        match &self.text[usize::from(self.name_len)..] {
-            gsa if self.has_gsa && !gsa.is_empty() => {
-                ServiceAccountState::WorkloadIdentity(gsa.to_owned())
-            }
+        let rest = &self.text[usize::from(self.name_len)..];
+        match self.gsa {
+            1 if !rest.is_empty() => ServiceAccountState::WorkloadIdentity(rest.to_owned()),
+            2 => ServiceAccountState::WorkloadIdentity(format!("{rest}{GSA_SUFFIX}")),
             _ => ServiceAccountState::NoWorkloadIdentity,
         }
     }
@@ -342,6 +379,16 @@ enum Removed {
     Invalid,
 }
 
+/// Where a full pass over the store stands.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Pass {
+    #[default]
+    Start,
+    /// Continue in this namespace after this service account.
+    At(Arc<str>, Option<String>),
+    Done,
+}
+
 /// A set of bindings whose status must be computed together: one service account's bindings
 /// (conflicts are decided among them), or one invalid binding.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -375,7 +422,8 @@ pub struct GroupState {
 
 #[derive(Debug, Default)]
 struct Inner {
-    namespaces: HashMap<Arc<str>, Namespace>,
+    /// Ordered, so a full pass can walk it with a cursor.
+    namespaces: BTreeMap<Arc<str>, Namespace>,
     valid: usize,
     invalid: usize,
     conflicts: usize,
@@ -537,16 +585,13 @@ impl Store {
         let mut inner = self.write();
         let epoch = inner.account_epoch;
         let (key, ns) = inner.ns(namespace);
-        let account = Account {
-            text: format!("{name}{}", gsa.unwrap_or_default()).into_boxed_str(),
-            name_len: name.len().min(u16::MAX as usize) as u16,
-            has_gsa: gsa.is_some(),
-            epoch,
-        };
-        let changed = match ns.accounts.binary_search_by(|a| a.name().cmp(name)) {
+        let account = Account::new(name, gsa, epoch);
+        let changed = match ns
+            .accounts
+            .binary_search_by(|a| a.name().cmp(account.name()))
+        {
             Ok(i) => {
-                let same = ns.accounts[i].text == account.text
-                    && ns.accounts[i].has_gsa == account.has_gsa;
+                let same = ns.accounts[i].text == account.text && ns.accounts[i].gsa == account.gsa;
                 ns.accounts[i] = account;
                 !same
             }
@@ -662,28 +707,64 @@ impl Store {
         groups
     }
 
-    /// Every group, for a full pass (a new leader).
+    /// Every group, in order.
     pub fn all_groups(&self) -> Vec<Group> {
+        let mut pass = Pass::Start;
+        let mut out = Vec::new();
+        while let Some(chunk) = self.pass_chunk(&mut pass, usize::MAX) {
+            out.extend(chunk);
+        }
+        out
+    }
+
+    /// The next at most `limit` groups of a full pass (a new leader, a relist), or `None`
+    /// when the pass is complete. Walking with a cursor keeps a pass over 100,000 bindings
+    /// from materialising 100,000 keys; groups changed meanwhile are marked anyway.
+    pub fn pass_chunk(&self, pass: &mut Pass, limit: usize) -> Option<Vec<Group>> {
         let inner = self.read();
         let mut out = Vec::new();
-        for (key, ns) in &inner.namespaces {
+        let (from, after) = match std::mem::replace(pass, Pass::Done) {
+            Pass::Done => return None,
+            Pass::Start => (None, None),
+            Pass::At(ns, after) => (Some(ns), after),
+        };
+        let range = match &from {
+            Some(ns) => inner
+                .namespaces
+                .range::<str, _>((std::ops::Bound::Included(&**ns), std::ops::Bound::Unbounded)),
+            None => inner.namespaces.range::<str, _>(..),
+        };
+        for (key, ns) in range {
+            // Resume after the cursor's service account, in the cursor's namespace only.
+            let start = match (&from, &after) {
+                (Some(f), Some(sa)) if f == key => ns
+                    .bindings
+                    .partition_point(|e| e.service_account() <= sa.as_str()),
+                _ => 0,
+            };
             let mut last: Option<&str> = None;
-            for e in &ns.bindings {
+            for e in &ns.bindings[start..] {
                 let sa = e.service_account();
-                if last != Some(sa) {
-                    out.push(Group::Account {
-                        namespace: key.clone(),
-                        service_account: sa.to_owned(),
-                    });
-                    last = Some(sa);
+                if last == Some(sa) {
+                    continue;
                 }
+                if out.len() >= limit {
+                    *pass = Pass::At(key.clone(), last.map(str::to_owned));
+                    return Some(out);
+                }
+                out.push(Group::Account {
+                    namespace: key.clone(),
+                    service_account: sa.to_owned(),
+                });
+                last = Some(sa);
             }
+            // Invalid bindings are few: they close their namespace's part of the pass.
             out.extend(ns.invalid.iter().map(|e| Group::Invalid {
                 namespace: key.clone(),
                 name: e.name.to_string(),
             }));
         }
-        out
+        Some(out)
     }
 
     /// What a group's status depends on; `None` if it has no bindings any more.
@@ -772,12 +853,12 @@ impl Store {
     }
 }
 
-/// `HashMap::get_key_value` + mutable value, for an interned key.
+/// `get_key_value` + mutable value, for an interned key.
 trait KeyValueMut {
     fn get_key_value_mut_compat(&mut self, k: &str) -> Option<(Arc<str>, &mut Namespace)>;
 }
 
-impl KeyValueMut for HashMap<Arc<str>, Namespace> {
+impl KeyValueMut for BTreeMap<Arc<str>, Namespace> {
     fn get_key_value_mut_compat(&mut self, k: &str) -> Option<(Arc<str>, &mut Namespace)> {
         let key = self.get_key_value(k)?.0.clone();
         let ns = self.get_mut(k)?;
@@ -915,6 +996,21 @@ mod tests {
             .unwrap();
         assert_eq!(state.members[0].spec, Err("roleArn is not an ARN".into()));
         assert_eq!(store.delete_account("ns", "app"), Vec::new());
+        // Annotations that are not Google service accounts are kept as they are.
+        for gsa in [
+            Some("odd-value"),
+            Some(""),
+            Some("a@p.iam.gserviceaccount.com"),
+            None,
+        ] {
+            let a = Account::new("sa", gsa, 0);
+            let want = match gsa {
+                Some(g) if !g.is_empty() => ServiceAccountState::WorkloadIdentity(g.into()),
+                _ => ServiceAccountState::NoWorkloadIdentity,
+            };
+            assert_eq!(a.state(), want, "{gsa:?}");
+            assert_eq!(a.name(), "sa");
+        }
     }
 
     #[test]
@@ -939,6 +1035,52 @@ mod tests {
         );
         assert_eq!(store.counts().valid, 2);
         assert_eq!(store.all_groups().len(), 2);
+    }
+
+    #[test]
+    fn a_full_pass_walks_every_group_once_in_chunks() {
+        let store = Store::new();
+        for i in 0..50 {
+            let b = binding(&format!("b{i:02}"), &format!("sa{:02}", i % 17));
+            store.apply(observed(&format!("ns{}", i % 3), &b));
+        }
+        store.apply(Observed {
+            namespace: "ns1",
+            name: "bad",
+            generation: 1,
+            spec: Err("no".into()),
+            status: None,
+        });
+        let all = store.all_groups();
+        for limit in [1, 2, 5, 1000] {
+            let mut pass = Pass::Start;
+            let mut seen = Vec::new();
+            while let Some(chunk) = store.pass_chunk(&mut pass, limit) {
+                assert!(chunk.len() <= limit.max(1) + 1, "{}", chunk.len());
+                seen.extend(chunk);
+            }
+            assert_eq!(seen, all, "limit {limit}");
+        }
+        let mut distinct = all.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), all.len());
+        assert_eq!(all.len(), 3 * 17 + 1 - count_missing(&store));
+    }
+
+    /// Service-account groups that a namespace happens not to have.
+    fn count_missing(store: &Store) -> usize {
+        (0..3)
+            .map(|n| {
+                (0..17)
+                    .filter(|s| {
+                        store
+                            .bindings_for(&format!("ns{n}"), &format!("sa{s:02}"))
+                            .is_none()
+                    })
+                    .count()
+            })
+            .sum()
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What the binding store costs per binding, counted by the allocator: with realistic names
-//! (every binding with its own Workload-Identity service account), at most 300 bytes for a
-//! binding and its service account together, so 100,000 of each fit in ~30 MB.
+//! (every binding with its own Workload-Identity service account), at most 256 bytes for a
+//! binding and its service account together, so 100,000 of each fit in ~25 MB.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -31,7 +31,7 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOCATOR: Counting = Counting;
 
 #[test]
-fn a_binding_and_its_service_account_cost_at_most_300_bytes() {
+fn a_binding_and_its_service_account_cost_at_most_256_bytes() {
     const N: usize = 20_000;
     let store = Store::new();
     // Built before counting: the input, not the store.
@@ -74,7 +74,7 @@ fn a_binding_and_its_service_account_cost_at_most_300_bytes() {
     store.end_relist();
     let per = (LIVE.load(Ordering::Relaxed) - before) as usize / N;
     eprintln!("{per} bytes per binding and service account");
-    assert!(per <= 300, "{per} bytes per binding and service account");
+    assert!(per <= 256, "{per} bytes per binding and service account");
     assert_eq!(store.counts().valid, N);
     assert_eq!(
         store.bindings_for("team-007", "app-000007").unwrap()[0],
