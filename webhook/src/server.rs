@@ -66,7 +66,7 @@ const H1_MAX_HEADERS: usize = 64;
 /// HTTP/2 flow-control windows: what a client can make h2 buffer before we read it.
 const H2_STREAM_WINDOW: u32 = 64 << 10;
 const H2_CONN_WINDOW: u32 = 128 << 10;
-const H2_MAX_STREAMS: u32 = 32;
+const H2_MAX_STREAMS: u32 = 16;
 const H2_MAX_HEADER_LIST: u32 = 16 << 10;
 
 /// Everything an admission needs, shared by all connections.
