@@ -1095,6 +1095,7 @@ mod tests {
                 observed_generation: Some(3),
             }],
             observed_generation: Some(3),
+            role_arn: Some("arn:aws:iam::123456789012:role/x".into()),
         };
         let seen = Seen::of(Some(&status));
         assert_eq!(seen.ready, 1);
