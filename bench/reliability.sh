@@ -224,16 +224,19 @@ if [ "$FUZZ_SECONDS" -gt 0 ]; then
   echo "== fuzzing for $FUZZ_SECONDS s" >&2
   command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
   mkdir -p "$tmp/corpus"; cp webhook/fuzz/corpus/admission/* "$tmp/corpus/"
+  # Fork mode with -ignore_crashes: a finding is counted (and kept in webhook/fuzz/artifacts)
+  # and the run goes on, so the figures cover the whole time.
   RUSTC_BOOTSTRAP=1 cargo fuzz run admission --fuzz-dir webhook/fuzz -O "$tmp/corpus" -- \
-    -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=512 -malloc_limit_mb=64 -dict=webhook/fuzz/admission.dict \
-    -print_final_stats=1 >"$tmp/fuzz.log" 2>&1 || true
-  execs=$(awk -F: '/stat::number_of_executed_units/ {gsub(/ /,"",$2); print $2}' "$tmp/fuzz.log")
-  last=$(grep -E '^#[0-9]+' "$tmp/fuzz.log" | tail -1)
+    -fork=1 -ignore_crashes=1 -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=512 -malloc_limit_mb=64 \
+    -dict=webhook/fuzz/admission.dict >"$tmp/fuzz.log" 2>&1 || true
+  last=$(grep -E '^#[0-9]+: cov:' "$tmp/fuzz.log" | tail -1)
+  execs=$(echo "$last" | sed -E 's/^#([0-9]+):.*/\1/')
   cov=$(echo "$last" | grep -o 'cov: [0-9]*' | cut -d' ' -f2)
   ft=$(echo "$last" | grep -o 'ft: [0-9]*' | cut -d' ' -f2)
-  corp=$(echo "$last" | grep -o 'corp: [0-9]*/[0-9]*[a-zA-Z]*' | cut -d' ' -f2)
-  crashes=$(grep -c "==ERROR\|panicked" "$tmp/fuzz.log" || true)
-  F="$FUZZ_SECONDS s, $execs executions, coverage $cov edges, $ft features, corpus $corp, $crashes crashes"
+  corp=$(echo "$last" | grep -o 'corp: [0-9]*' | cut -d' ' -f2)
+  crashes=$(echo "$last" | grep -o 'oom/timeout/crash: [0-9/]*' | cut -d' ' -f2)
+  cp "$tmp/fuzz.log" target/fuzz-last.log
+  F="$FUZZ_SECONDS s, $execs executions, coverage $cov edges, $ft features, corpus $corp inputs, oom/timeout/crash $crashes (log: target/fuzz-last.log)"
 fi
 
 before() { if [ -n "$before_bin" ]; then echo "${R[before,$1]}"; else echo "-|-|-|-|-"; fi; }
