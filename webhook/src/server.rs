@@ -228,54 +228,9 @@ where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    let metrics = &ctx.bodies.metrics;
     let (bytes, lease) = match read_body(&ctx, length, body).await {
         Ok(read) => read,
-        Err(BodyError::Timeout) => {
-            Metrics::reason(&metrics.requests_shed, "read_timeout");
-            return plain(
-                StatusCode::REQUEST_TIMEOUT,
-                &ctx,
-                "rolebridge: the request was not received in time\n".into(),
-            );
-        }
-        Err(BodyError::Shed(shed)) => {
-            let reason = match shed {
-                Shed::Evicted => "evicted",
-                Shed::Overloaded => "overloaded",
-            };
-            Metrics::reason(&metrics.requests_shed, reason);
-            tracing::warn!(
-                reason,
-                "request body dropped: request bodies in flight exceed --body-budget"
-            );
-            return plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &ctx,
-                "rolebridge: too many request bodies in flight; retry\n".into(),
-            );
-        }
-        Err(error) => {
-            let message = match error {
-                BodyError::TooLarge => {
-                    Metrics::reason(&metrics.requests_shed, "too_large");
-                    format!(
-                        "rolebridge: request body exceeds {} bytes",
-                        ctx.bodies.max_size
-                    )
-                }
-                BodyError::Client(e) => format!("rolebridge: reading the request body: {e}"),
-                _ => unreachable!("handled above"),
-            };
-            state.metrics.admission(AdmissionOutcome::Error, 0.0);
-            let mut response = Response::builder().header("content-type", "application/json");
-            if ctx.http1 {
-                response = response.header("connection", "close");
-            }
-            return response
-                .body(review::invalid("", &message))
-                .expect("static headers");
-        }
+        Err(error) => return refusal(state, &ctx, error),
     };
     let started = std::time::Instant::now();
     let (body, outcome) = admit(state, bytes.as_slice()).await;
@@ -286,6 +241,54 @@ where
     Response::builder()
         .header("content-type", "application/json")
         .body(body)
+        .expect("static headers")
+}
+
+/// The answer to a request whose body was not read (see the module docs).
+fn refusal(state: &AppState, ctx: &RequestCtx, error: BodyError) -> Response<Vec<u8>> {
+    let shed = &ctx.bodies.metrics.requests_shed;
+    let message = match error {
+        BodyError::Timeout => {
+            Metrics::reason(shed, "read_timeout");
+            return plain(
+                StatusCode::REQUEST_TIMEOUT,
+                ctx,
+                "rolebridge: the request was not received in time\n".into(),
+            );
+        }
+        BodyError::Shed(cut) => {
+            let reason = match cut {
+                Shed::Evicted => "evicted",
+                Shed::Overloaded => "overloaded",
+            };
+            Metrics::reason(shed, reason);
+            tracing::warn!(
+                reason,
+                "request body dropped: request bodies in flight exceed --body-budget"
+            );
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ctx,
+                "rolebridge: too many request bodies in flight; retry\n".into(),
+            );
+        }
+        BodyError::TooLarge => {
+            Metrics::reason(shed, "too_large");
+            format!(
+                "rolebridge: request body exceeds {} bytes",
+                ctx.bodies.max_size
+            )
+        }
+        BodyError::Client(e) => format!("rolebridge: reading the request body: {e}"),
+    };
+    // Content errors are answered like any malformed review.
+    state.metrics.admission(AdmissionOutcome::Error, 0.0);
+    let mut response = Response::builder().header("content-type", "application/json");
+    if ctx.http1 {
+        response = response.header("connection", "close");
+    }
+    response
+        .body(review::invalid("", &message))
         .expect("static headers")
 }
 
