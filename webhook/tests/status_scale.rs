@@ -45,7 +45,10 @@ async fn each_binding_is_written_once_and_a_steady_cluster_costs_nothing() {
     let took = converged(&stub, 1000, Duration::from_secs(60)).await;
     eprintln!("1000 existing bindings Bound in {took:?}");
     let status = stub.status_of("team-007", "binding-000007").unwrap();
-    assert_eq!(status["roleArn"], "arn:aws:iam::123456789012:role/app-000007");
+    assert_eq!(
+        status["roleArn"],
+        "arn:aws:iam::123456789012:role/app-000007"
+    );
     assert_eq!(status["conditions"][0]["reason"], "Bound");
     // Our own writes come back as watch events: they must not cause more writes.
     tokio::time::sleep(Duration::from_secs(2)).await;
