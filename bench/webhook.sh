@@ -8,6 +8,7 @@
 # Usage: bench/webhook.sh [seconds per run, default 10]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 secs=${1:-10}
 review=webhook/tests/fixtures/admissionreview-v1-pod-from-apiserver.json
 
@@ -27,11 +28,6 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 "$support" cert "$tmp"
 
-ticks=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-anon_kib() { awk '/^RssAnon/ {print $2}' "/proc/$1/status"; }
-wait_tcp() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
 # run NAME PORT: loads the server listening on PORT, prints "cpu_ms_per_req req_per_s".
 run() {
@@ -67,7 +63,6 @@ w_idle=$(rss_kib "$wpid"); b_idle=$(rss_kib "$bpid"); w_anon=$(anon_kib "$wpid")
 read -r w_cpu w_rps w_p99 < <(run "$wpid" 18443)
 read -r b_cpu b_rps b_p99 < <(run "$bpid" 18444)
 w_rss=$(rss_kib "$wpid")
-mib() { awk -v k="$1" 'BEGIN {printf "%.1f MiB", k/1024}'; }
 ratio=$(awk -v w="$w_rps" -v b="$b_rps" 'BEGIN {printf "%.0f", w/b*100}')
 
 table=$(cat <<TXT
@@ -83,8 +78,6 @@ echo
 echo "$table"
 
 {
-  echo "# Benchmarks"
-  echo
   echo "Produced by \`bench/webhook.sh\` on $(date -u +%Y-%m-%d), $(nproc) cores ($(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | xargs)),"
   echo "release build, captured 9.3 KB pod review with one matching binding (a full mutation per request),"
   echo "wrk -t2 -c16 -d${secs}s over HTTPS keep-alive; wrk shares the same cores. CPU is the server's user+system time"
@@ -96,5 +89,6 @@ echo "$table"
   echo "Go peer (aws/amazon-eks-pod-identity-webhook) on the same kind of machine and load: 0.26–0.39 ms CPU per"
   echo "admission, 4.5–5.5k admissions/s, 26 MiB idle RSS. Targets for rolebridge-webhook: ≤ 0.05 ms, ≥ 25k/s, ≤ 8 MiB."
   if [ -f agent/BENCHMARKS.md ]; then echo; echo "Agent footprint: see [agent/BENCHMARKS.md](agent/BENCHMARKS.md)."; fi
-} > BENCHMARKS.md
-echo "wrote BENCHMARKS.md" >&2
+} > "$tmp/admission.md"
+replace_section admission "$tmp/admission.md"
+echo "wrote the admission section of BENCHMARKS.md" >&2

@@ -3,6 +3,7 @@
 #   unit + golden + property + in-process HTTPS   cargo test --workspace
 #   agent faults against the metadata emulator      cargo test (e2e crate)
 #   real AWS SDKs (boto3, AWS CLI, Rust SDK) + moto  cargo test (e2e crate), peers from PyPI
+#   admission fuzzing, 60 s from the corpus          webhook/fuzz/run.sh (cargo-fuzz, libFuzzer)
 #   Helm chart lint/render/schema checks            scripts/chart-check.sh
 #   static binaries in an empty root                scripts/empty-root-test.sh
 #   real API server                                 e2e/tests/apiserver.rs, needs ROLEBRIDGE_E2E_KUBECONFIG
@@ -25,6 +26,9 @@ fi
 
 step "cargo tests (all crates)"
 cargo test --workspace --locked --no-fail-fast
+
+step "fuzzing the admission path (60 s, libFuzzer)"
+bash webhook/fuzz/run.sh 60
 
 step "Helm chart"
 bash scripts/chart-check.sh

@@ -1,4 +1,6 @@
-//! Helpers for `bench/webhook.sh`: `cert DIR` writes a self-signed localhost pair, and
+//! Helpers for the bench scripts: `cert DIR` writes a CA (`ca.crt`) and a localhost serving
+//! pair signed by it (`tls.crt`, `tls.key`), `rotate DIR` replaces that pair with a new one the
+//! way the kubelet updates a Secret volume (a `..data` symlink swap), and
 //! `baseline LISTEN CERT KEY` serves `POST /mutate` with a fixed "allowed" review on exactly the
 //! webhook's TLS stack (same accept loop, rustls config and hyper builder). The ratio of the
 //! webhook's throughput to the baseline's shows how close the admission logic is to the cost
@@ -11,6 +13,8 @@ use std::time::Duration;
 use warp::Filter;
 use warp::http::Response;
 
+use rolebridge_webhook::limits::Limits;
+use rolebridge_webhook::metrics::Metrics;
 use rolebridge_webhook::server::serve_tls;
 use rolebridge_webhook::tls::{CertStore, server_config};
 
@@ -27,13 +31,12 @@ fn main() {
     {
         ["cert", dir] => {
             let key = rcgen::KeyPair::generate().unwrap();
-            let params =
-                rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-                    .unwrap();
-            let cert = params.self_signed(&key).unwrap();
-            std::fs::write(format!("{dir}/tls.crt"), cert.pem()).unwrap();
-            std::fs::write(format!("{dir}/tls.key"), key.serialize_pem()).unwrap();
+            let cert = ca_params().self_signed(&key).unwrap();
+            std::fs::write(format!("{dir}/ca.crt"), cert.pem()).unwrap();
+            std::fs::write(format!("{dir}/ca.key"), key.serialize_pem()).unwrap();
+            rotate(dir);
         }
+        ["rotate", dir] => rotate(dir),
         ["baseline", listen, cert, key] => {
             let rt = tokio::runtime::Runtime::new().unwrap();
             rt.block_on(async {
@@ -62,7 +65,8 @@ fn main() {
                     listener,
                     tls,
                     routes,
-                    Duration::from_secs(10),
+                    Limits::default(),
+                    Arc::new(Metrics::new()),
                     rx,
                     Duration::from_secs(1),
                 )
@@ -70,8 +74,45 @@ fn main() {
             });
         }
         _ => {
-            eprintln!("usage: bench_support cert DIR | baseline LISTEN CERT KEY");
+            eprintln!("usage: bench_support cert DIR | rotate DIR | baseline LISTEN CERT KEY");
             std::process::exit(2);
+        }
+    }
+}
+
+fn ca_params() -> rcgen::CertificateParams {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "rolebridge bench CA");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+}
+
+/// Issues a new serving pair from `DIR/ca.key` and swaps it in atomically.
+fn rotate(dir: &str) {
+    let dir = std::path::Path::new(dir);
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key")).unwrap()).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params(), ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let versioned = dir.join(format!("..{nanos}"));
+    std::fs::create_dir(&versioned).unwrap();
+    std::fs::write(versioned.join("tls.crt"), cert.pem()).unwrap();
+    std::fs::write(versioned.join("tls.key"), key.serialize_pem()).unwrap();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(versioned.file_name().unwrap(), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for f in ["tls.crt", "tls.key"] {
+        if std::fs::symlink_metadata(dir.join(f)).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{f}"), dir.join(f)).unwrap();
         }
     }
 }

@@ -14,6 +14,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::cache::{BindingCache, LiveReadLimits, api_live_source};
+use crate::controller::StatusArgs;
+use crate::lease::{self, LeaderArgs};
+use crate::limits::{Limits, LimitsError};
 use crate::metrics::Metrics;
 use crate::mutate::flags::{self, MutationArgs, SidecarChoice};
 use crate::server::{AppState, serve_tls};
@@ -66,9 +69,12 @@ pub struct ServeArgs {
     /// misses.
     #[arg(long, env = "ROLEBRIDGE_LIVE_READ_INTERVAL", default_value = "10s", value_parser = duration::parse)]
     pub live_read_interval: Duration,
-    /// Seconds a client may take to send request headers.
-    #[arg(long, env = "ROLEBRIDGE_HEADER_READ_TIMEOUT", default_value_t = 10)]
-    pub header_read_timeout: u64,
+    #[command(flatten)]
+    pub limits: Limits,
+    #[command(flatten)]
+    pub leader: LeaderArgs,
+    #[command(flatten)]
+    pub status: StatusArgs,
     /// How long to keep serving after SIGTERM while reporting not-ready, so endpoints drop this
     /// replica before it stops accepting.
     #[arg(long, env = "ROLEBRIDGE_SHUTDOWN_DELAY", default_value = "5s", value_parser = duration::parse)]
@@ -127,6 +133,8 @@ pub enum ServeError {
     },
     #[error("TLS configuration: {0}")]
     Tls(#[source] rustls::Error),
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
 }
 
 fn in_cluster_namespace() -> Option<String> {
@@ -140,6 +148,8 @@ fn in_cluster_namespace() -> Option<String> {
 async fn bindings(
     args: &ServeArgs,
     metrics: &Arc<Metrics>,
+    own_namespace: Option<&str>,
+    stop: &watch::Receiver<bool>,
 ) -> Result<(Arc<BindingCache>, Option<kube::Client>), ServeError> {
     if let Some(path) = &args.bindings_file {
         let shown = path.display().to_string();
@@ -169,12 +179,15 @@ async fn bindings(
         (api_live_source(client.clone()), limits)
     });
     let cache = Arc::new(BindingCache::new(metrics.clone(), live));
-    let store = cache.clone().run_watch(client.clone()).await;
+    cache.run_watches(client.clone());
+    let lease_namespace = own_namespace.unwrap_or(client.default_namespace());
+    let leadership = lease::start(&client, &args.leader, lease_namespace, stop.clone());
     tokio::spawn(controller::run(
         client.clone(),
-        store,
         cache.clone(),
         metrics.clone(),
+        leadership,
+        args.status.clone(),
     ));
     Ok((cache, Some(client)))
 }
@@ -203,6 +216,7 @@ fn follow_sidecar_mode(state: Arc<AppState>, choice: SidecarChoice, client: kube
 
 /// Runs the webhook until SIGTERM (then drains).
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    args.limits.validate()?;
     let metrics = Arc::new(Metrics::new());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = Arc::new(CertStore::new(
@@ -222,7 +236,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let mut config = args
         .mutation
         .config(args.namespace.clone().or_else(in_cluster_namespace))?;
-    let (cache, client) = bindings(&args, &metrics).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (cache, client) =
+        bindings(&args, &metrics, config.own_namespace.as_deref(), &stop_rx).await?;
     let choice = args.mutation.sidecar_mode;
     let version = match (&client, choice) {
         (Some(client), SidecarChoice::Auto) => {
@@ -260,7 +276,6 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let admin_listener = bind("--admin-listen", args.admin_listen).await?;
     tracing::info!(listen = ?listener.local_addr().ok(), admin = ?admin_listener.local_addr().ok(), "serving");
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let mut admin_stop = stop_rx.clone();
     let admin = tokio::spawn(
         warp::serve(admin::routes(state.clone()))
@@ -281,11 +296,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     });
 
     let tls = Arc::new(server_config(&certs, provider).map_err(ServeError::Tls)?);
+    let metrics = state.metrics.clone();
     serve_tls(
         listener,
         tls,
         server::routes(state),
-        Duration::from_secs(args.header_read_timeout.max(1)),
+        args.limits,
+        metrics,
         stop_rx,
         args.drain_timeout,
     )

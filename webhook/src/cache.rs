@@ -1,9 +1,12 @@
-//! The binding cache: a kube-runtime reflector over every `AWSRoleBinding`, projected into a
-//! [`BindingIndex`] that admissions read without an API call.
+//! The binding cache: watches of every `AWSRoleBinding` and every service account (metadata
+//! only), kept in a [`Store`] that holds only what admission and status need, plus the set of
+//! binding groups whose status may have changed, for the status controller.
 //!
-//! Objects are watched untyped (`DynamicObject`) and converted one by one, so one object whose
-//! spec does not parse is logged, counted and skipped instead of failing the whole list and
-//! stalling the watch (which a typed watcher would do).
+//! Bindings are read as [`WatchedBinding`]: metadata reduced to name, namespace, generation and
+//! resourceVersion at parse time (no `managedFields`, no annotations), spec and status kept as
+//! JSON until converted one by one, so one object whose spec does not parse is logged, counted
+//! and reported instead of failing the whole list and stalling the watch (as a typed watcher
+//! would).
 //!
 //! A watch lags the API by a little. A binding applied in the same `kubectl apply` as its pod
 //! can therefore be missing from the cache when the pod arrives; the pod would start without
@@ -12,23 +15,27 @@
 //! its result for `live_read_interval`) and bounded by a global token bucket, so a busy cluster
 //! without bindings costs at most a few cheap reads per second, never one per admission.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-use futures::StreamExt;
 use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::core::PartialObjectMeta;
+use kube::runtime::watcher;
+use serde::Deserialize;
 use tokio::sync::{Notify, OnceCell};
 
 use crate::binding::Binding;
-use crate::crd::AWSRoleBinding;
+use crate::crd::{AWSRoleBinding, AWSRoleBindingStatus};
 use crate::index::{BindingIndex, binding_from_json};
 use crate::metrics::Metrics;
+use crate::status::GSA_ANNOTATION;
+use crate::store::{Group, Observed, Pass, Store};
 
 const LIVE_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -105,20 +112,32 @@ impl Live {
 }
 
 pub struct BindingCache {
-    index: ArcSwap<BindingIndex>,
+    store: Store,
     synced: AtomicBool,
+    accounts_synced: AtomicBool,
     live: Option<Live>,
     metrics: Arc<Metrics>,
-    /// Woken on every change, for the status controller.
+    work: Mutex<Work>,
+    /// Woken (all waiters) when there is status work, or a watch syncs.
     pub changed: Notify,
 }
 
+/// Status work: groups a change touched, and a full pass in progress.
+#[derive(Default)]
+struct Work {
+    groups: HashSet<Group>,
+    pass: Option<Pass>,
+    relisting: bool,
+    accounts_relisting: bool,
+}
+
 impl BindingCache {
-    /// A cache fed by [`BindingCache::run_watch`]; `live` covers the watch's lag.
+    /// A cache fed by [`BindingCache::run_watches`]; `live` covers the watch's lag.
     pub fn new(metrics: Arc<Metrics>, live: Option<(LiveSource, LiveReadLimits)>) -> Self {
         BindingCache {
-            index: ArcSwap::from_pointee(BindingIndex::default()),
+            store: Store::new(),
             synced: AtomicBool::new(false),
+            accounts_synced: AtomicBool::new(false),
             live: live.map(|(source, limits)| Live {
                 source,
                 limits,
@@ -126,6 +145,7 @@ impl BindingCache {
                 bucket: Mutex::new((limits.burst, Instant::now())),
             }),
             metrics,
+            work: Mutex::new(Work::default()),
             changed: Notify::new(),
         }
     }
@@ -133,24 +153,96 @@ impl BindingCache {
     /// A fixed set of bindings (`serve --bindings-file`, benchmarks): synced from the start.
     pub fn fixed(metrics: Arc<Metrics>, bindings: Vec<(String, Binding)>) -> Self {
         let cache = Self::new(metrics, None);
-        cache.replace(BindingIndex::new(bindings), 0);
+        for (namespace, b) in bindings {
+            let name = b.name.clone();
+            cache.store.apply(Observed {
+                namespace: &namespace,
+                name: &name,
+                generation: 0,
+                spec: Ok(b),
+                status: None,
+            });
+        }
+        cache.update_gauges();
         cache.synced.store(true, Ordering::Release);
         cache
     }
 
+    /// The binding watch has listed everything once (admissions can be answered).
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
     }
 
-    pub fn snapshot(&self) -> Arc<BindingIndex> {
-        self.index.load_full()
+    /// Both watches have listed everything once (statuses can be computed).
+    pub fn is_fully_synced(&self) -> bool {
+        self.is_synced() && self.accounts_synced.load(Ordering::Acquire)
     }
 
-    fn replace(&self, index: BindingIndex, invalid: usize) {
-        self.metrics.bindings.set(index.len() as i64);
-        self.metrics.invalid_bindings.set(invalid as i64);
-        self.index.store(Arc::new(index));
-        self.changed.notify_one();
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn work(&self) -> std::sync::MutexGuard<'_, Work> {
+        self.work.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Up to `limit` groups whose status may have changed: those a change touched first, then
+    /// the next part of a full pass. Empty when there is nothing to do.
+    pub fn take_work(&self, limit: usize) -> Vec<Group> {
+        let mut work = self.work();
+        if !work.groups.is_empty() {
+            let take: Vec<Group> = work.groups.iter().take(limit).cloned().collect();
+            for g in &take {
+                work.groups.remove(g);
+            }
+            return take;
+        }
+        let Some(pass) = work.pass.as_mut() else {
+            return Vec::new();
+        };
+        match self.store.pass_chunk(pass, limit) {
+            Some(chunk) => chunk,
+            None => {
+                work.pass = None;
+                Vec::new()
+            }
+        }
+    }
+
+    /// Every group gets a status check (a new leader, a relist).
+    pub fn request_full_pass(&self) {
+        self.work().pass = Some(Pass::Start);
+        self.changed.notify_waiters();
+    }
+
+    /// Forgets all pending work (a replica that does not lead).
+    pub fn clear_work(&self) {
+        let mut work = self.work();
+        work.groups.clear();
+        work.pass = None;
+    }
+
+    /// Marks groups for a status check.
+    pub fn mark(&self, groups: Vec<Group>) {
+        if groups.is_empty() {
+            return;
+        }
+        let mut work = self.work();
+        // A relist ends with a full pass: marking every group it re-reads would only hold
+        // them all in memory until then.
+        if work.relisting || work.accounts_relisting {
+            return;
+        }
+        work.groups.extend(groups);
+        drop(work);
+        self.changed.notify_waiters();
+    }
+
+    fn update_gauges(&self) {
+        let counts = self.store.counts();
+        self.metrics.bindings.set(counts.valid as i64);
+        self.metrics.invalid_bindings.set(counts.invalid as i64);
+        self.metrics.conflicts.set(counts.conflicts as i64);
     }
 
     /// The bindings of `service_account` in `namespace`, from the cache or, on a miss, from a
@@ -160,8 +252,8 @@ impl BindingCache {
         namespace: &str,
         service_account: &str,
     ) -> Option<Arc<[Binding]>> {
-        if let Some(hit) = self.index.load().lookup(namespace, service_account) {
-            return Some(hit.clone());
+        if let Some(hit) = self.store.bindings_for(namespace, service_account) {
+            return Some(hit);
         }
         let live = self.live.as_ref()?;
         let cell = {
@@ -211,40 +303,170 @@ impl BindingCache {
         Some(found)
     }
 
-    /// Runs the reflector until the process ends, keeping the index (and `store`) current.
-    pub async fn run_watch(self: Arc<Self>, client: kube::Client) -> Store<DynamicObject> {
-        let ar = api_resource();
-        let api: Api<DynamicObject> = Api::all_with(client, &ar);
-        let writer = reflector::store::Writer::new(ar);
-        let store = writer.as_reader();
-        let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-            .default_backoff();
+    /// Starts the binding and service-account watches; they run until the process ends.
+    pub fn run_watches(self: &Arc<Self>, client: kube::Client) {
+        let bindings: Api<WatchedBinding> = Api::all(client.clone());
         let this = self.clone();
-        let reader = store.clone();
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                    Ok(
-                        watcher::Event::InitDone
-                        | watcher::Event::Apply(_)
-                        | watcher::Event::Delete(_),
-                    ) => {
-                        let state = reader.state();
-                        let (bindings, invalid) = convert(state.iter().map(|o| o.as_ref()));
-                        this.replace(BindingIndex::new(bindings), invalid);
-                        if !this.synced.swap(true, Ordering::AcqRel) {
-                            tracing::info!(bindings = state.len(), "binding cache synced");
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "binding watch error; retrying with backoff")
-                    }
-                }
+        tokio::spawn(crate::watch::run(
+            "bindings",
+            move || watcher(bindings.clone(), watcher::Config::default()),
+            move |event| this.on_binding(event),
+        ));
+        // Metadata only: the annotation is all status needs.
+        let accounts: Api<PartialObjectMeta<ServiceAccount>> = Api::all(client);
+        let this = self.clone();
+        tokio::spawn(crate::watch::run(
+            "service accounts",
+            move || watcher(accounts.clone(), watcher::Config::default()),
+            move |event| this.on_account(event),
+        ));
+    }
+
+    fn on_binding(&self, event: watcher::Event<WatchedBinding>) {
+        let groups = match event {
+            watcher::Event::Init => {
+                self.store.begin_relist();
+                self.work().relisting = true;
+                return;
             }
+            watcher::Event::InitApply(o) | watcher::Event::Apply(o) => self.apply(&o),
+            watcher::Event::Delete(o) => {
+                let (Some(ns), Some(name)) = (&o.metadata.namespace, &o.metadata.name) else {
+                    return;
+                };
+                let sa = o.spec.get("serviceAccountName").and_then(|s| s.as_str());
+                self.store.delete(ns, name, sa)
+            }
+            watcher::Event::InitDone => {
+                self.store.end_relist();
+                if !self.synced.swap(true, Ordering::AcqRel) {
+                    tracing::info!(bindings = self.store.counts().valid, "binding cache synced");
+                }
+                self.work().relisting = false;
+                self.update_gauges();
+                // Anything may have changed while the watch was away.
+                self.request_full_pass();
+                return;
+            }
+        };
+        self.update_gauges();
+        self.mark(groups);
+    }
+
+    fn apply(&self, o: &WatchedBinding) -> Vec<Group> {
+        let (Some(ns), Some(name)) = (&o.metadata.namespace, &o.metadata.name) else {
+            return Vec::new();
+        };
+        let spec = binding_from_json(ns, name, &o.spec).map_err(|error| {
+            tracing::warn!(%error, "ignoring AWSRoleBinding");
+            error.to_string()
         });
-        store
+        let status: Option<AWSRoleBindingStatus> = o
+            .status
+            .as_ref()
+            .and_then(|s| serde_json::from_value(s.clone()).ok());
+        self.store.apply(Observed {
+            namespace: ns,
+            name,
+            generation: o.metadata.generation.unwrap_or(0),
+            spec,
+            status: status.as_ref(),
+        })
+    }
+
+    fn on_account(&self, event: watcher::Event<PartialObjectMeta<ServiceAccount>>) {
+        let groups = match event {
+            watcher::Event::Init => {
+                self.store.begin_accounts_relist();
+                self.work().accounts_relisting = true;
+                return;
+            }
+            watcher::Event::InitApply(sa) | watcher::Event::Apply(sa) => {
+                let meta = &sa.metadata;
+                let (Some(ns), Some(name)) = (&meta.namespace, &meta.name) else {
+                    return;
+                };
+                let gsa = meta
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(GSA_ANNOTATION))
+                    .map(String::as_str);
+                self.store.apply_account(ns, name, gsa)
+            }
+            watcher::Event::Delete(sa) => {
+                let meta = &sa.metadata;
+                let (Some(ns), Some(name)) = (&meta.namespace, &meta.name) else {
+                    return;
+                };
+                self.store.delete_account(ns, name)
+            }
+            watcher::Event::InitDone => {
+                self.store.end_accounts_relist();
+                if !self.accounts_synced.swap(true, Ordering::AcqRel) {
+                    tracing::info!("service account cache synced");
+                }
+                self.work().accounts_relisting = false;
+                self.request_full_pass();
+                return;
+            }
+        };
+        self.mark(groups);
+    }
+}
+
+/// An `AWSRoleBinding` as the watch keeps it: the metadata fields the webhook uses (parsed
+/// without allocating for `managedFields` or annotations), spec and status as JSON.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WatchedBinding {
+    #[serde(deserialize_with = "slim_metadata")]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: serde_json::Value,
+    #[serde(default)]
+    pub status: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SlimMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+    resource_version: Option<String>,
+    generation: Option<i64>,
+}
+
+fn slim_metadata<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    let m = SlimMeta::deserialize(d)?;
+    Ok(ObjectMeta {
+        name: m.name,
+        namespace: m.namespace,
+        resource_version: m.resource_version,
+        generation: m.generation,
+        ..ObjectMeta::default()
+    })
+}
+
+impl kube::Resource for WatchedBinding {
+    type DynamicType = ();
+    type Scope = kube::core::NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        AWSRoleBinding::kind(&())
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        AWSRoleBinding::group(&())
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        AWSRoleBinding::version(&())
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        AWSRoleBinding::plural(&())
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
     }
 }
 
@@ -348,12 +570,89 @@ mod tests {
             Arc::new(Metrics::new()),
             Some((source(calls.clone()), LiveReadLimits::default())),
         );
-        cache.replace(
-            BindingIndex::new([("ns".to_string(), binding("b", "app"))]),
-            0,
-        );
+        let b = binding("b", "app");
+        cache.store.apply(Observed {
+            namespace: "ns",
+            name: "b",
+            generation: 1,
+            spec: Ok(b),
+            status: None,
+        });
         assert_eq!(cache.bindings_for("ns", "app").await.unwrap()[0].name, "b");
         assert_eq!(calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn watched_bindings_keep_only_what_is_used() {
+        let object = serde_json::json!({
+            "apiVersion": "rolebridge.io/v1alpha1", "kind": "AWSRoleBinding",
+            "metadata": {"name": "b", "namespace": "ns", "generation": 2, "resourceVersion": "7",
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"},
+                "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"serviceAccountName": "app", "roleArn": "arn:aws:iam::123456789012:role/x"},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Bound",
+                "message": "", "lastTransitionTime": "2026-11-22T10:00:00Z"}]}
+        });
+        // Real API servers write "type" first; a parser must not depend on it.
+        for event in [
+            format!(r#"{{"type":"ADDED","object":{object}}}"#),
+            format!(r#"{{"object":{object},"type":"ADDED"}}"#),
+        ] {
+            let parsed: kube::core::WatchEvent<WatchedBinding> =
+                serde_json::from_str(&event).unwrap();
+            let kube::core::WatchEvent::Added(o) = parsed else {
+                panic!("an added event")
+            };
+            assert_eq!(o.metadata.name.as_deref(), Some("b"));
+            assert_eq!(o.metadata.generation, Some(2));
+            assert_eq!(o.metadata.resource_version.as_deref(), Some("7"));
+            assert!(o.metadata.managed_fields.is_none() && o.metadata.annotations.is_none());
+            assert_eq!(o.spec["serviceAccountName"], "app");
+        }
+    }
+
+    #[test]
+    fn watch_events_keep_the_store_and_the_changed_groups() {
+        let cache = BindingCache::new(Arc::new(Metrics::new()), None);
+        let watched = |name: &str, sa: &str| WatchedBinding {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                generation: Some(1),
+                ..ObjectMeta::default()
+            },
+            spec: serde_json::json!({"serviceAccountName": sa, "roleArn": "arn:aws:iam::123456789012:role/x"}),
+            status: None,
+        };
+        cache.on_binding(watcher::Event::Init);
+        cache.on_binding(watcher::Event::InitApply(watched("a", "app")));
+        cache.on_binding(watcher::Event::InitApply(watched("b", "other")));
+        cache.on_binding(watcher::Event::InitDone);
+        assert!(cache.is_synced() && !cache.is_fully_synced());
+        // The list ends in a full pass over both groups, walked in chunks.
+        assert_eq!(cache.take_work(1).len(), 1);
+        assert_eq!(cache.take_work(10).len(), 1);
+        assert!(cache.take_work(10).is_empty());
+        // A change touches its own group only.
+        cache.on_binding(watcher::Event::Apply(watched("a2", "app")));
+        let app = Group::Account {
+            namespace: "ns".into(),
+            service_account: "app".into(),
+        };
+        assert_eq!(cache.take_work(10), vec![app.clone()]);
+        // A relist after an outage that no longer sees "b" nor "a2": they are gone; the full
+        // pass that follows covers what is left.
+        cache.on_binding(watcher::Event::Init);
+        cache.on_binding(watcher::Event::InitApply(watched("a", "app")));
+        cache.on_binding(watcher::Event::InitDone);
+        assert!(cache.store.bindings_for("ns", "other").is_none());
+        assert_eq!(cache.take_work(10), vec![app]);
+        // An invalid spec is counted and kept for its status.
+        let mut bad = watched("c", "app");
+        bad.spec = serde_json::json!({"serviceAccountName": "app", "roleArn": "nope"});
+        cache.on_binding(watcher::Event::Apply(bad));
+        assert_eq!(cache.store.counts().invalid, 1);
+        assert_eq!(cache.metrics.invalid_bindings.get(), 1);
     }
 
     #[test]

@@ -1,166 +1,341 @@
 //! Writes `AWSRoleBinding` status.
 //!
-//! A deliberately small level-triggered loop instead of a per-object controller: conflicts
-//! span objects, so any change to any binding or service account re-evaluates all of them
-//! (cheap: bindings number in the hundreds, the computation is [`status::desired`], a pure
-//! function). Writes are server-side applies to the status subresource under one field
-//! manager, made only when the computed status differs from the stored one; several replicas
-//! therefore compute and apply identical statuses and need no leader election.
+//! Work is per change, not per pass: the cache marks the group of bindings a watch event
+//! touched (one service account's bindings, among which conflicts are decided, or one invalid
+//! binding), and only those groups are recomputed with [`status::desired`], the pure function.
+//! A status is written only when its fingerprint differs from what the API server holds, so
+//! the watch event of our own write (and a relist) costs one cheap recomputation and no write;
+//! a steady cluster costs nothing at all (there is no periodic resync: every input of a status
+//! is watched).
+//!
+//! Writes are server-side applies to the status subresource under one field manager, made by
+//! `--status-concurrency` workers that take changed groups (deduplicated, so a burst computes
+//! and writes each binding once) and, after a relist or a change of leader, walk every group
+//! with a cursor (a full pass never holds 100,000 keys at once). A status is computed when a
+//! worker gets to it, from what the store holds then; failures mark the group again after a
+//! backoff. Only the replica holding the status Lease writes ([`crate::lease`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use tokio::sync::Notify;
+use kube::Resource as _;
+use kube::api::{Api, Patch, PatchParams};
 
-use crate::cache::{BindingCache, api_resource};
-use crate::crd::AWSRoleBindingStatus;
-use crate::index::binding_from_json;
+use crate::cache::{BindingCache, WatchedBinding};
+use crate::crd::{AWSRoleBinding, AWSRoleBindingStatus};
+use crate::lease::Leadership;
 use crate::metrics::Metrics;
-use crate::status::{self, BindingState, GSA_ANNOTATION, ServiceAccountState};
+use crate::status::{self, BindingState};
+use crate::store::{Group, GroupState, Seen, fingerprint};
 
 pub const FIELD_MANAGER: &str = "rolebridge-webhook";
-const DEBOUNCE: Duration = Duration::from_millis(500);
-const RESYNC: Duration = Duration::from_secs(300);
+/// Lets the watches deliver the rest of a burst (a binding and its service account) before
+/// the groups are computed.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Runs until the process ends.
+/// Status flags of `serve`.
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct StatusArgs {
+    /// Binding status writes in flight at once.
+    #[arg(long, env = "ROLEBRIDGE_STATUS_CONCURRENCY", default_value_t = 8)]
+    pub status_concurrency: usize,
+}
+
+/// A status to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    pub name: String,
+    pub status: AWSRoleBindingStatus,
+    pub conflict: bool,
+    /// Differs from what the API server holds.
+    pub write: bool,
+}
+
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// The status of every binding of a group, and which of them need a write.
+pub fn plan(group: &GroupState, now: &str) -> Vec<Planned> {
+    let current: Vec<Option<AWSRoleBindingStatus>> =
+        group.members.iter().map(|m| m.seen.as_status()).collect();
+    let states: Vec<BindingState> = group
+        .members
+        .iter()
+        .zip(&current)
+        .map(|(m, c)| BindingState {
+            namespace: &group.namespace,
+            name: &m.name,
+            generation: (m.generation != 0).then_some(m.generation),
+            spec: m.spec.as_ref().map_err(String::as_str),
+            current: c.as_ref(),
+        })
+        .collect();
+    let wanted = status::desired(&states, |_, _| group.account.clone(), now);
+    group
+        .members
+        .iter()
+        .zip(wanted.into_iter().zip(current))
+        .filter_map(|(m, (want, current))| {
+            // `desired` compares with what we know of the current status, which is only its
+            // Ready condition: None means exactly that, i.e. nothing else was ever written.
+            let status = want.or(current)?;
+            let conflict = status.conditions.iter().any(|c| c.reason == "Conflict");
+            Some(Planned {
+                name: m.name.clone(),
+                write: fingerprint(&status) != m.seen.fingerprint,
+                status,
+                conflict,
+            })
+        })
+        .collect()
+}
+
+/// Groups one worker takes at a time.
+const CHUNK: usize = 64;
+/// A worker that has written this many statuses since the queue was last empty lets the
+/// allocator give the burst's memory back once it is idle.
+const BURST: usize = 1000;
+
+/// Runs until the process ends: `--status-concurrency` workers compute the statuses of the
+/// groups that changed and write what differs, while this replica leads.
 pub async fn run(
     client: kube::Client,
-    bindings: Store<DynamicObject>,
     cache: Arc<BindingCache>,
     metrics: Arc<Metrics>,
+    mut leadership: Leadership,
+    args: StatusArgs,
 ) {
-    let sa_changed = Arc::new(Notify::new());
-    let writer = reflector::store::Writer::<PartialObjectMeta<ServiceAccount>>::default();
-    let accounts = writer.as_reader();
-    // Metadata only: annotations are all we need, and full objects would cost memory.
-    let api = Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone());
-    let stream =
-        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
-    let notify = sa_changed.clone();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(_) => notify.notify_one(),
-                Err(error) => {
-                    tracing::warn!(%error, "service account watch error; retrying with backoff")
-                }
+    // A status computed before both watches listed everything would be wrong (a service
+    // account not yet seen is "not found") and written only to be corrected.
+    loop {
+        let mut changed = std::pin::pin!(cache.changed.notified());
+        changed.as_mut().enable();
+        if cache.is_fully_synced() {
+            break;
+        }
+        changed.await;
+    }
+    let retries = Arc::new(Mutex::new(HashMap::new()));
+    for _ in 0..args.status_concurrency.max(1) {
+        tokio::spawn(worker(
+            client.clone(),
+            cache.clone(),
+            metrics.clone(),
+            leadership.clone(),
+            retries.clone(),
+        ));
+    }
+    loop {
+        // A replica that does not lead keeps no work: it starts over with a full pass when
+        // it becomes the leader.
+        loop {
+            let mut changed = std::pin::pin!(cache.changed.notified());
+            changed.as_mut().enable();
+            if leadership.is_leader() {
+                break;
+            }
+            cache.clear_work();
+            tokio::select! {
+                _ = changed => {}
+                _ = leadership.leading() => {}
             }
         }
-    });
-
-    if bindings.wait_until_ready().await.is_err() || accounts.wait_until_ready().await.is_err() {
-        tracing::error!("status controller stopped: its watches ended");
-        return;
-    }
-    let ar = api_resource();
-    loop {
-        reconcile_all(&client, &ar, &bindings, &accounts, &metrics).await;
-        tokio::select! {
-            _ = cache.changed.notified() => {}
-            _ = sa_changed.notified() => {}
-            _ = tokio::time::sleep(RESYNC) => {}
-        }
-        // Coalesce a burst (a relist, `kubectl apply -f dir/`) into one pass.
-        tokio::time::sleep(DEBOUNCE).await;
+        cache.request_full_pass();
+        leadership.lost().await;
+        cache.clear_work();
     }
 }
 
-async fn reconcile_all(
-    client: &kube::Client,
-    ar: &kube::api::ApiResource,
-    bindings: &Store<DynamicObject>,
-    accounts: &Store<PartialObjectMeta<ServiceAccount>>,
-    metrics: &Metrics,
-) {
-    let objects = bindings.state();
-    struct Parsed {
-        namespace: String,
-        name: String,
-        generation: Option<i64>,
-        spec: Result<crate::binding::Binding, String>,
-        current: Option<AWSRoleBindingStatus>,
-    }
-    let parsed: Vec<Parsed> = objects
-        .iter()
-        .filter_map(|o| {
-            let namespace = o.metadata.namespace.clone()?;
-            let name = o.metadata.name.clone()?;
-            let spec =
-                binding_from_json(&namespace, &name, &o.data["spec"]).map_err(|e| e.to_string());
-            let current = serde_json::from_value(o.data["status"].clone()).ok();
-            Some(Parsed {
-                generation: o.metadata.generation,
-                namespace,
-                name,
-                spec,
-                current,
-            })
-        })
-        .collect();
-    let states: Vec<BindingState> = parsed
-        .iter()
-        .map(|p| BindingState {
-            namespace: &p.namespace,
-            name: &p.name,
-            generation: p.generation,
-            spec: p.spec.as_ref().map_err(String::as_str),
-            current: p.current.as_ref(),
-        })
-        .collect();
-    let sa_state = |ns: &str, name: &str| match accounts.get(&ObjectRef::new(name).within(ns)) {
-        None => ServiceAccountState::Missing,
-        Some(sa) => match sa
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(GSA_ANNOTATION))
-        {
-            Some(gsa) if !gsa.is_empty() => ServiceAccountState::WorkloadIdentity(gsa.clone()),
-            _ => ServiceAccountState::NoWorkloadIdentity,
-        },
-    };
-    let now = k8s_openapi::jiff::Timestamp::now()
-        .round(k8s_openapi::jiff::Unit::Second)
-        .map(|t| t.to_string())
-        .unwrap_or_default();
-    let desired = status::desired(&states, sa_state, &now);
+type Retries = Arc<Mutex<HashMap<Group, u32>>>;
 
-    let mut conflicts = 0;
-    for (p, want) in parsed.iter().zip(desired) {
-        let effective = want.as_ref().or(p.current.as_ref());
-        if effective.is_some_and(|s| s.conditions.iter().any(|c| c.reason == "Conflict")) {
-            conflicts += 1;
+async fn worker(
+    client: kube::Client,
+    cache: Arc<BindingCache>,
+    metrics: Arc<Metrics>,
+    leadership: Leadership,
+    retries: Retries,
+) {
+    let mut written = 0;
+    loop {
+        let mut changed = std::pin::pin!(cache.changed.notified());
+        changed.as_mut().enable();
+        let groups = if leadership.is_leader() {
+            cache.take_work(CHUNK)
+        } else {
+            Vec::new()
+        };
+        if groups.is_empty() {
+            if written >= BURST {
+                crate::memory::freed();
+            }
+            written = 0;
+            changed.await;
+            // Let the watches deliver the rest of a burst (a binding and its service account)
+            // before computing.
+            tokio::time::sleep(DEBOUNCE).await;
+            continue;
         }
-        let Some(want) = want else { continue };
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &p.namespace, ar);
+        let now = now();
+        for group in groups {
+            written += process(
+                &client,
+                &cache,
+                &metrics,
+                &leadership,
+                &retries,
+                group,
+                &now,
+            )
+            .await;
+        }
+        metrics
+            .conflicts
+            .set(cache.store().counts().conflicts as i64);
+    }
+}
+
+/// Computes one group's statuses and writes those that differ; returns the writes made.
+async fn process(
+    client: &kube::Client,
+    cache: &Arc<BindingCache>,
+    metrics: &Metrics,
+    leadership: &Leadership,
+    retries: &Retries,
+    group: Group,
+    now: &str,
+) -> usize {
+    let Some(state) = cache.store().group(&group) else {
+        return 0;
+    };
+    let service_account = match &group {
+        Group::Account {
+            service_account, ..
+        } => Some(service_account.as_str()),
+        Group::Invalid { .. } => None,
+    };
+    let api: Api<WatchedBinding> = Api::namespaced(client.clone(), &state.namespace);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut written = 0;
+    for p in plan(&state, now) {
+        cache
+            .store()
+            .record_status(&state.namespace, &p.name, service_account, None, p.conflict);
+        if !p.write || !leadership.is_leader() {
+            continue;
+        }
         let body = serde_json::json!({
-            "apiVersion": ar.api_version,
-            "kind": ar.kind,
-            "status": want,
+            "apiVersion": AWSRoleBinding::api_version(&()),
+            "kind": AWSRoleBinding::kind(&()),
+            "status": p.status,
         });
-        let params = PatchParams::apply(FIELD_MANAGER).force();
         match api
             .patch_status(&p.name, &params, &Patch::Apply(&body))
             .await
         {
-            Ok(_) => {
+            Ok(updated) => {
+                written += 1;
                 Metrics::result(&metrics.status_writes, true);
-                tracing::info!(namespace = %p.namespace, binding = %p.name,
-                    reason = %want.conditions[0].reason, "binding status updated");
+                tracing::info!(namespace = %state.namespace, binding = %p.name,
+                    reason = %p.status.conditions.first().map_or("", |c| c.reason.as_str()),
+                    "binding status updated");
+                let held: Option<AWSRoleBindingStatus> =
+                    updated.status.and_then(|s| serde_json::from_value(s).ok());
+                cache.store().record_status(
+                    &state.namespace,
+                    &p.name,
+                    service_account,
+                    Some(Seen::of(held.as_ref())),
+                    p.conflict,
+                );
             }
+            // Deleted meanwhile: the watch will tell.
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(error) => {
                 Metrics::result(&metrics.status_writes, false);
-                tracing::warn!(namespace = %p.namespace, binding = %p.name, %error, "binding status update failed");
+                let attempt = {
+                    let mut r = retries.lock().unwrap_or_else(|e| e.into_inner());
+                    let n = r.entry(group.clone()).or_insert(0);
+                    *n += 1;
+                    *n
+                };
+                let delay = Duration::from_secs(1 << attempt.min(5)).min(RETRY_MAX);
+                tracing::warn!(namespace = %state.namespace, binding = %p.name, %error,
+                    retry_in = ?delay, "binding status update failed");
+                let cache = cache.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    cache.mark(vec![group]);
+                });
+                return written;
             }
         }
     }
-    metrics.conflicts.set(conflicts);
+    retries
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&group);
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::binding::Binding;
+    use crate::status::ServiceAccountState;
+    use crate::store::Member;
+
+    fn member(name: &str, seen: Seen) -> Member {
+        Member {
+            name: name.into(),
+            generation: 1,
+            spec: Ok(Binding {
+                name: name.into(),
+                service_account: "sa".into(),
+                role_arn: "arn:aws:iam::123456789012:role/x".into(),
+                ..Binding::default()
+            }),
+            seen,
+        }
+    }
+
+    #[test]
+    fn only_what_differs_from_the_api_server_is_written() {
+        let group = GroupState {
+            namespace: "ns".into(),
+            members: vec![member("a", Seen::default())],
+            account: ServiceAccountState::WorkloadIdentity("g@p.iam.gserviceaccount.com".into()),
+        };
+        let first = plan(&group, "2026-11-22T10:00:00Z");
+        assert!(first[0].write);
+        assert!(!first[0].conflict);
+        // The API server now holds exactly that: nothing to write, even later.
+        let held = GroupState {
+            members: vec![member("a", Seen::of(Some(&first[0].status)))],
+            ..group.clone()
+        };
+        let again = plan(&held, "2026-11-22T11:00:00Z");
+        assert!(!again[0].write, "{again:?}");
+        assert_eq!(again[0].status, first[0].status);
+        // A second binding of the same service account: both conflict, both are written.
+        let tie = GroupState {
+            members: vec![
+                member("a", Seen::of(Some(&first[0].status))),
+                member("b", Seen::default()),
+            ],
+            ..group
+        };
+        let both = plan(&tie, "2026-11-22T12:00:00Z");
+        assert!(both.iter().all(|p| p.write && p.conflict), "{both:?}");
+        // The transition time moves with the Ready flip only.
+        assert_eq!(
+            both[0].status.conditions[0].last_transition_time,
+            "2026-11-22T12:00:00Z"
+        );
+    }
 }

@@ -51,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             init_tracing(&args.log_level, args.log_format)?;
             let mut rt = tokio::runtime::Builder::new_multi_thread();
+            rt.on_thread_park(rolebridge_webhook::memory::on_thread_park);
             if args.worker_threads > 0 {
                 rt.worker_threads(args.worker_threads);
             }

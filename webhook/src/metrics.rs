@@ -22,6 +22,11 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 /// Latency buckets from 25 µs: an admission is expected to take tens of microseconds, so the
 /// usual millisecond buckets would put every observation in the first one.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -39,6 +44,11 @@ pub struct Metrics {
     pub live_reads: Family<ResultLabel, Counter>,
     pub tls_reloads: Family<ResultLabel, Counter>,
     pub status_writes: Family<ResultLabel, Counter>,
+    pub connections: Gauge,
+    pub connections_refused: Family<ReasonLabel, Counter>,
+    pub connections_closed: Family<ReasonLabel, Counter>,
+    pub requests_shed: Family<ReasonLabel, Counter>,
+    pub body_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -111,6 +121,36 @@ impl Metrics {
             "AWSRoleBinding status updates, by result",
             status_writes.clone(),
         );
+        let connections = Gauge::default();
+        registry.register(
+            "connections",
+            "Open connections to the admission port",
+            connections.clone(),
+        );
+        let connections_refused = Family::default();
+        registry.register(
+            "connections_refused",
+            "Admission-port connections refused at accept, by reason (limit, client_limit)",
+            connections_refused.clone(),
+        );
+        let connections_closed = Family::default();
+        registry.register(
+            "connections_closed",
+            "Admission-port connections closed by the webhook, by reason (idle, header_timeout, evicted, tls_handshake)",
+            connections_closed.clone(),
+        );
+        let requests_shed = Family::default();
+        registry.register(
+            "requests_shed",
+            "Requests answered without an admission, by reason (too_large, read_timeout, overloaded, evicted)",
+            requests_shed.clone(),
+        );
+        let body_bytes = Gauge::default();
+        registry.register(
+            "request_body_bytes",
+            "Request-body bytes held in memory (bounded by --body-budget)",
+            body_bytes.clone(),
+        );
         Metrics {
             registry,
             admissions,
@@ -121,6 +161,11 @@ impl Metrics {
             live_reads,
             tls_reloads,
             status_writes,
+            connections,
+            connections_refused,
+            connections_closed,
+            requests_shed,
+            body_bytes,
         }
     }
 
@@ -141,6 +186,10 @@ impl Metrics {
                 result: if ok { "ok" } else { "error" },
             })
             .inc();
+    }
+
+    pub fn reason(family: &Family<ReasonLabel, Counter>, reason: &'static str) {
+        family.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     /// The OpenMetrics text exposition.

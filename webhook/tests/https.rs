@@ -1,182 +1,16 @@
 //! In-process HTTPS: real TLS handshakes and real AdmissionReview bodies against the running
 //! server, over HTTP/1.1 and h2, plus certificate rotation the way Kubernetes does it.
 
-use std::path::Path;
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use base64::Engine as _;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::net::TcpStream;
 
-use rolebridge_webhook::cache::BindingCache;
-use rolebridge_webhook::index::bindings_from_yaml;
-use rolebridge_webhook::metrics::Metrics;
-use rolebridge_webhook::mutate::Config;
-use rolebridge_webhook::server::{AppState, routes, serve_tls};
-use rolebridge_webhook::tls::{CertStore, server_config};
-
-const REVIEW: &str = include_str!("fixtures/admissionreview-v1-pod-from-apiserver.json");
-const BINDINGS: &str = "
-apiVersion: rolebridge.io/v1alpha1
-kind: AWSRoleBinding
-metadata: {name: checkout, namespace: default}
-spec: {serviceAccountName: app-sa, roleArn: 'arn:aws:iam::123456789012:role/checkout', region: eu-west-1}
-";
-
-struct Pair {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-}
-
-fn self_signed(cn: &str) -> Pair {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, cn);
-    let cert = params.self_signed(&key).unwrap();
-    Pair {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-        der: cert.der().clone(),
-    }
-}
-
-/// Writes a pair the way the kubelet updates a Secret volume: a fresh timestamped directory,
-/// then an atomic rename of the `..data` symlink onto it.
-fn publish(dir: &Path, pair: &Pair, generation: u32) {
-    let versioned = dir.join(format!("..2026_11_22_{generation}"));
-    std::fs::create_dir(&versioned).unwrap();
-    std::fs::write(versioned.join("tls.crt"), &pair.cert_pem).unwrap();
-    std::fs::write(versioned.join("tls.key"), &pair.key_pem).unwrap();
-    let tmp = dir.join("..data_tmp");
-    std::os::unix::fs::symlink(versioned.file_name().unwrap(), &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join("..data")).unwrap();
-    for f in ["tls.crt", "tls.key"] {
-        if !dir.join(f).exists() {
-            std::os::unix::fs::symlink(format!("..data/{f}"), dir.join(f)).unwrap();
-        }
-    }
-}
-
-struct Server {
-    addr: std::net::SocketAddr,
-    certs: Arc<CertStore>,
-    state: Arc<AppState>,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-async fn start(dir: &Path) -> Server {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs = Arc::new(CertStore::new(
-        dir.join("tls.crt"),
-        dir.join("tls.key"),
-        provider.clone(),
-    ));
-    certs.reload().unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let bindings = bindings_from_yaml(BINDINGS, "default").unwrap();
-    let state = Arc::new(AppState {
-        cache: Arc::new(BindingCache::fixed(metrics.clone(), bindings)),
-        config: ArcSwap::from_pointee(Config::default()),
-        metrics,
-        certs: certs.clone(),
-        shutting_down: Default::default(),
-    });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let tls = Arc::new(server_config(&certs, provider).unwrap());
-    let (stop, rx) = watch::channel(false);
-    let task = tokio::spawn(serve_tls(
-        listener,
-        tls,
-        routes(state.clone()),
-        Duration::from_secs(5),
-        rx,
-        Duration::from_secs(5),
-    ));
-    Server {
-        addr,
-        certs,
-        state,
-        stop,
-        task,
-    }
-}
-
-enum Conn {
-    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
-    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
-}
-
-/// Connects trusting only `trusted`, returns the connection and the certificate presented.
-async fn connect(
-    addr: std::net::SocketAddr,
-    trusted: &CertificateDer<'static>,
-    h2: bool,
-) -> (Conn, CertificateDer<'static>) {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(trusted.clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![if h2 {
-        b"h2".to_vec()
-    } else {
-        b"http/1.1".to_vec()
-    }];
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .expect("TLS handshake");
-    let presented = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
-    let io = TokioIo::new(tls);
-    let conn = if h2 {
-        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        Conn::H2(send)
-    } else {
-        let (send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
-        tokio::spawn(conn);
-        Conn::H1(send)
-    };
-    (conn, presented)
-}
-
-async fn post(conn: &mut Conn, path: &str, body: &[u8]) -> (u16, Value) {
-    let req = Request::post(format!("https://localhost{path}"))
-        .header("content-type", "application/json")
-        .header("host", "localhost")
-        .body(Full::new(Bytes::copy_from_slice(body)))
-        .unwrap();
-    let resp = match conn {
-        Conn::H1(s) => s.send_request(req).await.unwrap().map(|b| b.boxed()),
-        Conn::H2(s) => s.send_request(req).await.unwrap().map(|b| b.boxed()),
-    };
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let value = serde_json::from_slice(&bytes)
-        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (status, value)
-}
+use rolebridge_webhook::limits::Limits;
+use support::*;
 
 fn applied(review: &Value, response: &Value) -> Value {
     let patch = base64::engine::general_purpose::STANDARD
@@ -242,8 +76,10 @@ async fn bad_input_gets_an_invalid_review_never_a_500() {
         assert_eq!(resp["response"]["allowed"], false);
         assert_eq!(resp["response"]["status"]["code"], 400);
     }
-    let too_big = vec![b' '; rolebridge_webhook::server::MAX_BODY + 1];
+    let too_big = vec![b' '; Limits::default().max_body_size + 1];
     let (status, resp) = post(&mut conn, "/mutate", &too_big).await;
+    // The rest of that body was never read, so the connection is closed after the answer.
+    let (mut conn, _) = connect(server.addr, &pair.der, false).await;
     assert_eq!(status, 200);
     assert!(
         resp["response"]["status"]["message"]

@@ -1,0 +1,378 @@
+//! Leader election for status writes, on a `coordination.k8s.io/v1` Lease in the webhook's
+//! own namespace, with client-go's algorithm and timings.
+//!
+//! Why one writer: every replica computes the same status, so several writers are correct, but
+//! each write is an API call and a watch event for every replica; with the chart's two
+//! replicas that doubled the API traffic of every status change. Admissions are unaffected:
+//! every replica keeps its own caches and answers admissions whether or not it leads.
+//!
+//! How: a replica that finds the Lease free, or not renewed for `lease_duration` *as observed
+//! on its own clock* (so clock skew between nodes does not matter), takes it with an update
+//! guarded by `resourceVersion`, so two candidates cannot both win. The leader renews every
+//! `retry_period`; if it cannot renew for `renew_deadline` it stops writing before the Lease can
+//! expire for the others (`renew_deadline < lease_duration`). On shutdown the leader releases
+//! the Lease, so a rolling update hands over within one `retry_period` instead of a
+//! `lease_duration`. A new leader reconciles every binding once (see the controller).
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, PostParams};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Leader-election flags of `serve`.
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct LeaderArgs {
+    /// Elect one replica (through a Lease) to write binding status; `false`: every replica
+    /// writes (identical statuses, twice the API writes with two replicas).
+    #[arg(long, env = "ROLEBRIDGE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Name of the Lease, in the webhook's namespace.
+    #[arg(
+        long,
+        env = "ROLEBRIDGE_LEASE_NAME",
+        default_value = "rolebridge-webhook"
+    )]
+    pub lease_name: String,
+}
+
+/// Timings, as client-go's defaults.
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Who holds the Lease, as far as the election is concerned.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Record {
+    pub holder: String,
+    pub renew_time: Option<MicroTime>,
+    pub transitions: i32,
+}
+
+impl Record {
+    fn of(lease: &Lease) -> Record {
+        let spec = lease.spec.clone().unwrap_or_default();
+        Record {
+            holder: spec.holder_identity.unwrap_or_default(),
+            renew_time: spec.renew_time,
+            transitions: spec.lease_transitions.unwrap_or(0),
+        }
+    }
+}
+
+/// What a candidate does with the Lease it just read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// There is none: create it, holding it.
+    Create,
+    /// We hold it: renew.
+    Renew,
+    /// Free or expired: take it over.
+    Acquire,
+    /// Someone else holds it and renews it.
+    Follow,
+}
+
+/// The election rule: `seen_at` is when this replica first saw the record as it is now.
+pub fn step(
+    current: Option<&Record>,
+    me: &str,
+    seen_at: Instant,
+    now: Instant,
+    t: &Timings,
+) -> Step {
+    match current {
+        None => Step::Create,
+        Some(r) if r.holder == me => Step::Renew,
+        Some(r) if r.holder.is_empty() => Step::Acquire,
+        Some(_) if now.duration_since(seen_at) >= t.lease_duration => Step::Acquire,
+        Some(_) => Step::Follow,
+    }
+}
+
+/// This replica's identity: the pod name (its hostname) and a random suffix, so a restarted
+/// pod of the same name does not mistake its predecessor's Lease for its own.
+pub fn identity() -> String {
+    use std::io::Read as _;
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "rolebridge-webhook".into());
+    let mut random = [0u8; 6];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut random))
+        .is_err()
+    {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        random.copy_from_slice(&nanos.to_le_bytes()[..6]);
+    }
+    let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{host}_{suffix}")
+}
+
+/// Whether this replica leads, as the status controller sees it.
+#[derive(Clone)]
+pub struct Leadership(watch::Receiver<bool>);
+
+impl Leadership {
+    pub fn new(rx: watch::Receiver<bool>) -> Self {
+        Leadership(rx)
+    }
+
+    /// For a replica that does not elect: always leading.
+    pub fn always() -> Self {
+        Leadership(watch::channel(true).1)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once this replica leads (at once if it does); never if it never will.
+    pub async fn leading(&mut self) {
+        if self.0.wait_for(|l| *l).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Resolves once this replica no longer leads; never if that cannot happen.
+    pub async fn lost(&mut self) {
+        if self.0.wait_for(|l| !*l).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Starts the election `args` ask for on `client`, in `namespace`; a replica that does not
+/// elect always leads.
+pub fn start(
+    client: &kube::Client,
+    args: &LeaderArgs,
+    namespace: &str,
+    stop: watch::Receiver<bool>,
+) -> Leadership {
+    if !args.leader_election {
+        tracing::info!("leader election off: this replica writes binding status");
+        return Leadership::always();
+    }
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(run(
+        Api::namespaced(client.clone(), namespace),
+        args.lease_name.clone(),
+        identity(),
+        Timings::default(),
+        tx,
+        stop,
+    ));
+    Leadership::new(rx)
+}
+
+/// Runs the election until `stop` turns true (then releases the Lease if held), publishing
+/// whether this replica leads on `leading`.
+pub async fn run(
+    api: Api<Lease>,
+    name: String,
+    me: String,
+    timings: Timings,
+    leading: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut seen: Option<(Record, Instant)> = None;
+    let mut renewed: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        match attempt(&api, &name, &me, &timings, &mut seen, now).await {
+            Ok(true) => {
+                if renewed.is_none() {
+                    tracing::info!(lease = %name, identity = %me, "leading: this replica writes binding status");
+                }
+                renewed = Some(now);
+                leading.send_if_modified(|l| !std::mem::replace(l, true));
+            }
+            Ok(false) => {
+                if renewed.take().is_some() {
+                    tracing::warn!(lease = %name, "lost the lease to another replica");
+                }
+                leading.send_if_modified(|l| std::mem::replace(l, false));
+            }
+            Err(error) => {
+                tracing::warn!(lease = %name, %error, "lease update failed");
+                // Stop writing before the others may consider the Lease expired.
+                if renewed.is_some_and(|at| now.duration_since(at) >= timings.renew_deadline) {
+                    tracing::warn!(lease = %name, "could not renew the lease in time; no longer leading");
+                    renewed = None;
+                    leading.send_if_modified(|l| std::mem::replace(l, false));
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(timings.retry_period) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    if renewed.is_some() {
+        leading.send_replace(false);
+        match release(&api, &name, &me).await {
+            Ok(()) => tracing::info!(lease = %name, "lease released"),
+            Err(error) => tracing::warn!(lease = %name, %error, "could not release the lease"),
+        }
+    }
+}
+
+/// One read and, if the rule says so, one write. `Ok(true)`: this replica holds the Lease.
+async fn attempt(
+    api: &Api<Lease>,
+    name: &str,
+    me: &str,
+    t: &Timings,
+    seen: &mut Option<(Record, Instant)>,
+    now: Instant,
+) -> Result<bool, kube::Error> {
+    let current = api.get_opt(name).await?;
+    let record = current.as_ref().map(Record::of);
+    // The expiry clock restarts whenever the record changes, on this replica's own clock.
+    let seen_at = match (&*seen, &record) {
+        (Some((prev, at)), Some(r)) if prev == r => *at,
+        _ => now,
+    };
+    if let Some(r) = &record {
+        *seen = Some((r.clone(), seen_at));
+    }
+    let seconds = t.lease_duration.as_secs() as i32;
+    let stamp = MicroTime(k8s_openapi::jiff::Timestamp::now());
+    let written = match (step(record.as_ref(), me, seen_at, now, t), current) {
+        (Step::Follow, _) => return Ok(false),
+        (Step::Create, _) => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(name.to_owned()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(me.to_owned()),
+                    lease_duration_seconds: Some(seconds),
+                    acquire_time: Some(stamp.clone()),
+                    renew_time: Some(stamp),
+                    lease_transitions: Some(0),
+                    ..LeaseSpec::default()
+                }),
+            };
+            api.create(&PostParams::default(), &lease).await
+        }
+        (step, Some(mut lease)) => {
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            if step == Step::Acquire {
+                spec.holder_identity = Some(me.to_owned());
+                spec.acquire_time = Some(stamp.clone());
+                spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+            }
+            spec.lease_duration_seconds = Some(seconds);
+            spec.renew_time = Some(stamp);
+            // Guarded by resourceVersion: of two candidates only one update succeeds.
+            api.replace(name, &PostParams::default(), &lease).await
+        }
+        (_, None) => unreachable!("only Create applies when there is no Lease"),
+    };
+    match written {
+        Ok(lease) => {
+            *seen = Some((Record::of(&lease), now));
+            Ok(true)
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Hands the Lease over: holder cleared, so the next candidate takes it at once.
+async fn release(api: &Api<Lease>, name: &str, me: &str) -> Result<(), kube::Error> {
+    let Some(mut lease) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    if spec.holder_identity.as_deref() != Some(me) {
+        return Ok(());
+    }
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    spec.renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
+    api.replace(name, &PostParams::default(), &lease).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held_by(holder: &str) -> Record {
+        Record {
+            holder: holder.into(),
+            ..Record::default()
+        }
+    }
+
+    #[test]
+    fn the_election_rule() {
+        let t = Timings::default();
+        let t0 = Instant::now();
+        let later = |s| t0 + Duration::from_secs(s);
+        assert_eq!(step(None, "me", t0, t0, &t), Step::Create);
+        assert_eq!(
+            step(Some(&held_by("me")), "me", t0, later(60), &t),
+            Step::Renew
+        );
+        assert_eq!(step(Some(&held_by("")), "me", t0, t0, &t), Step::Acquire);
+        assert_eq!(
+            step(Some(&held_by("other")), "me", t0, later(14), &t),
+            Step::Follow
+        );
+        assert_eq!(
+            step(Some(&held_by("other")), "me", t0, later(15), &t),
+            Step::Acquire
+        );
+        assert!(t.renew_deadline < t.lease_duration);
+    }
+
+    #[test]
+    fn flags() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            leader: LeaderArgs,
+        }
+        let on = Cli::try_parse_from(["x"]).unwrap().leader;
+        assert!(on.leader_election);
+        assert_eq!(on.lease_name, "rolebridge-webhook");
+        let off = Cli::try_parse_from(["x", "--leader-election=false", "--lease-name", "rb"])
+            .unwrap()
+            .leader;
+        assert!(!off.leader_election);
+        assert_eq!(off.lease_name, "rb");
+    }
+
+    #[test]
+    fn identities_differ_per_process_start() {
+        let (a, b) = (identity(), identity());
+        assert_ne!(a, b);
+        assert!(a.contains('_'));
+    }
+}
