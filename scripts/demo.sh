@@ -6,8 +6,11 @@
 #     → the injected agent container          (its exact command, as a local process)
 #     → moto as AWS STS + S3                  (bucket "reports", object "latest.csv")
 #     → the injected app container            (its exact command and environment: boto3)
-# and prints the S3 object the app read and the role it assumed. Everything it starts is
-# stopped on exit, Ctrl-C or failure.
+# and prints the S3 object the app read and the role it assumed. Then the cross-account case
+# (examples/cross-account-job.yaml + examples/cross-account-binding.yaml): the agent walks the
+# role chain into account 222222222222 and serves 15-minute credentials on loopback, and an
+# unmodified AWS CLI publishes into that account's bucket through the container credentials
+# protocol. Everything it starts is stopped on exit, Ctrl-C or failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -84,7 +87,7 @@ mapfile -t app_env < <(jq_ app_env)
 
 say "4/7 starting the GKE metadata emulator"
 md_port=$(free_port)
-"$bin/gke-metadata-emulator" --listen "127.0.0.1:$md_port" > "$work/metadata.log" 2>&1 &
+"$bin/gke-metadata-emulator" --listen "127.0.0.1:$md_port" --cluster-name demo-cluster > "$work/metadata.log" 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:$md_port/" "the metadata emulator" 2>/dev/null || true
 
@@ -137,3 +140,130 @@ echo "as: $arn"
 echo
 echo "No AWS key was configured anywhere: the agent wrote a Google-style ID token to"
 echo "$tokens, and boto3 exchanged it with STS AssumeRoleWithWebIdentity by itself."
+
+# ---------------------------------------------------------------------------------------------
+# Part 2: cross-account, through the credentials endpoint.
+echo
+say "cross-account 1/4 injecting examples/cross-account-job.yaml with examples/cross-account-binding.yaml"
+# A free port for the endpoint, through the pod annotation that tunes it (a port in use here
+# would otherwise stop the demo).
+cred_port=$(free_port)
+"$PY" - examples/cross-account-job.yaml "$cred_port" > "$work/xjob.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+for d in docs:
+    if d.get("kind") == "Job":
+        meta = d["spec"]["template"].setdefault("metadata", {})
+        meta.setdefault("annotations", {})["rolebridge.io/credentials-port"] = sys.argv[2]
+yaml.safe_dump_all(docs, sys.stdout)
+PY
+"$bin/rolebridge-webhook" inject -f "$work/xjob.yaml" --bindings examples/cross-account-binding.yaml \
+  --agent-image rolebridge-agent:demo > "$work/xinjected.yaml"
+grep -n "AWS_CONTAINER_" -A1 "$work/xinjected.yaml" | sed 's/^/    /' >&2
+
+xtokens=$work/xtokens
+mkdir -p "$xtokens"
+"$PY" - "$work/xinjected.yaml" "$xtokens" > "$work/xcontainers.json" <<'PY'
+import json, sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+job = next(d for d in docs if d.get("kind") == "Job")
+spec = job["spec"]["template"]["spec"]
+mount = "/var/run/secrets/rolebridge.io"
+def local(s): return s.replace(mount, sys.argv[2])
+# The downward API, as the kubelet resolves it for this pod.
+pod = {"metadata.name": job["metadata"]["name"] + "-q8z4w",
+       "metadata.namespace": job["metadata"]["namespace"],
+       "metadata.uid": "6f1c2d3e-4b5a-4c6d-8e7f-901a2b3c4d5e",
+       "spec.serviceAccountName": spec["serviceAccountName"]}
+def env_of(c):
+    out = {}
+    for e in c.get("env", []):
+        if "value" in e:
+            out[e["name"]] = local(e["value"])
+        else:
+            out[e["name"]] = pod[e["valueFrom"]["fieldRef"]["fieldPath"]]
+    return out
+agent = next(c for c in spec["initContainers"] if c["name"] == "rolebridge-agent")
+app = spec["containers"][0]
+json.dump({
+    "agent_args": [local(a) for a in agent["args"]],
+    "agent_env": env_of(agent),
+    "probe": [local(a) for a in agent["startupProbe"]["exec"]["command"][1:]],
+    "app_cmd": app["command"] + app["args"],
+    "app_env": env_of(app),
+}, sys.stdout)
+PY
+xjq() { "$PY" -c "import json,sys; v=json.load(open(sys.argv[1]))[sys.argv[2]]; print('\n'.join(v) if isinstance(v, list) else '\n'.join(f'{k}={x}' for k, x in v.items()))" "$work/xcontainers.json" "$1"; }
+mapfile -t xagent_args < <(xjq agent_args)
+mapfile -t xagent_env < <(xjq agent_env)
+mapfile -t xprobe < <(xjq probe)
+mapfile -t xapp_cmd < <(xjq app_cmd)
+mapfile -t xapp_env < <(xjq app_env)
+
+say "cross-account 2/4 creating s3://docs-site in account 222222222222 (moto)"
+AWS_ACCESS_KEY_ID=setup AWS_SECRET_ACCESS_KEY=setup AWS_DEFAULT_REGION=eu-west-1 \
+"$PY" - "http://127.0.0.1:$moto_port" <<'PY'
+import boto3, sys
+c = boto3.client("sts", endpoint_url=sys.argv[1]).assume_role(
+    RoleArn="arn:aws:iam::222222222222:role/docs-writer", RoleSessionName="setup")["Credentials"]
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], aws_access_key_id=c["AccessKeyId"],
+                  aws_secret_access_key=c["SecretAccessKey"], aws_session_token=c["SessionToken"])
+s3.create_bucket(Bucket="docs-site", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+PY
+
+say "cross-account 3/4 running the injected agent: rolebridge-agent ${xagent_args[0]} --credentials … --credentials-port $cred_port"
+# The agent container's environment: its downward-API pod identity (the session name and
+# tags), the metadata server, and moto standing in for STS. The auth token goes to the shared
+# volume, as in the pod.
+env "${xagent_env[@]}" GCE_METADATA_HOST="127.0.0.1:$md_port" \
+  AWS_ENDPOINT_URL_STS="http://127.0.0.1:$moto_port" \
+  ROLEBRIDGE_AUTH_TOKEN_FILE="$xtokens/credentials.auth" \
+  "$bin/rolebridge-agent" "${xagent_args[@]}" > "$work/xagent.log" 2>&1 &
+xagent_pid=$!
+pids+=("$xagent_pid")
+for i in $(seq 100); do
+  if "$bin/rolebridge-agent" "${xprobe[@]}" >/dev/null 2>&1; then break; fi
+  kill -0 "$xagent_pid" 2>/dev/null || { cat "$work/xagent.log" >&2; die "the agent exited"; }
+  [ "$i" -lt 100 ] || { cat "$work/xagent.log" >&2; die "the agent's startup probe never passed"; }
+  sleep 0.1
+done
+"$PY" - "http://127.0.0.1:$cred_port/v1/credentials/docs" "$xtokens/credentials.auth" <<'PY' >&2
+import json, sys, urllib.error, urllib.request
+url, token = sys.argv[1], open(sys.argv[2]).read()
+try:
+    urllib.request.urlopen(url, timeout=2)
+    sys.exit("the endpoint answered without the authorization token")
+except urllib.error.HTTPError as e:
+    print(f"    without the authorization token: HTTP {e.code}")
+creds = json.load(urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": token}), timeout=2))
+print(f"    with it: credentials of account {creds['AccountId']}, expiring {creds['Expiration']} (the secret parts not shown)")
+PY
+
+say "cross-account 4/4 running the injected app container (unmodified AWS CLI) with exactly its injected environment"
+printf '    %s\n' "${xapp_env[@]}" >&2
+ln -sf "$("$PY" -c 'import os,sysconfig; print(os.path.join(sysconfig.get_path("scripts"), "aws"))')" "$work/bin/aws"
+command -v aws >/dev/null 2>&1 && ln -sf "$(command -v aws)" "$work/bin/aws"
+xout=$(cd "$work" && env -i PATH="$PATH" HOME="$app_home" "${xapp_env[@]}" \
+  AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port" \
+  "${xapp_cmd[@]}" 2>"$work/xapp.err") || { cat "$work/xapp.err" "$work/xagent.log" >&2; die "the app could not publish to account 222222222222"; }
+landed=$(AWS_ACCESS_KEY_ID=setup AWS_SECRET_ACCESS_KEY=setup AWS_DEFAULT_REGION=eu-west-1 \
+"$PY" - "http://127.0.0.1:$moto_port" <<'PY'
+import boto3, sys
+c = boto3.client("sts", endpoint_url=sys.argv[1]).assume_role(
+    RoleArn="arn:aws:iam::222222222222:role/docs-writer", RoleSessionName="check")["Credentials"]
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], aws_access_key_id=c["AccessKeyId"],
+                  aws_secret_access_key=c["SecretAccessKey"], aws_session_token=c["SessionToken"])
+print(s3.get_object(Bucket="docs-site", Key="index.html")["Body"].read().decode().strip())
+PY
+)
+
+echo
+echo "The agent's log:"
+grep -E "cluster name|credentials obtained" "$work/xagent.log" | sed 's/^/    /'
+echo "The CI job published s3://docs-site/index.html in account 222222222222 (it reads: $landed)"
+echo "as: $(echo "$xout" | tail -n1)"
+echo
+echo "The agent assumed ci-identity (111111111111) with the pod's Google ID token, then"
+echo "docs-writer (222222222222) with the external ID and the pod's session tags, and served"
+echo "those 15-minute credentials on 127.0.0.1:$cred_port to the AWS CLI, which read them through"
+echo "AWS_CONTAINER_CREDENTIALS_FULL_URI with the token in AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE."

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test tier of rolebridge; installs what the tests need first (idempotent).
 #   unit + golden + property + in-process HTTPS   cargo test --workspace
+#   the README's demo, both deliveries             scripts/demo.sh
 #   agent faults against the metadata emulator      cargo test (e2e crate)
 #   real AWS SDKs (boto3, AWS CLI, Rust SDK) + moto  cargo test (e2e crate), peers from PyPI
 #   admission fuzzing, 60 s from the corpus          webhook/fuzz/run.sh (cargo-fuzz, libFuzzer)
@@ -11,7 +12,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step also prints the free disk: a CI machine ran out of it once (stop 10).
+step() { printf '\n==> %s   [%s free]\n' "$*" "$(df -h --output=avail . 2>/dev/null | tail -n1 | tr -d ' ')"; }
+# On CI (a throwaway clone) a step's build products are deleted once no later step needs
+# them, so the disk holds one build at a time; locally they are kept for the next run.
+reclaim() { if [[ "${CI:-}" == true ]]; then rm -rf "$@"; fi; }
 
 step "installing test peers"
 bash e2e/sdk/install-peers.sh
@@ -27,8 +32,13 @@ fi
 step "cargo tests (all crates)"
 cargo test --workspace --locked --no-fail-fast
 
+step "the README's demo (inject → agent → moto; web identity, then a cross-account chain)"
+bash scripts/demo.sh
+reclaim target/debug
+
 step "fuzzing the admission path (60 s, libFuzzer)"
 bash webhook/fuzz/run.sh 60
+reclaim webhook/fuzz/target
 
 step "Helm chart"
 bash scripts/chart-check.sh

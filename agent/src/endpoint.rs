@@ -422,7 +422,13 @@ async fn connection(stream: TcpStream, state: Arc<State>, pressure: Arc<tokio::s
                 }
                 return;
             }
-            _ = pressure.notified(), if served.load(Ordering::Relaxed) => {
+            // Always listening, deciding inside: a `select!` precondition is read once per
+            // turn, so a connection served after the turn began would ignore the pressure
+            // until its idle timer fired.
+            _ = pressure.notified() => {
+                if !served.load(Ordering::Relaxed) {
+                    continue;
+                }
                 debug!("connection cap reached: closing this connection once it is idle");
                 conn.as_mut().graceful_shutdown();
                 let _ = tokio::time::timeout(drain, conn.as_mut()).await;

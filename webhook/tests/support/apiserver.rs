@@ -211,6 +211,10 @@ impl StubApi {
 
     /// A kube client for this server (plain HTTP, no credentials).
     pub fn client(&self) -> kube::Client {
+        // kube builds its rustls config even for http://; in a workspace-wide test build the
+        // e2e crate's AWS SDK enables rustls' aws-lc-rs too, and with two providers rustls
+        // picks none by itself.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
         kube::Client::try_from(config).unwrap()
     }
