@@ -32,6 +32,13 @@ fi
 step "cargo tests (all crates)"
 cargo test --workspace --locked --no-fail-fast
 
+step "real API server (e2e/tests/apiserver.rs)"
+if [[ -n "${ROLEBRIDGE_E2E_KUBECONFIG:-}" ]]; then
+  cargo test --locked -p rolebridge-e2e --test apiserver -- --ignored
+else
+  echo "SKIPPED: ROLEBRIDGE_E2E_KUBECONFIG is not set (no API server here); the suite stays ignored"
+fi
+
 step "the README's demo (inject → agent → moto; web identity, then a cross-account chain)"
 bash scripts/demo.sh
 reclaim target/debug
