@@ -6,7 +6,9 @@
 #   3. charts/rolebridge/tests/check_chart.py: `helm template` of every tests/values/*.yaml
 #      compared with tests/rendered/ (drift fails), every manifest validated against the
 #      Kubernetes JSON schemas (oldest supported and newest release, strict), semantic checks
-#      (webhook selectors, RBAC, certificates, security context), NOTES example vs CRD.
+#      (webhook selectors, RBAC, certificates, security context), NOTES example vs CRD; with
+#      ROLEBRIDGE_WEBHOOK_BIN=path/to/rolebridge-webhook also that the binary starts with every
+#      rendered environment (otherwise that check says it was skipped).
 #
 #   scripts/chart-check.sh            # check (CI)
 #   scripts/chart-check.sh --update   # regenerate tests/rendered/ after an intended change
@@ -32,7 +34,7 @@ update=0
 for arg in "$@"; do
   case "$arg" in
     --update) update=1 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "chart-check: unknown argument $arg" >&2; exit 2 ;;
   esac
 done

@@ -519,6 +519,50 @@ def check_webhook_env(docs: list[dict], values: dict) -> None:
         assert "ROLEBRIDGE_CLUSTER_NAME" not in env
 
 
+def check_binary_accepts_env(binary: str, docs: list[dict]) -> None:
+    """The webhook binary parses the rendered environment and arguments and starts serving
+    (bindings from an empty file instead of an API server; fieldRefs filled in)."""
+    (c,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    with tempfile.TemporaryDirectory() as tmp:
+        key, crt, bindings = (Path(tmp) / n for n in ("tls.key", "tls.crt", "bindings.yaml"))
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+        import datetime
+        k = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "chart-check")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(k.public_key()).serial_number(1).not_valid_before(now)
+                .not_valid_after(now + datetime.timedelta(days=1)).sign(k, hashes_sha256()))
+        key.write_bytes(k.private_bytes(serialization.Encoding.PEM,
+                                        serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))
+        crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        bindings.write_text("[]\n")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        refs = {"metadata.namespace": NAMESPACE, "metadata.name": "rolebridge-0"}
+        for e in c["env"]:
+            env[e["name"]] = e["value"] if "value" in e else refs[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        env.update(ROLEBRIDGE_TLS_CERT=str(crt), ROLEBRIDGE_TLS_KEY=str(key),
+                   ROLEBRIDGE_BINDINGS_FILE=str(bindings), ROLEBRIDGE_LOG_FORMAT="plain",
+                   ROLEBRIDGE_LISTEN="127.0.0.1:0", ROLEBRIDGE_ADMIN_LISTEN="127.0.0.1:0",
+                   NO_COLOR="1")
+        proc = subprocess.Popen([binary] + c["args"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            out, _ = proc.communicate(timeout=3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        assert re.search(r"\bserving\b.*listen", out), \
+            f"rolebridge-webhook did not start with the rendered env (exit {proc.returncode}):\n{out[-1500:]}"
+
+
+def hashes_sha256():
+    from cryptography.hazmat.primitives import hashes
+    return hashes.SHA256()
+
+
 def check_network_policy(docs: list[dict], values: dict) -> None:
     """Optional NetworkPolicy: selects the webhook pods, admits exactly the container ports
     (webhook port from the API-server sources, admin port from the metrics source only)."""
@@ -833,6 +877,13 @@ def main() -> int:
     res.check("limits and leader flags of webhook/src match the chart's values",
               check_flags_match_sources)
     app_version = str(yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"])
+    # Optional: a built webhook binary proves it parses what the chart renders.
+    binary = os.environ.get("ROLEBRIDGE_WEBHOOK_BIN", "")
+    if binary:
+        assert os.access(binary, os.X_OK), f"ROLEBRIDGE_WEBHOOK_BIN={binary} is not executable"
+    else:
+        print("skip rolebridge-webhook starts with the rendered env (set ROLEBRIDGE_WEBHOOK_BIN "
+              "to a built rolebridge-webhook, e.g. target/debug/rolebridge-webhook)")
 
     cases = sorted((HERE / "values").glob("*.yaml"))
     assert cases, "no values files"
@@ -890,6 +941,9 @@ def main() -> int:
                   check_images, docs, merged, app_version)
         res.check(f"{case}: environment matches the webhook's flags", check_webhook_env, docs, merged)
         res.check(f"{case}: network policy", check_network_policy, docs, merged)
+        if binary:
+            res.check(f"{case}: rolebridge-webhook starts with the rendered env",
+                      check_binary_accepts_env, binary, docs)
 
     stale = {p.name for p in rendered_dir.glob("*.yaml")} - expected_files
     for name in sorted(stale):
