@@ -6,7 +6,9 @@
 #   3. charts/rolebridge/tests/check_chart.py: `helm template` of every tests/values/*.yaml
 #      compared with tests/rendered/ (drift fails), every manifest validated against the
 #      Kubernetes JSON schemas (oldest supported and newest release, strict), semantic checks
-#      (webhook selectors, RBAC, certificates, security context), NOTES example vs CRD.
+#      (webhook selectors, RBAC, certificates, security context), NOTES example vs CRD; with
+#      ROLEBRIDGE_WEBHOOK_BIN=path/to/rolebridge-webhook also that the binary starts with every
+#      rendered environment (otherwise that check says it was skipped).
 #
 #   scripts/chart-check.sh            # check (CI)
 #   scripts/chart-check.sh --update   # regenerate tests/rendered/ after an intended change
@@ -32,7 +34,7 @@ update=0
 for arg in "$@"; do
   case "$arg" in
     --update) update=1 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "chart-check: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -105,11 +107,34 @@ for values in "$chart"/tests/values/*.yaml; do
 done
 # values.schema.json must reject bad values, or it validates nothing.
 for bad in "webhook.failurePolicy=Sometimes" "certs.mode=vault" "webhook.timeoutSeconds=60" \
-           "replicaCount=0" "unknownTopLevelKey=1" "certs.mode=secret"; do
+           "replicaCount=0" "unknownTopLevelKey=1" "certs.mode=secret" \
+           "limits.maxBodySize=12k" "limits.idleTimeout=soon" "limits.unknown=1" \
+           "config.credentialsPort=80" "networkPolicy.egress.restrict=true" \
+           "networkPolicy.apiServer.cidrs={172.16.0.0}" "agent.image.digest=latest"; do
   if "$helm" lint --strict "$chart" --set "$bad" >/dev/null 2>&1; then
     fail "values.schema.json accepts --set $bad"
   else
     ok "values.schema.json rejects --set $bad"
+  fi
+done
+
+# The templates' own guards (values the schema cannot relate to each other) must fail the render.
+for bad in "limits.bodyBudget=1Mi" "limits.headerReadTimeout=3s" "limits.maxConnections=1024" \
+           "limits.expectedBindings=200000" "resources.limits.memory=64Mi" \
+           "resources.limits.memory=lots"; do
+  if "$helm" template rolebridge "$chart" --set "$bad" >/dev/null 2>&1; then
+    fail "chart renders with --set $bad (the memory/limits guard should refuse it)"
+  else
+    ok "chart refuses --set $bad"
+  fi
+done
+for good in "limits.maxConnections=1024,resources.limits.memory=512Mi" \
+            "limits.expectedBindings=100000,resources.limits.memory=192Mi" \
+            "limits.memoryCheck=false,limits.maxConnections=1024" "resources.limits=null"; do
+  if "$helm" template rolebridge "$chart" --set "$good" >/dev/null 2>&1; then
+    ok "chart renders with --set $good"
+  else
+    fail "chart refuses --set $good"
   fi
 done
 

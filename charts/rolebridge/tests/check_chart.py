@@ -61,6 +61,84 @@ EXPECTED_WEBHOOK_RULES = {
 }
 
 
+# The webhook's sources: the chart's environment variables and RBAC are checked against them, so a
+# renamed flag or a new API call fails here instead of in a cluster.
+REPO = CHART.parent.parent
+WEBHOOK_SRC = REPO / "webhook" / "src"
+# kube-rs Api methods and the RBAC verbs they need.
+KUBE_VERBS = {"get": "get", "get_opt": "get", "get_metadata": "get", "list": "list",
+              "watch": "watch", "create": "create", "replace": "update", "patch": "patch",
+              "delete": "delete", "delete_collection": "deletecollection"}
+
+
+def rust_flags(path: Path) -> dict[str, str | None]:
+    """`env = "ROLEBRIDGE_..."` of every clap `#[arg(...)]` in a Rust file, with its default
+    (`default_value = "..."` or `default_value_t = ...`; None without one)."""
+    text = path.read_text()
+    flags: dict[str, str | None] = {}
+    for attr in re.findall(r"#\[arg\((.*?)\)\]\s*(?:///[^\n]*\s*)*pub ", text, re.S):
+        env = re.search(r'env\s*=\s*"(ROLEBRIDGE_[A-Z0-9_]+)"', attr)
+        if not env:
+            continue
+        default = re.search(r'default_value\s*=\s*"([^"]*)"', attr)
+        default_t = re.search(r"default_value_t\s*=\s*([A-Za-z0-9_:]+)", attr)
+        flags[env.group(1)] = default.group(1) if default else (
+            default_t.group(1) if default_t else None)
+    return flags
+
+
+def webhook_env_names() -> set[str]:
+    names: set[str] = set()
+    for path in sorted(WEBHOOK_SRC.rglob("*.rs")):
+        names |= set(rust_flags(path))
+    assert len(names) > 20, f"found only {len(names)} ROLEBRIDGE_* flags under {WEBHOOK_SRC}"
+    return names
+
+
+def lease_verbs() -> set[str]:
+    """RBAC verbs of the Lease calls in lease.rs (`api.get_opt(...)`, `api.replace(...)`...)."""
+    calls = set(re.findall(r"\bapi\.([a-z_]+)\(", (WEBHOOK_SRC / "lease.rs").read_text()))
+    unknown = calls - set(KUBE_VERBS)
+    assert not unknown, f"lease.rs calls Api methods this check does not know: {unknown}"
+    verbs = {KUBE_VERBS[c] for c in calls}
+    assert verbs, "no Lease API calls found in lease.rs"
+    return verbs
+
+
+# Chart value (under `limits`) -> the webhook's environment variable (limits.rs).
+LIMIT_VALUES = {
+    "maxConnections": "ROLEBRIDGE_MAX_CONNECTIONS",
+    "maxConnectionsPerClient": "ROLEBRIDGE_MAX_CONNECTIONS_PER_CLIENT",
+    "maxBodySize": "ROLEBRIDGE_MAX_BODY_SIZE",
+    "bodyBudget": "ROLEBRIDGE_BODY_BUDGET",
+    "requestReadTimeout": "ROLEBRIDGE_REQUEST_READ_TIMEOUT",
+    "headerReadTimeout": "ROLEBRIDGE_HEADER_READ_TIMEOUT",
+    "idleTimeout": "ROLEBRIDGE_IDLE_TIMEOUT",
+    "tlsHandshakeTimeout": "ROLEBRIDGE_TLS_HANDSHAKE_TIMEOUT",
+}
+
+
+def check_flags_match_sources() -> None:
+    """Every limit flag of limits.rs is a chart value with the binary's default, every leader
+    flag of lease.rs is set by the chart, and config.credentialsPort defaults to the contract's
+    port."""
+    limits = rust_flags(WEBHOOK_SRC / "limits.rs")
+    assert set(limits) == set(LIMIT_VALUES.values()), (
+        f"limits.rs flags {sorted(limits)} differ from the chart's limits "
+        f"{sorted(LIMIT_VALUES.values())}: add or rename the value")
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for key, env in LIMIT_VALUES.items():
+        assert str(values["limits"][key]) == limits[env], (
+            f"limits.{key} defaults to {values['limits'][key]!r}, the binary's {env} to "
+            f"{limits[env]!r}")
+    lease = rust_flags(WEBHOOK_SRC / "lease.rs")
+    assert set(lease) == {"ROLEBRIDGE_LEADER_ELECTION", "ROLEBRIDGE_LEASE_NAME"}, lease
+    contract = (REPO / "contract" / "src" / "lib.rs").read_text()
+    port = re.search(r"DEFAULT_CREDENTIALS_PORT: u16 = (\d+);", contract)
+    assert port and values["config"]["credentialsPort"] == int(port.group(1)), (
+        "config.credentialsPort differs from rolebridge_contract::DEFAULT_CREDENTIALS_PORT")
+
+
 class Results:
     def __init__(self) -> None:
         self.passed = 0
@@ -340,7 +418,7 @@ def check_rbac(docs: list[dict], values: dict) -> None:
     bindings = [b for b in by_kind(docs, "ClusterRoleBinding")
                 if any(s["kind"] == "ServiceAccount" and s["name"] == sa for s in b["subjects"])]
     assert len(bindings) == 1, "the webhook's service account needs exactly one ClusterRoleBinding"
-    assert not by_kind(docs, "Role") and not by_kind(docs, "RoleBinding")
+    check_lease_rbac(docs, values, sa)
     role_name = bindings[0]["roleRef"]["name"]
     role = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == role_name][0]
     got: dict[tuple[str, str], set[str]] = {}
@@ -355,6 +433,178 @@ def check_rbac(docs: list[dict], values: dict) -> None:
             flat = rule.get("apiGroups", []) + rule.get("resources", []) + rule["verbs"]
             assert "*" not in flat, f"wildcard in {r['metadata']['name']}"
             assert "secrets" not in rule.get("resources", []), f"secrets in {r['metadata']['name']}"
+
+
+def check_lease_rbac(docs: list[dict], values: dict, sa: str) -> None:
+    """Leader election works under the chart's own RBAC, with nothing more: one Role in the
+    release namespace with exactly the verbs lease.rs uses on Leases, restricted to the Lease the
+    Deployment names wherever RBAC can (`create` cannot be restricted by name)."""
+    env = container_env(docs)
+    roles, role_bindings = by_kind(docs, "Role"), by_kind(docs, "RoleBinding")
+    if not values["leaderElection"]["enabled"]:
+        assert env["ROLEBRIDGE_LEADER_ELECTION"]["value"] == "false"
+        assert not roles and not role_bindings, "a Role without leader election"
+        return
+    assert env["ROLEBRIDGE_LEADER_ELECTION"]["value"] == "true"
+    lease = env["ROLEBRIDGE_LEASE_NAME"]["value"]
+    # The Lease lives in the webhook's namespace, which it takes from the downward API.
+    assert env["ROLEBRIDGE_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["HOSTNAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert len(roles) == 1 and len(role_bindings) == 1, "leader election needs one Role and binding"
+    role, rb = roles[0], role_bindings[0]
+    for obj in (role, rb):
+        assert obj["metadata"]["namespace"] == NAMESPACE, f"{obj['kind']} outside the release namespace"
+    assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                             "name": role["metadata"]["name"]}
+    assert rb["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
+    needed = lease_verbs()
+    granted: set[str] = set()
+    for rule in role["rules"]:
+        assert set(rule) <= {"apiGroups", "resources", "verbs", "resourceNames"}, rule
+        assert rule["apiGroups"] == ["coordination.k8s.io"] and rule["resources"] == ["leases"], rule
+        names = rule.get("resourceNames")
+        if names is not None:
+            assert names == [lease], f"Role names {names}, the webhook uses Lease {lease}"
+        else:
+            assert set(rule["verbs"]) == {"create"}, \
+                f"only create may go without resourceNames, not {rule['verbs']}"
+        granted |= set(rule["verbs"])
+    assert granted == needed, f"Role grants {sorted(granted)} on leases, lease.rs uses {sorted(needed)}"
+
+
+def container_env(docs: list[dict]) -> dict[str, dict]:
+    (c,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e for e in c["env"]}
+
+
+def split_image(ref: str) -> tuple[str, str, str]:
+    """(name, tag, digest) of `name:tag[@digest]`."""
+    name_tag, _, digest = ref.partition("@")
+    name, _, tag = name_tag.rpartition(":")
+    assert name and "/" not in tag, f"image {ref!r} has no tag"
+    return name, tag, digest
+
+
+def check_images(docs: list[dict], values: dict, app_version: str) -> None:
+    """The agent image follows the webhook's registry and tag unless overridden; digests are
+    per image."""
+    (c,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = container_env(docs)
+    img, agent_img = values["image"], values["agent"]["image"]
+    w_name, w_tag, w_digest = split_image(c["image"])
+    a_name, a_tag, a_digest = split_image(env["ROLEBRIDGE_AGENT_IMAGE"]["value"])
+    assert w_tag == (img["tag"] or app_version), w_tag
+    assert a_tag == (agent_img["tag"] or w_tag), f"agent tag {a_tag} does not default to the webhook's {w_tag}"
+    registry = agent_img["registry"] or img["registry"]
+    assert a_name == f"{registry.rstrip('/')}/{agent_img['repository']}", a_name
+    assert w_name == f"{img['registry'].rstrip('/')}/{img['repository']}", w_name
+    assert w_digest == img["digest"] and a_digest == agent_img["digest"], "digests are per image"
+    assert a_name.endswith("/rolebridge-agent") or agent_img["repository"] != "rolebridge-agent"
+
+
+def check_webhook_env(docs: list[dict], values: dict) -> None:
+    """Every ROLEBRIDGE_* variable the chart sets is a flag of the binary, and every limit value
+    reaches its flag."""
+    env = container_env(docs)
+    known = webhook_env_names()
+    unknown = sorted(n for n in env if n.startswith("ROLEBRIDGE_") and n not in known)
+    assert not unknown, f"the chart sets {unknown}, which no flag of webhook/src reads"
+    for key, name in LIMIT_VALUES.items():
+        assert env[name]["value"] == str(values["limits"][key]), f"limits.{key} is not {name}"
+    assert env["ROLEBRIDGE_CREDENTIALS_PORT"]["value"] == str(values["config"]["credentialsPort"])
+    if values["config"]["clusterName"]:
+        assert env["ROLEBRIDGE_CLUSTER_NAME"]["value"] == values["config"]["clusterName"]
+    else:
+        # The binary refuses an empty --cluster-name; unset means "ask the metadata server".
+        assert "ROLEBRIDGE_CLUSTER_NAME" not in env
+
+
+def check_binary_accepts_env(binary: str, docs: list[dict]) -> None:
+    """The webhook binary parses the rendered environment and arguments and starts serving
+    (bindings from an empty file instead of an API server; fieldRefs filled in)."""
+    (c,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    with tempfile.TemporaryDirectory() as tmp:
+        key, crt, bindings = (Path(tmp) / n for n in ("tls.key", "tls.crt", "bindings.yaml"))
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+        import datetime
+        k = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "chart-check")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(k.public_key()).serial_number(1).not_valid_before(now)
+                .not_valid_after(now + datetime.timedelta(days=1)).sign(k, hashes_sha256()))
+        key.write_bytes(k.private_bytes(serialization.Encoding.PEM,
+                                        serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))
+        crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        bindings.write_text("[]\n")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        refs = {"metadata.namespace": NAMESPACE, "metadata.name": "rolebridge-0"}
+        for e in c["env"]:
+            env[e["name"]] = e["value"] if "value" in e else refs[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        env.update(ROLEBRIDGE_TLS_CERT=str(crt), ROLEBRIDGE_TLS_KEY=str(key),
+                   ROLEBRIDGE_BINDINGS_FILE=str(bindings), ROLEBRIDGE_LOG_FORMAT="plain",
+                   ROLEBRIDGE_LISTEN="127.0.0.1:0", ROLEBRIDGE_ADMIN_LISTEN="127.0.0.1:0",
+                   NO_COLOR="1")
+        proc = subprocess.Popen([binary] + c["args"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            out, _ = proc.communicate(timeout=3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        assert re.search(r"\bserving\b.*listen", out), \
+            f"rolebridge-webhook did not start with the rendered env (exit {proc.returncode}):\n{out[-1500:]}"
+
+
+def hashes_sha256():
+    from cryptography.hazmat.primitives import hashes
+    return hashes.SHA256()
+
+
+def check_network_policy(docs: list[dict], values: dict) -> None:
+    """Optional NetworkPolicy: selects the webhook pods, admits exactly the container ports
+    (webhook port from the API-server sources, admin port from the metrics source only)."""
+    nps = by_kind(docs, "NetworkPolicy")
+    npv = values["networkPolicy"]
+    if not npv["enabled"]:
+        assert not nps, "NetworkPolicy rendered while networkPolicy.enabled=false"
+        return
+    (np,) = nps
+    dep = one(docs, "Deployment")
+    assert np["metadata"]["namespace"] == NAMESPACE
+    assert np["spec"]["podSelector"] == dep["spec"]["selector"], "NetworkPolicy selects other pods"
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+
+    def port_of(rule: dict) -> int:
+        (p,) = rule["ports"]
+        assert p.get("protocol", "TCP") == "TCP" and "endPort" not in p, p
+        return ports[p["port"]] if isinstance(p["port"], str) else p["port"]
+
+    by_port = {port_of(r): r for r in np["spec"]["ingress"]}
+    assert len(by_port) == len(np["spec"]["ingress"]), "two ingress rules for one port"
+    assert set(by_port) <= set(ports.values()), \
+        f"ingress on {sorted(by_port)}, container ports are {sorted(ports.values())}"
+    hook = by_port[ports["https"]]
+    api = npv["apiServer"]
+    want = [{"ipBlock": {"cidr": c}} for c in api["cidrs"]] + list(api["extraPeers"])
+    assert hook.get("from", []) == want, f"webhook port sources {hook.get('from')} != {want}"
+    ms = npv["metricsSource"]
+    peer = {k: ms[k] for k in ("namespaceSelector", "podSelector") if ms[k]}
+    if peer:
+        assert by_port[ports["admin"]]["from"] == [peer]
+    else:
+        assert ports["admin"] not in by_port, "admin port open while no metrics source is set"
+    types = np["spec"]["policyTypes"]
+    if npv["egress"]["restrict"]:
+        assert types == ["Ingress", "Egress"]
+        (rule,) = np["spec"]["egress"]
+        assert rule["to"] == [{"ipBlock": {"cidr": c}} for c in npv["egress"]["apiServer"]["cidrs"]]
+        assert [p["port"] for p in rule["ports"]] == npv["egress"]["apiServer"]["ports"]
+    else:
+        assert types == ["Ingress"] and "egress" not in np["spec"], "egress restricted unasked"
 
 
 def check_deployment(docs: list[dict], values: dict) -> None:
@@ -420,6 +670,39 @@ def check_notes_binding(helm: str, crd_path: Path) -> None:
         "apiVersion": example["apiVersion"], "kind": example["kind"]})
 
 
+def install_notes(helm: str, *sets: str) -> tuple[str, list[dict]]:
+    cmd = [helm, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client"]
+    for kv in sets:
+        cmd += ["--set", kv]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    manifest, notes = out.split("NOTES:", 1)
+    return notes, load_docs(manifest.split("MANIFEST:", 1)[1])
+
+
+def check_notes_agent_image(helm: str) -> None:
+    """NOTES.txt names exactly the agent image the webhook injects, gives a pull check for it,
+    and warns when the agent's tag differs from the webhook's or only the webhook is pinned."""
+    digest = "sha256:" + "ab" * 32
+    cases = [
+        ((), False, False),
+        (("image.tag=1.2.3",), False, False),          # both follow: no warning
+        (("agent.image.tag=0.0.9",), True, False),
+        (("image.registry=europe-docker.pkg.dev/p/r", f"image.digest={digest}"), False, True),
+        ((f"image.digest={digest}", f"agent.image.digest={digest}"), False, False),
+    ]
+    for sets, skew, unpinned in cases:
+        notes, docs = install_notes(helm, *sets)
+        agent = container_env(docs)["ROLEBRIDGE_AGENT_IMAGE"]["value"]
+        assert f"\n  {agent}\n" in notes, f"{sets}: NOTES do not name the agent image {agent}"
+        assert re.search(r"kubectl .*run rolebridge-pull-check .*--image-pull-policy=Always.*\n"
+                         rf".*--image={re.escape(agent)} -- --version", notes), \
+            f"{sets}: NOTES lack the pull check for {agent}"
+        assert ("differs from the webhook's" in notes) == skew, f"{sets}: tag warning wrong"
+        assert ("agent.image.digest is empty" in notes) == unpinned, f"{sets}: digest warning wrong"
+        if "docker.pkg.dev" in agent:
+            assert "roles/artifactregistry.reader" in notes, f"{sets}: no Artifact Registry hint"
+
+
 # ---------------------------------------------------------------------------------------------
 # certs.mode=auto across `helm upgrade`: `lookup` against a fake API server
 
@@ -431,7 +714,9 @@ class FakeAPI:
                       "CustomResourceDefinition"}
     KINDS = {"v1": ["Secret", "Service", "ServiceAccount"], "apps/v1": ["Deployment"],
              "policy/v1": ["PodDisruptionBudget"],
-             "rbac.authorization.k8s.io/v1": ["ClusterRole", "ClusterRoleBinding"],
+             "rbac.authorization.k8s.io/v1": ["ClusterRole", "ClusterRoleBinding", "Role",
+                                              "RoleBinding"],
+             "networking.k8s.io/v1": ["NetworkPolicy"],
              "admissionregistration.k8s.io/v1": ["MutatingWebhookConfiguration"],
              "apiextensions.k8s.io/v1": ["CustomResourceDefinition"]}
 
@@ -589,6 +874,17 @@ def main() -> int:
     res.check("every value in values.yaml is documented and in the schema",
               check_values_documented)
 
+    res.check("limits and leader flags of webhook/src match the chart's values",
+              check_flags_match_sources)
+    app_version = str(yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"])
+    # Optional: a built webhook binary proves it parses what the chart renders.
+    binary = os.environ.get("ROLEBRIDGE_WEBHOOK_BIN", "")
+    if binary:
+        assert os.access(binary, os.X_OK), f"ROLEBRIDGE_WEBHOOK_BIN={binary} is not executable"
+    else:
+        print("skip rolebridge-webhook starts with the rendered env (set ROLEBRIDGE_WEBHOOK_BIN "
+              "to a built rolebridge-webhook, e.g. target/debug/rolebridge-webhook)")
+
     cases = sorted((HERE / "values").glob("*.yaml"))
     assert cases, "no values files"
     rendered_dir = HERE / "rendered"
@@ -641,6 +937,13 @@ def main() -> int:
         res.check(f"{case}: certificates", check_certificates, docs, merged)
         res.check(f"{case}: rbac", check_rbac, docs, merged)
         res.check(f"{case}: deployment", check_deployment, docs, merged)
+        res.check(f"{case}: images (agent follows the webhook's registry and tag)",
+                  check_images, docs, merged, app_version)
+        res.check(f"{case}: environment matches the webhook's flags", check_webhook_env, docs, merged)
+        res.check(f"{case}: network policy", check_network_policy, docs, merged)
+        if binary:
+            res.check(f"{case}: rolebridge-webhook starts with the rendered env",
+                      check_binary_accepts_env, binary, docs)
 
     stale = {p.name for p in rendered_dir.glob("*.yaml")} - expected_files
     for name in sorted(stale):
@@ -659,6 +962,8 @@ def main() -> int:
             validate_doc(d) for d in load_docs(crd.read_text())])
         res.check("NOTES.txt AWSRoleBinding example is valid for the CRD",
                   check_notes_binding, args.helm, crd)
+        res.check("NOTES.txt names the agent image, its pull check and version skew",
+                  check_notes_agent_image, args.helm)
     else:
         res.check("chart CRD present", lambda: (_ for _ in ()).throw(
             AssertionError(f"{crd} missing")))
