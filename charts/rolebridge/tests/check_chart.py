@@ -694,8 +694,9 @@ def check_notes_agent_image(helm: str) -> None:
         notes, docs = install_notes(helm, *sets)
         agent = container_env(docs)["ROLEBRIDGE_AGENT_IMAGE"]["value"]
         assert f"\n  {agent}\n" in notes, f"{sets}: NOTES do not name the agent image {agent}"
-        assert re.search(r"kubectl .*run rolebridge-pull-check .*--image-pull-policy=Always.*\n"
-                         rf".*--image={re.escape(agent)} -- --version", notes), \
+        assert re.search(r"kubectl .*run rolebridge-pull-check .*--image-pull-policy=Always \\\n"
+                         r"(.* \\\n)*"
+                         rf".*--image={re.escape(agent)} -- --version(\s|$)", notes), \
             f"{sets}: NOTES lack the pull check for {agent}"
         assert ("differs from the webhook's" in notes) == skew, f"{sets}: tag warning wrong"
         assert ("agent.image.digest is empty" in notes) == unpinned, f"{sets}: digest warning wrong"
