@@ -41,6 +41,65 @@ wait_http() { # url, what
   die "$2 did not come up"
 }
 
+# containers INJECTED TOKENS SUFFIX OUT: the injected Job's agent and app containers as the
+# kubelet would run them: the token volume mapped to the local directory TOKENS, the downward
+# API resolved for a pod named <job>-SUFFIX.
+containers() {
+  "$PY" - "$1" "$2" "$3" > "$4" <<'PY'
+import json, sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+job = next(d for d in docs if d.get("kind") == "Job")
+spec = job["spec"]["template"]["spec"]
+mount = "/var/run/secrets/rolebridge.io"
+def local(s): return s.replace(mount, sys.argv[2])
+pod = {"metadata.name": job["metadata"]["name"] + "-" + sys.argv[3],
+       "metadata.namespace": job["metadata"]["namespace"],
+       "metadata.uid": "6f1c2d3e-4b5a-4c6d-8e7f-901a2b3c4d5e",
+       "spec.serviceAccountName": spec["serviceAccountName"]}
+def env_of(c):
+    return {e["name"]: local(e["value"]) if "value" in e else pod[e["valueFrom"]["fieldRef"]["fieldPath"]]
+            for e in c.get("env", [])}
+agent = next(c for c in spec["initContainers"] if c["name"] == "rolebridge-agent")
+app = spec["containers"][0]
+json.dump({
+    "agent_args": [local(a) for a in agent["args"]],
+    "agent_env": env_of(agent),
+    "probe": [local(a) for a in agent["startupProbe"]["exec"]["command"][1:]],
+    "app_cmd": app["command"] + app["args"],
+    "app_env": env_of(app),
+}, sys.stdout)
+PY
+}
+# pod JOB BINDINGS NAME SUFFIX PREFIX: inject JOB with BINDINGS into $work/NAME.yaml and load its
+# containers (tokens in $work/NAME-tokens) into the PREFIX arrays of `load`.
+pod() {
+  "$bin/rolebridge-webhook" inject -f "$1" --bindings "$2" --agent-image rolebridge-agent:demo \
+    > "$work/$3.yaml"
+  mkdir -p "$work/$3-tokens"
+  containers "$work/$3.yaml" "$work/$3-tokens" "$4" "$work/$3.json"
+  load "$work/$3.json" "$5"
+}
+# load JSON PREFIX: the arrays PREFIXagent_args, PREFIXagent_env, PREFIXprobe, PREFIXapp_cmd and
+# PREFIXapp_env from what `containers` wrote (maps as NAME=VALUE items).
+load() {
+  local k
+  for k in agent_args agent_env probe app_cmd app_env; do mapfile -t "$2$k" < <(field "$1" "$k"); done
+}
+field() { "$PY" -c "import json,sys; v=json.load(open(sys.argv[1]))[sys.argv[2]]; print('\n'.join(v) if isinstance(v, list) else '\n'.join(f'{k}={x}' for k, x in v.items()))" "$1" "$2"; }
+# wait_ready PID LOG PROBE...: the kubelet holds the app back until the agent's startup probe
+# passes; so does the demo.
+wait_ready() {
+  local pid=$1 log=$2
+  shift 2
+  for _ in $(seq 100); do
+    if "$bin/rolebridge-agent" "$@" >/dev/null 2>&1; then return 0; fi
+    kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "the agent exited"; }
+    sleep 0.1
+  done
+  cat "$log" >&2
+  die "the agent's startup probe never passed"
+}
+
 say "1/7 building rolebridge-webhook, rolebridge-agent and the GKE metadata emulator"
 cargo build -q -p rolebridge-webhook -p rolebridge-agent -p rolebridge-e2e --bins
 bin=$root/target/debug
@@ -49,41 +108,9 @@ say "2/7 installing the AWS peers if missing (moto, boto3)"
 bash e2e/sdk/install-peers.sh >&2
 
 say "3/7 injecting examples/job.yaml with examples/binding.yaml"
-"$bin/rolebridge-webhook" inject -f examples/job.yaml --bindings examples/binding.yaml \
-  --agent-image rolebridge-agent:demo > "$work/injected.yaml"
+pod examples/job.yaml examples/binding.yaml injected x7k2p ""
+tokens=$work/injected-tokens
 grep -n "AWS_ROLE_ARN" -A1 "$work/injected.yaml" | sed 's/^/    /' >&2
-
-# The pod's containers, with the token volume mapped to a local directory and the downward
-# API's metadata.name resolved, as the kubelet would.
-tokens=$work/tokens
-mkdir -p "$tokens"
-"$PY" - "$work/injected.yaml" "$tokens" > "$work/containers.json" <<'PY'
-import json, sys, yaml
-docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
-job = next(d for d in docs if d.get("kind") == "Job")
-spec = job["spec"]["template"]["spec"]
-mount = "/var/run/secrets/rolebridge.io"
-def local(s): return s.replace(mount, sys.argv[2])
-agent = next(c for c in spec["initContainers"] if c["name"] == "rolebridge-agent")
-app = spec["containers"][0]
-env = {}
-for e in app.get("env", []):
-    if "value" in e:
-        env[e["name"]] = local(e["value"])
-    elif e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
-        env[e["name"]] = job["metadata"]["name"] + "-x7k2p"
-json.dump({
-    "agent_args": [local(a) for a in agent["args"]],
-    "probe": [local(a) for a in agent["startupProbe"]["exec"]["command"][1:]],
-    "app_cmd": app["command"] + app["args"],
-    "app_env": env,
-}, sys.stdout)
-PY
-jq_() { "$PY" -c "import json,sys; v=json.load(open(sys.argv[1]))[sys.argv[2]]; print('\n'.join(v) if isinstance(v, list) else '\n'.join(f'{k}={x}' for k, x in v.items()))" "$work/containers.json" "$1"; }
-mapfile -t agent_args < <(jq_ agent_args)
-mapfile -t probe < <(jq_ probe)
-mapfile -t app_cmd < <(jq_ app_cmd)
-mapfile -t app_env < <(jq_ app_env)
 
 say "4/7 starting the GKE metadata emulator"
 md_port=$(free_port)
@@ -109,13 +136,7 @@ say "6/7 running the injected agent container: rolebridge-agent ${agent_args[*]}
 GCE_METADATA_HOST=127.0.0.1:$md_port "$bin/rolebridge-agent" "${agent_args[@]}" > "$work/agent.log" 2>&1 &
 agent_pid=$!
 pids+=("$agent_pid")
-# The kubelet holds the app back until the agent's startup probe passes; so does the demo.
-for i in $(seq 100); do
-  if "$bin/rolebridge-agent" "${probe[@]}" >/dev/null 2>&1; then break; fi
-  kill -0 "$agent_pid" 2>/dev/null || { cat "$work/agent.log" >&2; die "the agent exited"; }
-  [ "$i" -lt 100 ] || { cat "$work/agent.log" >&2; die "the agent's startup probe never passed"; }
-  sleep 0.1
-done
+wait_ready "$agent_pid" "$work/agent.log" "${probe[@]}"
 ls -l "$tokens" | sed 's/^/    /' >&2
 
 say "7/7 running the injected app container (unmodified boto3) with exactly its injected environment"
@@ -157,48 +178,9 @@ for d in docs:
         meta.setdefault("annotations", {})["rolebridge.io/credentials-port"] = sys.argv[2]
 yaml.safe_dump_all(docs, sys.stdout)
 PY
-"$bin/rolebridge-webhook" inject -f "$work/xjob.yaml" --bindings examples/cross-account-binding.yaml \
-  --agent-image rolebridge-agent:demo > "$work/xinjected.yaml"
+pod "$work/xjob.yaml" examples/cross-account-binding.yaml xinjected q8z4w x
+xtokens=$work/xinjected-tokens
 grep -n "AWS_CONTAINER_" -A1 "$work/xinjected.yaml" | sed 's/^/    /' >&2
-
-xtokens=$work/xtokens
-mkdir -p "$xtokens"
-"$PY" - "$work/xinjected.yaml" "$xtokens" > "$work/xcontainers.json" <<'PY'
-import json, sys, yaml
-docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
-job = next(d for d in docs if d.get("kind") == "Job")
-spec = job["spec"]["template"]["spec"]
-mount = "/var/run/secrets/rolebridge.io"
-def local(s): return s.replace(mount, sys.argv[2])
-# The downward API, as the kubelet resolves it for this pod.
-pod = {"metadata.name": job["metadata"]["name"] + "-q8z4w",
-       "metadata.namespace": job["metadata"]["namespace"],
-       "metadata.uid": "6f1c2d3e-4b5a-4c6d-8e7f-901a2b3c4d5e",
-       "spec.serviceAccountName": spec["serviceAccountName"]}
-def env_of(c):
-    out = {}
-    for e in c.get("env", []):
-        if "value" in e:
-            out[e["name"]] = local(e["value"])
-        else:
-            out[e["name"]] = pod[e["valueFrom"]["fieldRef"]["fieldPath"]]
-    return out
-agent = next(c for c in spec["initContainers"] if c["name"] == "rolebridge-agent")
-app = spec["containers"][0]
-json.dump({
-    "agent_args": [local(a) for a in agent["args"]],
-    "agent_env": env_of(agent),
-    "probe": [local(a) for a in agent["startupProbe"]["exec"]["command"][1:]],
-    "app_cmd": app["command"] + app["args"],
-    "app_env": env_of(app),
-}, sys.stdout)
-PY
-xjq() { "$PY" -c "import json,sys; v=json.load(open(sys.argv[1]))[sys.argv[2]]; print('\n'.join(v) if isinstance(v, list) else '\n'.join(f'{k}={x}' for k, x in v.items()))" "$work/xcontainers.json" "$1"; }
-mapfile -t xagent_args < <(xjq agent_args)
-mapfile -t xagent_env < <(xjq agent_env)
-mapfile -t xprobe < <(xjq probe)
-mapfile -t xapp_cmd < <(xjq app_cmd)
-mapfile -t xapp_env < <(xjq app_env)
 
 say "cross-account 2/4 creating s3://docs-site in account 222222222222 (moto)"
 AWS_ACCESS_KEY_ID=setup AWS_SECRET_ACCESS_KEY=setup AWS_DEFAULT_REGION=eu-west-1 \
@@ -221,12 +203,7 @@ env "${xagent_env[@]}" GCE_METADATA_HOST="127.0.0.1:$md_port" \
   "$bin/rolebridge-agent" "${xagent_args[@]}" > "$work/xagent.log" 2>&1 &
 xagent_pid=$!
 pids+=("$xagent_pid")
-for i in $(seq 100); do
-  if "$bin/rolebridge-agent" "${xprobe[@]}" >/dev/null 2>&1; then break; fi
-  kill -0 "$xagent_pid" 2>/dev/null || { cat "$work/xagent.log" >&2; die "the agent exited"; }
-  [ "$i" -lt 100 ] || { cat "$work/xagent.log" >&2; die "the agent's startup probe never passed"; }
-  sleep 0.1
-done
+wait_ready "$xagent_pid" "$work/xagent.log" "${xprobe[@]}"
 "$PY" - "http://127.0.0.1:$cred_port/v1/credentials/docs" "$xtokens/credentials.auth" <<'PY' >&2
 import json, sys, urllib.error, urllib.request
 url, token = sys.argv[1], open(sys.argv[2]).read()
