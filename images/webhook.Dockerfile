@@ -44,7 +44,6 @@ WORKDIR /src
 COPY . .
 # scripts/static-build.sh is the same static release build the Docker-free path runs (remapped
 # paths, +crt-static for the target only); make-rootfs.sh the same root filesystem.
-ARG SOURCE_DATE_EPOCH
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,id=rolebridge-target-$TARGETARCH,sharing=locked \

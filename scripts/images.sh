@@ -90,7 +90,7 @@ cmd_build() {
     # SOURCE_DATE_EPOCH is BuildKit's own argument, not one the Dockerfile declares.
     [[ $kv == SOURCE_DATE_EPOCH=* ]] || build_args+=(--build-arg "$kv")
   done < <(arg_values)
-  [[ $build -eq 1 ]] && SOURCE_DATE_EPOCH="$e" bash "$repo_root/scripts/static-build.sh"
+  [[ $build -eq 1 ]] && bash "$repo_root/scripts/static-build.sh"
   bin_dir="$(bash "$repo_root/scripts/static-build.sh" --print-dir)"
   work="$(mktemp -d)"
   # shellcheck disable=SC2064 # expand now: $work is local

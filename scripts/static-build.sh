@@ -11,11 +11,11 @@
 #  - --remap-path-prefix rewrites the paths rustc would embed (panic locations, file!() of
 #    dependencies): the cargo home, the toolchain's sysroot, the checkout and the target directory.
 #  - CFLAGS_<triple> does the same for the C parts (ring, mimalloc), whose assert() keeps __FILE__.
-#  - SOURCE_DATE_EPOCH (default: the commit's time) for any build script that stamps a date.
+#  - SOURCE_DATE_EPOCH=0 for anything that stamps a date (gcc's __DATE__ and __TIME__).
 # `--target` keeps +crt-static away from build scripts and proc macros, which must stay dynamic.
 #
 # Environment: CARGO_TARGET_DIR (default <repo>/target), CARGO_HOME (default ~/.cargo),
-# CARGO_LOCKED=0 to build without --locked, SOURCE_DATE_EPOCH.
+# CARGO_LOCKED=0 to build without --locked.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,18 +43,11 @@ fi
 
 cargo_home="${CARGO_HOME:-$HOME/.cargo}"
 sysroot="$(cd "$repo_root" && rustc --print sysroot)"
-if [[ -z ${SOURCE_DATE_EPOCH:-} ]]; then
-  # No build script of ours reads it, so a build outside a git checkout (a Docker context
-  # without .git) goes on without it; the images take their dates from scripts/images.sh.
-  if SOURCE_DATE_EPOCH="$(git -C "$repo_root" log -1 --format=%ct 2>/dev/null)"; then
-    export SOURCE_DATE_EPOCH
-  else
-    unset SOURCE_DATE_EPOCH
-    echo "static-build: no git history and no SOURCE_DATE_EPOCH; building without it" >&2
-  fi
-else
-  export SOURCE_DATE_EPOCH
-fi
+# A constant, not the commit's time: the cc crate reruns every C build (and so nearly the whole
+# release build) whenever SOURCE_DATE_EPOCH changes, and gcc only uses it for __DATE__/__TIME__.
+# Fixed, those expand the same on every build; the images take their dates from the commit in
+# scripts/images.sh.
+export SOURCE_DATE_EPOCH=0
 
 # rustc applies the last matching --remap-path-prefix, so the most specific prefix comes last (a
 # target directory inside the checkout maps like the rest of the checkout).
@@ -71,7 +64,7 @@ locked=(--locked)
 [[ "${CARGO_LOCKED:-1}" == 0 ]] && locked=()
 pkg_args=()
 for p in "${packages[@]}"; do pkg_args+=(-p "$p"); done
-echo "== cargo build --release (static, $triple, ${packages[*]}, SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-unset})"
+echo "== cargo build --release (static, $triple, ${packages[*]})"
 cd "$repo_root"
 # CFLAGS_<triple> is the cc crate's per-target variable: it wins over CFLAGS, which is why CFLAGS
 # is folded in above.
