@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Proves the Docker-free images end to end, on a machine without a container engine:
+#   0. the unit tests of images/oci-image.py (its Dockerfile reader and layer writer);
 #   1. scripts/images.sh build (the static binaries are built once: cargo does nothing when
 #      scripts/empty-root-test.sh already built them), and again from scratch into a fresh
 #      directory: the same manifest digests; no build path inside the binaries;
@@ -85,6 +86,13 @@ digests_of() { # DIR: "name digest" per image, from the layouts' index.json
     echo "$name $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' "$1/$name/index.json")"
   done
 }
+
+step "unit tests of images/oci-image.py"
+if PYTHONDONTWRITEBYTECODE=1 python3 -m unittest discover -s "$repo_root/images" -p 'test_*.py' 2>"$work/unit.err"; then
+  ok "oci-image.py: $(tail -n 3 "$work/unit.err" | grep -o 'Ran [0-9]* tests')"
+else
+  cat "$work/unit.err"; fail "oci-image.py unit tests"
+fi
 
 step "build (scripts/images.sh build)"
 if bash "$repo_root/scripts/images.sh" build; then
@@ -237,6 +245,15 @@ else
 fi
 
 echo
-[[ -f $sizes_file ]] && echo "sizes and digests: $sizes_file"
+if [[ -f $sizes_file ]]; then
+  echo "sizes and digests ($sizes_file), as BENCHMARKS.md's Images table:"
+  python3 - "$sizes_file" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    s = json.loads(line)
+    print(f"| {s['image']} | {s['compressed'] / 2**20:.1f} MiB ({s['compressed']} B) | "
+          f"{s['uncompressed'] / 1e6:.1f} MB ({s['uncompressed']} B) | {s['layers']} | `{s['manifest_digest']}` |")
+PY
+fi
 echo "images-test: $passed passed, $failed failed"
 [[ $failed -eq 0 ]]
