@@ -4,11 +4,13 @@
 # Build from the repository root (see images/README.md for multi-arch):
 #
 #   docker buildx build -f images/webhook.Dockerfile --platform linux/amd64,linux/arm64 \
-#     -t ghcr.io/rolebridge/rolebridge-webhook:$VERSION --push .
+#     $(scripts/images.sh build-args) -t ghcr.io/rolebridge/rolebridge-webhook:$VERSION --push .
+#
+# Without Docker: scripts/images.sh build (the same files and config, as an OCI layout).
 #
 # The build stage runs on the builder's own platform and cross-compiles for each target platform,
 # so an arm64 image needs no emulation. images/make-rootfs.sh assembles the final filesystem; the
-# same script is exercised without Docker by scripts/empty-root-test.sh.
+# same script is exercised without Docker by scripts/empty-root-test.sh and scripts/images.sh.
 
 ARG RUST_VERSION=1.95.0
 ARG DEBIAN_RELEASE=bookworm
@@ -40,18 +42,22 @@ ENV CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER=x86_64-linux-gnu-gcc \
     CARGO_TERM_COLOR=never
 WORKDIR /src
 COPY . .
-# Static glibc binary: +crt-static applies to the target only because --target is given (build
-# scripts and proc macros stay dynamic, as they must).
+# scripts/static-build.sh is the same static release build the Docker-free path runs (remapped
+# paths, +crt-static for the target only); make-rootfs.sh the same root filesystem.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,id=rolebridge-target-$TARGETARCH,sharing=locked \
     set -eux; \
     triple="$(cat /rust-target)"; \
-    RUSTFLAGS="-C target-feature=+crt-static" \
-      cargo build --release --locked -p rolebridge-webhook --target "$triple"; \
+    bash scripts/static-build.sh --target "$triple" rolebridge-webhook; \
     sh images/make-rootfs.sh "target/$triple/release/rolebridge-webhook" /rootfs /etc/ssl/certs/ca-certificates.crt
 
 FROM scratch
+# Everything below is also read by images/oci-image.py, which writes the same image without Docker;
+# it refuses instructions it does not know. The values: $(scripts/images.sh build-args).
+ARG VERSION
+ARG REVISION
+ARG CREATED
 COPY --from=build /rootfs/ /
 ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
     MIMALLOC_ARENA_EAGER_COMMIT=0
@@ -62,4 +68,7 @@ CMD ["serve"]
 LABEL org.opencontainers.image.title="rolebridge-webhook" \
       org.opencontainers.image.description="Mutating admission webhook that injects the rolebridge agent into bound GKE pods" \
       org.opencontainers.image.source="https://github.com/rolebridge/rolebridge" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}"

@@ -4,8 +4,10 @@
 # images/make-rootfs.sh, exactly as the Dockerfiles' `scratch` stage), as user 65532, with no
 # network, no /proc, no /dev and an empty environment.
 #
-#   scripts/empty-root-test.sh                 # build (cargo, release, static) and test
+#   scripts/empty-root-test.sh                 # build (scripts/static-build.sh) and test
 #   scripts/empty-root-test.sh --no-build      # test binaries already built
+#   scripts/empty-root-test.sh --roots DIR     # test the roots DIR/rolebridge-webhook and
+#                                              # DIR/rolebridge-agent as they are (unpacked images)
 #
 # Needs root (chroot); unshare(1) from util-linux isolates network, mounts, PIDs and IPC.
 # Environment: CARGO_TARGET_DIR (default <repo>/target), CARGO_LOCKED=0 to build without
@@ -13,16 +15,19 @@
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-triple="$(uname -m)-unknown-linux-gnu"
-target_dir="${CARGO_TARGET_DIR:-$repo_root/target}"
 bins=(rolebridge-webhook rolebridge-agent)
 build=1
-for arg in "$@"; do
-  case "$arg" in
+roots=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
     --no-build) build=0 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
-    *) echo "empty-root: unknown argument $arg" >&2; exit 2 ;;
+    --roots)
+      [[ $# -ge 2 && -d $2 ]] || { echo "empty-root: --roots needs a directory" >&2; exit 2; }
+      roots=$2; build=0; shift ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    *) echo "empty-root: unknown argument $1" >&2; exit 2 ;;
   esac
+  shift
 done
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -43,13 +48,9 @@ ok() { passed=$((passed + 1)); echo "ok   $*"; }
 fail() { failed=$((failed + 1)); echo "FAIL $*"; }
 
 if [[ $build -eq 1 ]]; then
-  echo "== cargo build --release (static, $triple)"
-  locked=(--locked)
-  [[ "${CARGO_LOCKED:-1}" == 0 ]] && locked=()
-  # --target keeps +crt-static away from build scripts and proc macros (they must stay dynamic).
-  (cd "$repo_root" && RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --release "${locked[@]}" --target "$triple" -p rolebridge-webhook -p rolebridge-agent)
+  bash "$repo_root/scripts/static-build.sh"
 fi
+bin_dir="$(bash "$repo_root/scripts/static-build.sh" --print-dir)"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -63,18 +64,26 @@ run_in() {
 }
 
 for bin in "${bins[@]}"; do
-  path="$target_dir/$triple/release/$bin"
-  root="$work/$bin"
   echo "== $bin"
-  if [[ ! -x $path ]]; then
-    fail "$bin: not built at $path"
-    continue
-  fi
-  if out="$(sh "$repo_root/images/make-rootfs.sh" "$path" "$root" "$ca_bundle" 2>&1)"; then
-    ok "$bin: static, rootfs assembled ($out)"
+  if [[ -n $roots ]]; then
+    root="$roots/$bin"
+    if [[ ! -x $root/$bin ]]; then
+      fail "$bin: no /$bin in $root"
+      continue
+    fi
   else
-    echo "$out"; fail "$bin: make-rootfs (not static?)"
-    continue
+    path="$bin_dir/$bin"
+    root="$work/$bin"
+    if [[ ! -x $path ]]; then
+      fail "$bin: not built at $path"
+      continue
+    fi
+    if out="$(sh "$repo_root/images/make-rootfs.sh" "$path" "$root" "$ca_bundle" 2>&1)"; then
+      ok "$bin: static, rootfs assembled ($out)"
+    else
+      echo "$out"; fail "$bin: make-rootfs (not static?)"
+      continue
+    fi
   fi
   listing="$(cd "$root" && find . -mindepth 1 | sort | tr '\n' ' ')"
   echo "     root contains: $listing"

@@ -1,0 +1,268 @@
+#!/usr/bin/env bash
+# Proves the Docker-free images end to end, on a machine without a container engine:
+#   0. the unit tests of images/oci-image.py (its Dockerfile reader and layer writer);
+#   1. scripts/images.sh build (the static binaries are built once: cargo does nothing when
+#      scripts/empty-root-test.sh already built them), and again from scratch into a fresh
+#      directory: the same manifest digests; no build path inside the binaries;
+#   2. the drift test can fail: a Dockerfile with an instruction oci-image.py does not know is
+#      refused, and one whose USER differs fails images/check-image.py;
+#   3. a registry on loopback (Debian's docker-registry): scripts/images.sh push, then pulled back
+#      by digest with skopeo, as a node would;
+#   4. images/check-image.py on the pulled images: config against the Dockerfile (BuildKit's
+#      parser), files against make-rootfs.sh, no shell in any layer, one layer, sizes;
+#   5. umoci unpack, and scripts/empty-root-test.sh --roots runs both binaries from the unpacked
+#      roots (chroot, user 65532, no network).
+# Sizes and digests land in target/images/sizes.json. Ends with "images-test: N passed, M failed".
+#
+#   scripts/images-test.sh
+#   IMAGES_TEST_REBUILD_BINARIES=1 scripts/images-test.sh   # also build the binaries a second
+#       time in a fresh clone at another path (~10 min on 2 cores) and compare the digests; this
+#       fails today (rust-lang/cargo#15122, see images/README.md "Reproducible")
+#
+# Needs root (chroot, apt-get for skopeo, umoci and docker-registry when missing).
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+target_dir="${CARGO_TARGET_DIR:-$repo_root/target}"
+out_dir="$target_dir/images"
+sizes_file="$out_dir/sizes.json"
+images=(webhook agent)
+case "$(uname -m)" in x86_64) arch=amd64 ;; aarch64) arch=arm64 ;; *) arch="$(uname -m)" ;; esac
+venv="$repo_root/.tools/images-venv"
+# BuildKit's Dockerfile parser, for the drift test (images/check-image.py).
+dockerfile_pin="dockerfile==3.4.0"
+
+case "${1:-}" in
+  "") ;;
+  -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+  *) echo "images-test: unknown argument $1" >&2; exit 2 ;;
+esac
+[[ $(id -u) -eq 0 ]] || { echo "images-test: must run as root (chroot, apt-get)" >&2; exit 1; }
+
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "ok   $*"; }
+fail() { failed=$((failed + 1)); echo "FAIL $*"; }
+step() { printf '\n== %s\n' "$*"; }
+
+step "tools"
+missing=()
+for pair in skopeo:skopeo umoci:umoci docker-registry:docker-registry readelf:binutils; do
+  command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+  echo "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 ||
+    { apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; }
+fi
+if ! "$venv/bin/python" -c 'import dockerfile' 2>/dev/null; then
+  echo "venv $venv with $dockerfile_pin"
+  rm -rf "$venv"
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "$dockerfile_pin"
+fi
+echo "skopeo $(skopeo --version | cut -d' ' -f3), $(umoci --version), docker-registry $(dpkg-query -W -f='${Version}' docker-registry 2>/dev/null || echo '?')"
+
+work="$(mktemp -d)"
+registry_pid=""
+cleanup() {
+  local status=$?
+  # errexit still applies in a trap: a killed registry's `wait` (143) must not become the status.
+  if [[ -n $registry_pid ]]; then
+    kill "$registry_pid" 2>/dev/null || true
+    wait "$registry_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+  exit "$status"
+}
+trap cleanup EXIT
+
+tag="$(cd "$repo_root" && cargo metadata --no-deps --format-version 1 --offline |
+  python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "rolebridge-webhook"))')"
+build_args=()
+while IFS= read -r kv; do
+  [[ $kv == SOURCE_DATE_EPOCH=* ]] || build_args+=(--build-arg "$kv")
+done < <(bash "$repo_root/scripts/images.sh" build-args | tr ' ' '\n' | grep -v -e '^--build-arg$' -e '^$')
+
+digests_of() { # DIR: "name digest" per image, from the layouts' index.json
+  for name in "${images[@]}"; do
+    echo "$name $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' "$1/$name/index.json")"
+  done
+}
+
+step "unit tests of images/oci-image.py"
+if PYTHONDONTWRITEBYTECODE=1 python3 -m unittest discover -s "$repo_root/images" -p 'test_*.py' 2>"$work/unit.err"; then
+  ok "oci-image.py: $(tail -n 3 "$work/unit.err" | grep -o 'Ran [0-9]* tests')"
+else
+  cat "$work/unit.err"; fail "oci-image.py unit tests"
+fi
+
+step "build (scripts/images.sh build)"
+if bash "$repo_root/scripts/images.sh" build; then
+  ok "images built in $out_dir"
+else
+  fail "scripts/images.sh build"
+  echo; echo "images-test: $passed passed, $failed failed"; exit 1
+fi
+first="$(digests_of "$out_dir")"
+echo "$first"
+
+step "reproducible"
+if IMAGES_OUT="$work/rebuild" bash "$repo_root/scripts/images.sh" build --no-build >/dev/null &&
+   [[ "$(digests_of "$work/rebuild")" == "$first" ]]; then
+  ok "layouts rebuilt from scratch into a fresh directory: same manifest digests"
+else
+  digests_of "$work/rebuild" || true; fail "rebuilt layouts differ"
+fi
+rm -rf "$work/rebuild"
+bin_dir="$(bash "$repo_root/scripts/static-build.sh" --print-dir)"
+sysroot="$(cd "$repo_root" && rustc --print sysroot)"
+for name in "${images[@]}"; do
+  leaks=""
+  for p in "$repo_root" "${CARGO_HOME:-$HOME/.cargo}" "$sysroot" "$target_dir"; do
+    grep -qaF "$p/" "$bin_dir/rolebridge-$name" && leaks="$leaks $p"
+  done
+  if [[ -z $leaks ]]; then
+    ok "rolebridge-$name: no build path in the binary (checkout, cargo home, sysroot, target dir)"
+  else
+    fail "rolebridge-$name: the binary names build paths:$leaks"
+  fi
+done
+if [[ ${IMAGES_TEST_REBUILD_BINARIES:-0} == 1 ]]; then
+  clone="$work/clone"
+  git clone --quiet --no-hardlinks "$repo_root" "$clone"
+  git -C "$clone" checkout --quiet "$(git -C "$repo_root" rev-parse HEAD)"
+  if [[ -n "$(git -C "$repo_root" status --porcelain --untracked-files=no)" ]]; then
+    echo "     (uncommitted changes are not in the clone; the digests may differ for that reason)"
+  fi
+  if CARGO_TARGET_DIR="$clone/target" bash "$clone/scripts/images.sh" build >"$work/clone.log" 2>&1 &&
+     [[ "$(digests_of "$clone/target/images")" == "$first" ]]; then
+    ok "binaries and images rebuilt in a fresh clone and target dir: same manifest digests"
+  else
+    tail -n 20 "$work/clone.log"; digests_of "$clone/target/images" || true
+    # Known: cargo hashes a path crate's absolute location into -C metadata (rust-lang/cargo#15122),
+    # which --remap-path-prefix cannot undo; only a checkout at the same path reproduces.
+    fail "a fresh clone at another path builds different images (rust-lang/cargo#15122)"
+  fi
+  rm -rf "$clone"
+fi
+
+step "the drift test can fail"
+mkdir -p "$work/mutated"
+sed 's/^CMD \["serve"\]$/WORKDIR \/tmp\n&/' "$repo_root/images/webhook.Dockerfile" >"$work/mutated/webhook.Dockerfile"
+if ! python3 "$repo_root/images/oci-image.py" config --dockerfile "$work/mutated/webhook.Dockerfile" \
+     "${build_args[@]}" >/dev/null 2>"$work/mutated.err" && grep -q "WORKDIR" "$work/mutated.err"; then
+  ok "oci-image.py refuses a final-stage instruction it does not reproduce ($(head -c 120 "$work/mutated.err"))"
+else
+  fail "oci-image.py accepted WORKDIR in the final stage"
+fi
+
+# Each image's expected files: make-rootfs.sh again, for the same binary.
+for name in "${images[@]}"; do
+  sh "$repo_root/images/make-rootfs.sh" "$bin_dir/rolebridge-$name" "$work/rootfs/$name" >/dev/null
+done
+sed 's/^USER 65532:65532$/USER 0:0/' "$repo_root/images/webhook.Dockerfile" >"$work/mutated/webhook.Dockerfile"
+if ! "$venv/bin/python" "$repo_root/images/check-image.py" --layout "$out_dir/webhook" --tag "$tag" \
+     --dockerfile "$work/mutated/webhook.Dockerfile" --rootfs "$work/rootfs/webhook" "${build_args[@]}" \
+     >"$work/mutated.out" 2>&1 && grep -q "config User" "$work/mutated.out"; then
+  ok "check-image.py fails an image whose USER differs from its Dockerfile"
+else
+  cat "$work/mutated.out"; fail "check-image.py did not notice a USER that differs"
+fi
+
+step "registry on loopback"
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+mkdir -p "$work/registry"
+cat >"$work/registry.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $work/registry
+http:
+  addr: 127.0.0.1:$port
+EOF
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+registry_pid=$!
+up=0
+for _ in $(seq 1 50); do
+  if python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
+       "http://127.0.0.1:$port/v2/" 2>/dev/null; then
+    up=1; break
+  fi
+  kill -0 "$registry_pid" 2>/dev/null || break
+  sleep 0.2
+done
+if [[ $up -eq 1 ]]; then
+  ok "docker-registry listening on 127.0.0.1:$port"
+else
+  cat "$work/registry.log"; fail "docker-registry did not start"
+  echo; echo "images-test: $passed passed, $failed failed"; exit 1
+fi
+
+prefix="127.0.0.1:$port/rolebridge"
+if bash "$repo_root/scripts/images.sh" push "$prefix" --dest-tls-verify=false >"$work/push.out"; then
+  ok "scripts/images.sh push $prefix"
+else
+  fail "scripts/images.sh push"
+fi
+cat "$work/push.out"
+
+for name in "${images[@]}"; do
+  want="$prefix/rolebridge-$name@$(grep "^$name " <<<"$first" | cut -d' ' -f2)"
+  if grep -qxF "$want" "$work/push.out"; then
+    ok "push printed $want (the digest built here)"
+  else
+    fail "push did not print $want"
+    continue
+  fi
+  pulled="$work/pulled/$name"
+  mkdir -p "$work/pulled"
+  if skopeo copy --quiet --src-tls-verify=false "docker://$want" "oci:$pulled:$tag"; then
+    ok "rolebridge-$name pulled back by digest"
+  else
+    fail "skopeo copy docker://$want"
+    continue
+  fi
+  if "$venv/bin/python" "$repo_root/images/check-image.py" --layout "$pulled" --tag "$tag" \
+       --dockerfile "$repo_root/images/$name.Dockerfile" --rootfs "$work/rootfs/$name" \
+       --arch "$arch" --sizes "$work/sizes.json" "${build_args[@]}"; then
+    ok "rolebridge-$name: config, files and layers as the Dockerfile says"
+  else
+    fail "rolebridge-$name: check-image.py"
+  fi
+  mkdir -p "$work/roots"
+  if umoci unpack --image "$pulled:$tag" "$work/bundle-$name" >/dev/null 2>"$work/umoci.err"; then
+    mv "$work/bundle-$name/rootfs" "$work/roots/rolebridge-$name"
+    ok "rolebridge-$name unpacked with umoci: $(cd "$work/roots/rolebridge-$name" && find . -mindepth 1 | sort | tr '\n' ' ')"
+  else
+    cat "$work/umoci.err"; fail "umoci unpack rolebridge-$name"
+  fi
+done
+[[ -f $work/sizes.json ]] && cp "$work/sizes.json" "$sizes_file"
+
+step "the unpacked images run (scripts/empty-root-test.sh --roots)"
+if [[ -d $work/roots ]] && bash "$repo_root/scripts/empty-root-test.sh" --roots "$work/roots" | tee "$work/empty-root.out" | sed 's/^/     /'; then
+  ok "both binaries run from the unpacked images ($(tail -n 1 "$work/empty-root.out"))"
+else
+  fail "running the unpacked images ($(tail -n 1 "$work/empty-root.out" 2>/dev/null))"
+fi
+
+echo
+if [[ -f $sizes_file ]]; then
+  echo "sizes and digests ($sizes_file), as BENCHMARKS.md's Images table:"
+  python3 - "$sizes_file" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    s = json.loads(line)
+    print(f"| {s['image']} | {s['compressed'] / 2**20:.1f} MiB ({s['compressed']} B) | "
+          f"{s['uncompressed'] / 1e6:.1f} MB ({s['uncompressed']} B) | {s['layers']} | `{s['manifest_digest']}` |")
+PY
+fi
+echo "images-test: $passed passed, $failed failed"
+[[ $failed -eq 0 ]]
