@@ -12,6 +12,7 @@
 # unmodified AWS CLI publishes into that account's bucket through the container credentials
 # protocol. Everything it starts is stopped on exit, Ctrl-C or failure.
 set -euo pipefail
+# shellcheck disable=SC2154 # the agent_*, probe, app_* arrays are set by `load`, by name
 cd "$(dirname "$0")/.."
 root=$(pwd)
 

@@ -145,11 +145,13 @@ cmd_push() {
     pushed="$(skopeo inspect "${inspect_opts[@]}" --format '{{.Digest}}' "docker://$ref:$tag")"
     [[ $pushed == "$built" ]] || die "$ref:$tag is $pushed in the registry, but $built was built"
     echo "$ref@$pushed"
+    # The chart (0.2.0) names both images REGISTRY/PREFIX/rolebridge-{webhook,agent} from one
+    # image.registry; only the digests are per image.
     local key=image
     [[ $name == agent ]] && key=agent.image
-    helm_flags+=" --set $key.registry=${ref%%/*} --set $key.repository=${ref#*/} --set $key.digest=$pushed"
+    helm_flags+=" --set $key.digest=$pushed"
   done
-  echo "images: chart values:$helm_flags" >&2
+  echo "images: chart values: --set image.registry=$dest$helm_flags" >&2
 }
 
 case "${1:-}" in

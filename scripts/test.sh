@@ -5,8 +5,9 @@
 #   agent faults against the metadata emulator      cargo test (e2e crate)
 #   real AWS SDKs (boto3, AWS CLI, Rust SDK) + moto  cargo test (e2e crate), peers from PyPI
 #   admission fuzzing, 60 s from the corpus          webhook/fuzz/run.sh (cargo-fuzz, libFuzzer)
-#   Helm chart lint/render/schema checks            scripts/chart-check.sh
 #   static binaries in an empty root                scripts/empty-root-test.sh
+#   OCI images without Docker, registry round trip  scripts/images-test.sh
+#   Helm chart lint/render/schema checks            scripts/chart-check.sh
 #   real API server                                 e2e/tests/apiserver.rs, needs ROLEBRIDGE_E2E_KUBECONFIG
 # Set ROLEBRIDGE_REQUIRE_PEERS=1 (CI does) to make a missing peer a failure instead of a skip.
 set -euo pipefail
@@ -47,10 +48,16 @@ step "fuzzing the admission path (60 s, libFuzzer)"
 bash webhook/fuzz/run.sh 60
 reclaim webhook/fuzz/target
 
-step "Helm chart"
-bash scripts/chart-check.sh
-
 step "static binaries in an empty root"
 bash scripts/empty-root-test.sh
+
+step "OCI images (build twice, loopback registry round trip, run unpacked)"
+bash scripts/images-test.sh
+
+# After the release build: the chart check also starts the shipped webhook with every rendered
+# configuration.
+step "Helm chart"
+ROLEBRIDGE_WEBHOOK_BIN="${CARGO_TARGET_DIR:-target}/$(uname -m)-unknown-linux-gnu/release/rolebridge-webhook" \
+  bash scripts/chart-check.sh
 
 step "all tests passed"
