@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2154 # the agent_*, probe, app_* arrays are set by `load`, by name
 # The whole rolebridge chain on one machine, no cloud account, no cluster:
 #   examples/job.yaml + examples/binding.yaml
 #     → rolebridge-webhook inject            (the exact mutation the webhook applies)
@@ -12,7 +13,6 @@
 # unmodified AWS CLI publishes into that account's bucket through the container credentials
 # protocol. Everything it starts is stopped on exit, Ctrl-C or failure.
 set -euo pipefail
-# shellcheck disable=SC2154 # the agent_*, probe, app_* arrays are set by `load`, by name
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
