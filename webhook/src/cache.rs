@@ -127,6 +127,11 @@ pub struct BindingCache {
 struct Work {
     groups: HashSet<Group>,
     pass: Option<Pass>,
+    /// Groups a worker is computing or writing: never handed to a second worker meanwhile
+    /// (both would write the same status before either recorded it), but due again once done
+    /// if a change or a pass reached them meanwhile (`again`).
+    in_flight: HashSet<Group>,
+    again: HashSet<Group>,
     relisting: bool,
     accounts_relisting: bool,
 }
@@ -187,25 +192,60 @@ impl BindingCache {
     }
 
     /// Up to `limit` groups whose status may have changed: those a change touched first, then
-    /// the next part of a full pass. Empty when there is nothing to do.
+    /// the next part of a full pass. Empty when there is nothing to do. The caller owns them
+    /// until it calls [`BindingCache::done`].
     pub fn take_work(&self, limit: usize) -> Vec<Group> {
         let mut work = self.work();
-        if !work.groups.is_empty() {
-            let take: Vec<Group> = work.groups.iter().take(limit).cloned().collect();
-            for g in &take {
-                work.groups.remove(g);
+        let Work {
+            groups,
+            pass,
+            in_flight,
+            again,
+            ..
+        } = &mut *work;
+        let mut take = Vec::new();
+        let mut offer = |g: Group, take: &mut Vec<Group>| {
+            if in_flight.contains(&g) {
+                again.insert(g);
+            } else {
+                take.push(g);
             }
-            return take;
-        }
-        let Some(pass) = work.pass.as_mut() else {
-            return Vec::new();
         };
-        match self.store.pass_chunk(pass, limit) {
-            Some(chunk) => chunk,
-            None => {
-                work.pass = None;
-                Vec::new()
+        while take.len() < limit {
+            let Some(g) = groups.iter().next().cloned() else {
+                break;
+            };
+            groups.remove(&g);
+            offer(g, &mut take);
+        }
+        // A chunk of the pass may be all in flight: go on to the next, or the pass would
+        // stall until the next change.
+        while take.is_empty() {
+            let Some(p) = pass.as_mut() else { break };
+            match self.store.pass_chunk(p, limit) {
+                Some(chunk) => chunk.into_iter().for_each(|g| offer(g, &mut take)),
+                None => *pass = None,
             }
+        }
+        in_flight.extend(take.iter().cloned());
+        take
+    }
+
+    /// A worker is finished with these groups (from [`BindingCache::take_work`]); those that
+    /// changed meanwhile are due again.
+    pub fn done(&self, finished: &[Group]) {
+        let mut work = self.work();
+        let mut due = false;
+        for g in finished {
+            work.in_flight.remove(g);
+            if work.again.remove(g) {
+                work.groups.insert(g.clone());
+                due = true;
+            }
+        }
+        drop(work);
+        if due {
+            self.changed.notify_waiters();
         }
     }
 
@@ -219,6 +259,7 @@ impl BindingCache {
     pub fn clear_work(&self) {
         let mut work = self.work();
         work.groups.clear();
+        work.again.clear();
         work.pass = None;
     }
 
@@ -630,9 +671,13 @@ mod tests {
         cache.on_binding(watcher::Event::InitDone);
         assert!(cache.is_synced() && !cache.is_fully_synced());
         // The list ends in a full pass over both groups, walked in chunks.
-        assert_eq!(cache.take_work(1).len(), 1);
-        assert_eq!(cache.take_work(10).len(), 1);
+        let first = cache.take_work(1);
+        assert_eq!(first.len(), 1);
+        let second = cache.take_work(10);
+        assert_eq!(second.len(), 1);
         assert!(cache.take_work(10).is_empty());
+        cache.done(&first);
+        cache.done(&second);
         // A change touches its own group only.
         cache.on_binding(watcher::Event::Apply(watched("a2", "app")));
         let app = Group::Account {
@@ -640,13 +685,20 @@ mod tests {
             service_account: "app".into(),
         };
         assert_eq!(cache.take_work(10), vec![app.clone()]);
+        // Changed again while a worker holds it: not handed to a second worker, due once done.
+        cache.on_binding(watcher::Event::Apply(watched("a3", "app")));
+        assert!(cache.take_work(10).is_empty());
+        cache.done(std::slice::from_ref(&app));
+        assert_eq!(cache.take_work(10), vec![app.clone()]);
+        cache.done(std::slice::from_ref(&app));
         // A relist after an outage that no longer sees "b" nor "a2": they are gone; the full
         // pass that follows covers what is left.
         cache.on_binding(watcher::Event::Init);
         cache.on_binding(watcher::Event::InitApply(watched("a", "app")));
         cache.on_binding(watcher::Event::InitDone);
         assert!(cache.store.bindings_for("ns", "other").is_none());
-        assert_eq!(cache.take_work(10), vec![app]);
+        assert_eq!(cache.take_work(10), vec![app.clone()]);
+        cache.done(&[app]);
         // An invalid spec is counted and kept for its status.
         let mut bad = watched("c", "app");
         bad.spec = serde_json::json!({"serviceAccountName": "app", "roleArn": "nope"});

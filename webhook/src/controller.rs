@@ -182,18 +182,19 @@ async fn worker(
             continue;
         }
         let now = now();
-        for group in groups {
+        for group in &groups {
             written += process(
                 &client,
                 &cache,
                 &metrics,
                 &leadership,
                 &retries,
-                group,
+                group.clone(),
                 &now,
             )
             .await;
         }
+        cache.done(&groups);
         metrics
             .conflicts
             .set(cache.store().counts().conflicts as i64);
