@@ -29,7 +29,8 @@ TARGET=x86_64-unknown-linux-gnu
 AUD=sts.amazonaws.com
 
 echo "building release agent (static) and the emulator..." >&2
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release -p rolebridge-agent --target "$TARGET"
+# The shipped binary: the same static build as the images (cargo does nothing when fresh).
+bash scripts/static-build.sh --target "$TARGET" >&2
 cargo build --quiet -p rolebridge-e2e --bin gke-metadata-emulator --bin endpoint-bench
 AGENT="target/$TARGET/release/rolebridge-agent"
 EMU=target/debug/gke-metadata-emulator
