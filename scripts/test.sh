@@ -9,7 +9,8 @@
 #   OCI images without Docker, registry round trip  scripts/images-test.sh
 #   Helm chart lint/render/schema checks            scripts/chart-check.sh
 #   real API server                                 e2e/tests/apiserver.rs, needs ROLEBRIDGE_E2E_KUBECONFIG
-# Set ROLEBRIDGE_REQUIRE_PEERS=1 (CI does) to make a missing peer a failure instead of a skip.
+# A missing peer fails its test (this script installs them first); ROLEBRIDGE_SKIP_MISSING_PEERS=1
+# makes it a skip instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -4,8 +4,8 @@
 //! chained role, read S3, and see credentials that expire after `durationSeconds`; what the
 //! agent sent STS is read back from moto's request recorder.
 //!
-//! Skipped (with a message) when the peers are missing, unless ROLEBRIDGE_REQUIRE_PEERS=1;
-//! install them with e2e/sdk/install-peers.sh.
+//! A missing peer fails the test (install them with e2e/sdk/install-peers.sh), unless
+//! ROLEBRIDGE_SKIP_MISSING_PEERS=1 asks for a skip.
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -1,8 +1,8 @@
 //! Real AWS SDKs against a real peer (moto's server as STS and S3): with only the environment
 //! the webhook injects, each SDK federates through the token file the agent keeps fresh.
 //!
-//! Skipped (with a message) when python/boto3/moto/awscli are missing, unless
-//! ROLEBRIDGE_REQUIRE_PEERS=1; install them with e2e/sdk/install-peers.sh.
+//! A missing python/boto3/moto/awscli fails the test (install them with
+//! e2e/sdk/install-peers.sh), unless ROLEBRIDGE_SKIP_MISSING_PEERS=1 asks for a skip.
 
 use std::path::Path;
 use std::time::Duration;
