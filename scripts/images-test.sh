@@ -81,17 +81,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-tag="$(cd "$repo_root" && cargo metadata --no-deps --format-version 1 --offline |
-  python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "rolebridge-webhook"))')"
+# The tag images.sh gives the layouts (the crate version): one rule, in images.sh.
+tag="$(bash "$repo_root/scripts/images.sh" version)"
 build_args=()
 while IFS= read -r kv; do
   [[ $kv == SOURCE_DATE_EPOCH=* ]] || build_args+=(--build-arg "$kv")
 done < <(bash "$repo_root/scripts/images.sh" build-args | tr ' ' '\n' | grep -v -e '^--build-arg$' -e '^$')
 
-digests_of() { # DIR: "name digest" per image, from the layouts' index.json
-  for name in "${images[@]}"; do
-    echo "$name $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' "$1/$name/index.json")"
-  done
+digests_of() { # DIR: the layouts' NAME:TAG@DIGEST lines, from images.sh
+  IMAGES_OUT="$1" bash "$repo_root/scripts/images.sh" digests
 }
 
 step "unit tests of images/oci-image.py"
@@ -214,7 +212,7 @@ fi
 cat "$work/push.out"
 
 for name in "${images[@]}"; do
-  want="$prefix/rolebridge-$name@$(grep "^$name " <<<"$first" | cut -d' ' -f2)"
+  want="$prefix/rolebridge-$name@$(grep "^rolebridge-$name:" <<<"$first" | cut -d@ -f2)"
   if grep -qxF "$want" "$work/push.out"; then
     ok "push printed $want (the digest built here)"
   else

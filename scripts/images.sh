@@ -6,6 +6,7 @@
 #                                          # pushes both, prints NAME@sha256:... for the chart
 #   scripts/images.sh build-args           # the --build-arg flags that give a Docker build the same labels
 #   scripts/images.sh digests              # the manifest digests of the built layouts
+#   scripts/images.sh version              # the tag: the crate version
 #
 # build: scripts/static-build.sh (the static binaries scripts/empty-root-test.sh tests; cargo
 # does nothing when they are fresh, --no-build skips it), images/make-rootfs.sh (the root
@@ -30,7 +31,7 @@ out_dir="${IMAGES_OUT:-${CARGO_TARGET_DIR:-$repo_root/target}/images}"
 images=(webhook agent)
 ca_bundle=/etc/ssl/certs/ca-certificates.crt
 
-usage() { sed -n '2,8p' "$0" >&2; exit 2; }
+usage() { sed -n '2,9p' "$0" >&2; exit 2; }
 die() { echo "images: $*" >&2; exit 1; }
 
 version() {
@@ -158,10 +159,11 @@ case "${1:-}" in
   build) shift; cmd_build "$@" ;;
   push) shift; cmd_push "$@" ;;
   digests) shift; cmd_digests ;;
+  version) version ;;
   build-args)
     while IFS= read -r kv; do printf -- '--build-arg %s ' "$kv"; done < <(arg_values)
     echo ;;
-  -h|--help) sed -n '2,24p' "$0" ;;
+  -h|--help) sed -n '2,25p' "$0" ;;
   "") usage ;;
   *) echo "images: unknown command $1" >&2; usage ;;
 esac

@@ -43,7 +43,7 @@ fi
 
 step "the README's demo (inject → agent → moto; web identity, then a cross-account chain)"
 bash scripts/demo.sh
-reclaim target/debug
+reclaim "${CARGO_TARGET_DIR:-target}/debug"
 
 step "fuzzing the admission path (60 s, libFuzzer)"
 bash webhook/fuzz/run.sh 60
@@ -58,7 +58,7 @@ bash scripts/images-test.sh
 # After the release build: the chart check also starts the shipped webhook with every rendered
 # configuration.
 step "Helm chart"
-ROLEBRIDGE_WEBHOOK_BIN="${CARGO_TARGET_DIR:-target}/$(uname -m)-unknown-linux-gnu/release/rolebridge-webhook" \
+ROLEBRIDGE_WEBHOOK_BIN="$(bash scripts/static-build.sh --print-dir)/rolebridge-webhook" \
   bash scripts/chart-check.sh
 
 step "all tests passed"

@@ -211,10 +211,10 @@ impl BindingCache {
                 take.push(g);
             }
         };
-        while take.len() < limit {
-            let Some(g) = groups.iter().next().cloned() else {
-                break;
-            };
+        // One walk of the set per call, not one per group taken: after a burst of 100k
+        // changes each walk starts past the slots already emptied.
+        let first: Vec<Group> = groups.iter().take(limit).cloned().collect();
+        for g in first {
             groups.remove(&g);
             offer(g, &mut take);
         }
