@@ -8,7 +8,7 @@
 #   static binaries in an empty root                scripts/empty-root-test.sh
 #   OCI images without Docker, registry round trip  scripts/images-test.sh
 #   Helm chart lint/render/schema checks            scripts/chart-check.sh
-#   real API server                                 e2e/tests/apiserver.rs, needs ROLEBRIDGE_E2E_KUBECONFIG
+#   real API server                                 scripts/apiserver-test.sh (../shared/kube, else skipped)
 # A missing peer fails its test (this script installs them first); ROLEBRIDGE_SKIP_MISSING_PEERS=1
 # makes it a skip instead.
 set -euo pipefail
@@ -34,12 +34,8 @@ fi
 step "cargo tests (all crates)"
 cargo test --workspace --locked --no-fail-fast
 
-step "real API server (e2e/tests/apiserver.rs)"
-if [[ -n "${ROLEBRIDGE_E2E_KUBECONFIG:-}" ]]; then
-  cargo test --locked -p rolebridge-e2e --test apiserver -- --ignored
-else
-  echo "SKIPPED: ROLEBRIDGE_E2E_KUBECONFIG is not set (no API server here); the suite stays ignored"
-fi
+step "real API server (e2e/tests/apiserver.rs; ../shared/kube or ROLEBRIDGE_E2E_KUBECONFIG)"
+bash scripts/apiserver-test.sh
 
 step "the README's demo (inject → agent → moto; web identity, then a cross-account chain)"
 bash scripts/demo.sh

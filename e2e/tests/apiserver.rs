@@ -7,6 +7,15 @@
 //! cannot disturb anything else on the cluster. Pods never need to run: the assertions are on
 //! stored objects, so no nodes are required.
 //!
+//! Two webhook replicas elect a status writer through a Lease in a namespace of their own; a
+//! third is started with a `--namespace` that does not exist and must say so (log and metric)
+//! instead of stalling silently. Golden cases of the credentials-endpoint and web identity
+//! deliveries (`webhook/tests/golden/`) are replayed through the API server, and what it stores
+//! must be what the golden case says (plus the API server's own defaults).
+//!
+//! `scripts/apiserver-test.sh` (run by `scripts/test.sh`) starts `../shared/kube`'s
+//! kube-apiserver 1.36 for it when no cluster is given.
+//!
 //! The API server must reach the webhook: `ROLEBRIDGE_E2E_WEBHOOK_HOST` (default 127.0.0.1,
 //! right for an API server on this host) is the address it is registered under, e.g. the
 //! docker bridge gateway for a kind cluster.
@@ -19,22 +28,170 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, Config};
 use serde_json::{Value, json};
 
+#[path = "apiserver/golden.rs"]
+mod golden;
+
 const MANAGER: &str = "rolebridge-e2e";
 
-struct Webhook(Child);
+/// A webhook process, killed when dropped.
+struct Webhook {
+    child: Child,
+    admin_port: u16,
+    /// Its stderr, for the assertions on what it logs.
+    log: std::path::PathBuf,
+}
 
 impl Drop for Webhook {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Captured by the test harness: shown only when the test fails.
+        let log = self.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        eprintln!("--- last lines of {}:", self.log.display());
+        for line in tail.iter().rev() {
+            eprintln!("{line}");
+        }
     }
+}
+
+impl Webhook {
+    /// `/metrics` of its admin port.
+    fn metrics(&self) -> Option<String> {
+        admin_get(self.admin_port, "/metrics")
+    }
+
+    /// The value of the sample `series` (name and labels, as exposed), 0 when absent.
+    fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .and_then(|text| metric_value(&text, series))
+            .unwrap_or(0.0)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// `GET path` on a plain-HTTP admin port: the body of a 200, else `None`.
+fn admin_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    if !reply.starts_with("HTTP/1.0 200") && !reply.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    reply
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+}
+
+fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// How one webhook replica is started.
+struct Replica<'a> {
+    /// Its HOSTNAME: the Lease holder identity starts with it.
+    hostname: &'a str,
+    /// `--namespace`: where its status Lease lives.
+    namespace: &'a str,
+    /// The admission port, or `None` for a replica the API server never calls.
+    port: Option<u16>,
+}
+
+/// The serving certificate the webhooks share, and the CA the API server trusts.
+struct Certs {
+    dir: tempfile::TempDir,
+    ca_pem: String,
+}
+
+fn certificates(host: IpAddr) -> anyhow::Result<Certs> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "rolebridge e2e CA");
+    let ca = ca_params.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.subject_alt_names = vec![rcgen::SanType::IpAddress(host)];
+    let cert = params.signed_by(&key, &issuer)?;
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("tls.crt"), cert.pem())?;
+    std::fs::write(dir.path().join("tls.key"), key.serialize_pem())?;
+    Ok(Certs {
+        dir,
+        ca_pem: ca.pem(),
+    })
+}
+
+/// Starts a replica with the webhook's default mutation flags (so that golden cases without a
+/// `config` describe what it does) and waits until it is ready.
+async fn start_webhook(
+    replica: Replica<'_>,
+    host: IpAddr,
+    certs: &Certs,
+    kubeconfig: &std::ffi::OsStr,
+) -> anyhow::Result<Webhook> {
+    let port = match replica.port {
+        Some(p) => p,
+        None => free_port(host),
+    };
+    let admin_port = free_port("127.0.0.1".parse()?);
+    let listen = if host.is_loopback() {
+        host.to_string()
+    } else {
+        "0.0.0.0".into()
+    };
+    let log = certs.dir.path().join(format!("{}.log", replica.hostname));
+    let stderr = std::fs::File::create(&log)?;
+    let child = Command::new(webhook_binary())
+        .args(["serve", "--listen", &format!("{listen}:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+        .arg("--tls-cert")
+        .arg(certs.dir.path().join("tls.crt"))
+        .arg("--tls-key")
+        .arg(certs.dir.path().join("tls.key"))
+        .args(["--namespace", replica.namespace, "--sidecar-mode", "auto"])
+        .args(["--log-format", "json"])
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOSTNAME", replica.hostname)
+        .stdout(Stdio::inherit())
+        .stderr(stderr)
+        .spawn()?;
+    let webhook = Webhook {
+        child,
+        admin_port,
+        log,
+    };
+    wait_for(
+        &format!("webhook {} to be ready", replica.hostname),
+        Duration::from_secs(60),
+        || async { admin_get(admin_port, "/readyz").map(|_| Value::Null) },
+    )
+    .await;
+    Ok(webhook)
 }
 
 fn free_port(host: IpAddr) -> u16 {
@@ -142,7 +299,16 @@ async fn webhook_against_a_real_api_server() {
     let mwcs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let _ = mwcs.delete(&mwc_name, &DeleteParams::default()).await;
     let nss: Api<Namespace> = Api::all(client.clone());
-    let _ = nss.delete(&ns, &DeleteParams::default()).await;
+    for selector in [
+        format!("rolebridge-e2e={run}"),
+        format!("rolebridge-e2e-run={run}"),
+    ] {
+        let listed = nss.list(&ListParams::default().labels(&selector)).await;
+        for n in listed.map(|l| l.items).unwrap_or_default() {
+            let name = n.metadata.name.unwrap_or_default();
+            let _ = nss.delete(&name, &DeleteParams::default()).await;
+        }
+    }
     if let Err(e) = result {
         panic!("{e:#}");
     }
@@ -178,64 +344,69 @@ async fn scenario(
     )
     .await;
 
-    // 2. Certificates and the webhook process.
+    // 2. Certificates, the webhooks' own namespace and two replicas electing a status writer
+    // there; a third replica is told a namespace that does not exist.
     let host: IpAddr = std::env::var("ROLEBRIDGE_E2E_WEBHOOK_HOST")
         .unwrap_or_else(|_| "127.0.0.1".into())
         .parse()?;
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "rolebridge e2e CA");
-    let ca = ca_params.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate()?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    params.subject_alt_names = vec![rcgen::SanType::IpAddress(host)];
-    let cert = params.signed_by(&key, &issuer)?;
-    let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("tls.crt"), cert.pem())?;
-    std::fs::write(dir.path().join("tls.key"), key.serialize_pem())?;
-
+    let certs = certificates(host)?;
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let system_ns = format!("{ns}-system");
+    let missing_ns = format!("{ns}-missing");
+    nss.patch(
+        &system_ns,
+        &ssa,
+        &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": system_ns, "labels": {"rolebridge-e2e-run": run}}})),
+    )
+    .await?;
     let port = free_port(host);
-    let admin_port = free_port("127.0.0.1".parse()?);
-    let listen = if host.is_loopback() {
-        host.to_string()
-    } else {
-        "0.0.0.0".into()
-    };
-    let _webhook = Webhook(
-        Command::new(webhook_binary())
-            .args(["serve", "--listen", &format!("{listen}:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-            .arg("--tls-cert")
-            .arg(dir.path().join("tls.crt"))
-            .arg("--tls-key")
-            .arg(dir.path().join("tls.key"))
-            .args(["--namespace", "rolebridge-system", "--sidecar-mode", "auto"])
-            .args(["--agent-image", "example.com/rolebridge-agent:e2e"])
-            .env("KUBECONFIG", kubeconfig)
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            .spawn()?,
-    );
+    let leader = start_webhook(
+        Replica {
+            hostname: "replica-a",
+            namespace: &system_ns,
+            port: Some(port),
+        },
+        host,
+        &certs,
+        kubeconfig,
+    )
+    .await?;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &system_ns);
     wait_for(
-        "the webhook to be ready",
-        Duration::from_secs(60),
+        "replica-a to hold the status Lease",
+        Duration::from_secs(30),
         || async {
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", admin_port)).ok()?;
-            s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").ok()?;
-            let mut reply = String::new();
-            s.read_to_string(&mut reply).ok()?;
-            reply.starts_with("HTTP/1.0 200").then_some(Value::Null)
+            let lease = leases.get_opt("rolebridge-webhook").await.ok()??;
+            let holder = lease.spec?.holder_identity?;
+            holder.starts_with("replica-a_").then_some(Value::Null)
         },
     )
     .await;
+    let follower = start_webhook(
+        Replica {
+            hostname: "replica-b",
+            namespace: &system_ns,
+            port: None,
+        },
+        host,
+        &certs,
+        kubeconfig,
+    )
+    .await?;
+    let stranded = start_webhook(
+        Replica {
+            hostname: "replica-stranded",
+            namespace: &missing_ns,
+            port: None,
+        },
+        host,
+        &certs,
+        kubeconfig,
+    )
+    .await?;
 
     // 3. The test namespace, intercepted by a webhook configuration of this run only.
-    let nss: Api<Namespace> = Api::all(client.clone());
     nss.patch(
         ns,
         &ssa,
@@ -243,7 +414,7 @@ async fn scenario(
             "metadata": {"name": ns, "labels": {"rolebridge-e2e": run}}})),
     )
     .await?;
-    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(ca.pem());
+    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&certs.ca_pem);
     let mwc = json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
@@ -258,6 +429,7 @@ async fn scenario(
             "clientConfig": {"url": format!("https://{host}:{port}/mutate"), "caBundle": ca_bundle},
             "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
                        "resources": ["pods"], "scope": "Namespaced"}],
+            // This run's namespaces: the main one and one per replayed golden case.
             "namespaceSelector": {"matchLabels": {"rolebridge-e2e": run}},
         }],
     });
@@ -455,8 +627,94 @@ async fn scenario(
         .await;
     }
 
-    // 11. Role chains, session durations and tags (issue 7).
-    chained_bindings(client, &bindings, &pods, ns).await
+    // 11. Status was written by the Lease holder only.
+    anyhow::ensure!(
+        leader.metric("rolebridge_status_leader") == 1.0
+            && leader.metric("rolebridge_status_writes_total{result=\"ok\"}") >= 5.0,
+        "the leader wrote no status: {:?}",
+        leader.metrics()
+    );
+    anyhow::ensure!(
+        follower.metric("rolebridge_status_leader") == 0.0
+            && follower
+                .metrics()
+                .is_some_and(|m| !m.contains("rolebridge_status_writes_total{")),
+        "the replica without the Lease wrote status: {:?}",
+        follower.metrics()
+    );
+
+    // 12. Role chains, session durations and tags (issue 7).
+    chained_bindings(client, &bindings, &pods, ns).await?;
+
+    // 13. What the API server stores is what the golden cases say.
+    golden::replay(client, ns, run).await?;
+
+    // 14. The replica whose --namespace does not exist says so, and heals once it exists.
+    stranded_replica(&stranded, &nss, &missing_ns, run).await
+}
+
+/// The status writer of a replica told a namespace that does not exist: one error naming the
+/// flag and the namespace, repeated with backoff (not every retry period), the
+/// `status_leader_blocked` gauge, and healing without a restart once the namespace exists.
+async fn stranded_replica(
+    stranded: &Webhook,
+    nss: &Api<Namespace>,
+    missing_ns: &str,
+    run: &str,
+) -> anyhow::Result<()> {
+    let series = "rolebridge_status_leader_blocked{reason=\"namespace_missing\"}";
+    wait_for(
+        "the stranded replica's blocked gauge",
+        Duration::from_secs(30),
+        || async { (stranded.metric(series) == 1.0).then_some(Value::Null) },
+    )
+    .await;
+    let errors = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("\"level\":\"ERROR\"") && l.contains("status Lease"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let first = errors(&stranded.log_text());
+    anyhow::ensure!(
+        !first.is_empty(),
+        "no error logged: {}",
+        stranded.log_text()
+    );
+    anyhow::ensure!(
+        first[0].contains("--namespace") && first[0].contains(missing_ns),
+        "the error must name the flag and the namespace: {}",
+        first[0]
+    );
+    // At a 2 s retry period, 7 s would bring 3 more lines; the backoff (4 s, 8 s...) one at most.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let later = errors(&stranded.log_text());
+    anyhow::ensure!(
+        later.len() <= first.len() + 1,
+        "the error repeats without backoff: {later:#?}"
+    );
+    anyhow::ensure!(
+        stranded.metric("rolebridge_status_leader") == 0.0,
+        "a stranded replica cannot lead"
+    );
+
+    nss.patch(
+        missing_ns,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": missing_ns, "labels": {"rolebridge-e2e-run": run}}})),
+    )
+    .await?;
+    wait_for(
+        "the stranded replica to heal once its namespace exists",
+        Duration::from_secs(40),
+        || async {
+            (stranded.metric(series) == 0.0 && stranded.metric("rolebridge_status_leader") == 1.0)
+                .then_some(Value::Null)
+        },
+    )
+    .await;
+    Ok(())
 }
 
 const CHAINED_RULE_MESSAGE: &str = "durationSeconds must be at most 3600 when chain is set: STS caps a chained role session at one hour";
@@ -510,6 +768,11 @@ async fn chained_bindings(
             json!({"chain": [{"roleArn": target, "externalId": "has space"}]}),
             "externalId",
         ),
+        (
+            "bad-tags",
+            json!({"chain": [hop.clone()], "sessionTags": "yes"}),
+            "sessionTags",
+        ),
     ] {
         let err = create(name, extra).await.expect_err(&format!(
             "binding {name} must be rejected by the API server"
@@ -529,6 +792,11 @@ async fn chained_bindings(
     create(
         "long-session",
         json!({"durationSeconds": 43200, "containers": ["other"]}),
+    )
+    .await?;
+    create(
+        "untagged",
+        json!({"chain": [hop.clone()], "sessionTags": false, "containers": ["quiet"]}),
     )
     .await?;
 
@@ -571,6 +839,15 @@ async fn chained_bindings(
         stored["metadata"]["annotations"]["rolebridge.io/credentials-port"] == "24118",
         "port annotation: {}",
         stored["metadata"]["annotations"]
+    );
+    // sessionTags: false reaches the agent.
+    let mut p = pod("quiet", "chain-sa", json!({}));
+    p.spec.as_mut().unwrap().containers[0].name = "quiet".into();
+    let stored = serde_json::to_value(pods.create(&PostParams::default(), &p).await?)?;
+    let args = stored["spec"]["initContainers"][0]["args"].to_string();
+    anyhow::ensure!(
+        args.contains(r#"\"sessionTags\":false"#),
+        "agent args lack sessionTags false: {args}"
     );
     // Its loopback would be the node's: a host-network pod is denied.
     let mut host = pod("host", "chain-sa", json!({}));

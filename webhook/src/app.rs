@@ -181,7 +181,13 @@ async fn bindings(
     let cache = Arc::new(BindingCache::new(metrics.clone(), live));
     cache.run_watches(client.clone());
     let lease_namespace = own_namespace.unwrap_or(client.default_namespace());
-    let leadership = lease::start(&client, &args.leader, lease_namespace, stop.clone());
+    let leadership = lease::start(
+        &client,
+        &args.leader,
+        lease_namespace,
+        lease::Report::of(metrics),
+        stop.clone(),
+    );
     tokio::spawn(controller::run(
         client.clone(),
         cache.clone(),

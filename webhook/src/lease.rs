@@ -13,14 +13,25 @@
 //! expire for the others (`renew_deadline < lease_duration`). On shutdown the leader releases
 //! the Lease, so a rolling update hands over within one `retry_period` instead of a
 //! `lease_duration`. A new leader reconciles every binding once (see the controller).
+//!
+//! A Lease that cannot be created or renewed for a reason that retrying will not fix (its
+//! namespace does not exist, or RBAC forbids it: [`Blocked`]) means that no replica writes any
+//! binding status, ever, while admissions keep working: a silent stall. So it is loud: one
+//! error naming the flag, the namespace and the fix, repeated with a growing interval (not
+//! every retry period), and the `rolebridge_status_leader_blocked` gauge. The election keeps
+//! trying, so creating the namespace or granting the Role heals it without a restart.
 
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+use crate::metrics::{Metrics, ReasonLabel};
 
 /// Leader-election flags of `serve`.
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
@@ -105,6 +116,106 @@ pub fn step(
     }
 }
 
+/// Why the Lease cannot be used, when waiting will not fix it: an operator has to act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocked {
+    /// The Lease's namespace does not exist (a wrong `--namespace`, or the webhook runs out of
+    /// cluster with a namespace nobody created).
+    NamespaceMissing,
+    /// RBAC forbids the webhook's identity to read or write Leases there.
+    Forbidden,
+}
+
+/// The longest wait between attempts while [`Blocked`], so a fix is noticed within minutes.
+pub const BLOCKED_BACKOFF_CAP: Duration = Duration::from_secs(300);
+
+impl Blocked {
+    pub const ALL: [Blocked; 2] = [Blocked::NamespaceMissing, Blocked::Forbidden];
+
+    /// Whether `error` is one of the failures that will not fix themselves. A 404 on the Lease
+    /// itself is not an error (`get_opt`); a 404 naming the namespace is.
+    pub fn of(error: &kube::Error) -> Option<Blocked> {
+        let kube::Error::Api(status) = error else {
+            return None;
+        };
+        match status.code {
+            403 => Some(Blocked::Forbidden),
+            404 if status
+                .details
+                .as_ref()
+                .is_some_and(|d| d.kind == "namespaces") =>
+            {
+                Some(Blocked::NamespaceMissing)
+            }
+            _ => None,
+        }
+    }
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Blocked::NamespaceMissing => "namespace_missing",
+            Blocked::Forbidden => "forbidden",
+        }
+    }
+
+    /// What the operator reads: the symptom, the cause and the fix, naming the flag.
+    pub fn advice(self, namespace: &str, lease: &str) -> String {
+        let effect =
+            "no AWSRoleBinding gets a status until this is fixed (admissions are unaffected)";
+        match self {
+            Blocked::NamespaceMissing => format!(
+                "the status Lease {lease:?} cannot be created: namespace {namespace:?} does not exist; \
+                 set --namespace (ROLEBRIDGE_NAMESPACE) to the namespace the webhook runs in, or \
+                 create {namespace:?}; {effect}"
+            ),
+            Blocked::Forbidden => format!(
+                "the status Lease {lease:?} in namespace {namespace:?} is forbidden to this \
+                 webhook's identity; grant it get, create and update on coordination.k8s.io \
+                 leases in {namespace:?} (the chart's Role does), or set --namespace \
+                 (ROLEBRIDGE_NAMESPACE) to the namespace that Role is in; {effect}"
+            ),
+        }
+    }
+}
+
+/// The wait before the next attempt: the retry period, doubling from it while [`Blocked`] (the
+/// `streak`-th blocked attempt in a row) up to [`BLOCKED_BACKOFF_CAP`].
+pub fn next_attempt_in(blocked_streak: u32, t: &Timings) -> Duration {
+    if blocked_streak == 0 {
+        return t.retry_period;
+    }
+    let doubled = t
+        .retry_period
+        .saturating_mul(1u32 << blocked_streak.min(16));
+    doubled.min(BLOCKED_BACKOFF_CAP.max(t.retry_period))
+}
+
+/// What the election reports to the metrics: whether this replica leads, and why it cannot.
+#[derive(Clone, Default)]
+pub struct Report {
+    pub leading: Gauge,
+    pub blocked: Family<ReasonLabel, Gauge>,
+}
+
+impl Report {
+    pub fn of(metrics: &Metrics) -> Report {
+        Report {
+            leading: metrics.status_leader.clone(),
+            blocked: metrics.status_leader_blocked.clone(),
+        }
+    }
+
+    fn blocked(&self, now: Option<Blocked>) {
+        for b in Blocked::ALL {
+            let label = ReasonLabel { reason: b.as_str() };
+            self.blocked
+                .get_or_create(&label)
+                .set(i64::from(now == Some(b)));
+        }
+    }
+}
+
 /// This replica's identity: the pod name (its hostname) and a random suffix, so a restarted
 /// pod of the same name does not mistake its predecessor's Lease for its own.
 pub fn identity() -> String {
@@ -168,70 +279,126 @@ pub fn start(
     client: &kube::Client,
     args: &LeaderArgs,
     namespace: &str,
+    report: Report,
     stop: watch::Receiver<bool>,
 ) -> Leadership {
     if !args.leader_election {
         tracing::info!("leader election off: this replica writes binding status");
+        report.leading.set(1);
         return Leadership::always();
     }
     let (tx, rx) = watch::channel(false);
     tokio::spawn(run(
         Api::namespaced(client.clone(), namespace),
-        args.lease_name.clone(),
+        Target {
+            namespace: namespace.to_owned(),
+            name: args.lease_name.clone(),
+        },
         identity(),
         Timings::default(),
-        tx,
-        stop,
+        Channels {
+            leading: tx,
+            stop,
+            report,
+        },
     ));
     Leadership::new(rx)
+}
+
+/// Which Lease the election is about (the namespace is for the operator's messages).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// How the election talks to the rest of the webhook.
+pub struct Channels {
+    /// Published: whether this replica leads.
+    pub leading: watch::Sender<bool>,
+    /// Read: true once the webhook stops (the Lease is then released).
+    pub stop: watch::Receiver<bool>,
+    pub report: Report,
 }
 
 /// Runs the election until `stop` turns true (then releases the Lease if held), publishing
 /// whether this replica leads on `leading`.
 pub async fn run(
     api: Api<Lease>,
-    name: String,
+    target: Target,
     me: String,
     timings: Timings,
-    leading: watch::Sender<bool>,
-    mut stop: watch::Receiver<bool>,
+    channels: Channels,
 ) {
+    let Channels {
+        leading,
+        mut stop,
+        report,
+    } = channels;
+    let name = target.name.as_str();
     let mut seen: Option<(Record, Instant)> = None;
     let mut renewed: Option<Instant> = None;
+    let mut blocked_streak = 0u32;
+    let publish = |lead: bool| {
+        report.leading.set(i64::from(lead));
+        leading.send_if_modified(|l| std::mem::replace(l, lead) != lead);
+    };
     loop {
         let now = Instant::now();
-        match attempt(&api, &name, &me, &timings, &mut seen, now).await {
+        let outcome = attempt(&api, name, &me, &timings, &mut seen, now).await;
+        let blocked = outcome.as_ref().err().and_then(Blocked::of);
+        report.blocked(blocked);
+        match (blocked, blocked_streak) {
+            (None, n) if n > 0 => {
+                tracing::info!(lease = %name, namespace = %target.namespace, "the status Lease is usable again")
+            }
+            (Some(b), _) => tracing::error!(
+                lease = %name, namespace = %target.namespace, reason = b.as_str(),
+                retry_in = ?next_attempt_in(blocked_streak + 1, &timings),
+                "{}", b.advice(&target.namespace, name)
+            ),
+            _ => {}
+        }
+        blocked_streak = if blocked.is_some() {
+            blocked_streak + 1
+        } else {
+            0
+        };
+        match outcome {
             Ok(true) => {
                 if renewed.is_none() {
                     tracing::info!(lease = %name, identity = %me, "leading: this replica writes binding status");
                 }
                 renewed = Some(now);
-                leading.send_if_modified(|l| !std::mem::replace(l, true));
+                publish(true);
             }
             Ok(false) => {
                 if renewed.take().is_some() {
                     tracing::warn!(lease = %name, "lost the lease to another replica");
                 }
-                leading.send_if_modified(|l| std::mem::replace(l, false));
+                publish(false);
             }
             Err(error) => {
-                tracing::warn!(lease = %name, %error, "lease update failed");
+                if blocked.is_none() {
+                    tracing::warn!(lease = %name, %error, "lease update failed");
+                }
                 // Stop writing before the others may consider the Lease expired.
                 if renewed.is_some_and(|at| now.duration_since(at) >= timings.renew_deadline) {
                     tracing::warn!(lease = %name, "could not renew the lease in time; no longer leading");
                     renewed = None;
-                    leading.send_if_modified(|l| std::mem::replace(l, false));
+                    publish(false);
                 }
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(timings.retry_period) => {}
+            _ = tokio::time::sleep(next_attempt_in(blocked_streak, &timings)) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
     }
     if renewed.is_some() {
         leading.send_replace(false);
-        match release(&api, &name, &me).await {
+        report.leading.set(0);
+        match release(&api, name, &me).await {
             Ok(()) => tracing::info!(lease = %name, "lease released"),
             Err(error) => tracing::warn!(lease = %name, %error, "could not release the lease"),
         }
@@ -349,6 +516,56 @@ mod tests {
             Step::Acquire
         );
         assert!(t.renew_deadline < t.lease_duration);
+    }
+
+    fn api_error(code: u16, kind: &str) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            details: Some(kube::core::response::StatusDetails {
+                name: String::new(),
+                group: String::new(),
+                kind: kind.into(),
+                uid: String::new(),
+                causes: Vec::new(),
+                retry_after_seconds: 0,
+            }),
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn only_failures_an_operator_must_fix_block() {
+        assert_eq!(
+            Blocked::of(&api_error(404, "namespaces")),
+            Some(Blocked::NamespaceMissing)
+        );
+        assert_eq!(
+            Blocked::of(&api_error(403, "leases")),
+            Some(Blocked::Forbidden)
+        );
+        for transient in [
+            api_error(404, "leases"),
+            api_error(409, "leases"),
+            api_error(500, ""),
+            api_error(503, ""),
+            api_error(429, ""),
+        ] {
+            assert_eq!(Blocked::of(&transient), None, "{transient}");
+        }
+        let advice = Blocked::NamespaceMissing.advice("rolebridge-system", "rolebridge-webhook");
+        assert!(advice.contains("--namespace") && advice.contains("\"rolebridge-system\""));
+        let advice = Blocked::Forbidden.advice("rb", "rolebridge-webhook");
+        assert!(advice.contains("leases") && advice.contains("--namespace"));
+    }
+
+    #[test]
+    fn blocked_attempts_back_off_to_a_cap() {
+        let t = Timings::default();
+        assert_eq!(next_attempt_in(0, &t), t.retry_period);
+        let waits: Vec<Duration> = (1..20).map(|n| next_attempt_in(n, &t)).collect();
+        assert_eq!(waits[0], t.retry_period * 2);
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
+        assert_eq!(*waits.last().unwrap(), BLOCKED_BACKOFF_CAP);
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub connections_closed: Family<ReasonLabel, Counter>,
     pub requests_shed: Family<ReasonLabel, Counter>,
     pub body_bytes: Gauge,
+    pub status_leader: Gauge,
+    pub status_leader_blocked: Family<ReasonLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -151,6 +153,18 @@ impl Metrics {
             "Request-body bytes held in memory (bounded by --body-budget)",
             body_bytes.clone(),
         );
+        let status_leader = Gauge::default();
+        registry.register(
+            "status_leader",
+            "1 while this replica holds the status Lease (or does not elect) and writes binding status",
+            status_leader.clone(),
+        );
+        let status_leader_blocked = Family::default();
+        registry.register(
+            "status_leader_blocked",
+            "1 while the status Lease cannot be taken for a reason that will not fix itself, by reason (namespace_missing, forbidden): no replica writes binding status",
+            status_leader_blocked.clone(),
+        );
         Metrics {
             registry,
             admissions,
@@ -166,6 +180,8 @@ impl Metrics {
             connections_closed,
             requests_shed,
             body_bytes,
+            status_leader,
+            status_leader_blocked,
         }
     }
 

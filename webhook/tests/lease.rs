@@ -30,11 +30,17 @@ fn candidate(stub: &StubApi, me: &str) -> Candidate {
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(lease::run(
         api,
-        "rolebridge-webhook".into(),
+        lease::Target {
+            namespace: "rolebridge".into(),
+            name: "rolebridge-webhook".into(),
+        },
         me.into(),
         T,
-        tx,
-        stop_rx,
+        lease::Channels {
+            leading: tx,
+            stop: stop_rx,
+            report: lease::Report::default(),
+        },
     ));
     Candidate {
         leading,
