@@ -16,8 +16,8 @@
 //!   ([`credentials_uri`]) with the AWS container credentials protocol, guarded by a per-pod
 //!   authorization token in [`AUTH_TOKEN_PATH`].
 //!
-//! Deliberately small: std, serde and serde_json only, because the agent is linked into every
-//! bound pod.
+//! Deliberately small: std, serde, serde_json and clap (which both binaries link anyway, for
+//! [`introspect`]), because the agent is linked into every bound pod.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -90,6 +90,109 @@ pub mod flag {
     /// `check` only: keep retrying until the check passes, for at most this duration, then
     /// fail. Legacy sidecar mode's `postStart` hook holds the app containers with it.
     pub const WAIT: &str = "--wait";
+}
+
+/// The AWS SDKs' environment variables: the webhook sets them on app containers (and leaves a
+/// container alone when its user set them), the agent reads them outside Kubernetes. One
+/// spelling for both.
+pub mod aws_env {
+    pub const ROLE_ARN: &str = "AWS_ROLE_ARN";
+    pub const WEB_IDENTITY_TOKEN_FILE: &str = "AWS_WEB_IDENTITY_TOKEN_FILE";
+    pub const ROLE_SESSION_NAME: &str = "AWS_ROLE_SESSION_NAME";
+    pub const REGION: &str = "AWS_REGION";
+    pub const DEFAULT_REGION: &str = "AWS_DEFAULT_REGION";
+    pub const STS_REGIONAL_ENDPOINTS: &str = "AWS_STS_REGIONAL_ENDPOINTS";
+    pub const CONTAINER_CREDENTIALS_FULL_URI: &str = "AWS_CONTAINER_CREDENTIALS_FULL_URI";
+    pub const CONTAINER_CREDENTIALS_RELATIVE_URI: &str = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI";
+    pub const CONTAINER_AUTHORIZATION_TOKEN: &str = "AWS_CONTAINER_AUTHORIZATION_TOKEN";
+    pub const CONTAINER_AUTHORIZATION_TOKEN_FILE: &str = "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE";
+    /// A static key: the webhook warns when a bound container still carries one.
+    pub const ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+    pub const ENDPOINT_URL: &str = "AWS_ENDPOINT_URL";
+    pub const ENDPOINT_URL_STS: &str = "AWS_ENDPOINT_URL_STS";
+    pub const IGNORE_CONFIGURED_ENDPOINT_URLS: &str = "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS";
+    pub const MAX_ATTEMPTS: &str = "AWS_MAX_ATTEMPTS";
+}
+
+/// The lowest port the credentials endpoint may use: below it the agent (non-root, no
+/// capabilities) could not bind.
+pub const MIN_CREDENTIALS_PORT: u16 = 1024;
+
+/// STS's rules for a role session name (`RoleSessionName`: `[\w+=,.@-]{2,64}`), which the
+/// webhook renders into `AWS_ROLE_SESSION_NAME` and the agent sends itself.
+pub mod session_name {
+    /// Fewest characters STS accepts.
+    pub const MIN_LEN: usize = 2;
+    /// Most characters STS accepts.
+    pub const MAX_LEN: usize = 64;
+
+    /// Whether STS accepts `c` in a session name.
+    pub fn allowed(c: char) -> bool {
+        c.is_ascii_alphanumeric() || "_+=,.@-".contains(c)
+    }
+
+    /// Whether STS accepts `s` as a session name as it is.
+    pub fn is_valid(s: &str) -> bool {
+        (MIN_LEN..=MAX_LEN).contains(&s.len()) && s.chars().all(allowed)
+    }
+
+    /// `s` made acceptable: other characters become `-`, cut to [`MAX_LEN`], padded with `-`
+    /// to [`MIN_LEN`].
+    pub fn sanitize(s: &str) -> String {
+        let mut out: String = s
+            .chars()
+            .map(|c| if allowed(c) { c } else { '-' })
+            .take(MAX_LEN)
+            .collect();
+        while out.len() < MIN_LEN {
+            out.push('-');
+        }
+        out
+    }
+}
+
+/// What a binary's command line is, as data: every subcommand and flag with its environment
+/// variable and default, read from clap itself. The binaries print it with a hidden
+/// `flags --json` so that checks (the Helm chart's) compare against the parser, not against a
+/// scrape of the source.
+pub mod introspect {
+    use serde_json::{Value, json};
+
+    /// `{"name", "flags": [{"long", "env", "default", "help"}], "subcommands": [...]}` for `cmd`
+    /// and, recursively, its subcommands (hidden ones included: they are part of the contract).
+    pub fn flags_json(cmd: &clap::Command) -> Value {
+        let mut cmd = cmd.clone();
+        cmd.build();
+        describe(&cmd)
+    }
+
+    fn describe(cmd: &clap::Command) -> Value {
+        let flags: Vec<Value> = cmd
+            .get_arguments()
+            .filter(|a| a.get_id() != "help" && a.get_id() != "version")
+            .map(|a| {
+                let defaults: Vec<String> = a
+                    .get_default_values()
+                    .iter()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect();
+                json!({
+                    "id": a.get_id().as_str(),
+                    "long": a.get_long(),
+                    "env": a.get_env().map(|e| e.to_string_lossy().into_owned()),
+                    "default": match defaults.len() {
+                        0 => Value::Null,
+                        1 => Value::String(defaults[0].clone()),
+                        _ => json!(defaults),
+                    },
+                    "global": a.is_global_set(),
+                    "positional": a.is_positional(),
+                })
+            })
+            .collect();
+        let subcommands: Vec<Value> = cmd.get_subcommands().map(describe).collect();
+        json!({"name": cmd.get_name(), "flags": flags, "subcommands": subcommands})
+    }
 }
 
 /// Agent subcommands the webhook renders.
@@ -419,6 +522,43 @@ impl AgentArgs {
             out.push(flag::CREDENTIALS_PORT.into());
             out.push(self.credentials_port.to_string());
         }
+    }
+}
+
+#[cfg(test)]
+mod contract_tests {
+    use super::*;
+
+    #[test]
+    fn session_names_follow_sts() {
+        assert!(session_name::is_valid("ab"));
+        assert!(!session_name::is_valid("a"));
+        assert!(!session_name::is_valid(&"a".repeat(65)));
+        assert!(!session_name::is_valid("a b"));
+        for s in ["", "x", "rolebridge-my host/1", &"é".repeat(100)] {
+            let clean = session_name::sanitize(s);
+            assert!(session_name::is_valid(&clean), "{s:?} -> {clean:?}");
+        }
+        assert_eq!(session_name::sanitize("x"), "x-");
+        assert_eq!(session_name::sanitize("a.b@c"), "a.b@c");
+    }
+
+    #[test]
+    fn introspection_sees_names_envs_and_defaults() {
+        let cmd = clap::Command::new("bin").subcommand(
+            clap::Command::new("run").arg(
+                clap::Arg::new("port")
+                    .long("port")
+                    .env("BIN_PORT")
+                    .default_value("24118"),
+            ),
+        );
+        let v = introspect::flags_json(&cmd);
+        let flag = &v["subcommands"][0]["flags"][0];
+        assert_eq!(v["subcommands"][0]["name"], "run");
+        assert_eq!(flag["long"], "port");
+        assert_eq!(flag["env"], "BIN_PORT");
+        assert_eq!(flag["default"], "24118");
     }
 }
 
