@@ -383,6 +383,14 @@ mod tests {
         assert!(parse_duration("99999999999999999999999h").is_err());
     }
 
+    /// The token of `audience` at its contract path, as the webhook builds it.
+    fn token_for(audience: &str) -> TokenSpec {
+        TokenSpec {
+            path: PathBuf::from(rolebridge_contract::token_path(audience)),
+            audience: audience.to_owned(),
+        }
+    }
+
     fn contract_examples() -> Vec<AgentArgs> {
         let docs: CredentialsSpec = serde_json::from_value(serde_json::json!({
             "name": "docs",
@@ -405,8 +413,8 @@ mod tests {
         }))
         .unwrap();
         let tokens = vec![
-            TokenSpec::for_audience("sts.amazonaws.com"),
-            TokenSpec::for_audience("https://example.com/aws?x=1"),
+            token_for("sts.amazonaws.com"),
+            token_for("https://example.com/aws?x=1"),
         ];
         vec![
             AgentArgs {

@@ -82,14 +82,32 @@ pub mod env {
     pub const CLUSTER_NAME: &str = "ROLEBRIDGE_CLUSTER_NAME";
 }
 
-/// Command-line flags of the agent that the webhook renders.
+/// Command-line flags of the agent that the webhook renders: `flag::TOKEN` (`--token`) as the
+/// webhook writes it into arguments, `flag::name::TOKEN` (`token`) as clap's `long = …` wants
+/// it. Both are spelled once, in the list below.
 pub mod flag {
-    pub const TOKEN: &str = "--token";
-    pub const CREDENTIALS: &str = "--credentials";
-    pub const CREDENTIALS_PORT: &str = "--credentials-port";
-    /// `check` only: keep retrying until the check passes, for at most this duration, then
-    /// fail. Legacy sidecar mode's `postStart` hook holds the app containers with it.
-    pub const WAIT: &str = "--wait";
+    macro_rules! flags {
+        ($($(#[$doc:meta])* $id:ident = $name:literal;)*) => {
+            /// The flags' names without the leading `--`, for the agent's parser.
+            pub mod name {
+                $($(#[$doc])* pub const $id: &str = $name;)*
+            }
+            $($(#[$doc])* pub const $id: &str = concat!("--", $name);)*
+        };
+    }
+
+    flags! {
+        /// A token file and its audience, `PATH=AUDIENCE` ([`crate::TokenSpec`]). Repeated.
+        TOKEN = "token";
+        /// A binding whose credentials are served, as JSON ([`crate::CredentialsSpec`]).
+        /// Repeated.
+        CREDENTIALS = "credentials";
+        /// The credentials endpoint's port (at least [`crate::MIN_CREDENTIALS_PORT`]).
+        CREDENTIALS_PORT = "credentials-port";
+        /// `check` only: keep retrying until the check passes, for at most this duration, then
+        /// fail. Legacy sidecar mode's `postStart` hook holds the app containers with it.
+        WAIT = "wait";
+    }
 }
 
 /// The AWS SDKs' environment variables: the webhook sets them on app containers (and leaves a
@@ -157,6 +175,11 @@ pub mod session_name {
 /// scrape of the source.
 pub mod introspect {
     use serde_json::{Value, json};
+
+    /// The hidden subcommand that prints [`flags_json`]: `<binary> flags --json`.
+    pub const SUBCOMMAND: &str = "flags";
+    /// Its flag (without the leading `--`) asking for JSON, the only format.
+    pub const JSON: &str = "json";
 
     /// `{"name", "flags": [{"long", "env", "default", "help"}], "subcommands": [...]}` for `cmd`
     /// and, recursively, its subcommands (hidden ones included: they are part of the contract).
@@ -325,16 +348,6 @@ pub enum ContractError {
 pub struct TokenSpec {
     pub path: PathBuf,
     pub audience: String,
-}
-
-impl TokenSpec {
-    /// The token of `audience` at its [`token_path`].
-    pub fn for_audience(audience: &str) -> Self {
-        TokenSpec {
-            path: PathBuf::from(token_path(audience)),
-            audience: audience.to_owned(),
-        }
-    }
 }
 
 impl FromStr for TokenSpec {
@@ -541,6 +554,14 @@ mod contract_tests {
         }
         assert_eq!(session_name::sanitize("x"), "x-");
         assert_eq!(session_name::sanitize("a.b@c"), "a.b@c");
+        assert_eq!(
+            session_name::sanitize("rolebridge-my host/1"),
+            "rolebridge-my-host-1"
+        );
+        assert_eq!(
+            session_name::sanitize(&"a".repeat(100)).len(),
+            session_name::MAX_LEN
+        );
     }
 
     #[test]
@@ -566,6 +587,14 @@ mod contract_tests {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The token of `audience` at its [`token_path`], as the webhook builds it.
+    fn token_for(audience: &str) -> TokenSpec {
+        TokenSpec {
+            path: PathBuf::from(token_path(audience)),
+            audience: audience.to_owned(),
+        }
+    }
 
     #[test]
     fn token_paths_are_readable_distinct_and_have_no_equals_sign() {
@@ -655,7 +684,7 @@ mod tests {
     #[test]
     fn agent_args_render_flags_in_a_stable_order() {
         let args = AgentArgs {
-            tokens: vec![TokenSpec::for_audience("sts.amazonaws.com")],
+            tokens: vec![token_for("sts.amazonaws.com")],
             credentials: vec![spec()],
             credentials_port: 24118,
         };
@@ -692,6 +721,26 @@ mod tests {
                 .iter()
                 .any(|a| a.starts_with("--cred"))
         );
+    }
+
+    #[test]
+    fn flag_names_are_the_rendered_flags_without_dashes() {
+        for (rendered, name) in [
+            (flag::TOKEN, flag::name::TOKEN),
+            (flag::CREDENTIALS, flag::name::CREDENTIALS),
+            (flag::CREDENTIALS_PORT, flag::name::CREDENTIALS_PORT),
+            (flag::WAIT, flag::name::WAIT),
+        ] {
+            assert_eq!(rendered.strip_prefix("--"), Some(name));
+        }
+        assert_eq!(flag::CREDENTIALS_PORT, "--credentials-port");
+    }
+
+    #[test]
+    fn credentials_host_is_a_loopback_ip_literal() {
+        // The agent binds it without a resolver, and SDKs accept plain HTTP only to loopback.
+        let ip: std::net::IpAddr = CREDENTIALS_HOST.parse().unwrap();
+        assert!(ip.is_loopback());
     }
 
     #[test]
@@ -739,7 +788,7 @@ mod tests {
         fn token_spec_display_parses_back(aud in "[ -~]{1,80}") {
             let aud = aud.trim().to_string();
             prop_assume!(!aud.is_empty());
-            let spec = TokenSpec::for_audience(&aud);
+            let spec = token_for(&aud);
             prop_assert!(!spec.path.display().to_string().contains('='));
             prop_assert_eq!(spec.to_string().parse::<TokenSpec>().unwrap(), spec);
         }
