@@ -8,7 +8,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::filter::LevelFilter;
 
-use rolebridge_contract::{AUTH_TOKEN_PATH, CredentialsSpec, DEFAULT_CREDENTIALS_PORT, env};
+use rolebridge_contract::{
+    AUTH_TOKEN_PATH, CredentialsSpec, DEFAULT_CREDENTIALS_PORT, MIN_CREDENTIALS_PORT, env, flag,
+    subcommand,
+};
 
 use crate::agent::Config;
 use crate::aws::DEFAULT_AUDIENCE;
@@ -52,7 +55,7 @@ pub enum LogFormat {
 pub struct TokenArgs {
     /// Token file and audience, split at the first '='. Repeat once per audience. Without any
     /// flag, ROLEBRIDGE_TOKENS is read as a comma-separated list of the same.
-    #[arg(long = "token", value_name = "PATH=AUDIENCE")]
+    #[arg(long = flag::name::TOKEN, value_name = "PATH=AUDIENCE")]
     pub tokens: Vec<TokenSpec>,
 }
 
@@ -208,20 +211,26 @@ impl ListenerArgs {
 pub struct CredentialsArgs {
     /// A binding whose credentials are served (JSON, as the webhook renders it). Repeatable.
     #[arg(
-        long = "credentials",
+        long = flag::name::CREDENTIALS,
         env = "ROLEBRIDGE_CREDENTIALS",
         value_name = "JSON"
     )]
     pub credentials: Vec<CredentialsSpec>,
-    /// Port of the credentials endpoint on 127.0.0.1.
-    #[arg(long, env = "ROLEBRIDGE_CREDENTIALS_PORT", default_value_t = DEFAULT_CREDENTIALS_PORT)]
+    /// Port of the credentials endpoint on the pod's loopback address.
+    #[arg(
+        long = flag::name::CREDENTIALS_PORT,
+        env = "ROLEBRIDGE_CREDENTIALS_PORT",
+        default_value_t = DEFAULT_CREDENTIALS_PORT,
+        value_parser = credentials_port()
+    )]
     pub credentials_port: u16,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Sidecar: write every token, then keep each fresh; serve the credentials of every
-    /// --credentials binding on 127.0.0.1; until SIGTERM.
+    /// --credentials binding on loopback; until SIGTERM.
+    #[command(name = subcommand::RUN)]
     Run {
         #[command(flatten)]
         tokens: TokenArgs,
@@ -249,6 +258,7 @@ pub enum Command {
     },
     /// One-shot: write every token, retrying until the deadline, then exit. (--credentials
     /// are accepted and left to the sidecar, which serves them.)
+    #[command(name = subcommand::INIT)]
     Init {
         #[command(flatten)]
         tokens: TokenArgs,
@@ -262,11 +272,17 @@ pub enum Command {
     },
     /// Probe: exit 0 when every token file holds a valid token that is not about to expire,
     /// and (with --credentials-port) the credentials endpoint holds every binding's credentials.
+    #[command(name = subcommand::CHECK)]
     Check {
         #[command(flatten)]
         tokens: TokenArgs,
-        /// Also ask http://127.0.0.1:PORT/healthz.
-        #[arg(long, env = "ROLEBRIDGE_CHECK_CREDENTIALS_PORT", value_name = "PORT")]
+        /// Also ask the credentials endpoint's /healthz on this port.
+        #[arg(
+            long = flag::name::CREDENTIALS_PORT,
+            env = "ROLEBRIDGE_CHECK_CREDENTIALS_PORT",
+            value_name = "PORT",
+            value_parser = credentials_port()
+        )]
         credentials_port: Option<u16>,
         /// "About to expire": less than this left (capped at a tenth of the token's lifetime).
         #[arg(long, env = "ROLEBRIDGE_MIN_REMAINING", default_value = "5m", value_parser = parse_duration)]
@@ -276,7 +292,7 @@ pub enum Command {
         health_timeout: Duration,
         /// Retry the whole check until it passes, for at most this long, then fail with the
         /// last reason (legacy mode's postStart hook holds the app containers with it).
-        #[arg(long, env = "ROLEBRIDGE_CHECK_WAIT", value_parser = parse_duration)]
+        #[arg(long = flag::name::WAIT, env = "ROLEBRIDGE_CHECK_WAIT", value_parser = parse_duration)]
         wait: Option<Duration>,
     },
     /// Doctor: fetch a token, show its claims, and walk the role chain hop by hop.
@@ -348,6 +364,11 @@ pub enum Command {
 /// or plain seconds), the same one the webhook's flags use.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     rolebridge_contract::duration::parse(s).map_err(|e| e.to_string())
+}
+
+/// Ports the agent (non-root, without capabilities) can bind; the webhook refuses lower ones too.
+fn credentials_port() -> clap::builder::RangedI64ValueParser<u16> {
+    clap::value_parser!(u16).range(i64::from(MIN_CREDENTIALS_PORT)..)
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -429,7 +450,8 @@ mod tests {
             AgentArgs {
                 tokens: vec![],
                 credentials: vec![docs],
-                credentials_port: 1,
+                // The lowest port the webhook renders (and a non-default one).
+                credentials_port: MIN_CREDENTIALS_PORT,
             },
         ]
     }
@@ -469,6 +491,9 @@ mod tests {
                 } => {
                     assert_eq!(tokens.tokens, want.tokens);
                     assert_eq!(credentials.credentials, want.credentials);
+                    if !want.credentials.is_empty() {
+                        assert_eq!(credentials.credentials_port, want.credentials_port);
+                    }
                 }
                 other => panic!("{other:?}"),
             }
@@ -526,6 +551,28 @@ mod tests {
         ]));
         assert!(bad(&["trust-policy", "--external-id", "x"]));
         assert!(!bad(&["check", "--credentials-port", "24118"]));
+        // Below the contract's lowest port the agent could not bind (the webhook refuses it too).
+        let below = (MIN_CREDENTIALS_PORT - 1).to_string();
+        assert!(bad(&[
+            "run",
+            "--token",
+            "/t=a",
+            "--credentials-port",
+            &below
+        ]));
+        assert!(bad(&[
+            "init",
+            "--token",
+            "/t=a",
+            "--credentials-port",
+            &below
+        ]));
+        assert!(bad(&["check", "--credentials-port", &below]));
+        assert!(!bad(&[
+            "check",
+            "--credentials-port",
+            &MIN_CREDENTIALS_PORT.to_string()
+        ]));
     }
 
     #[test]

@@ -23,7 +23,6 @@
 //! from asking before that).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -41,7 +40,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, warn};
 
-use rolebridge_contract::{CREDENTIALS_PATH_PREFIX, HEALTH_PATH};
+use rolebridge_contract::{CREDENTIALS_HOST, CREDENTIALS_PATH_PREFIX, HEALTH_PATH};
 
 use crate::authtoken::AuthToken;
 use crate::creds::{Lookup, Problem, Served, Slot};
@@ -302,15 +301,15 @@ fn to_response(r: Reply, head_only: bool) -> Response<Full<Bytes>> {
 /// the pod's events).
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
-    #[error("credentials endpoint 127.0.0.1:{port} not answering: {reason}")]
+    #[error("credentials endpoint {host}:{port} not answering: {reason}", host = CREDENTIALS_HOST)]
     Unreachable { port: u16, reason: String },
-    #[error("credentials endpoint 127.0.0.1:{port} not ready: {message}")]
+    #[error("credentials endpoint {host}:{port} not ready: {message}", host = CREDENTIALS_HOST)]
     NotReady { port: u16, message: String },
 }
 
 /// `GET /healthz` on the local endpoint.
 pub async fn probe_health(port: u16, timeout: Duration) -> Result<(), HealthError> {
-    let endpoint = crate::metadata::Endpoint::new(Some(&format!("127.0.0.1:{port}")));
+    let endpoint = crate::metadata::Endpoint::new(Some(&format!("{CREDENTIALS_HOST}:{port}")));
     let unreachable = |reason: String| HealthError::Unreachable { port, reason };
     let (status, body) =
         tokio::time::timeout(timeout, crate::metadata::get(&endpoint, HEALTH_PATH))
@@ -327,9 +326,10 @@ pub async fn probe_health(port: u16, timeout: Duration) -> Result<(), HealthErro
     Err(HealthError::NotReady { port, message })
 }
 
-/// Bind the listener (separately from [`serve`], so a taken port fails startup at once).
+/// Bind the listener (separately from [`serve`], so a taken port fails startup at once) on the
+/// contract's loopback host: an IP literal, so no resolver is asked.
 pub async fn bind(port: u16) -> std::io::Result<TcpListener> {
-    TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await
+    TcpListener::bind((CREDENTIALS_HOST, port)).await
 }
 
 /// Serve until the task is dropped.

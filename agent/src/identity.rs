@@ -7,6 +7,8 @@ use std::time::Duration;
 use hyper::StatusCode;
 use tracing::{debug, info};
 
+use rolebridge_contract::session_name;
+
 use crate::metadata::{self, Endpoint};
 
 pub const TAG_NAMESPACE: &str = "kubernetes-namespace";
@@ -53,7 +55,7 @@ impl PodIdentity {
             .map(str::trim)
             .filter(|n| !n.is_empty())
         {
-            Some(n) => sanitize_session_name(n),
+            Some(n) => session_name::sanitize(n),
             None => default_session_name(),
         }
     }
@@ -76,26 +78,7 @@ fn tag_value(v: &str) -> String {
 /// A role session name from the host name, as STS allows (`[\w+=,.@-]{2,64}`).
 pub fn default_session_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    sanitize_session_name(&format!("rolebridge-{}", host.trim()))
-}
-
-/// `s` as STS allows a session name: `[\w+=,.@-]`, 2 to 64 characters.
-pub fn sanitize_session_name(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(64)
-        .collect();
-    while out.len() < 2 {
-        out.push('-');
-    }
-    out
+    session_name::sanitize(&format!("rolebridge-{}", host.trim()))
 }
 
 /// The cluster name for the `gke-cluster-name` tag: given (the webhook's `--cluster-name`),
@@ -221,11 +204,6 @@ mod tests {
                 .session_name()
                 .starts_with("rolebridge-")
         );
-        assert_eq!(
-            sanitize_session_name("rolebridge-my host/1"),
-            "rolebridge-my-host-1"
-        );
-        assert_eq!(sanitize_session_name("x"), "x-");
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -10,6 +10,8 @@ use clap::Parser;
 use tracing::{error, info};
 use tracing_subscriber::filter::LevelFilter;
 
+use rolebridge_contract::{CREDENTIALS_HOST, aws_env, session_name};
+
 use rolebridge_agent::agent::{self, now_ms};
 use rolebridge_agent::cli::{Cli, Command, LogFormat};
 use rolebridge_agent::identity::{self, PodIdentity};
@@ -88,7 +90,7 @@ fn check_once(
     if let Some(port) = credentials_port {
         rt.block_on(endpoint::probe_health(port, health_timeout))?;
         report.push(format!(
-            "ok credentials endpoint 127.0.0.1:{port} holds every binding's credentials"
+            "ok credentials endpoint {CREDENTIALS_HOST}:{port} holds every binding's credentials"
         ));
     }
     Ok(report.join("\n"))
@@ -180,8 +182,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             metadata,
         } => {
             let role_arn = role_arn
-                .or_else(|| std::env::var("AWS_ROLE_ARN").ok().filter(|s| !s.is_empty()))
-                .ok_or_else(|| anyhow!("--role-arn (or AWS_ROLE_ARN) is required"))?;
+                .or_else(|| {
+                    std::env::var(aws_env::ROLE_ARN)
+                        .ok()
+                        .filter(|s| !s.is_empty())
+                })
+                .ok_or_else(|| anyhow!("--role-arn (or {}) is required", aws_env::ROLE_ARN))?;
             let identity = pod.identity();
             let rt = runtime()?;
             let hops = chain.hops();
@@ -197,7 +203,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 hops,
                 duration_seconds: chain.duration_seconds,
                 session_name: session_name
-                    .map(|s| identity::sanitize_session_name(&s))
+                    .map(|s| session_name::sanitize(&s))
                     .unwrap_or_else(|| identity.session_name()),
                 tags,
                 region: None,
@@ -250,7 +256,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             refresh_before,
             metadata,
         } => {
-            let session = identity::sanitize_session_name(
+            let session = session_name::sanitize(
                 &session_name.unwrap_or_else(|| PodIdentity::default().session_name()),
             );
             let request = process::Request {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use rolebridge_contract::CredentialsSpec;
+use rolebridge_contract::{CREDENTIALS_HOST, CredentialsSpec};
 
 use crate::agent::{self, Config, Jitter, now_ms};
 use crate::authtoken::{AuthToken, AuthTokenError};
@@ -38,7 +38,10 @@ pub struct Sidecar {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
-    #[error("cannot listen on 127.0.0.1:{port} for the credentials endpoint: {source}")]
+    #[error(
+        "cannot listen on {host}:{port} for the credentials endpoint: {source}",
+        host = CREDENTIALS_HOST
+    )]
     Bind {
         port: u16,
         #[source]

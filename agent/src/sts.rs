@@ -30,6 +30,7 @@ use aws_sdk_sts::types::Tag;
 use crate::creds::Credentials;
 
 pub use rolebridge_contract::Hop;
+use rolebridge_contract::aws_env;
 
 /// Lifetime asked for on every hop but the last (STS's minimum).
 pub const INTERMEDIATE_DURATION_SECONDS: i32 = 900;
@@ -51,18 +52,18 @@ pub fn sts_config_from_env(get: impl Fn(&str) -> Option<String>) -> StsSettings 
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty())
     };
-    let ignore_endpoints =
-        get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let ignore_endpoints = get(aws_env::IGNORE_CONFIGURED_ENDPOINT_URLS)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     StsSettings {
-        region: get("AWS_REGION")
-            .or_else(|| get("AWS_DEFAULT_REGION"))
+        region: get(aws_env::REGION)
+            .or_else(|| get(aws_env::DEFAULT_REGION))
             .unwrap_or_else(|| "us-east-1".into()),
         endpoint_url: if ignore_endpoints {
             None
         } else {
-            get("AWS_ENDPOINT_URL_STS").or_else(|| get("AWS_ENDPOINT_URL"))
+            get(aws_env::ENDPOINT_URL_STS).or_else(|| get(aws_env::ENDPOINT_URL))
         },
-        max_attempts: get("AWS_MAX_ATTEMPTS")
+        max_attempts: get(aws_env::MAX_ATTEMPTS)
             .and_then(|v| v.parse().ok())
             .filter(|n| *n > 0),
     }
