@@ -14,7 +14,7 @@ use aws_sdk_sts_lean::primitives::{DateTime, DateTimeFormat};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::agent::now_ms;
+use crate::clock::now_ms;
 use crate::creds::Credentials;
 use crate::jwt::Claims;
 use crate::metadata::{self, Endpoint, FetchError, Token};

@@ -13,7 +13,6 @@ use rolebridge_contract::{
     subcommand,
 };
 
-use crate::agent::Config;
 use crate::aws::DEFAULT_AUDIENCE;
 use crate::endpoint::Limits;
 use crate::identity::PodIdentity;
@@ -21,6 +20,7 @@ use crate::metadata::Endpoint;
 use crate::schedule::Policy;
 use crate::spec::{self, SpecError, TokenSpec};
 use crate::sts::Hop;
+use crate::token_files::Config;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -4,8 +4,8 @@
 
 use std::io::Write;
 
-use crate::agent::now_ms;
 use crate::aws;
+use crate::clock::now_ms;
 use crate::metadata::{Endpoint, FetchError};
 use crate::sts::{self, Chain, HopFailure, Sts};
 

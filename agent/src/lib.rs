@@ -13,7 +13,7 @@
 //!   [`endpoint`]'s routing, authorization and replies are pure functions; [`jwt`] decides
 //!   whether a token is acceptable; [`spec`] and [`cli`] parse what the webhook renders
 //!   ([`rolebridge_contract::AgentArgs`]). All unit-tested without clocks or sockets.
-//!   [`agent`], [`sidecar`], [`metadata`], [`sts`] and [`writer`] do the I/O; `main` only wires.
+//!   [`token_files`], [`sidecar`], [`metadata`], [`sts`] and [`writer`] do the I/O; `main` only wires.
 //! - **The file only ever holds a valid token.** A token is written only after its claims decode,
 //!   its `aud` is the audience requested and its `exp` is in the future; it is replaced by
 //!   `rename(2)` of a fully written, fsynced temporary file in the same directory; it is kept
@@ -34,10 +34,10 @@
 //! - **Nothing secret in logs.** Errors, log fields and `Debug` name files, audiences, roles and
 //!   expiry times, never token or credential contents.
 
-pub mod agent;
 pub mod authtoken;
 pub mod aws;
 pub mod cli;
+pub mod clock;
 pub mod creds;
 pub mod doctor;
 pub mod endpoint;
@@ -49,4 +49,5 @@ pub mod schedule;
 pub mod sidecar;
 pub mod spec;
 pub mod sts;
+pub mod token_files;
 pub mod writer;

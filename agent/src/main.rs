@@ -12,12 +12,13 @@ use tracing_subscriber::filter::LevelFilter;
 
 use rolebridge_contract::{CREDENTIALS_HOST, aws_env, session_name};
 
-use rolebridge_agent::agent::{self, now_ms};
 use rolebridge_agent::cli::{Cli, Command, LogFormat};
+use rolebridge_agent::clock::now_ms;
 use rolebridge_agent::identity::{self, PodIdentity};
 use rolebridge_agent::schedule::Policy;
 use rolebridge_agent::sidecar::{self, Sidecar};
 use rolebridge_agent::sts::Chain;
+use rolebridge_agent::token_files;
 use rolebridge_agent::{aws, doctor, endpoint, process};
 
 fn init_logging(level: LevelFilter, format: LogFormat) {
@@ -75,7 +76,7 @@ fn check_once(
     health_timeout: Duration,
 ) -> anyhow::Result<String> {
     let now = now_ms();
-    let exps = agent::check(specs, min_remaining, now)?;
+    let exps = token_files::check(specs, min_remaining, now)?;
     let mut report: Vec<String> = specs
         .iter()
         .zip(exps)
@@ -145,7 +146,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let cfg = metadata.config(Policy::default());
-            runtime()?.block_on(agent::init(cfg, specs, timeout))?;
+            runtime()?.block_on(token_files::init(cfg, specs, timeout))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check {

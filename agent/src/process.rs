@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::agent::now_ms;
 use crate::aws::{self, ProcessCredentials};
+use crate::clock::now_ms;
 use crate::metadata::{Endpoint, FetchError};
 use crate::sts::{self, Chain, ChainError, Sts};
 

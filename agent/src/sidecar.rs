@@ -14,14 +14,15 @@ use tracing::{info, warn};
 
 use rolebridge_contract::{CREDENTIALS_HOST, CredentialsSpec};
 
-use crate::agent::{self, Config, Jitter, now_ms};
 use crate::authtoken::{AuthToken, AuthTokenError};
+use crate::clock::{Jitter, now_ms};
 use crate::creds::{Problem, Served, Slot};
 use crate::endpoint::{self, Binding, Limits};
 use crate::identity::{ClusterName, PodIdentity};
 use crate::metadata::{self, FetchError};
 use crate::spec::TokenSpec;
 use crate::sts::{self, Chain, ChainError, Sts};
+use crate::token_files::{self, Config};
 
 /// Everything `run` needs.
 #[derive(Debug)]
@@ -216,7 +217,7 @@ pub async fn run(s: Sidecar) -> Result<(), SidecarError> {
     );
     let mut set = tokio::task::JoinSet::new();
     for (i, spec) in s.tokens.into_iter().enumerate() {
-        set.spawn(agent::keep_fresh(
+        set.spawn(token_files::keep_fresh(
             s.config.clone(),
             spec,
             Jitter::seeded(i as u64),
