@@ -231,133 +231,151 @@ pub enum Command {
     /// Sidecar: write every token, then keep each fresh; serve the credentials of every
     /// --credentials binding on loopback; until SIGTERM.
     #[command(name = subcommand::RUN)]
-    Run {
-        #[command(flatten)]
-        tokens: TokenArgs,
-        #[command(flatten)]
-        credentials: CredentialsArgs,
-        /// The endpoint's authorization token is written here (and reused if well formed).
-        #[arg(long, env = "ROLEBRIDGE_AUTH_TOKEN_FILE", default_value = AUTH_TOKEN_PATH)]
-        auth_token_file: PathBuf,
-        #[command(flatten)]
-        pod: PodArgs,
-        #[command(flatten)]
-        listener: ListenerArgs,
-        #[command(flatten)]
-        metadata: MetadataArgs,
-        /// Refresh after this fraction of a token's or credentials' lifetime (±0.1 jitter).
-        #[arg(long, env = "ROLEBRIDGE_REFRESH_FRACTION", default_value_t = 0.5, value_parser = parse_fraction)]
-        refresh_fraction: f64,
-        /// Longest wait between retries while the metadata server or STS fails.
-        #[arg(long, env = "ROLEBRIDGE_MAX_RETRY_INTERVAL", default_value = "30s", value_parser = parse_duration)]
-        max_retry_interval: Duration,
-        /// Never hand out credentials with less than this left (capped at a tenth of their
-        /// lifetime).
-        #[arg(long, env = "ROLEBRIDGE_CREDENTIALS_MARGIN", default_value = "60s", value_parser = parse_duration)]
-        credentials_margin: Duration,
-    },
+    Run(RunArgs),
     /// One-shot: write every token, retrying until the deadline, then exit. (--credentials
     /// are accepted and left to the sidecar, which serves them.)
     #[command(name = subcommand::INIT)]
-    Init {
-        #[command(flatten)]
-        tokens: TokenArgs,
-        #[command(flatten)]
-        credentials: CredentialsArgs,
-        #[command(flatten)]
-        metadata: MetadataArgs,
-        /// Give up (exit 1) when the tokens are not written by then.
-        #[arg(long, env = "ROLEBRIDGE_INIT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-        timeout: Duration,
-    },
+    Init(InitArgs),
     /// Probe: exit 0 when every token file holds a valid token that is not about to expire,
     /// and (with --credentials-port) the credentials endpoint holds every binding's credentials.
     #[command(name = subcommand::CHECK)]
-    Check {
-        #[command(flatten)]
-        tokens: TokenArgs,
-        /// Also ask the credentials endpoint's /healthz on this port.
-        #[arg(
-            long = flag::name::CREDENTIALS_PORT,
-            env = "ROLEBRIDGE_CHECK_CREDENTIALS_PORT",
-            value_name = "PORT",
-            value_parser = credentials_port()
-        )]
-        credentials_port: Option<u16>,
-        /// "About to expire": less than this left (capped at a tenth of the token's lifetime).
-        #[arg(long, env = "ROLEBRIDGE_MIN_REMAINING", default_value = "5m", value_parser = parse_duration)]
-        min_remaining: Duration,
-        /// Timeout of the health request.
-        #[arg(long, env = "ROLEBRIDGE_HEALTH_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
-        health_timeout: Duration,
-        /// Retry the whole check until it passes, for at most this long, then fail with the
-        /// last reason (legacy mode's postStart hook holds the app containers with it).
-        #[arg(long = flag::name::WAIT, env = "ROLEBRIDGE_CHECK_WAIT", value_parser = parse_duration)]
-        wait: Option<Duration>,
-    },
+    Check(CheckArgs),
     /// Doctor: fetch a token, show its claims, and walk the role chain hop by hop.
-    Verify {
-        /// Role to assume with the ID token (hop 1). Defaults to AWS_ROLE_ARN when that is set.
-        #[arg(long, env = "ROLEBRIDGE_ROLE_ARN")]
-        role_arn: Option<String>,
-        #[command(flatten)]
-        chain: ChainArgs,
-        #[command(flatten)]
-        audience: AudienceArg,
-        /// Role session name (default: the pod name, else rolebridge-<hostname>).
-        #[arg(long, env = "ROLEBRIDGE_SESSION_NAME")]
-        session_name: Option<String>,
-        /// Do not send the pod's identity as session tags on the AssumeRole hops.
-        #[arg(long, env = "ROLEBRIDGE_NO_SESSION_TAGS")]
-        no_session_tags: bool,
-        #[command(flatten)]
-        pod: PodArgs,
-        #[command(flatten)]
-        metadata: MetadataArgs,
-    },
+    Verify(VerifyArgs),
     /// Print the IAM trust policy a role needs: for the web identity role (trusting this Google
     /// service account), or with --previous-role-arn for a chained role.
-    TrustPolicy {
-        #[command(flatten)]
-        audience: AudienceArg,
-        /// The Google service account's unique ID (numeric). Without it, it is read from a
-        /// token fetched from the metadata server.
-        #[arg(long, env = "ROLEBRIDGE_GSA_UNIQUE_ID")]
-        gsa_unique_id: Option<String>,
-        /// Print the policy of a chained role instead: trusting this role (the previous hop)
-        /// with sts:AssumeRole and sts:TagSession.
-        #[arg(long, env = "ROLEBRIDGE_PREVIOUS_ROLE_ARN", value_name = "ARN")]
-        previous_role_arn: Option<String>,
-        /// With --previous-role-arn: require this external ID.
-        #[arg(long, env = "ROLEBRIDGE_EXTERNAL_ID", requires = "previous_role_arn")]
-        external_id: Option<String>,
-        #[command(flatten)]
-        metadata: MetadataArgs,
-    },
+    TrustPolicy(TrustPolicyArgs),
     /// AWS credential_process helper: print Version 1 credentials JSON (through the role
     /// chain, if any), cached until shortly before they expire.
-    CredentialProcess {
-        #[arg(long, env = "ROLEBRIDGE_ROLE_ARN")]
-        role_arn: String,
-        #[command(flatten)]
-        chain: ChainArgs,
-        #[command(flatten)]
-        audience: AudienceArg,
-        /// Role session name (default rolebridge-<hostname>).
-        #[arg(long, env = "ROLEBRIDGE_SESSION_NAME")]
-        session_name: Option<String>,
-        /// Cache directory (default $XDG_CACHE_HOME/rolebridge or ~/.cache/rolebridge).
-        #[arg(long, env = "ROLEBRIDGE_CACHE_DIR")]
-        cache_dir: Option<PathBuf>,
-        /// Do not read or write the credential cache.
-        #[arg(long, env = "ROLEBRIDGE_NO_CACHE")]
-        no_cache: bool,
-        /// Fetch new credentials when the cached ones expire within this.
-        #[arg(long, env = "ROLEBRIDGE_REFRESH_BEFORE", default_value = "5m", value_parser = parse_duration)]
-        refresh_before: Duration,
-        #[command(flatten)]
-        metadata: MetadataArgs,
-    },
+    CredentialProcess(CredentialProcessArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub tokens: TokenArgs,
+    #[command(flatten)]
+    pub credentials: CredentialsArgs,
+    /// The endpoint's authorization token is written here (and reused if well formed).
+    #[arg(long, env = "ROLEBRIDGE_AUTH_TOKEN_FILE", default_value = AUTH_TOKEN_PATH)]
+    pub auth_token_file: PathBuf,
+    #[command(flatten)]
+    pub pod: PodArgs,
+    #[command(flatten)]
+    pub listener: ListenerArgs,
+    #[command(flatten)]
+    pub metadata: MetadataArgs,
+    /// Refresh after this fraction of a token's or credentials' lifetime (±0.1 jitter).
+    #[arg(long, env = "ROLEBRIDGE_REFRESH_FRACTION", default_value_t = 0.5, value_parser = parse_fraction)]
+    pub refresh_fraction: f64,
+    /// Longest wait between retries while the metadata server or STS fails.
+    #[arg(long, env = "ROLEBRIDGE_MAX_RETRY_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub max_retry_interval: Duration,
+    /// Never hand out credentials with less than this left (capped at a tenth of their
+    /// lifetime).
+    #[arg(long, env = "ROLEBRIDGE_CREDENTIALS_MARGIN", default_value = "60s", value_parser = parse_duration)]
+    pub credentials_margin: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub tokens: TokenArgs,
+    #[command(flatten)]
+    pub credentials: CredentialsArgs,
+    #[command(flatten)]
+    pub metadata: MetadataArgs,
+    /// Give up (exit 1) when the tokens are not written by then.
+    #[arg(long, env = "ROLEBRIDGE_INIT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub tokens: TokenArgs,
+    /// Also ask the credentials endpoint's /healthz on this port.
+    #[arg(
+        long = flag::name::CREDENTIALS_PORT,
+        env = "ROLEBRIDGE_CHECK_CREDENTIALS_PORT",
+        value_name = "PORT",
+        value_parser = credentials_port()
+    )]
+    pub credentials_port: Option<u16>,
+    /// "About to expire": less than this left (capped at a tenth of the token's lifetime).
+    #[arg(long, env = "ROLEBRIDGE_MIN_REMAINING", default_value = "5m", value_parser = parse_duration)]
+    pub min_remaining: Duration,
+    /// Timeout of the health request.
+    #[arg(long, env = "ROLEBRIDGE_HEALTH_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub health_timeout: Duration,
+    /// Retry the whole check until it passes, for at most this long, then fail with the
+    /// last reason (legacy mode's postStart hook holds the app containers with it).
+    #[arg(long = flag::name::WAIT, env = "ROLEBRIDGE_CHECK_WAIT", value_parser = parse_duration)]
+    pub wait: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Role to assume with the ID token (hop 1). Defaults to AWS_ROLE_ARN when that is set.
+    #[arg(long, env = "ROLEBRIDGE_ROLE_ARN")]
+    pub role_arn: Option<String>,
+    #[command(flatten)]
+    pub chain: ChainArgs,
+    #[command(flatten)]
+    pub audience: AudienceArg,
+    /// Role session name (default: the pod name, else rolebridge-<hostname>).
+    #[arg(long, env = "ROLEBRIDGE_SESSION_NAME")]
+    pub session_name: Option<String>,
+    /// Do not send the pod's identity as session tags on the AssumeRole hops.
+    #[arg(long, env = "ROLEBRIDGE_NO_SESSION_TAGS")]
+    pub no_session_tags: bool,
+    #[command(flatten)]
+    pub pod: PodArgs,
+    #[command(flatten)]
+    pub metadata: MetadataArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TrustPolicyArgs {
+    #[command(flatten)]
+    pub audience: AudienceArg,
+    /// The Google service account's unique ID (numeric). Without it, it is read from a
+    /// token fetched from the metadata server.
+    #[arg(long, env = "ROLEBRIDGE_GSA_UNIQUE_ID")]
+    pub gsa_unique_id: Option<String>,
+    /// Print the policy of a chained role instead: trusting this role (the previous hop)
+    /// with sts:AssumeRole and sts:TagSession.
+    #[arg(long, env = "ROLEBRIDGE_PREVIOUS_ROLE_ARN", value_name = "ARN")]
+    pub previous_role_arn: Option<String>,
+    /// With --previous-role-arn: require this external ID.
+    #[arg(long, env = "ROLEBRIDGE_EXTERNAL_ID", requires = "previous_role_arn")]
+    pub external_id: Option<String>,
+    #[command(flatten)]
+    pub metadata: MetadataArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CredentialProcessArgs {
+    #[arg(long, env = "ROLEBRIDGE_ROLE_ARN")]
+    pub role_arn: String,
+    #[command(flatten)]
+    pub chain: ChainArgs,
+    #[command(flatten)]
+    pub audience: AudienceArg,
+    /// Role session name (default rolebridge-<hostname>).
+    #[arg(long, env = "ROLEBRIDGE_SESSION_NAME")]
+    pub session_name: Option<String>,
+    /// Cache directory (default $XDG_CACHE_HOME/rolebridge or ~/.cache/rolebridge).
+    #[arg(long, env = "ROLEBRIDGE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not read or write the credential cache.
+    #[arg(long, env = "ROLEBRIDGE_NO_CACHE")]
+    pub no_cache: bool,
+    /// Fetch new credentials when the cached ones expire within this.
+    #[arg(long, env = "ROLEBRIDGE_REFRESH_BEFORE", default_value = "5m", value_parser = parse_duration)]
+    pub refresh_before: Duration,
+    #[command(flatten)]
+    pub metadata: MetadataArgs,
 }
 
 /// Durations on the command line: the contract's parser (Go notation such as `500ms`, `1m30s`,
@@ -470,11 +488,11 @@ mod tests {
     fn webhook_rendering_round_trips_through_the_real_parser() {
         for want in contract_examples() {
             match parse(want.args(subcommand::RUN)) {
-                Command::Run {
+                Command::Run(RunArgs {
                     tokens,
                     credentials,
                     ..
-                } => {
+                }) => {
                     assert_eq!(tokens.tokens, want.tokens);
                     assert_eq!(credentials.credentials, want.credentials);
                     if !want.credentials.is_empty() {
@@ -484,11 +502,11 @@ mod tests {
                 other => panic!("{other:?}"),
             }
             match parse(want.args(subcommand::INIT)) {
-                Command::Init {
+                Command::Init(InitArgs {
                     tokens,
                     credentials,
                     ..
-                } => {
+                }) => {
                     assert_eq!(tokens.tokens, want.tokens);
                     assert_eq!(credentials.credentials, want.credentials);
                     if !want.credentials.is_empty() {
@@ -507,12 +525,12 @@ mod tests {
             for (probe, want_wait) in probes {
                 assert_eq!(probe[0], rolebridge_contract::AGENT_BINARY);
                 match parse(probe[1..].to_vec()) {
-                    Command::Check {
+                    Command::Check(CheckArgs {
                         tokens,
                         credentials_port,
                         wait,
                         ..
-                    } => {
+                    }) => {
                         assert_eq!(tokens.tokens, want.tokens);
                         let expected =
                             (!want.credentials.is_empty()).then_some(want.credentials_port);
@@ -592,7 +610,7 @@ mod tests {
             "900",
         ];
         match Cli::try_parse_from(argv).unwrap().command {
-            Command::CredentialProcess { chain, .. } => {
+            Command::CredentialProcess(CredentialProcessArgs { chain, .. }) => {
                 let hops = chain.hops();
                 assert_eq!(hops.len(), 2);
                 assert_eq!(hops[0].external_id, None);

@@ -38,6 +38,7 @@ pub mod authtoken;
 pub mod aws;
 pub mod cli;
 pub mod clock;
+pub mod cmd;
 pub mod creds;
 pub mod doctor;
 pub mod endpoint;
