@@ -10,7 +10,7 @@ use tracing_subscriber::filter::LevelFilter;
 
 use rolebridge_contract::{
     AUTH_TOKEN_PATH, CredentialsSpec, DEFAULT_CREDENTIALS_PORT, MIN_CREDENTIALS_PORT, env, flag,
-    subcommand,
+    introspect, subcommand,
 };
 
 use crate::aws::DEFAULT_AUDIENCE;
@@ -248,6 +248,10 @@ pub enum Command {
     /// AWS credential_process helper: print Version 1 credentials JSON (through the role
     /// chain, if any), cached until shortly before they expire.
     CredentialProcess(CredentialProcessArgs),
+    /// Print this command line as JSON: every subcommand and flag with its variable and
+    /// default (for checks that compare against the parser itself).
+    #[command(name = introspect::SUBCOMMAND, hide = true)]
+    Flags(FlagsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -376,6 +380,14 @@ pub struct CredentialProcessArgs {
     pub refresh_before: Duration,
     #[command(flatten)]
     pub metadata: MetadataArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FlagsArgs {
+    /// Print JSON, the only format (required, so that a human format can be added later).
+    // No `env`: this asks what the parser is, it configures nothing.
+    #[arg(long = introspect::JSON, required = true)]
+    pub json: bool,
 }
 
 /// Durations on the command line: the contract's parser (Go notation such as `500ms`, `1m30s`,

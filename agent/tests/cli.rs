@@ -82,3 +82,41 @@ fn trust_policy_with_explicit_unique_id_needs_no_metadata_server() {
     assert_eq!(c["accounts.google.com:oaud"], "my-aud");
     assert_eq!(c["accounts.google.com:sub"], "1234567890");
 }
+
+#[test]
+fn hidden_flags_subcommand_prints_the_command_line_as_json() {
+    let out = agent().args(["flags", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["name"], "rolebridge-agent");
+    let run = v["subcommands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "run")
+        .unwrap();
+    let port = run["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["long"] == "credentials-port")
+        .unwrap();
+    assert_eq!(port["env"], "ROLEBRIDGE_CREDENTIALS_PORT");
+    assert_eq!(port["default"], "24118");
+    // JSON is the only format, and asked for explicitly.
+    assert_eq!(
+        agent().arg("flags").output().unwrap().status.code(),
+        Some(2)
+    );
+    // Hidden from help.
+    let help = agent().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        !help.lines().any(|l| l.trim_start().starts_with("flags")),
+        "{help}"
+    );
+}

@@ -17,6 +17,7 @@ use crate::token_files::{CheckError, InitError};
 
 pub mod check;
 pub mod credential_process;
+pub mod flags;
 pub mod init;
 pub mod run;
 pub mod trust_policy;
@@ -62,6 +63,7 @@ pub fn run(command: Command) -> Result<ExitCode, CmdError> {
         Command::Verify(args) => verify::run(args),
         Command::TrustPolicy(args) => trust_policy::run(args),
         Command::CredentialProcess(args) => credential_process::run(args),
+        Command::Flags(args) => flags::run(args),
     }
 }
 
