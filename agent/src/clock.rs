@@ -1,6 +1,6 @@
 //! The two inputs of the schedule that come from outside: the wall clock and the jitter. Kept
-//! apart so that the pure parts ([`crate::schedule`], [`crate::creds::Slot`]) take them as plain
-//! numbers.
+//! apart so that the pure parts ([`crate::schedule`], [`crate::creds::Slot`],
+//! [`crate::token_state::TokenState`]) take them as plain numbers.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -51,4 +51,5 @@ pub mod sidecar;
 pub mod spec;
 pub mod sts;
 pub mod token_files;
+pub mod token_state;
 pub mod writer;

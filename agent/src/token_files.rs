@@ -1,5 +1,5 @@
-//! The token files: the I/O shell around the schedule for `run` (keep tokens fresh), `init`
-//! (write once) and `check` (probe).
+//! The token files: the I/O shell for `run` (keep tokens fresh, deciding through
+//! [`TokenState`]), `init` (write once) and `check` (probe).
 //!
 //! Invariant for every token file: it is either absent or holds a token that passed validation
 //! and has not expired. A token is replaced only by a newer valid one, and removed only once it
@@ -17,6 +17,7 @@ use crate::jwt::{self, Claims, JwtError};
 use crate::metadata::{self, Endpoint, FetchError};
 use crate::schedule::{self, Policy};
 use crate::spec::TokenSpec;
+use crate::token_state::{Held, TokenState};
 use crate::writer::{self, TOKEN_MODE, WriteError};
 
 /// Shared settings of the token loops.
@@ -61,13 +62,75 @@ pub fn read_valid(path: &Path, audience: &str, now: i64) -> Result<Option<Claims
     }
 }
 
-/// Keep one token file fresh forever (until the runtime is dropped on shutdown).
+/// Keep one token file fresh forever (until the runtime is dropped on shutdown). The decisions
+/// are [`TokenState`]'s; this fetches, writes, removes, logs and sleeps.
 pub async fn keep_fresh(cfg: Arc<Config>, spec: TokenSpec, mut jitter: Jitter) {
     let path = spec.path.display().to_string();
     let aud = spec.audience.as_str();
-    // A restarted sidecar finds the emptyDir as it left it: reuse a still-valid token rather
-    // than racing to replace it, and clear out anything that is not valid.
-    let mut current: Option<Claims> = match read_valid(&spec.path, aud, now_s()) {
+    let found = adopt_existing(&spec).map(|c| Held::from(&c));
+    let (mut state, mut delay) = TokenState::start(found, &cfg.policy, now_ms(), jitter.sample());
+    loop {
+        if !delay.is_zero() {
+            debug!(path, sleep_ms = delay.as_millis() as u64, "sleeping");
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(gone) = state.take_expired(now_ms()) {
+            match writer::remove(&spec.path) {
+                Ok(()) => warn!(
+                    path,
+                    audience = aud,
+                    exp = gone.exp,
+                    "token expired during outage; file removed"
+                ),
+                Err(e) => warn!(path, error = %e, "cannot remove expired token file"),
+            }
+        }
+        delay = match refresh_once(&cfg, &spec, cfg.request_timeout).await {
+            Ok(claims) => {
+                let f =
+                    state.succeeded(Held::from(&claims), &cfg.policy, now_ms(), jitter.sample());
+                if f.same_token() {
+                    debug!(
+                        path,
+                        repeats = f.repeats,
+                        retry_in_ms = f.delay.as_millis() as u64,
+                        "metadata server returned the same token"
+                    );
+                } else {
+                    info!(
+                        path,
+                        audience = aud,
+                        exp = claims.exp,
+                        refresh_in_s = f.delay.as_secs(),
+                        after_failures = f.after_failures,
+                        "token written"
+                    );
+                }
+                f.delay
+            }
+            Err(e) => {
+                let f = state.failed(&cfg.policy, now_ms(), jitter.sample());
+                warn!(
+                    path,
+                    audience = aud,
+                    attempt = f.attempt,
+                    retry_in_ms = f.delay.as_millis() as u64,
+                    current_token_exp = f.held_exp,
+                    error = %e,
+                    "token refresh failed; the previous token (if any) stays until it expires"
+                );
+                f.delay
+            }
+        };
+    }
+}
+
+/// A restarted sidecar finds the emptyDir as it left it: reuse a still-valid token rather than
+/// racing to replace it, and clear out anything that is not valid.
+fn adopt_existing(spec: &TokenSpec) -> Option<Claims> {
+    let path = spec.path.display().to_string();
+    let aud = spec.audience.as_str();
+    match read_valid(&spec.path, aud, now_s()) {
         Ok(Some(c)) => {
             info!(
                 path,
@@ -84,81 +147,6 @@ pub async fn keep_fresh(cfg: Arc<Config>, spec: TokenSpec, mut jitter: Jitter) {
                 warn!(path, error = %e, "cannot remove invalid token file");
             }
             None
-        }
-    };
-    let mut attempt: u32 = 0;
-    let mut repeats: u32 = 0;
-    let mut delay = match &current {
-        Some(c) => schedule::next_refresh(&cfg.policy, c.iat, c.exp, now_ms(), jitter.sample()),
-        None => Duration::ZERO,
-    };
-    loop {
-        if !delay.is_zero() {
-            debug!(path, sleep_ms = delay.as_millis() as u64, "sleeping");
-            tokio::time::sleep(delay).await;
-        }
-        if let Some(c) = &current
-            && c.exp.saturating_mul(1000) <= now_ms()
-        {
-            match writer::remove(&spec.path) {
-                Ok(()) => warn!(
-                    path,
-                    audience = aud,
-                    exp = c.exp,
-                    "token expired during outage; file removed"
-                ),
-                Err(e) => warn!(path, error = %e, "cannot remove expired token file"),
-            }
-            current = None;
-        }
-        match refresh_once(&cfg, &spec, cfg.request_timeout).await {
-            Ok(claims) => {
-                let same = current
-                    .as_ref()
-                    .is_some_and(|c| c.exp == claims.exp && c.iat == claims.iat);
-                repeats = if same { repeats.saturating_add(1) } else { 0 };
-                delay = schedule::after_fetch(
-                    &cfg.policy,
-                    claims.iat,
-                    claims.exp,
-                    now_ms(),
-                    jitter.sample(),
-                    repeats,
-                );
-                if same {
-                    debug!(
-                        path,
-                        repeats,
-                        retry_in_ms = delay.as_millis() as u64,
-                        "metadata server returned the same token"
-                    );
-                } else {
-                    info!(
-                        path,
-                        audience = aud,
-                        exp = claims.exp,
-                        refresh_in_s = delay.as_secs(),
-                        after_failures = attempt,
-                        "token written"
-                    );
-                }
-                current = Some(claims);
-                attempt = 0;
-            }
-            Err(e) => {
-                attempt = attempt.saturating_add(1);
-                let exp = current.as_ref().map(|c| c.exp);
-                delay = schedule::retry_delay(&cfg.policy, attempt, jitter.sample(), exp, now_ms());
-                warn!(
-                    path,
-                    audience = aud,
-                    attempt,
-                    retry_in_ms = delay.as_millis() as u64,
-                    current_token_exp = exp,
-                    error = %e,
-                    "token refresh failed; the previous token (if any) stays until it expires"
-                );
-            }
         }
     }
 }
