@@ -6,8 +6,9 @@ use std::io::Write;
 
 use crate::aws;
 use crate::clock::now_ms;
-use crate::metadata::{Endpoint, FetchError};
-use crate::sts::{self, Chain, HopFailure, Sts};
+use crate::jwt::Claims;
+use crate::metadata::{FetchError, Endpoint};
+use crate::sts::{self, Chain, ChainError, HopFailure, Sts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DoctorError {
@@ -51,40 +52,11 @@ pub async fn verify(
 ) -> Result<bool, DoctorError> {
     writeln!(out, "metadata server: {}", endpoint.display())?;
     let token = aws::fetch(endpoint, audience, timeout).await?;
-    let c = &token.claims;
-    let now = now_ms().div_euclid(1000);
-    let show = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
-    writeln!(out, "ID token claims (the token itself is not printed):")?;
-    writeln!(out, "  iss:   {}", show(&c.iss))?;
-    writeln!(out, "  sub:   {}", show(&c.sub))?;
-    writeln!(out, "  azp:   {}", show(&c.azp))?;
-    writeln!(out, "  aud:   {}", c.aud)?;
-    writeln!(out, "  email: {}", show(&c.email))?;
-    writeln!(out, "  exp:   {} (in {}s)", c.exp, c.exp - now)?;
-    let unique_id = aws::unique_id(c).unwrap_or("<GSA unique ID>").to_string();
-    writeln!(
-        out,
-        "chain of {} hop(s), session name {}:",
-        chain.len(),
-        chain.session_name
-    )?;
-    for n in 1..=chain.len() {
-        let mut line = format!("  hop {n}: {} {}", sts::action_of(n), chain.role_of(n));
-        if n > 1 {
-            if chain.hops[n - 2].external_id.is_some() {
-                line.push_str(", with external ID");
-            }
-            if !chain.tags.is_empty() {
-                let keys: Vec<&str> = chain.tags.iter().map(|(k, _)| k.as_str()).collect();
-                line.push_str(&format!(", session tags {}", keys.join(",")));
-            }
-        }
-        match chain.duration_of(n) {
-            Some(d) => line.push_str(&format!(", DurationSeconds {d}")),
-            None => line.push_str(", STS's default duration"),
-        }
-        writeln!(out, "{line}")?;
-    }
+    write_claims(out, &token.claims, now_ms().div_euclid(1000))?;
+    let unique_id = aws::unique_id(&token.claims)
+        .unwrap_or("<GSA unique ID>")
+        .to_string();
+    write_plan(out, chain)?;
     let mut report = Vec::new();
     let result = sts::assume(&Sts::from_env(), chain, &token.jwt, |ok| {
         report.push(format!(
@@ -111,30 +83,83 @@ pub async fn verify(
             Ok(true)
         }
         Err(e) => {
-            writeln!(out, "FAILED: {e}")?;
-            let code = match &e.failure {
-                HopFailure::Sts { code, .. } => code.as_deref(),
-                _ => None,
-            };
-            writeln!(out, "likely cause: {}", aws::explain_hop_error(e.hop, code))?;
-            writeln!(
-                out,
-                "the trust policy of {} (hop {}) should be:",
-                e.role_arn, e.hop
-            )?;
-            let policy = policy_for_hop(chain, e.hop, audience, &unique_id);
-            writeln!(out, "{}", serde_json::to_string_pretty(&policy)?)?;
-            if e.hop > 1 {
-                writeln!(
-                    out,
-                    "and the permissions policy of {} must allow sts:AssumeRole and sts:TagSession on {}",
-                    chain.role_of(e.hop - 1),
-                    e.role_arn
-                )?;
-            }
+            write_failure(out, chain, &e, audience, &unique_id)?;
             Ok(false)
         }
     }
+}
+
+/// The token's claims (never the token itself); `now` in Unix seconds.
+fn write_claims(out: &mut impl Write, c: &Claims, now: i64) -> Result<(), DoctorError> {
+    let show = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+    writeln!(out, "ID token claims (the token itself is not printed):")?;
+    writeln!(out, "  iss:   {}", show(&c.iss))?;
+    writeln!(out, "  sub:   {}", show(&c.sub))?;
+    writeln!(out, "  azp:   {}", show(&c.azp))?;
+    writeln!(out, "  aud:   {}", c.aud)?;
+    writeln!(out, "  email: {}", show(&c.email))?;
+    writeln!(out, "  exp:   {} (in {}s)", c.exp, c.exp - now)?;
+    Ok(())
+}
+
+/// What each hop will send, before any is tried.
+fn write_plan(out: &mut impl Write, chain: &Chain) -> Result<(), DoctorError> {
+    writeln!(
+        out,
+        "chain of {} hop(s), session name {}:",
+        chain.len(),
+        chain.session_name
+    )?;
+    for n in 1..=chain.len() {
+        let mut line = format!("  hop {n}: {} {}", sts::action_of(n), chain.role_of(n));
+        if n > 1 {
+            if chain.hops[n - 2].external_id.is_some() {
+                line.push_str(", with external ID");
+            }
+            if !chain.tags.is_empty() {
+                let keys: Vec<&str> = chain.tags.iter().map(|(k, _)| k.as_str()).collect();
+                line.push_str(&format!(", session tags {}", keys.join(",")));
+            }
+        }
+        match chain.duration_of(n) {
+            Some(d) => line.push_str(&format!(", DurationSeconds {d}")),
+            None => line.push_str(", STS's default duration"),
+        }
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+/// The failed hop, its likely cause, and the policies that would let it pass.
+fn write_failure(
+    out: &mut impl Write,
+    chain: &Chain,
+    e: &ChainError,
+    audience: &str,
+    unique_id: &str,
+) -> Result<(), DoctorError> {
+    writeln!(out, "FAILED: {e}")?;
+    let code = match &e.failure {
+        HopFailure::Sts { code, .. } => code.as_deref(),
+        _ => None,
+    };
+    writeln!(out, "likely cause: {}", aws::explain_hop_error(e.hop, code))?;
+    writeln!(
+        out,
+        "the trust policy of {} (hop {}) should be:",
+        e.role_arn, e.hop
+    )?;
+    let policy = policy_for_hop(chain, e.hop, audience, unique_id);
+    writeln!(out, "{}", serde_json::to_string_pretty(&policy)?)?;
+    if e.hop > 1 {
+        writeln!(
+            out,
+            "and the permissions policy of {} must allow sts:AssumeRole and sts:TagSession on {}",
+            chain.role_of(e.hop - 1),
+            e.role_arn
+        )?;
+    }
+    Ok(())
 }
 
 /// The Google service account's unique ID, read from a fresh token.
