@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::clock::now_ms;
 use crate::creds::Credentials;
 use crate::jwt::Claims;
-use crate::metadata::{self, Endpoint, FetchError, Token};
+use crate::metadata::{self, FetchError, MetadataHost, Token};
 use crate::writer;
 
 /// The audience AWS documents for web identity federation, and what the webhook uses.
@@ -138,7 +138,7 @@ impl ProcessCredentials {
 
 /// Fetch an ID token for `audience` from the metadata server.
 pub async fn fetch(
-    endpoint: &Endpoint,
+    endpoint: &MetadataHost,
     audience: &str,
     timeout: Duration,
 ) -> Result<Token, FetchError> {

@@ -16,7 +16,7 @@ use rolebridge_contract::{
 use crate::aws::DEFAULT_AUDIENCE;
 use crate::endpoint::Limits;
 use crate::identity::PodIdentity;
-use crate::metadata::Endpoint;
+use crate::metadata::MetadataHost;
 use crate::schedule::Policy;
 use crate::spec::{self, SpecError, TokenSpec};
 use crate::sts::Hop;
@@ -82,8 +82,8 @@ pub struct MetadataArgs {
 }
 
 impl MetadataArgs {
-    pub fn endpoint(&self) -> Endpoint {
-        Endpoint::new(self.metadata_host.as_deref())
+    pub fn endpoint(&self) -> MetadataHost {
+        MetadataHost::new(self.metadata_host.as_deref())
     }
 
     pub fn config(&self, policy: Policy) -> Arc<Config> {

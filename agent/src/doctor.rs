@@ -7,7 +7,7 @@ use std::io::Write;
 use crate::aws;
 use crate::clock::now_ms;
 use crate::jwt::Claims;
-use crate::metadata::{FetchError, Endpoint};
+use crate::metadata::{FetchError, MetadataHost};
 use crate::sts::{self, Chain, ChainError, HopFailure, Sts};
 
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +45,7 @@ pub fn policy_for_hop(
 /// Walk `chain`, reporting to `out`. Ok(true) when every hop succeeded.
 pub async fn verify(
     out: &mut impl Write,
-    endpoint: &Endpoint,
+    endpoint: &MetadataHost,
     timeout: std::time::Duration,
     audience: &str,
     chain: &Chain,
@@ -164,7 +164,7 @@ fn write_failure(
 
 /// The Google service account's unique ID, read from a fresh token.
 pub async fn unique_id_from_token(
-    endpoint: &Endpoint,
+    endpoint: &MetadataHost,
     audience: &str,
     timeout: std::time::Duration,
 ) -> Result<String, DoctorError> {

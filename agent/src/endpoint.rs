@@ -309,7 +309,9 @@ pub enum HealthError {
 
 /// `GET /healthz` on the local endpoint.
 pub async fn probe_health(port: u16, timeout: Duration) -> Result<(), HealthError> {
-    let endpoint = crate::metadata::Endpoint::new(Some(&format!("{CREDENTIALS_HOST}:{port}")));
+    // The metadata client's plain HTTP/1.1 GET, pointed at the endpoint (which ignores its
+    // Metadata-Flavor header): no second HTTP client in the binary.
+    let endpoint = crate::metadata::MetadataHost::new(Some(&format!("{CREDENTIALS_HOST}:{port}")));
     let unreachable = |reason: String| HealthError::Unreachable { port, reason };
     let (status, body) =
         tokio::time::timeout(timeout, crate::metadata::get(&endpoint, HEALTH_PATH))

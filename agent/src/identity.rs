@@ -9,7 +9,7 @@ use tracing::{debug, info};
 
 use rolebridge_contract::session_name;
 
-use crate::metadata::{self, Endpoint};
+use crate::metadata::{self, MetadataHost};
 
 pub const TAG_NAMESPACE: &str = "kubernetes-namespace";
 pub const TAG_SERVICE_ACCOUNT: &str = "kubernetes-service-account";
@@ -108,7 +108,7 @@ impl ClusterName {
     }
 
     /// The name, when known; may ask the metadata server.
-    pub async fn get(&self, endpoint: &Endpoint, timeout: Duration) -> Option<String> {
+    pub async fn get(&self, endpoint: &MetadataHost, timeout: Duration) -> Option<String> {
         match self.state.lock().unwrap().clone() {
             Known::Yes(s) => return Some(s),
             Known::No => return None,
@@ -209,7 +209,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn explicit_cluster_name_needs_no_metadata_server() {
         let c = ClusterName::new(Some("prod".into()));
-        let unreachable = Endpoint::new(Some("127.0.0.1:1"));
+        let unreachable = MetadataHost::new(Some("127.0.0.1:1"));
         assert_eq!(
             c.get(&unreachable, Duration::from_millis(100))
                 .await

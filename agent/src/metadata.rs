@@ -24,19 +24,20 @@ const IDENTITY_PATH: &str = "/computeMetadata/v1/instance/service-accounts/defau
 /// An ID token is about 1 KiB; anything much larger is not one.
 const MAX_BODY: usize = 64 * 1024;
 
-/// Address and `Host` header of the metadata server.
+/// Address and `Host` header of the metadata server: what `GCE_METADATA_HOST` names. (Not the
+/// credentials endpoint, which is [`crate::endpoint`].)
 #[derive(Debug, Clone)]
-pub struct Endpoint {
+pub struct MetadataHost {
     /// `host:port` to connect to.
     connect: String,
     host_header: String,
 }
 
-impl Endpoint {
+impl MetadataHost {
     /// From the value of `GCE_METADATA_HOST` (`host[:port]`, no scheme), or the default.
     pub fn new(gce_metadata_host: Option<&str>) -> Self {
         match gce_metadata_host.map(str::trim).filter(|s| !s.is_empty()) {
-            None => Endpoint {
+            None => MetadataHost {
                 connect: DEFAULT_METADATA_IP.into(),
                 host_header: DEFAULT_METADATA_HOST_HEADER.into(),
             },
@@ -49,7 +50,7 @@ impl Endpoint {
                     }
                     None => false,
                 };
-                Endpoint {
+                MetadataHost {
                     connect: if has_port {
                         h.to_string()
                     } else {
@@ -151,14 +152,14 @@ pub struct Token {
 
 /// Fetch and validate an ID token for `audience`. `now` supplies Unix seconds for validation.
 pub async fn fetch_token(
-    endpoint: &Endpoint,
+    endpoint: &MetadataHost,
     audience: &str,
     timeout: Duration,
     now: impl Fn() -> i64,
 ) -> Result<Token, FetchError> {
     let (status, body) = match tokio::time::timeout(
         timeout,
-        get(endpoint, &Endpoint::identity_path(audience)),
+        get(endpoint, &MetadataHost::identity_path(audience)),
     )
     .await
     {
@@ -184,7 +185,7 @@ pub async fn fetch_token(
 }
 
 /// `GET path` with `Metadata-Flavor: Google`; returns the status and the (bounded) body.
-pub async fn get(endpoint: &Endpoint, path: &str) -> Result<(StatusCode, Bytes), FetchError> {
+pub async fn get(endpoint: &MetadataHost, path: &str) -> Result<(StatusCode, Bytes), FetchError> {
     let http_err = |e: &dyn std::fmt::Display| FetchError::Http {
         endpoint: endpoint.display(),
         reason: e.to_string(),
@@ -243,26 +244,26 @@ mod tests {
 
     #[test]
     fn endpoint_from_env_forms() {
-        let d = Endpoint::new(None);
+        let d = MetadataHost::new(None);
         assert_eq!(
             (d.connect.as_str(), d.host_header.as_str()),
             ("169.254.169.254:80", "metadata.google.internal")
         );
-        assert_eq!(Endpoint::new(Some("")).connect, "169.254.169.254:80");
-        let e = Endpoint::new(Some("127.0.0.1:8080"));
+        assert_eq!(MetadataHost::new(Some("")).connect, "169.254.169.254:80");
+        let e = MetadataHost::new(Some("127.0.0.1:8080"));
         assert_eq!(
             (e.connect.as_str(), e.host_header.as_str()),
             ("127.0.0.1:8080", "127.0.0.1:8080")
         );
-        let e = Endpoint::new(Some("metadata.google.internal"));
+        let e = MetadataHost::new(Some("metadata.google.internal"));
         assert_eq!(
             (e.connect.as_str(), e.host_header.as_str()),
             ("metadata.google.internal:80", "metadata.google.internal")
         );
-        assert_eq!(Endpoint::new(Some("[::1]:9")).connect, "[::1]:9");
-        assert_eq!(Endpoint::new(Some("[::1]")).connect, "[::1]:80");
+        assert_eq!(MetadataHost::new(Some("[::1]:9")).connect, "[::1]:9");
+        assert_eq!(MetadataHost::new(Some("[::1]")).connect, "[::1]:80");
         assert_eq!(
-            Endpoint::new(Some("http://10.0.0.1:81/")).connect,
+            MetadataHost::new(Some("http://10.0.0.1:81/")).connect,
             "10.0.0.1:81"
         );
     }
@@ -270,11 +271,12 @@ mod tests {
     #[test]
     fn audience_is_percent_encoded() {
         assert_eq!(
-            Endpoint::identity_path("https://a.b/c?d=e&f"),
+            MetadataHost::identity_path("https://a.b/c?d=e&f"),
             "/computeMetadata/v1/instance/service-accounts/default/identity?audience=https%3A%2F%2Fa.b%2Fc%3Fd%3De%26f&format=full"
         );
         assert!(
-            Endpoint::identity_path("sts.amazonaws.com").contains("audience=sts.amazonaws.com&")
+            MetadataHost::identity_path("sts.amazonaws.com")
+                .contains("audience=sts.amazonaws.com&")
         );
     }
 

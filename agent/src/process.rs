@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::aws::{self, ProcessCredentials};
 use crate::clock::now_ms;
-use crate::metadata::{Endpoint, FetchError};
+use crate::metadata::{FetchError, MetadataHost};
 use crate::sts::{self, Chain, ChainError, Sts};
 
 /// One `credential-process` invocation.
@@ -15,7 +15,7 @@ use crate::sts::{self, Chain, ChainError, Sts};
 pub struct Request {
     pub chain: Chain,
     pub audience: String,
-    pub endpoint: Endpoint,
+    pub endpoint: MetadataHost,
     pub request_timeout: Duration,
     /// None: no cache.
     pub cache_dir: Option<PathBuf>,
@@ -94,7 +94,7 @@ mod tests {
                 region: None,
             },
             audience: "sts.amazonaws.com".into(),
-            endpoint: Endpoint::new(None),
+            endpoint: MetadataHost::new(None),
             request_timeout: Duration::from_secs(1),
             cache_dir: Some(PathBuf::from("/c")),
             refresh_before: Duration::from_secs(300),

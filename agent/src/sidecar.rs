@@ -1,4 +1,4 @@
-//! `run`: the sidecar. Keeps every token file fresh ([`crate::agent`]) and, for bindings with
+//! `run`: the sidecar. Keeps every token file fresh ([`crate::token_files`]) and, for bindings with
 //! the credentials delivery, obtains their credentials through the STS chain and serves them
 //! on loopback ([`crate::endpoint`]).
 //!

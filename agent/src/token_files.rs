@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::{Jitter, now_ms};
 use crate::jwt::{self, Claims, JwtError};
-use crate::metadata::{self, Endpoint, FetchError};
+use crate::metadata::{self, FetchError, MetadataHost};
 use crate::schedule::{self, Policy};
 use crate::spec::TokenSpec;
 use crate::token_state::{Held, TokenState};
@@ -23,7 +23,7 @@ use crate::writer::{self, TOKEN_MODE, WriteError};
 /// Shared settings of the token loops.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub endpoint: Endpoint,
+    pub endpoint: MetadataHost,
     pub request_timeout: Duration,
     pub policy: Policy,
 }

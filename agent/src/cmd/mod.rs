@@ -1,4 +1,5 @@
-//! One module per subcommand. Each `run(args)` turns its parsed arguments ([`crate::cli`]) into
+//! One module per subcommand (`run`'s is [`sidecar`], so that it is not a second `cmd::run`).
+//! Each `run(args)` turns its parsed arguments ([`crate::cli`]) into
 //! the library's types, starts a runtime when it needs one, does the work through the modules
 //! that decide ([`crate::token_files`], [`crate::sidecar`], [`crate::doctor`], …) and prints
 //! what the subcommand prints. `main` only parses, sets up logging and calls [`run`].
@@ -19,7 +20,7 @@ pub mod check;
 pub mod credential_process;
 pub mod flags;
 pub mod init;
-pub mod run;
+pub mod sidecar;
 pub mod trust_policy;
 pub mod verify;
 
@@ -57,7 +58,7 @@ pub enum CmdError {
 /// Run one subcommand to its end.
 pub fn run(command: Command) -> Result<ExitCode, CmdError> {
     match command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => sidecar::run(args),
         Command::Init(args) => init::run(args),
         Command::Check(args) => check::run(args),
         Command::Verify(args) => verify::run(args),
