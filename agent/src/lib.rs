@@ -8,12 +8,15 @@
 //! hard to trace back. The design follows from those two facts:
 //!
 //! - **Pure core, thin shell.** [`schedule`] decides when to refresh and how long to back off
-//!   as pure functions of (times, now, jitter); [`creds::Slot`] is the credentials endpoint's
-//!   whole state machine for one binding (what to answer now, when to refresh, when to retry);
+//!   as pure functions of (times, now, jitter); [`token_state::TokenState`] is one token file's
+//!   refresh loop as a state machine (when to fetch, what a success or a failure leads to, when
+//!   a held token must be removed); [`creds::Slot`] is the credentials endpoint's whole state
+//!   machine for one binding (what to answer now, when to refresh, when to retry);
 //!   [`endpoint`]'s routing, authorization and replies are pure functions; [`jwt`] decides
 //!   whether a token is acceptable; [`spec`] and [`cli`] parse what the webhook renders
 //!   ([`rolebridge_contract::AgentArgs`]). All unit-tested without clocks or sockets.
-//!   [`token_files`], [`sidecar`], [`metadata`], [`sts`] and [`writer`] do the I/O; `main` only wires.
+//!   [`token_files`], [`sidecar`], [`metadata`], [`sts`] and [`writer`] do the I/O; `main` only
+//!   wires.
 //! - **The file only ever holds a valid token.** A token is written only after its claims decode,
 //!   its `aud` is the audience requested and its `exp` is in the future; it is replaced by
 //!   `rename(2)` of a fully written, fsynced temporary file in the same directory; it is kept
@@ -33,6 +36,28 @@
 //!   one shared HTTPS client.
 //! - **Nothing secret in logs.** Errors, log fields and `Debug` name files, audiences, roles and
 //!   expiry times, never token or credential contents.
+//!
+//! # Module map
+//!
+//! - **Entry.** `main` parses [`cli::Cli`], sets up logging and calls [`cmd::run`].
+//! - **Command line.** [`cli`]: clap, one `Args` struct per subcommand; every name the webhook
+//!   renders (subcommands, `--token`, `--credentials`, `--credentials-port`, `--wait`) and the
+//!   shared facts (loopback host, lowest port, session-name rules, AWS variable names) come from
+//!   [`rolebridge_contract`]. [`spec`]: the token mapping and its `ROLEBRIDGE_TOKENS` fallback.
+//! - **Subcommands.** [`cmd`], one module each, `run(args) -> Result<ExitCode, CmdError>`:
+//!   [`cmd::sidecar`] (`run`), [`cmd::init`], [`cmd::check`], [`cmd::verify`],
+//!   [`cmd::trust_policy`], [`cmd::credential_process`] and the hidden [`cmd::flags`]
+//!   (`flags --json`, the command line as data).
+//! - **Pure decisions.** [`schedule`], [`token_state`], [`creds`], [`jwt`], the pure half of
+//!   [`endpoint`] ([`endpoint::route`], [`endpoint::authorize`], [`endpoint::credentials_reply`],
+//!   [`endpoint::health_reply`]), [`identity`]'s session tags and name, [`aws`]'s trust policies
+//!   and error explanations.
+//! - **I/O shells.** [`token_files`] (token files: keep fresh, init, check), [`sidecar`] (`run`:
+//!   the token loops, one credentials refresher per binding, the endpoint), [`endpoint`]'s
+//!   server, [`metadata`] (the GKE metadata server's client), [`sts`] (the role chain),
+//!   [`process`] (`credential_process` and its cache), [`doctor`] (`verify`'s report),
+//!   [`writer`] (atomic files), [`authtoken`] (the endpoint's per-pod token), [`clock`] (the
+//!   wall clock and the jitter, the only inputs from outside the pure parts).
 
 pub mod authtoken;
 pub mod aws;
