@@ -133,7 +133,8 @@ impl PodArgs {
     }
 }
 
-/// A role chain given as flags (`credential-process`, `verify`).
+/// A role chain given as flags (`credential-process`, `verify`): the hops after the web
+/// identity hop, and the audience of the ID token that starts it.
 #[derive(Debug, Args)]
 pub struct ChainArgs {
     /// After the web identity hop, sts:AssumeRole into this role. Repeat for more hops, in
@@ -156,6 +157,8 @@ pub struct ChainArgs {
     /// Lifetime of the final credentials, in seconds (900-43200; at most 3600 with a chain).
     #[arg(long, env = "ROLEBRIDGE_DURATION_SECONDS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub duration_seconds: Option<u32>,
+    #[command(flatten)]
+    pub audience: AudienceArg,
 }
 
 impl ChainArgs {
@@ -325,8 +328,6 @@ pub struct VerifyArgs {
     pub role_arn: Option<String>,
     #[command(flatten)]
     pub chain: ChainArgs,
-    #[command(flatten)]
-    pub audience: AudienceArg,
     /// Role session name (default: the pod name, else rolebridge-<hostname>).
     #[arg(long, env = "ROLEBRIDGE_SESSION_NAME")]
     pub session_name: Option<String>,
@@ -364,8 +365,6 @@ pub struct CredentialProcessArgs {
     pub role_arn: String,
     #[command(flatten)]
     pub chain: ChainArgs,
-    #[command(flatten)]
-    pub audience: AudienceArg,
     /// Role session name (default rolebridge-<hostname>).
     #[arg(long, env = "ROLEBRIDGE_SESSION_NAME")]
     pub session_name: Option<String>,

@@ -93,18 +93,12 @@ fn hidden_flags_subcommand_prints_the_command_line_as_json() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["name"], "rolebridge-agent");
-    let run = v["subcommands"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "run")
-        .unwrap();
-    let port = run["flags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["long"] == "credentials-port")
-        .unwrap();
+    let entry = |v: &serde_json::Value, list: &str, key: &str, value: &str| {
+        let mut entries = v[list].as_array().unwrap().clone().into_iter();
+        entries.find(|e| e[key] == value).unwrap()
+    };
+    let run = entry(&v, "subcommands", "name", "run");
+    let port = entry(&run, "flags", "long", "credentials-port");
     assert_eq!(port["env"], "ROLEBRIDGE_CREDENTIALS_PORT");
     assert_eq!(port["default"], "24118");
     // JSON is the only format, and asked for explicitly.

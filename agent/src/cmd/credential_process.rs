@@ -17,7 +17,6 @@ pub fn run(args: CredentialProcessArgs) -> Result<ExitCode, CmdError> {
     let CredentialProcessArgs {
         role_arn,
         chain,
-        audience,
         session_name,
         cache_dir,
         no_cache,
@@ -36,7 +35,7 @@ pub fn run(args: CredentialProcessArgs) -> Result<ExitCode, CmdError> {
             tags: Vec::new(),
             region: None,
         },
-        audience: audience.audience,
+        audience: chain.audience.audience,
         endpoint: metadata.endpoint(),
         request_timeout: metadata.request_timeout,
         cache_dir: if no_cache {

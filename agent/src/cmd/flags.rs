@@ -25,22 +25,21 @@ mod tests {
     use rolebridge_contract::{flag, introspect, subcommand};
     use serde_json::Value;
 
+    /// The entry of `v[list]` whose `key` is `value`.
+    fn entry<'a>(v: &'a Value, list: &str, key: &str, value: &str) -> &'a Value {
+        let mut entries = v[list].as_array().unwrap().iter();
+        entries
+            .find(|e| e[key] == value)
+            .unwrap_or_else(|| panic!("no {key} {value} in {list} of {v:#}"))
+    }
+
     fn subcommand<'a>(v: &'a Value, name: &str) -> &'a Value {
-        v["subcommands"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap_or_else(|| panic!("no subcommand {name} in {v:#}"))
+        entry(v, "subcommands", "name", name)
     }
 
     fn longs(sub: &Value) -> Vec<&str> {
-        sub["flags"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|f| f["long"].as_str())
-            .collect()
+        let flags = sub["flags"].as_array().unwrap();
+        flags.iter().filter_map(|f| f["long"].as_str()).collect()
     }
 
     /// Every subcommand and flag the webhook renders is declared by the parser under the
@@ -81,12 +80,8 @@ mod tests {
                 assert!(have.contains(flag), "{name} lacks --{flag}: {have:?}");
             }
         }
-        let port = subcommand(&v, subcommand::RUN)["flags"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["long"] == flag::name::CREDENTIALS_PORT)
-            .unwrap();
+        let run = subcommand(&v, subcommand::RUN);
+        let port = entry(run, "flags", "long", flag::name::CREDENTIALS_PORT);
         assert_eq!(
             port["default"],
             rolebridge_contract::DEFAULT_CREDENTIALS_PORT.to_string()

@@ -15,8 +15,7 @@ use super::{CmdError, exit, runtime};
 pub fn run(args: VerifyArgs) -> Result<ExitCode, CmdError> {
     let VerifyArgs {
         role_arn,
-        chain,
-        audience,
+        chain: flags,
         session_name,
         no_session_tags,
         pod,
@@ -31,7 +30,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, CmdError> {
         .ok_or(CmdError::MissingRoleArn)?;
     let identity = pod.identity();
     let rt = runtime()?;
-    let hops = chain.hops();
+    let hops = flags.hops();
     let tags = if no_session_tags || hops.is_empty() {
         Vec::new()
     } else {
@@ -42,7 +41,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, CmdError> {
     let chain = Chain {
         role_arn,
         hops,
-        duration_seconds: chain.duration_seconds,
+        duration_seconds: flags.duration_seconds,
         session_name: session_name
             .map(|s| session_name::sanitize(&s))
             .unwrap_or_else(|| identity.session_name()),
@@ -53,7 +52,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, CmdError> {
         &mut std::io::stdout().lock(),
         &metadata.endpoint(),
         metadata.request_timeout,
-        &audience.audience,
+        &flags.audience.audience,
         &chain,
     ))?;
     Ok(exit(ok))
