@@ -475,12 +475,14 @@ mod tests {
                 tokens: tokens.clone(),
                 credentials: vec![docs.clone(), minimal.clone()],
                 credentials_port: 24118,
+                google_service_account: None,
             },
             AgentArgs {
                 tokens: vec![],
                 credentials: vec![docs],
                 // The lowest port the webhook renders (and a non-default one).
                 credentials_port: MIN_CREDENTIALS_PORT,
+                google_service_account: None,
             },
         ]
     }

@@ -46,6 +46,12 @@ pub const AGENT_UID: i64 = 65532;
 /// The shared in-memory volume, as mounted in the agent and in every covered container.
 pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/rolebridge.io";
 
+/// Where a pod's kubelet-projected service-account tokens (`tokenSource: Kubernetes`) are
+/// mounted, one file per audience ([`kubernetes_token_path`]). Beside the in-memory volume, not
+/// inside it: covered containers mount that one read-only, and a mount point cannot be created
+/// inside a read-only mount.
+pub const KUBERNETES_TOKEN_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.rolebridge.io";
+
 /// The per-pod authorization token of the credentials endpoint
 /// (`AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`). It never ends in `.token`, so no audience's
 /// [`token_path`] can be this file.
@@ -107,6 +113,9 @@ pub mod flag {
         /// `check` only: keep retrying until the check passes, for at most this duration, then
         /// fail. Legacy sidecar mode's `postStart` hook holds the app containers with it.
         WAIT = "wait";
+        /// `run` and `init`: the Google service account every Google ID token must be for
+        /// ([`crate::GooglePin`]); a token for any other account is refused.
+        GOOGLE_SERVICE_ACCOUNT = "google-service-account";
     }
 }
 
@@ -232,6 +241,20 @@ pub mod subcommand {
 /// a safe file name gets sanitised plus a hash, so two audiences can never share a file and a
 /// path never contains `=` (a [`TokenSpec`] splits on the first `=`).
 pub fn token_path(audience: &str) -> String {
+    format!("{TOKEN_MOUNT_PATH}/{}", token_file_name(audience))
+}
+
+/// The kubelet-projected token for an audience (`tokenSource: Kubernetes`), named like
+/// [`token_path`] in [`KUBERNETES_TOKEN_MOUNT_PATH`].
+pub fn kubernetes_token_path(audience: &str) -> String {
+    format!(
+        "{KUBERNETES_TOKEN_MOUNT_PATH}/{}",
+        token_file_name(audience)
+    )
+}
+
+/// The file name of an audience's token, relative to its volume (a projected volume's `path`).
+pub fn token_file_name(audience: &str) -> String {
     let sanitized: String = audience
         .chars()
         .map(|c| {
@@ -244,12 +267,9 @@ pub fn token_path(audience: &str) -> String {
         .take(100)
         .collect();
     if sanitized == audience && !audience.starts_with('.') {
-        format!("{TOKEN_MOUNT_PATH}/{audience}.token")
+        format!("{audience}.token")
     } else {
-        format!(
-            "{TOKEN_MOUNT_PATH}/{sanitized}-{:08x}.token",
-            fnv1a(audience)
-        )
+        format!("{sanitized}-{:08x}.token", fnv1a(audience))
     }
 }
 
@@ -340,6 +360,8 @@ pub enum ContractError {
     CredentialsSyntax(String),
     #[error("credentials spec: {0}")]
     Credentials(String),
+    #[error("google service account {0:?} is neither an email nor \"none\"")]
+    Pin(String),
 }
 
 /// One token file and the audience its token is minted for: `PATH=AUDIENCE` on the agent's
@@ -416,6 +438,11 @@ pub struct CredentialsSpec {
     /// STS region (regional endpoint); the global endpoint's region when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// `tokenSource: Kubernetes`: the web identity token is this file (kubelet-projected,
+    /// rotated in place, so re-read for every exchange) instead of a Google ID token from the
+    /// metadata server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
 }
 
 impl CredentialsSpec {
@@ -455,6 +482,11 @@ impl CredentialsSpec {
         if self.duration_seconds == Some(0) {
             return bad("durationSeconds must be positive".into());
         }
+        if let Some(f) = &self.token_file
+            && !f.starts_with('/')
+        {
+            return bad(format!("tokenFile {f:?} must be an absolute path"));
+        }
         Ok(())
     }
 
@@ -493,6 +525,60 @@ pub struct AgentArgs {
     pub credentials: Vec<CredentialsSpec>,
     /// The endpoint's port; only rendered when `credentials` is not empty.
     pub credentials_port: u16,
+    /// Which Google service account the Google ID tokens must belong to (`run` and `init`).
+    /// `None`: not pinned (a pod without Google-source bindings, or a manifest rendered offline
+    /// without its ServiceAccount).
+    pub google_service_account: Option<GooglePin>,
+}
+
+/// The identity the agent must act as when it asks the metadata server for a Google ID token:
+/// the Google service account the pod's Kubernetes service account names
+/// (`iam.gke.io/gcp-service-account`), as the webhook saw it at admission.
+///
+/// Why: a pod on the host network, or on a node pool without the GKE metadata server, reaches
+/// the Compute Engine metadata server, which answers with the *node's* account. The agent asks
+/// for a full-format token and refuses one whose `email` claim is any other account.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum GooglePin {
+    /// Tokens must have this `email`.
+    Email(String),
+    /// The service account names no Google service account: every token is refused, with
+    /// the advice to annotate it (or to use `tokenSource: Kubernetes`).
+    NotConfigured,
+}
+
+impl GooglePin {
+    /// How [`GooglePin::NotConfigured`] is spelled on the command line (no email is `none`).
+    pub const NOT_CONFIGURED: &str = "none";
+}
+
+impl fmt::Display for GooglePin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GooglePin::Email(e) => f.write_str(e),
+            GooglePin::NotConfigured => f.write_str(GooglePin::NOT_CONFIGURED),
+        }
+    }
+}
+
+impl FromStr for GooglePin {
+    type Err = ContractError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == GooglePin::NOT_CONFIGURED {
+            return Ok(GooglePin::NotConfigured);
+        }
+        let valid = s.len() <= 254
+            && s.split_once('@').is_some_and(|(user, domain)| {
+                !user.is_empty() && domain.contains('.') && !domain.contains('@')
+            })
+            && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+        if valid {
+            Ok(GooglePin::Email(s.to_owned()))
+        } else {
+            Err(ContractError::Pin(s.to_owned()))
+        }
+    }
 }
 
 impl AgentArgs {
@@ -535,12 +621,69 @@ impl AgentArgs {
             out.push(flag::CREDENTIALS_PORT.into());
             out.push(self.credentials_port.to_string());
         }
+        if with_credentials && let Some(pin) = &self.google_service_account {
+            out.push(flag::GOOGLE_SERVICE_ACCOUNT.into());
+            out.push(pin.to_string());
+        }
     }
 }
 
 #[cfg(test)]
 mod contract_tests {
     use super::*;
+
+    #[test]
+    fn pins_round_trip_and_reject_non_emails() {
+        for pin in [
+            GooglePin::Email("app@project.iam.gserviceaccount.com".into()),
+            GooglePin::NotConfigured,
+        ] {
+            assert_eq!(pin.to_string().parse::<GooglePin>().unwrap(), pin);
+        }
+        for bad in ["", "app", "@x.com", "a@b", "a b@c.d", "a@b@c.d"] {
+            assert!(bad.parse::<GooglePin>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_pin_is_told_to_run_and_init_not_to_the_probe() {
+        let args = AgentArgs {
+            tokens: vec![TokenSpec {
+                path: token_path(DEFAULT_AUDIENCE).into(),
+                audience: DEFAULT_AUDIENCE.into(),
+            }],
+            google_service_account: Some(GooglePin::Email("a@p.iam.gserviceaccount.com".into())),
+            ..AgentArgs::default()
+        };
+        for sub in [subcommand::RUN, subcommand::INIT] {
+            let rendered = args.args(sub);
+            let at = rendered
+                .iter()
+                .position(|a| a == flag::GOOGLE_SERVICE_ACCOUNT)
+                .expect("pin rendered");
+            assert_eq!(rendered[at + 1], "a@p.iam.gserviceaccount.com");
+        }
+        assert!(
+            !args
+                .check_command()
+                .iter()
+                .any(|a| a == flag::GOOGLE_SERVICE_ACCOUNT)
+        );
+    }
+
+    #[test]
+    fn kubernetes_tokens_live_beside_the_in_memory_volume() {
+        let path = kubernetes_token_path(DEFAULT_AUDIENCE);
+        assert_eq!(
+            path,
+            format!("{KUBERNETES_TOKEN_MOUNT_PATH}/sts.amazonaws.com.token")
+        );
+        assert!(!path.starts_with(&format!("{TOKEN_MOUNT_PATH}/")));
+        assert_eq!(
+            token_path("https://x/y").rsplit('/').next().unwrap(),
+            token_file_name("https://x/y")
+        );
+    }
 
     #[test]
     fn session_names_follow_sts() {
@@ -652,6 +795,7 @@ mod tests {
             duration_seconds: Some(900),
             session_tags: true,
             region: Some("eu-west-1".into()),
+            token_file: None,
         }
     }
 
@@ -687,6 +831,7 @@ mod tests {
             tokens: vec![token_for("sts.amazonaws.com")],
             credentials: vec![spec()],
             credentials_port: 24118,
+            google_service_account: None,
         };
         let run = args.args(subcommand::RUN);
         assert_eq!(run[0], "run");

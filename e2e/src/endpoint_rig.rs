@@ -76,6 +76,7 @@ impl EndpointRig {
             duration_seconds: Some(duration_seconds),
             session_tags: true,
             region: Some(REGION.into()),
+            token_file: None,
         }
     }
 
@@ -114,6 +115,7 @@ impl EndpointRig {
             tokens: vec![],
             credentials: vec![spec.clone()],
             credentials_port: port,
+            google_service_account: None,
         };
         let mut cmd = agent_command(&emulator.host());
         cmd.args(args.args(subcommand::RUN))
@@ -161,6 +163,7 @@ impl EndpointRig {
             tokens: vec![],
             credentials: vec![self.spec.clone()],
             credentials_port: self.port,
+            google_service_account: None,
         }
     }
 

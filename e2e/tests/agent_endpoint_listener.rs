@@ -40,8 +40,10 @@ fn start() -> Agent {
             duration_seconds: Some(900),
             session_tags: true,
             region: None,
+            token_file: None,
         }],
         credentials_port: port,
+        google_service_account: None,
     };
     let mut cmd = agent_command(&emu.host());
     cmd.args(args.args(subcommand::RUN))

@@ -262,6 +262,7 @@ pub(super) fn agent_args(planned: &[Planned], ctx: &Ctx) -> AgentArgs {
                         duration_seconds: b.duration_seconds,
                         session_tags: b.session_tags,
                         region: b.region.clone(),
+                        token_file: None,
                     });
             }
         }
@@ -276,6 +277,7 @@ pub(super) fn agent_args(planned: &[Planned], ctx: &Ctx) -> AgentArgs {
             .collect(),
         credentials: credentials.into_values().collect(),
         credentials_port: ctx.port.number,
+        google_service_account: None,
     }
 }
 
