@@ -4,10 +4,10 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use rolebridge_webhook::index::{BindingIndex, bindings_from_yaml};
-use rolebridge_webhook::mutate::{Config, mutate};
-use rolebridge_webhook::pod::PodView;
-use rolebridge_webhook::review::{Parsed, parse};
+use rolebridge_webhook::admission::mutate::{Config, mutate};
+use rolebridge_webhook::admission::review::{Parsed, parse};
+use rolebridge_webhook::domain::convert::{BindingIndex, bindings_from_yaml};
+use rolebridge_webhook::domain::pod::PodView;
 
 const REVIEW: &str = include_str!("../tests/fixtures/admissionreview-v1-pod-from-apiserver.json");
 

@@ -13,10 +13,10 @@ use std::time::Duration;
 use warp::Filter;
 use warp::http::Response;
 
-use rolebridge_webhook::limits::Limits;
 use rolebridge_webhook::metrics::Metrics;
+use rolebridge_webhook::server::limits::Limits;
 use rolebridge_webhook::server::serve_tls;
-use rolebridge_webhook::tls::{CertStore, server_config};
+use rolebridge_webhook::server::tls::{CertStore, server_config};
 
 const ALLOWED: &[u8] = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"","allowed":true}}"#;
 

@@ -13,15 +13,17 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::cache::{BindingCache, LiveReadLimits, api_live_source};
-use crate::controller::StatusArgs;
-use crate::lease::{self, LeaderArgs};
-use crate::limits::{Limits, LimitsError};
+use crate::admission::args::{self, MutationArgs, SidecarChoice};
+use crate::bindings::cache::{BindingCache, LiveReadLimits, api_live_source};
+use crate::bindings::lease::{self, LeaderArgs};
+use crate::bindings::status_controller;
+use crate::bindings::status_controller::StatusArgs;
+use crate::domain::convert;
 use crate::metrics::Metrics;
-use crate::mutate::flags::{self, MutationArgs, SidecarChoice};
+use crate::server::limits::{Limits, LimitsError};
+use crate::server::tls::{CertStore, server_config};
+use crate::server::{self, admin};
 use crate::server::{AppState, serve_tls};
-use crate::tls::{CertStore, server_config};
-use crate::{admin, controller, index, server};
 use rolebridge_contract::duration;
 
 /// How often `--sidecar-mode auto` asks the API server's version again, so a cluster upgrade
@@ -107,7 +109,7 @@ pub enum LogFormat {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
-    Flags(#[from] flags::FlagError),
+    Flags(#[from] args::FlagError),
     #[error("reading --bindings-file {path}: {source}")]
     ReadBindings {
         path: String,
@@ -118,7 +120,7 @@ pub enum ServeError {
     Bindings {
         path: String,
         #[source]
-        source: index::BindingError,
+        source: convert::BindingError,
     },
     #[error("connecting to the Kubernetes API (in-cluster or KUBECONFIG): {0}")]
     Connect(#[source] kube::Error),
@@ -157,11 +159,12 @@ async fn bindings(
             path: shown.clone(),
             source,
         })?;
-        let bindings =
-            index::bindings_from_yaml(&text, "default").map_err(|source| ServeError::Bindings {
+        let bindings = convert::bindings_from_yaml(&text, "default").map_err(|source| {
+            ServeError::Bindings {
                 path: shown.clone(),
                 source,
-            })?;
+            }
+        })?;
         tracing::info!(bindings = bindings.len(), file = %shown, "serving fixed bindings");
         return Ok((
             Arc::new(BindingCache::fixed(metrics.clone(), bindings)),
@@ -188,7 +191,7 @@ async fn bindings(
         lease::Report::of(metrics),
         stop.clone(),
     );
-    tokio::spawn(controller::run(
+    tokio::spawn(status_controller::run(
         client.clone(),
         cache.clone(),
         metrics.clone(),

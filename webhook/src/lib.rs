@@ -1,60 +1,59 @@
 //! rolebridge-webhook: a mutating admission webhook that lets GKE pods assume AWS roles
 //! through Google-signed ID tokens, with no static AWS key anywhere.
 //!
-//! Design: a pure core and a thin I/O shell.
-//! - [`mutate`] is the core: a synchronous function from a borrowed view of the pod's raw JSON
-//!   ([`pod::PodView`]), the bindings of its service account and the config, to JSON-patch `add`
-//!   operations. It never round-trips the pod through typed structs, so fields newer than
-//!   k8s-openapi survive. It runs in phases (gate, plan, reserved names, render); every rule that
-//!   differs between the two deliveries (web identity, and the in-pod credentials endpoint for
-//!   role chains and session durations) lives in one module of it.
-//! - [`binding`] is the domain: a binding, which containers it covers, and when two tie. The
-//!   mutation and [`status`] both use it, so admission and a binding's status cannot disagree.
-//! - [`crd`] is the API: the CRD types, their schema (generated, drift-tested) and the Rust twins
-//!   of its rules.
-//! - [`review`] turns an AdmissionReview body into a response body around the core; malformed
-//!   input becomes an `invalid` review, never an HTTP 500.
-//! - [`store`] holds the bindings and service accounts compactly (a few dozen bytes each, no
-//!   whole objects), so an admission's lookup is a binary search with no API call; [`cache`]
-//!   keeps it in sync with kube-runtime watches ([`watch`]: relist at once on 410, short
-//!   backoff) and covers the watch's lag with a rate-limited live read ([`index`] for those
-//!   and for bindings read from files).
-//! - [`status`] computes binding conditions (a pure function); [`controller`] recomputes only
-//!   the groups a change touched and writes what differs, on the replica that holds the
-//!   [`lease`].
-//! - [`inject`] applies the same mutation to pod templates in YAML manifests, offline.
-//! - [`server`] serves the warp routes behind a tokio-rustls accept loop that assumes hostile
-//!   clients ([`limits`], [`connections`], [`budget`]: capped connections, deadlines, a byte
-//!   budget for request bodies); [`tls`] hot-reloads the certificate; [`admin`] is the
-//!   plain-HTTP health and metrics port; [`metrics`] the Prometheus registry; [`app`] wires it
-//!   all for `serve`.
-//! - [`fuzzing`] is the property the fuzz target (`webhook/fuzz`) and the corpus replay test
-//!   check: any bytes → review → mutation → patch applies → reinvocation adds nothing.
+//! Design: a pure core and a thin I/O shell, in layers that only ever import downwards:
 //!
-//! What the webhook tells the agent (arguments, probe, files, variables) is defined once, in the
-//! `rolebridge-contract` crate, which the agent parses with.
-pub mod admin;
+//! ```text
+//! domain/    a binding, what it covers, the CRD, the pod view, status rules    (pure)
+//!    ↑
+//! bindings/  the bindings state: store, watches, live reads, status writer, lease
+//!    ↑
+//! admission/ review → mutation → patch; `inject` for manifests; the fuzz property
+//!    ↑
+//! server/    the hostile-client-proof HTTPS port, TLS, limits, the admin port
+//!    ↑
+//! app.rs     `serve`: wires the layers from the flags;  main.rs: the command line
+//! ```
+//!
+//! `metrics.rs` (the Prometheus registry) and `memory.rs` (giving a burst's memory back) are
+//! process-wide services that every layer may use and that use nothing of the crate.
+//!
+//! Where a rule lives:
+//! - [`domain::binding`]: a binding, which containers it covers, when two tie. The mutation and
+//!   [`domain::status`] both use it, so admission and a binding's status cannot disagree.
+//! - [`domain::crd`]: the API (CRD types, their schema, generated and drift-tested, and the Rust
+//!   twins of its rules); [`domain::convert`]: an `AWSRoleBinding` becomes a [`Binding`].
+//! - [`domain::pod`]: a borrowed view of the few pod fields the mutation reads. The pod is never
+//!   round-tripped through typed structs, so fields newer than k8s-openapi survive.
+//! - [`bindings::store`]: bindings and service accounts, a few dozen bytes each, and the one
+//!   lookup of a pod's bindings by (namespace, service account): `serve`, `inject`, live reads,
+//!   the fuzz property and the golden tests all select through it.
+//! - [`bindings::cache`]: kube-runtime watches feeding the store ([`bindings::watch`]: relist at
+//!   once on 410, short backoff), and rate-limited live reads covering the watch's lag.
+//! - [`bindings::status_controller`]: recomputes only the groups a change touched and writes what
+//!   differs, on the replica that holds the [`bindings::lease`].
+//! - [`admission::mutate`]: the core, a synchronous function from a pod view, its bindings and
+//!   the config to JSON-patch `add` operations, in phases (gate, plan, reserved names, render);
+//!   every rule that differs between the two deliveries (web identity, and the in-pod credentials
+//!   endpoint) lives in one module of it.
+//! - [`admission::review`]: an AdmissionReview body in, a response body out; malformed input
+//!   becomes an `invalid` review, never an HTTP 500.
+//! - [`admission::inject`]: the same mutation applied to the pod templates of YAML manifests.
+//! - [`admission::fuzzing`]: the property the fuzz target (`webhook/fuzz`) and the corpus replay
+//!   test check: any bytes → review → mutation → patch applies → reinvocation adds nothing.
+//! - [`server`]: warp routes behind a tokio-rustls accept loop that assumes hostile clients
+//!   (capped connections, deadlines, a byte budget for request bodies), the hot-reloaded
+//!   certificate, and the plain-HTTP admin port.
+//!
+//! What the webhook tells the agent (arguments, probe, files, variables, the AWS variable names)
+//! is defined once, in the `rolebridge-contract` crate, which the agent parses with.
+//!
+//! [`Binding`]: domain::binding::Binding
+
+pub mod admission;
 pub mod app;
-pub mod binding;
-pub mod bodybuf;
-pub mod budget;
-pub mod cache;
-pub mod connections;
-pub mod controller;
-pub mod crd;
-pub mod flags;
-pub mod fuzzing;
-pub mod index;
-pub mod inject;
-pub mod lease;
-pub mod limits;
+pub mod bindings;
+pub mod domain;
 pub mod memory;
 pub mod metrics;
-pub mod mutate;
-pub mod pod;
-pub mod review;
 pub mod server;
-pub mod status;
-pub mod store;
-pub mod tls;
-pub mod watch;

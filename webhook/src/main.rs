@@ -4,9 +4,9 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use rolebridge_webhook::admission::inject::{self, InjectArgs};
 use rolebridge_webhook::app::{self, LogFormat, ServeArgs};
-use rolebridge_webhook::crd;
-use rolebridge_webhook::inject::{self, InjectArgs};
+use rolebridge_webhook::domain::crd;
 
 #[derive(Parser)]
 #[command(

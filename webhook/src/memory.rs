@@ -9,7 +9,7 @@
 //! this never runs, after a burst each worker runs it once as it falls idle.
 //!
 //! Large request bodies do not depend on this: they live in their own mappings
-//! ([`crate::bodybuf`]), unmapped the moment they are dropped.
+//! ([`crate::server::bodybuf`]), unmapped the moment they are dropped.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -12,7 +12,7 @@ const COPIES: [&str; 2] = [
 
 #[test]
 fn committed_crd_matches_generated() {
-    let generated = rolebridge_webhook::crd::crd_yaml();
+    let generated = rolebridge_webhook::domain::crd::crd_yaml();
     for copy in COPIES {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(copy);
         if std::env::var_os("ROLEBRIDGE_UPDATE_GOLDEN").is_some() {
@@ -30,7 +30,7 @@ fn committed_crd_matches_generated() {
 #[test]
 fn schema_is_structural_and_omits_nulls() {
     let crd: serde_json::Value =
-        serde_norway::from_str(&rolebridge_webhook::crd::crd_yaml()).unwrap();
+        serde_norway::from_str(&rolebridge_webhook::domain::crd::crd_yaml()).unwrap();
     let version = &crd["spec"]["versions"][0];
     let schema = &version["schema"]["openAPIV3Schema"];
     let spec = &schema["properties"]["spec"];
@@ -56,13 +56,13 @@ fn schema_is_structural_and_omits_nulls() {
 mod pattern_twins {
     use proptest::prelude::*;
     use regex::Regex;
-    use rolebridge_webhook::crd::{
+    use rolebridge_webhook::domain::crd::{
         REGION_PATTERN, ROLE_ARN_PATTERN, validate_region, validate_role_arn,
     };
 
     fn schema_pattern(field: &str) -> String {
         let crd: serde_json::Value =
-            serde_norway::from_str(&rolebridge_webhook::crd::crd_yaml()).unwrap();
+            serde_norway::from_str(&rolebridge_webhook::domain::crd::crd_yaml()).unwrap();
         crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
             [field]["pattern"]
             .as_str()
@@ -158,7 +158,8 @@ mod apiserver {
     pub fn spec_schema() -> &'static Value {
         static SCHEMA: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
         SCHEMA.get_or_init(|| {
-            let crd: Value = serde_norway::from_str(&rolebridge_webhook::crd::crd_yaml()).unwrap();
+            let crd: Value =
+                serde_norway::from_str(&rolebridge_webhook::domain::crd::crd_yaml()).unwrap();
             crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone()
         })
     }
@@ -334,13 +335,13 @@ mod apiserver {
 /// What the webhook says about the same spec (after the API server stored it).
 fn webhook_verdict(spec: &serde_json::Value) -> Result<(), String> {
     let stored = apiserver::prune(apiserver::spec_schema(), spec);
-    let typed: rolebridge_webhook::crd::AWSRoleBindingSpec =
+    let typed: rolebridge_webhook::domain::crd::AWSRoleBindingSpec =
         serde_json::from_value(stored).map_err(|e| format!("does not deserialise: {e}"))?;
-    rolebridge_webhook::crd::validate_spec(&typed).map_err(|e| e.to_string())
+    rolebridge_webhook::domain::crd::validate_spec(&typed).map_err(|e| e.to_string())
 }
 
 mod new_fields {
-    use rolebridge_webhook::crd::{
+    use rolebridge_webhook::domain::crd::{
         CHAINED_DURATION_MESSAGE, CHAINED_DURATION_RULE, DURATION_SECONDS, EXTERNAL_ID_LENGTH,
         EXTERNAL_ID_PATTERN, MAX_CHAIN, ROLE_ARN_PATTERN, valid_external_id,
     };

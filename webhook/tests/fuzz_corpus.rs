@@ -1,6 +1,6 @@
 //! Replays the fuzz corpus on stable Rust: every committed input of `webhook/fuzz/corpus/` (the
 //! seeds and what fuzzing runs kept, including inputs that once found a bug) must hold the
-//! admission properties of `rolebridge_webhook::fuzzing`.
+//! admission properties of `rolebridge_webhook::admission::fuzzing`.
 
 use std::path::Path;
 
@@ -19,7 +19,8 @@ fn the_committed_fuzz_corpus_holds_the_admission_properties() {
     );
     for path in &inputs {
         let data = std::fs::read(path).unwrap();
-        let replay = std::panic::catch_unwind(|| rolebridge_webhook::fuzzing::check(&data));
+        let replay =
+            std::panic::catch_unwind(|| rolebridge_webhook::admission::fuzzing::check(&data));
         assert!(replay.is_ok(), "{} fails the properties", path.display());
     }
     eprintln!("replayed {} corpus inputs", inputs.len());

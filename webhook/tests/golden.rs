@@ -32,10 +32,10 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use rolebridge_webhook::crd::AWSRoleBinding;
-use rolebridge_webhook::index::{BindingIndex, binding_from_resource};
-use rolebridge_webhook::mutate::{self, Config, Outcome, SidecarMode, Skip};
-use rolebridge_webhook::pod::PodView;
+use rolebridge_webhook::admission::mutate::{self, Config, Outcome, SidecarMode, Skip};
+use rolebridge_webhook::domain::convert::{BindingIndex, binding_from_resource};
+use rolebridge_webhook::domain::crd::AWSRoleBinding;
+use rolebridge_webhook::domain::pod::PodView;
 use serde::Deserialize;
 use serde_json::Value;
 

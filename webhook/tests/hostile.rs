@@ -19,7 +19,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 
-use rolebridge_webhook::limits::Limits;
+use rolebridge_webhook::server::limits::Limits;
 use support::*;
 
 fn ip(last: u8) -> IpAddr {

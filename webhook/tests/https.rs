@@ -9,7 +9,7 @@ use base64::Engine as _;
 use serde_json::Value;
 use tokio::net::TcpStream;
 
-use rolebridge_webhook::limits::Limits;
+use rolebridge_webhook::server::limits::Limits;
 use support::*;
 
 fn applied(review: &Value, response: &Value) -> Value {

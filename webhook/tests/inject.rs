@@ -1,10 +1,10 @@
 //! `inject` applies exactly the admission mutation to every pod template kind, and leaves
 //! everything else byte for byte.
 
-use rolebridge_webhook::index::{BindingIndex, bindings_from_yaml};
-use rolebridge_webhook::inject::{InjectError, inject};
-use rolebridge_webhook::mutate::{Config, mutate};
-use rolebridge_webhook::pod::PodView;
+use rolebridge_webhook::admission::inject::{InjectError, inject};
+use rolebridge_webhook::admission::mutate::{Config, mutate};
+use rolebridge_webhook::domain::convert::{BindingIndex, bindings_from_yaml};
+use rolebridge_webhook::domain::pod::PodView;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -172,7 +172,7 @@ fn the_command_reads_files_and_stdin() {
     #[derive(Parser)]
     struct Cmd {
         #[command(flatten)]
-        args: rolebridge_webhook::inject::InjectArgs,
+        args: rolebridge_webhook::admission::inject::InjectArgs,
     }
     let dir = tempfile::tempdir().unwrap();
     let bindings = dir.path().join("bindings.yaml");
@@ -189,9 +189,13 @@ fn the_command_reads_files_and_stdin() {
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": pod_spec()});
     let input = serde_norway::to_string(&pod).unwrap();
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let injected =
-        rolebridge_webhook::inject::run(&cmd.args, &mut input.as_bytes(), &mut out, &mut err)
-            .unwrap();
+    let injected = rolebridge_webhook::admission::inject::run(
+        &cmd.args,
+        &mut input.as_bytes(),
+        &mut out,
+        &mut err,
+    )
+    .unwrap();
     assert_eq!(injected.mutated, 1);
     assert_eq!(String::from_utf8(out).unwrap(), injected.output);
     assert_eq!(
@@ -200,7 +204,7 @@ fn the_command_reads_files_and_stdin() {
     );
 
     let missing = Cmd::try_parse_from(["inject", "--bindings", "/nonexistent/b.yaml"]).unwrap();
-    let e = rolebridge_webhook::inject::run(
+    let e = rolebridge_webhook::admission::inject::run(
         &missing.args,
         &mut &b""[..],
         &mut Vec::new(),

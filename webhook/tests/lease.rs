@@ -9,7 +9,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use tokio::sync::watch;
 
-use rolebridge_webhook::lease::{self, Timings};
+use rolebridge_webhook::bindings::lease::{self, Timings};
 use support::apiserver::{Kind, StubApi};
 
 const T: Timings = Timings {

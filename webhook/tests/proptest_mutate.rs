@@ -31,8 +31,7 @@ use proptest::sample::subsequence;
 use rolebridge_contract::{
     AUTH_TOKEN_PATH, CredentialsSpec, DEFAULT_CREDENTIALS_PORT, credentials_uri,
 };
-use rolebridge_webhook::binding::Hop;
-use rolebridge_webhook::mutate::{
+use rolebridge_webhook::admission::mutate::{
     self, AGENT_CONTAINER, AGENT_INIT_CONTAINER, ANNOTATION_APPLIED, ANNOTATION_CREDENTIALS_PORT,
     ANNOTATION_INJECT, ANNOTATION_ROLE, ANNOTATION_SKIP_CONTAINERS, Binding, Config, Delivery,
     ENV_AUTHORIZATION_TOKEN, ENV_AUTHORIZATION_TOKEN_FILE, ENV_CREDENTIALS_FULL_URI,
@@ -40,8 +39,9 @@ use rolebridge_webhook::mutate::{
     ENV_STS_REGIONAL, ENV_TOKEN_FILE, Outcome, SidecarMode, Skip, TOKEN_MOUNT_PATH, TOKEN_VOLUME,
     token_path,
 };
-use rolebridge_webhook::pod::PodView;
-use rolebridge_webhook::status;
+use rolebridge_webhook::domain::binding::Hop;
+use rolebridge_webhook::domain::pod::PodView;
+use rolebridge_webhook::domain::status;
 use serde_json::{Map, Value, json};
 
 const SA: &str = "app-sa";

@@ -6,9 +6,9 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rolebridge_webhook::cache::BindingCache;
-use rolebridge_webhook::controller::{self, StatusArgs};
-use rolebridge_webhook::lease::Leadership;
+use rolebridge_webhook::bindings::cache::BindingCache;
+use rolebridge_webhook::bindings::lease::Leadership;
+use rolebridge_webhook::bindings::status_controller::{self, StatusArgs};
 use rolebridge_webhook::metrics::Metrics;
 use support::apiserver::StubApi;
 
@@ -33,7 +33,7 @@ async fn each_binding_is_written_once_and_a_steady_cluster_costs_nothing() {
     let metrics = Arc::new(Metrics::new());
     let cache = Arc::new(BindingCache::new(metrics.clone(), None));
     cache.run_watches(client.clone());
-    tokio::spawn(controller::run(
+    tokio::spawn(status_controller::run(
         client,
         cache.clone(),
         metrics,

@@ -5,8 +5,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
-use rolebridge_webhook::binding::Binding;
-use rolebridge_webhook::store::{Observed, Store};
+use rolebridge_webhook::bindings::store::{Observed, Store};
+use rolebridge_webhook::domain::binding::Binding;
 
 struct Counting;
 static LIVE: AtomicIsize = AtomicIsize::new(0);

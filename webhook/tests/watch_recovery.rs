@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use rolebridge_webhook::cache::BindingCache;
-use rolebridge_webhook::controller::{self, StatusArgs};
-use rolebridge_webhook::lease::Leadership;
+use rolebridge_webhook::bindings::cache::BindingCache;
+use rolebridge_webhook::bindings::lease::Leadership;
+use rolebridge_webhook::bindings::status_controller::{self, StatusArgs};
 use rolebridge_webhook::metrics::Metrics;
 use support::apiserver::StubApi;
 
@@ -43,7 +43,7 @@ async fn recovers(gone_as_http: bool) {
     let metrics = Arc::new(Metrics::new());
     let cache = Arc::new(BindingCache::new(metrics.clone(), None));
     cache.run_watches(client.clone());
-    tokio::spawn(controller::run(
+    tokio::spawn(status_controller::run(
         client,
         cache.clone(),
         metrics,

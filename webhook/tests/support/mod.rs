@@ -20,13 +20,13 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::client::TlsStream;
 
-use rolebridge_webhook::cache::BindingCache;
-use rolebridge_webhook::index::bindings_from_yaml;
-use rolebridge_webhook::limits::Limits;
+use rolebridge_webhook::admission::mutate::Config;
+use rolebridge_webhook::bindings::cache::BindingCache;
+use rolebridge_webhook::domain::convert::bindings_from_yaml;
 use rolebridge_webhook::metrics::Metrics;
-use rolebridge_webhook::mutate::Config;
+use rolebridge_webhook::server::limits::Limits;
+use rolebridge_webhook::server::tls::{CertStore, server_config};
 use rolebridge_webhook::server::{AppState, routes, serve_tls};
-use rolebridge_webhook::tls::{CertStore, server_config};
 
 pub const REVIEW: &str = include_str!("../fixtures/admissionreview-v1-pod-from-apiserver.json");
 pub const BINDINGS: &str = "

@@ -7,8 +7,8 @@ use super::{
     ANNOTATION_ROLE, Binding, Denial, ENV_ROLE_ARN, ENV_TOKEN_FILE, Kind, TOKEN_MOUNT_PATH,
     TOKEN_VOLUME, Warnings, containers, is_agent,
 };
-use crate::binding::Coverage;
-use crate::pod::{ContainerView, PodView};
+use crate::domain::binding::Coverage;
+use crate::domain::pod::{ContainerView, PodView};
 
 /// A container that will get a role.
 pub(super) struct Planned<'p, 'a, 'b> {

@@ -16,7 +16,7 @@
 //!    alone with a warning: the user's explicit choice wins. This is decided before tie
 //!    resolution, so such a container never takes part in a tie. Every other container (init or
 //!    app) is covered by the binding that names it in `spec.containers`, else by the one binding
-//!    that covers all containers ([`crate::binding::Coverage`]); the annotation chooses when
+//!    that covers all containers ([`crate::domain::binding::Coverage`]); the annotation chooses when
 //!    several tie, and an unresolved tie is a denial.
 //! 3. `reserved`: the agent's container names and the token volume's name are reserved: a pod
 //!    that would be injected but already uses one of them without carrying
@@ -33,16 +33,15 @@
 
 use json_patch::PatchOperation;
 
-use crate::pod::{ContainerView, PodView};
+use crate::domain::pod::{ContainerView, PodView};
 
 mod delivery;
-pub mod flags;
 mod gate;
 mod plan;
 mod render;
 mod reserved;
 
-pub use crate::binding::{Binding, Delivery};
+pub use crate::domain::binding::{Binding, Delivery};
 pub use delivery::IDENTITY_VARS;
 pub use rolebridge_contract::{AGENT_BINARY, AGENT_UID, TOKEN_MOUNT_PATH, token_path};
 

@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 
-use crate::binding::{self, Binding};
-use crate::crd::{AWSRoleBindingStatus, Condition};
+use crate::domain::binding::{self, Binding};
+use crate::domain::crd::{AWSRoleBindingStatus, Condition};
 
 pub const READY: &str = "Ready";
 pub const GSA_ANNOTATION: &str = "iam.gke.io/gcp-service-account";
@@ -255,7 +255,7 @@ mod tests {
     fn a_chained_binding_says_what_pods_act_as() {
         let mut b = binding("docs", "sa", None);
         b.role_arn = "arn:aws:iam::111111111111:role/ci-identity".into();
-        b.chain = vec![crate::binding::Hop {
+        b.chain = vec![crate::domain::binding::Hop {
             role_arn: "arn:aws:iam::222222222222:role/docs-writer".into(),
             external_id: Some("docs-ext-4711".into()),
         }];

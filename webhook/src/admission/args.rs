@@ -3,7 +3,7 @@
 
 use clap::ValueEnum;
 
-use super::{Config, SidecarMode};
+use crate::admission::mutate::{Config, SidecarMode};
 
 /// What the operator asked for with `--sidecar-mode`.
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]

@@ -21,9 +21,9 @@
 use base64::Engine as _;
 use serde_json::Value;
 
-use crate::binding::{Binding, Hop};
-use crate::mutate::{Config, SidecarMode};
-use crate::review::{self, Parsed};
+use crate::admission::mutate::{Config, SidecarMode};
+use crate::admission::review::{self, Parsed};
+use crate::domain::binding::{Binding, Hop};
 
 /// Bindings and config decoded from the first bytes of an input.
 #[derive(Debug)]
@@ -242,7 +242,7 @@ mod tests {
     use super::*;
 
     const REVIEW: &[u8] =
-        include_bytes!("../tests/fixtures/admissionreview-v1-pod-from-apiserver.json");
+        include_bytes!("../../tests/fixtures/admissionreview-v1-pod-from-apiserver.json");
 
     fn input(spec: &[u8], body: &[u8]) -> Vec<u8> {
         let mut v = vec![spec.len() as u8];

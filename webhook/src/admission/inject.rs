@@ -2,7 +2,7 @@
 //! admission webhooks are not allowed.
 //!
 //! Every pod template in a multi-document YAML stream goes through the very same
-//! [`mutate`](crate::mutate::mutate) as an admission, so the two can never drift. Documents
+//! [`mutate`](crate::admission::mutate::mutate) as an admission, so the two can never drift. Documents
 //! without a pod template, and documents the mutation leaves alone, are copied through as the
 //! exact input text (comments and formatting included); only mutated documents are
 //! re-serialised.
@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize as _;
 use serde_json::Value;
 
-use crate::index::{self, BindingError, BindingIndex};
-use crate::mutate::flags::{FlagError, MutationArgs};
-use crate::mutate::{self, Config, Outcome};
-use crate::pod::PodView;
+use crate::admission::args::{FlagError, MutationArgs};
+use crate::admission::mutate::{self, Config, Outcome};
+use crate::domain::convert::{self, BindingError, BindingIndex};
+use crate::domain::pod::PodView;
 
 /// `rolebridge-webhook inject`.
 #[derive(clap::Args)]
@@ -92,7 +92,7 @@ pub fn run(
     let mut bindings = Vec::new();
     for path in &args.bindings {
         let text = read("--bindings", path)?;
-        let found = index::bindings_from_yaml(&text, &args.namespace).map_err(|source| {
+        let found = convert::bindings_from_yaml(&text, &args.namespace).map_err(|source| {
             RunError::Bindings {
                 path: path.display().to_string(),
                 source,

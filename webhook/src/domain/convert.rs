@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::binding::{Binding, Hop};
-use crate::crd::{AWSRoleBinding, AWSRoleBindingSpec, SpecError, validate_spec};
+use crate::domain::binding::{Binding, Hop};
+use crate::domain::crd::{AWSRoleBinding, AWSRoleBindingSpec, SpecError, validate_spec};
 
 /// Why an object could not be turned into a [`Binding`].
 #[derive(Debug, thiserror::Error)]

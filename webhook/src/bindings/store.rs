@@ -4,7 +4,7 @@
 //! strings of its spec packed into one allocation, its generation, and what the API server holds
 //! as its status reduced to a fingerprint and the two fields the next status carries over
 //! (the Ready condition's value and `lastTransitionTime`). No `managedFields`, no annotations,
-//! no object copies. Namespace names are interned. [`crate::binding::Binding`] values are built
+//! no object copies. Namespace names are interned. [`crate::domain::binding::Binding`] values are built
 //! on demand: for an admission (only for a pod whose service account has bindings), or for
 //! the status of one service account's bindings.
 //!
@@ -16,9 +16,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 
-use crate::binding::{Binding, Hop};
-use crate::crd::AWSRoleBindingStatus;
-use crate::status::{READY, ServiceAccountState};
+use crate::domain::binding::{Binding, Hop};
+use crate::domain::crd::AWSRoleBindingStatus;
+use crate::domain::status::{READY, ServiceAccountState};
 
 /// What the API server holds as a binding's status, in 16 bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -79,7 +79,7 @@ impl Seen {
             .map(|t| t.to_string())
             .unwrap_or_default();
         Some(AWSRoleBindingStatus {
-            conditions: vec![crate::crd::Condition {
+            conditions: vec![crate::domain::crd::Condition {
                 type_: READY.into(),
                 status: status.into(),
                 reason: String::new(),
@@ -1086,7 +1086,7 @@ mod tests {
     #[test]
     fn seen_keeps_what_the_next_status_carries_over() {
         let status = AWSRoleBindingStatus {
-            conditions: vec![crate::crd::Condition {
+            conditions: vec![crate::domain::crd::Condition {
                 type_: READY.into(),
                 status: "True".into(),
                 reason: "Bound".into(),

@@ -16,7 +16,7 @@ use super::{
     ENV_DEFAULT_REGION, ENV_REGION, ENV_ROLE_ARN, ENV_SESSION_NAME, ENV_STS_REGIONAL,
     ENV_TOKEN_FILE, containers, is_agent,
 };
-use crate::pod::{ContainerView, EnvView, PodView};
+use crate::domain::pod::{ContainerView, EnvView, PodView};
 
 /// The variables that choose where an AWS SDK gets its credentials from. A container that sets
 /// any of them to anything but exactly what a covering binding's delivery writes has made its

@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use rolebridge_contract::duration::parse as parse_duration;
 
-use crate::flags::parse_size;
-
 /// Limits of the admission port (`serve` flags).
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -115,6 +113,27 @@ impl Limits {
     }
 }
 
+/// A byte-size flag as users write sizes in manifests: `1048576`, `64Ki`, `3584Ki`, `32Mi`, `1Gi`
+/// (also `KiB`, `MiB`, `GiB`). (Durations: `rolebridge_contract::duration::parse`.)
+fn parse_size(text: &str) -> Result<usize, String> {
+    let s = text.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (bytes, or a number with Ki, Mi, Gi)"))?;
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "Ki" | "KiB" => 1 << 10,
+        "Mi" | "MiB" => 1 << 20,
+        "Gi" | "GiB" => 1 << 30,
+        other => return Err(format!("{text:?}: unknown unit {other:?} (Ki, Mi, Gi)")),
+    };
+    value
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +193,17 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(l.validate(), Err(LimitsError::Zero("max-connections")));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("64Ki").unwrap(), 64 << 10);
+        assert_eq!(parse_size("3584Ki").unwrap(), 3584 << 10);
+        assert_eq!(parse_size("32Mi").unwrap(), 32 << 20);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        for bad in ["", "Mi", "12k", "1.5Mi", "-1"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -30,12 +30,12 @@ use kube::runtime::watcher;
 use serde::Deserialize;
 use tokio::sync::{Notify, OnceCell};
 
-use crate::binding::Binding;
-use crate::crd::{AWSRoleBinding, AWSRoleBindingStatus};
-use crate::index::{BindingIndex, binding_from_json};
+use crate::bindings::store::{Group, Observed, Pass, Store};
+use crate::domain::binding::Binding;
+use crate::domain::convert::{BindingIndex, binding_from_json};
+use crate::domain::crd::{AWSRoleBinding, AWSRoleBindingStatus};
+use crate::domain::status::GSA_ANNOTATION;
 use crate::metrics::Metrics;
-use crate::status::GSA_ANNOTATION;
-use crate::store::{Group, Observed, Pass, Store};
 
 const LIVE_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -348,7 +348,7 @@ impl BindingCache {
     pub fn run_watches(self: &Arc<Self>, client: kube::Client) {
         let bindings: Api<WatchedBinding> = Api::all(client.clone());
         let this = self.clone();
-        tokio::spawn(crate::watch::run(
+        tokio::spawn(crate::bindings::watch::run(
             "bindings",
             move || watcher(bindings.clone(), watcher::Config::default()),
             move |event| this.on_binding(event),
@@ -356,7 +356,7 @@ impl BindingCache {
         // Metadata only: the annotation is all status needs.
         let accounts: Api<PartialObjectMeta<ServiceAccount>> = Api::all(client);
         let this = self.clone();
-        tokio::spawn(crate::watch::run(
+        tokio::spawn(crate::bindings::watch::run(
             "service accounts",
             move || watcher(accounts.clone(), watcher::Config::default()),
             move |event| this.on_account(event),

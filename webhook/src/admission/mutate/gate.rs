@@ -6,7 +6,7 @@ use super::{
     ANNOTATION_INJECT, ANNOTATION_ROLE, ANNOTATION_SKIP_CONTAINERS, Binding, Config, Denial, Skip,
     Warnings, containers, is_agent,
 };
-use crate::pod::PodView;
+use crate::domain::pod::PodView;
 
 /// What the pod's annotations ask of the plan.
 pub(super) struct Gate<'p> {

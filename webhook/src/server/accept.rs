@@ -1,25 +1,16 @@
-//! The HTTPS admission endpoint: warp routes behind our own tokio-rustls accept loop.
+//! The HTTPS admission port: warp routes behind our own tokio-rustls accept loop.
 //!
 //! warp 0.4 has no TLS support, so connections are accepted here, handshaken with a
-//! `TlsAcceptor` whose certificate resolver reads the hot-reloaded [`CertStore`], and handed to
+//! `TlsAcceptor` whose certificate resolver reads the hot-reloaded
+//! [`CertStore`](super::tls::CertStore), and handed to
 //! hyper-util's connection builder (HTTP/1.1 or h2, as ALPN chose) running
 //! `warp::service(routes)`. Shutdown stops accepting, then lets open connections finish their
 //! in-flight requests.
 //!
 //! The port is open to every pod in the cluster, so each connection is hostile until proven
-//! otherwise ([`crate::limits`]): connections are capped ([`ConnectionLimiter`]), hyper's, h2's
-//! and rustls' own buffers are small, a per-connection watchdog enforces the header and idle
-//! deadlines, and bodies are read under a deadline into buffers paid for from the shared
-//! [`BodyBudget`]. What is answered when:
-//! - a body larger than `--max-body-size` (by its Content-Length, before reading, or as it
-//!   arrives): an `invalid` review, as for any malformed review;
-//! - a body not complete within `--request-read-timeout`: HTTP 408 (a client that slow is not
-//!   the API server, which sends a review from memory);
-//! - a body cut or refused for lack of budget: HTTP 503 with `Retry-After: 1`. The review was
-//!   never read, so no AdmissionReview answer could carry its uid; the API server applies the
-//!   webhook's failurePolicy, exactly as when no replica is reachable.
-//!
-//! On HTTP/1.1 all three close the connection, since the rest of the body was not read.
+//! otherwise ([`super::limits`]): connections are capped ([`ConnectionLimiter`]), hyper's, h2's
+//! and rustls' own buffers are small, and a per-connection watchdog enforces the header and idle
+//! deadlines. Each request gets its [`RequestCtx`] (deadline and body budget) for the route.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,13 +18,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use bytes::Buf;
-use futures::{Stream, StreamExt};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -45,21 +32,14 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use warp::Filter;
-use warp::http::{Request, Response, StatusCode, Version};
+use warp::http::{Request, Response, Version};
 
-use crate::bodybuf::{BodyBuf, HEAP_MAX};
-use crate::budget::{BodyBudget, BodyLease, Shed};
-use crate::cache::BindingCache;
-use crate::connections::{ConnState, ConnectionLimiter, Expiry};
-use crate::limits::Limits;
+use super::budget::BodyBudget;
+use super::connections::{ConnState, ConnectionLimiter, Expiry};
+use super::limits::Limits;
+use super::route::{Bodies, RequestCtx};
 use crate::metrics::Metrics;
-use crate::mutate::Config;
-use crate::review::{self, AdmissionOutcome, Parsed};
-use crate::tls::CertStore;
 
-/// Bodies grow by this much (beyond the first [`HEAP_MAX`] bytes, allocated at once when the
-/// first bytes arrive: real reviews are about 10 KB).
-const GROW_STEP: usize = 64 << 10;
 /// HTTP/1.1 read buffer (request heads must fit; hyper's default grows to ~400 KiB).
 const H1_MAX_BUF: usize = 16 << 10;
 const H1_MAX_HEADERS: usize = 64;
@@ -68,263 +48,6 @@ const H2_STREAM_WINDOW: u32 = 64 << 10;
 const H2_CONN_WINDOW: u32 = 128 << 10;
 const H2_MAX_STREAMS: u32 = 16;
 const H2_MAX_HEADER_LIST: u32 = 16 << 10;
-
-/// Everything an admission needs, shared by all connections.
-pub struct AppState {
-    pub cache: Arc<BindingCache>,
-    pub config: ArcSwap<Config>,
-    pub metrics: Arc<Metrics>,
-    pub certs: Arc<CertStore>,
-    pub shutting_down: AtomicBool,
-}
-
-impl AppState {
-    /// Ready means this replica can answer admissions correctly right now.
-    pub fn readiness(&self) -> Result<(), &'static str> {
-        if self.shutting_down.load(Ordering::Relaxed) {
-            Err("shutting down")
-        } else if !self.certs.is_loaded() {
-            Err("serving certificate not loaded")
-        } else if !self.cache.is_synced() {
-            Err("binding cache not synced")
-        } else {
-            Ok(())
-        }
-    }
-}
-
-/// What [`serve_tls`] gives each request: its deadline and the body limits. Carried as a
-/// request extension, so the routes must be served by [`serve_tls`].
-#[derive(Clone)]
-pub struct RequestCtx {
-    /// When head and body must have arrived.
-    pub deadline: Instant,
-    pub http1: bool,
-    bodies: Arc<Bodies>,
-}
-
-struct Bodies {
-    budget: Arc<BodyBudget>,
-    max_size: usize,
-    metrics: Arc<Metrics>,
-}
-
-/// `POST /mutate`.
-pub fn routes(
-    state: Arc<AppState>,
-) -> impl Filter<Extract = (Response<Vec<u8>>,), Error = Infallible> + Clone + Send + Sync + 'static
-{
-    let mutate = warp::path("mutate")
-        .and(warp::path::end())
-        .and(warp::post())
-        .and(warp::ext::get::<RequestCtx>())
-        .and(warp::header::optional::<u64>("content-length"))
-        .and(warp::body::stream())
-        .then(move |ctx, length, body| {
-            let state = state.clone();
-            async move { handle(&state, ctx, length, body).await }
-        });
-    mutate
-        .recover(|_rejection| async {
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .status(StatusCode::NOT_FOUND)
-                    .body(b"not found: admission reviews go to POST /mutate\n".to_vec())
-                    .expect("static response"),
-            )
-        })
-        .unify()
-}
-
-/// Why a body was not read.
-enum BodyError {
-    TooLarge,
-    Timeout,
-    Shed(Shed),
-    Client(String),
-}
-
-/// Reads a body into a buffer paid for from the budget, growing only as bytes arrive.
-async fn read_body<S, B>(
-    ctx: &RequestCtx,
-    length: Option<u64>,
-    body: S,
-) -> Result<(BodyBuf, BodyLease), BodyError>
-where
-    S: Stream<Item = Result<B, warp::Error>>,
-    B: Buf,
-{
-    let max = ctx.bodies.max_size;
-    let expected = match length {
-        Some(n) if n > max as u64 => return Err(BodyError::TooLarge),
-        Some(n) => n as usize,
-        None => max,
-    };
-    let mut lease = ctx.bodies.budget.lease();
-    let mut buf = BodyBuf::new();
-    let mut body = std::pin::pin!(body);
-    loop {
-        let next = tokio::select! {
-            biased;
-            next = body.next() => next,
-            _ = lease.evicted() => return Err(BodyError::Shed(Shed::Evicted)),
-            _ = tokio::time::sleep_until(ctx.deadline) => return Err(BodyError::Timeout),
-        };
-        let Some(chunk) = next else { break };
-        let mut chunk = chunk.map_err(|e| BodyError::Client(e.to_string()))?;
-        let needed = buf.len() + chunk.remaining();
-        if needed > max {
-            return Err(BodyError::TooLarge);
-        }
-        if needed > buf.capacity() {
-            // A small body at once; a large one step by step, never past what the client said
-            // it would send.
-            let target = if buf.capacity() == 0 {
-                needed.max(expected.min(HEAP_MAX))
-            } else {
-                needed.next_multiple_of(GROW_STEP).min(expected.max(needed))
-            };
-            let target = BodyBuf::rounded(target);
-            lease
-                .grow(target - buf.capacity(), ctx.deadline)
-                .await
-                .map_err(BodyError::Shed)?;
-            buf.grow_to(target).map_err(|error| {
-                tracing::warn!(%error, "could not map memory for a request body");
-                BodyError::Shed(Shed::Overloaded)
-            })?;
-        }
-        while chunk.has_remaining() {
-            let part = chunk.chunk();
-            buf.extend(part);
-            let n = part.len();
-            chunk.advance(n);
-        }
-    }
-    lease.received();
-    Ok((buf, lease))
-}
-
-fn plain(status: StatusCode, ctx: &RequestCtx, message: String) -> Response<Vec<u8>> {
-    let mut response = Response::builder()
-        .status(status)
-        .header("content-type", "text/plain");
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        response = response.header("retry-after", "1");
-    }
-    if ctx.http1 {
-        response = response.header("connection", "close");
-    }
-    response.body(message.into_bytes()).expect("static headers")
-}
-
-async fn handle<S, B>(
-    state: &AppState,
-    ctx: RequestCtx,
-    length: Option<u64>,
-    body: S,
-) -> Response<Vec<u8>>
-where
-    S: Stream<Item = Result<B, warp::Error>>,
-    B: Buf,
-{
-    let (bytes, lease) = match read_body(&ctx, length, body).await {
-        Ok(read) => read,
-        Err(error) => return refusal(state, &ctx, error),
-    };
-    let started = std::time::Instant::now();
-    let (body, outcome) = admit(state, bytes.as_slice()).await;
-    drop((bytes, lease));
-    state
-        .metrics
-        .admission(outcome, started.elapsed().as_secs_f64());
-    Response::builder()
-        .header("content-type", "application/json")
-        .body(body)
-        .expect("static headers")
-}
-
-/// The answer to a request whose body was not read (see the module docs).
-fn refusal(state: &AppState, ctx: &RequestCtx, error: BodyError) -> Response<Vec<u8>> {
-    let shed = &ctx.bodies.metrics.requests_shed;
-    let message = match error {
-        BodyError::Timeout => {
-            Metrics::reason(shed, "read_timeout");
-            return plain(
-                StatusCode::REQUEST_TIMEOUT,
-                ctx,
-                "rolebridge: the request was not received in time\n".into(),
-            );
-        }
-        BodyError::Shed(cut) => {
-            let reason = match cut {
-                Shed::Evicted => "evicted",
-                Shed::Overloaded => "overloaded",
-            };
-            Metrics::reason(shed, reason);
-            tracing::warn!(
-                reason,
-                "request body dropped: request bodies in flight exceed --body-budget"
-            );
-            return plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ctx,
-                "rolebridge: too many request bodies in flight; retry\n".into(),
-            );
-        }
-        BodyError::TooLarge => {
-            Metrics::reason(shed, "too_large");
-            format!(
-                "rolebridge: request body exceeds {} bytes",
-                ctx.bodies.max_size
-            )
-        }
-        BodyError::Client(e) => format!("rolebridge: reading the request body: {e}"),
-    };
-    // Content errors are answered like any malformed review.
-    state.metrics.admission(AdmissionOutcome::Error, 0.0);
-    let mut response = Response::builder().header("content-type", "application/json");
-    if ctx.http1 {
-        response = response.header("connection", "close");
-    }
-    response
-        .body(review::invalid("", &message))
-        .expect("static headers")
-}
-
-/// One review body in, one response body out.
-pub async fn admit(state: &AppState, body: &[u8]) -> (Vec<u8>, AdmissionOutcome) {
-    match review::parse(body) {
-        Parsed::Done { body, outcome } => {
-            if outcome == AdmissionOutcome::Error {
-                tracing::warn!("malformed admission review answered as invalid");
-            }
-            (body, outcome)
-        }
-        Parsed::Pod(review) => {
-            let sa = review.service_account();
-            let bindings = state.cache.bindings_for(&review.namespace, sa).await;
-            let config = state.config.load();
-            let (body, outcome) = review.respond(bindings.as_deref().unwrap_or_default(), &config);
-            let meta = &review.pod.metadata;
-            let pod = meta
-                .name
-                .as_ref()
-                .or(meta.generate_name.as_ref())
-                .map(|s| s.as_str())
-                .unwrap_or_default();
-            match outcome {
-                AdmissionOutcome::Skipped => tracing::debug!(
-                    namespace = %review.namespace, pod, service_account = sa, dry_run = review.dry_run,
-                    outcome = outcome.as_str(), "admitted unchanged"),
-                _ => tracing::info!(
-                    namespace = %review.namespace, pod, service_account = sa, dry_run = review.dry_run,
-                    outcome = outcome.as_str(), "admission"),
-            }
-            (body, outcome)
-        }
-    }
-}
 
 /// Serves `routes` over TLS on `listener` under `limits` until `shutdown` turns true, then
 /// drains open connections for at most `drain`.

@@ -1,7 +1,7 @@
 //! The binding as admission and status see it, and the one coverage rule both apply.
 //!
-//! Which binding covers which container decides what a pod is injected with ([`crate::mutate`])
-//! and whether a binding is reported as a `Conflict` ([`crate::status`]). Both read it from
+//! Which binding covers which container decides what a pod is injected with ([`crate::admission::mutate`])
+//! and whether a binding is reported as a `Conflict` ([`crate::domain::status`]). Both read it from
 //! here, so a binding shown as Ready can never get its pods denied for a tie, and the other way
 //! round: [`can_tie`] is derived from [`Binding::rank`], the very function admission ranks with.
 

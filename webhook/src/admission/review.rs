@@ -12,8 +12,8 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::mutate::{self, Binding, Config, Mutation, Outcome};
-use crate::pod::{PodView, Str};
+use crate::admission::mutate::{self, Binding, Config, Mutation, Outcome};
+use crate::domain::pod::{PodView, Str};
 
 const V1: &str = "admission.k8s.io/v1";
 const V1BETA1: &str = "admission.k8s.io/v1beta1";

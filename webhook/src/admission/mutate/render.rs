@@ -17,7 +17,7 @@ use super::{
     ANNOTATION_SKIP_CONTAINERS, Config, Delivery, Denial, Kind, SidecarMode, TOKEN_VOLUME,
     TOKEN_VOLUME_SIZE_LIMIT, Warnings, containers, is_agent, reserved,
 };
-use crate::pod::{ContainerView, PodView};
+use crate::domain::pod::{ContainerView, PodView};
 
 fn add(tokens: &[&str], value: Value) -> PatchOperation {
     PatchOperation::Add(AddOperation {

@@ -1,7 +1,7 @@
 //! Phase 3: names rolebridge reserves for what it injects.
 
 use super::{ANNOTATION_APPLIED, ANNOTATION_INJECT, Denial, TOKEN_VOLUME, containers, is_agent};
-use crate::pod::PodView;
+use crate::domain::pod::PodView;
 
 /// A pod that uses the agent's container names or the token volume's name without having been
 /// injected by rolebridge (no `rolebridge.io/bindings`) is denied: injecting it would point its

@@ -13,7 +13,7 @@
 //! and writes each binding once) and, after a relist or a change of leader, walk every group
 //! with a cursor (a full pass never holds 100,000 keys at once). A status is computed when a
 //! worker gets to it, from what the store holds then; failures mark the group again after a
-//! backoff. Only the replica holding the status Lease writes ([`crate::lease`]).
+//! backoff. Only the replica holding the status Lease writes ([`crate::bindings::lease`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,12 +22,12 @@ use std::time::Duration;
 use kube::Resource as _;
 use kube::api::{Api, Patch, PatchParams};
 
-use crate::cache::{BindingCache, WatchedBinding};
-use crate::crd::{AWSRoleBinding, AWSRoleBindingStatus};
-use crate::lease::Leadership;
+use crate::bindings::cache::{BindingCache, WatchedBinding};
+use crate::bindings::lease::Leadership;
+use crate::bindings::store::{Group, GroupState, Seen, fingerprint};
+use crate::domain::crd::{AWSRoleBinding, AWSRoleBindingStatus};
+use crate::domain::status::{self, BindingState};
 use crate::metrics::Metrics;
-use crate::status::{self, BindingState};
-use crate::store::{Group, GroupState, Seen, fingerprint};
 
 pub const FIELD_MANAGER: &str = "rolebridge-webhook";
 /// Lets the watches deliver the rest of a burst (a binding and its service account) before
@@ -287,9 +287,9 @@ async fn process(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::binding::Binding;
-    use crate::status::ServiceAccountState;
-    use crate::store::Member;
+    use crate::bindings::store::Member;
+    use crate::domain::binding::Binding;
+    use crate::domain::status::ServiceAccountState;
 
     fn member(name: &str, seen: Seen) -> Member {
         Member {
