@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use rolebridge_webhook::admission::mutate::{Config, mutate};
 use rolebridge_webhook::admission::review::{Parsed, parse};
-use rolebridge_webhook::domain::convert::{BindingIndex, bindings_from_yaml};
+use rolebridge_webhook::bindings::store::Store;
+use rolebridge_webhook::domain::convert::bindings_from_yaml;
 use rolebridge_webhook::domain::pod::PodView;
 
 const REVIEW: &str = include_str!("../tests/fixtures/admissionreview-v1-pod-from-apiserver.json");
@@ -29,8 +30,11 @@ fn main() {
         "/../bench/bindings.yaml"
     ))
     .unwrap();
-    let index = BindingIndex::new(bindings_from_yaml(&text, "default").unwrap());
-    let bindings = index.lookup("default", "app-sa").unwrap().clone();
+    let store: Store = bindings_from_yaml(&text, "default")
+        .unwrap()
+        .into_iter()
+        .collect();
+    let bindings = store.bindings_for("default", "app-sa").unwrap();
     let cfg = Config::default();
     let body = REVIEW.as_bytes();
     let object: serde_json::Value = serde_json::from_str(REVIEW).unwrap();

@@ -3,7 +3,8 @@
 //! Each case gives an input pod (inline, or `podFromReview` naming a captured AdmissionReview in
 //! `tests/fixtures/`), the `AWSRoleBinding` manifests present in the cluster, optional config
 //! overrides and the expected result. The harness selects bindings exactly like the webhook
-//! (typed resource → `index::binding_from_resource` → `BindingIndex::lookup(namespace, SA)`),
+//! (typed resource → `convert::binding_from_resource` → the webhook's own
+//! `Store::bindings_for(namespace, SA)`),
 //! runs `mutate`, applies the patch with `json_patch::patch` and compares the result with
 //! `expect.pod` semantically (JSON value equality). Every mutated result must also be a fixed
 //! point: mutating it again yields no operations and `Skipped(AlreadyInjected)`.
@@ -33,7 +34,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use rolebridge_webhook::admission::mutate::{self, Config, Outcome, SidecarMode, Skip};
-use rolebridge_webhook::domain::convert::{BindingIndex, binding_from_resource};
+use rolebridge_webhook::bindings::store::Store;
+use rolebridge_webhook::domain::convert::binding_from_resource;
 use rolebridge_webhook::domain::crd::AWSRoleBinding;
 use rolebridge_webhook::domain::pod::PodView;
 use serde::Deserialize;
@@ -291,15 +293,15 @@ fn run_case(path: &Path, update: bool) -> Vec<String> {
             Err(e) => return vec![format!("binding is not valid: {e}")],
         }
     }
-    let index = BindingIndex::new(resolved);
+    let store: Store = resolved.into_iter().collect();
 
     let pod_json = serde_json::to_string(&pod).expect("a Value always serialises");
     let view = match PodView::from_json(&pod_json) {
         Ok(v) => v,
         Err(e) => return vec![format!("pod does not parse as a PodView: {e}")],
     };
-    let bindings = index
-        .lookup(namespace, view.service_account())
+    let bindings = store
+        .bindings_for(namespace, view.service_account())
         .map(|b| b.to_vec())
         .unwrap_or_default();
     let result = mutate::mutate(&view, namespace, &bindings, &cfg);

@@ -3,7 +3,8 @@
 
 use rolebridge_webhook::admission::inject::{InjectError, inject};
 use rolebridge_webhook::admission::mutate::{Config, mutate};
-use rolebridge_webhook::domain::convert::{BindingIndex, bindings_from_yaml};
+use rolebridge_webhook::bindings::store::Store;
+use rolebridge_webhook::domain::convert::bindings_from_yaml;
 use rolebridge_webhook::domain::pod::PodView;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -15,8 +16,11 @@ metadata: {name: reader, namespace: apps}
 spec: {serviceAccountName: worker, roleArn: 'arn:aws:iam::123456789012:role/reader'}
 ";
 
-fn index() -> BindingIndex {
-    BindingIndex::new(bindings_from_yaml(BINDINGS, "apps").unwrap())
+fn store() -> Store {
+    bindings_from_yaml(BINDINGS, "apps")
+        .unwrap()
+        .into_iter()
+        .collect()
 }
 
 fn pod_spec() -> Value {
@@ -37,11 +41,10 @@ fn admitted(template: &Value) -> Value {
     }
     let json = pod.to_string();
     let view = PodView::from_json(&json).unwrap();
-    let idx = index();
     let m = mutate(
         &view,
         "apps",
-        idx.lookup("apps", "worker").unwrap(),
+        &store().bindings_for("apps", "worker").unwrap(),
         &Config::default(),
     )
     .unwrap();
@@ -84,7 +87,7 @@ fn every_workload_kind_gets_the_admission_mutation() {
     ];
     for (obj, path) in cases {
         let input = serde_norway::to_string(&obj).unwrap();
-        let out = inject(&input, &index(), &Config::default(), "apps").unwrap();
+        let out = inject(&input, &store(), &Config::default(), "apps").unwrap();
         assert_eq!(out.mutated, 1, "{}", obj["kind"]);
         let got = &docs(&out.output)[0];
         let pick = |v: &Value| path.iter().fold(v.clone(), |v, k| v[*k].clone());
@@ -104,7 +107,7 @@ fn every_workload_kind_gets_the_admission_mutation() {
             assert_eq!(a, b);
         }
         // Injecting the output again changes nothing.
-        let again = inject(&out.output, &index(), &Config::default(), "apps").unwrap();
+        let again = inject(&out.output, &store(), &Config::default(), "apps").unwrap();
         assert_eq!(again.mutated, 0);
         assert_eq!(again.output, out.output);
     }
@@ -113,7 +116,7 @@ fn every_workload_kind_gets_the_admission_mutation() {
 #[test]
 fn other_documents_pass_through_byte_for_byte() {
     let input = "# leading comment\napiVersion: v1\nkind: ConfigMap   # odd spacing kept\nmetadata: {name: c}\ndata: {a: '1'}\n---\n# only a comment\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: other, namespace: elsewhere}\nspec: {template: {spec: {serviceAccountName: worker, containers: [{name: m, image: x}]}}}\n";
-    let out = inject(input, &index(), &Config::default(), "apps").unwrap();
+    let out = inject(input, &store(), &Config::default(), "apps").unwrap();
     assert_eq!(out.mutated, 0);
     assert_eq!(out.output, input);
 }
@@ -129,7 +132,7 @@ fn lists_and_multi_document_streams() {
         serde_norway::to_string(&list).unwrap(),
         serde_norway::to_string(&json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "b"}, "spec": pod_spec()})).unwrap()
     );
-    let out = inject(&input, &index(), &Config::default(), "apps").unwrap();
+    let out = inject(&input, &store(), &Config::default(), "apps").unwrap();
     assert_eq!(out.mutated, 2);
     let d = docs(&out.output);
     assert_eq!(d.len(), 2);
@@ -146,7 +149,7 @@ fn a_denial_names_the_object() {
         "metadata": {"name": "p", "annotations": {"rolebridge.io/role": "admin"}}, "spec": pod_spec()});
     let err = inject(
         &serde_norway::to_string(&pod).unwrap(),
-        &index(),
+        &store(),
         &Config::default(),
         "apps",
     )
@@ -161,7 +164,7 @@ fn a_denial_names_the_object() {
 
 #[test]
 fn bad_yaml_is_an_error_with_its_document_number() {
-    let err = inject("a: 1\n---\nkind: [\n", &index(), &Config::default(), "apps").unwrap_err();
+    let err = inject("a: 1\n---\nkind: [\n", &store(), &Config::default(), "apps").unwrap_err();
     assert!(err.to_string().starts_with("document 2"), "{err}");
 }
 
@@ -231,7 +234,10 @@ spec:
   chain: [{roleArn: 'arn:aws:iam::222222222222:role/docs-writer', externalId: docs-ext-4711}]
   durationSeconds: 900
 ";
-    let index = BindingIndex::new(bindings_from_yaml(bindings, "ci").unwrap());
+    let store: Store = bindings_from_yaml(bindings, "ci")
+        .unwrap()
+        .into_iter()
+        .collect();
     let cfg = Config {
         cluster_name: Some("prod".into()),
         ..Config::default()
@@ -239,7 +245,7 @@ spec:
     let spec = json!({"serviceAccountName": "publisher", "containers": [{"name": "publish", "image": "p"}]});
     let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "docs", "namespace": "ci"},
         "spec": {"template": {"spec": spec}}});
-    let out = inject(&serde_norway::to_string(&job).unwrap(), &index, &cfg, "ci").unwrap();
+    let out = inject(&serde_norway::to_string(&job).unwrap(), &store, &cfg, "ci").unwrap();
     assert_eq!(out.mutated, 1);
     let template = docs(&out.output)[0]["spec"]["template"].clone();
 
@@ -247,7 +253,13 @@ spec:
     pod["metadata"] = json!({});
     let text = pod.to_string();
     let view = PodView::from_json(&text).unwrap();
-    let m = mutate(&view, "ci", index.lookup("ci", "publisher").unwrap(), &cfg).unwrap();
+    let m = mutate(
+        &view,
+        "ci",
+        &store.bindings_for("ci", "publisher").unwrap(),
+        &cfg,
+    )
+    .unwrap();
     json_patch::patch(&mut pod, &m.patch).unwrap();
     assert_eq!(template, pod);
 
@@ -273,6 +285,6 @@ spec:
             .any(|e| e["name"] == "ROLEBRIDGE_CLUSTER_NAME" && e["value"] == "prod")
     );
     // Injecting the output again changes nothing.
-    let again = inject(&out.output, &index, &cfg, "ci").unwrap();
+    let again = inject(&out.output, &store, &cfg, "ci").unwrap();
     assert_eq!(again.mutated, 0);
 }

@@ -39,7 +39,7 @@ use rolebridge_webhook::admission::mutate::{
     ENV_STS_REGIONAL, ENV_TOKEN_FILE, Outcome, SidecarMode, Skip, TOKEN_MOUNT_PATH, TOKEN_VOLUME,
     token_path,
 };
-use rolebridge_webhook::domain::binding::Hop;
+use rolebridge_webhook::domain::binding::{Hop, can_tie};
 use rolebridge_webhook::domain::pod::PodView;
 use rolebridge_webhook::domain::status;
 use serde_json::{Map, Value, json};
@@ -1225,7 +1225,7 @@ proptest! {
             for b in &bindings[i + 1..] {
                 let pair = [a.clone(), b.clone()];
                 prop_assert_eq!(
-                    status::overlaps(a, b),
+                    can_tie(a, b),
                     denied_for_tie(&pod, &pair),
                     "{:?} / {:?}", a.containers, b.containers
                 );

@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use crate::admission::mutate::{Config, SidecarMode};
 use crate::admission::review::{self, Parsed};
+use crate::bindings::store::Store;
 use crate::domain::binding::{Binding, Hop};
 
 /// Bindings and config decoded from the first bytes of an input.
@@ -195,16 +196,14 @@ fn answer(body: &[u8], scenario: &Scenario) -> Option<Value> {
     let (bytes, uid) = match review::parse(body) {
         Parsed::Done { body, .. } => (body, None),
         Parsed::Pod(r) => {
-            let sa = r.service_account();
-            let mut bindings: Vec<Binding> = scenario
+            // Selected as every admission selects them: through the store.
+            let store: Store = scenario
                 .bindings
                 .iter()
-                .filter(|b| b.service_account == sa)
-                .cloned()
+                .map(|b| (r.namespace.clone(), b.clone()))
                 .collect();
-            // The index hands bindings over sorted by name.
-            bindings.sort_by(|a, b| a.name.cmp(&b.name));
-            let (bytes, _) = r.respond(&bindings, &scenario.config);
+            let bindings = store.bindings_for(&r.namespace, r.service_account());
+            let (bytes, _) = r.respond(bindings.as_deref().unwrap_or_default(), &scenario.config);
             (bytes, Some(r.uid.as_str().to_owned()))
         }
     };

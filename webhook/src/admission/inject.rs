@@ -15,7 +15,8 @@ use serde_json::Value;
 
 use crate::admission::args::{FlagError, MutationArgs};
 use crate::admission::mutate::{self, Config, Outcome};
-use crate::domain::convert::{self, BindingError, BindingIndex};
+use crate::bindings::store::Store;
+use crate::domain::convert::{self, BindingError};
 use crate::domain::pod::PodView;
 
 /// `rolebridge-webhook inject`.
@@ -100,7 +101,7 @@ pub fn run(
         })?;
         bindings.extend(found);
     }
-    let index = BindingIndex::new(bindings);
+    let bindings: Store = bindings.into_iter().collect();
     let input = if args.filename.as_os_str() == "-" {
         let mut s = String::new();
         stdin
@@ -114,7 +115,7 @@ pub fn run(
     } else {
         read("manifests", &args.filename)?
     };
-    let injected = inject(&input, &index, &config, &args.namespace)?;
+    let injected = inject(&input, &bindings, &config, &args.namespace)?;
     let io = |r: std::io::Result<()>| r.map_err(RunError::Write);
     for w in &injected.warnings {
         io(writeln!(stderr, "warning: {w}"))?;
@@ -187,7 +188,7 @@ fn template_path(kind: &str) -> Option<&'static [&'static str]> {
 }
 
 struct Ctx<'a> {
-    bindings: &'a BindingIndex,
+    bindings: &'a Store,
     cfg: &'a Config,
     default_namespace: &'a str,
     document: usize,
@@ -247,15 +248,17 @@ impl Ctx<'_> {
         })?;
         let bindings = self
             .bindings
-            .lookup(namespace, view.service_account())
-            .map(|b| &b[..])
-            .unwrap_or_default();
-        let result = mutate::mutate(&view, namespace, bindings, self.cfg).map_err(|d| {
-            InjectError::Denied {
-                document: self.document,
-                object: label.to_owned(),
-                message: d.message,
-            }
+            .bindings_for(namespace, view.service_account());
+        let result = mutate::mutate(
+            &view,
+            namespace,
+            bindings.as_deref().unwrap_or_default(),
+            self.cfg,
+        )
+        .map_err(|d| InjectError::Denied {
+            document: self.document,
+            object: label.to_owned(),
+            message: d.message,
         })?;
         for w in result.warnings {
             self.warnings.push(format!("{label}: {w}"));
@@ -280,7 +283,7 @@ impl Ctx<'_> {
 /// `default_namespace`, as `kubectl apply` would place them.
 pub fn inject(
     input: &str,
-    bindings: &BindingIndex,
+    bindings: &Store,
     cfg: &Config,
     default_namespace: &str,
 ) -> Result<Injected, InjectError> {

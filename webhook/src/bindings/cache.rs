@@ -32,7 +32,7 @@ use tokio::sync::{Notify, OnceCell};
 
 use crate::bindings::store::{Group, Observed, Pass, Store};
 use crate::domain::binding::Binding;
-use crate::domain::convert::{BindingIndex, binding_from_json};
+use crate::domain::convert::binding_from_json;
 use crate::domain::crd::{AWSRoleBinding, AWSRoleBindingStatus};
 use crate::domain::status::GSA_ANNOTATION;
 use crate::metrics::Metrics;
@@ -84,7 +84,8 @@ impl Default for LiveReadLimits {
     }
 }
 
-type LiveResult = Arc<BindingIndex>;
+/// A namespace's bindings as one live read found them, looked up like the cache itself.
+type LiveResult = Arc<Store>;
 /// When a namespace was read, and the (possibly still pending) result shared by its misses.
 type LiveEntry = (Instant, Arc<OnceCell<Option<LiveResult>>>);
 
@@ -157,17 +158,8 @@ impl BindingCache {
 
     /// A fixed set of bindings (`serve --bindings-file`, benchmarks): synced from the start.
     pub fn fixed(metrics: Arc<Metrics>, bindings: Vec<(String, Binding)>) -> Self {
-        let cache = Self::new(metrics, None);
-        for (namespace, b) in bindings {
-            let name = b.name.clone();
-            cache.store.apply(Observed {
-                namespace: &namespace,
-                name: &name,
-                generation: 0,
-                spec: Ok(b),
-                status: None,
-            });
-        }
+        let mut cache = Self::new(metrics, None);
+        cache.store = bindings.into_iter().collect();
         cache.update_gauges();
         cache.synced.store(true, Ordering::Release);
         cache
@@ -320,7 +312,7 @@ impl BindingCache {
                 match tokio::time::timeout(LIVE_READ_TIMEOUT, read).await {
                     Ok(Ok(bindings)) => {
                         Metrics::result(&self.metrics.live_reads, true);
-                        Some(Arc::new(BindingIndex::new(bindings)))
+                        Some(Arc::new(bindings.into_iter().collect()))
                     }
                     Ok(Err(error)) => {
                         tracing::warn!(namespace, %error, "live read of bindings failed");
@@ -335,7 +327,7 @@ impl BindingCache {
                 }
             })
             .await;
-        let found = result.as_ref()?.lookup(namespace, service_account)?.clone();
+        let found = result.as_ref()?.bindings_for(namespace, service_account)?;
         tracing::info!(
             namespace,
             service_account,

@@ -467,6 +467,25 @@ pub struct Counts {
     pub conflicts: usize,
 }
 
+/// A store holding these (namespace, binding) pairs and nothing else: a bindings file,
+/// `inject`'s bindings, one live read, a test's bindings.
+impl FromIterator<(String, Binding)> for Store {
+    fn from_iter<I: IntoIterator<Item = (String, Binding)>>(bindings: I) -> Self {
+        let store = Store::new();
+        for (namespace, b) in bindings {
+            let name = b.name.clone();
+            store.apply(Observed {
+                namespace: &namespace,
+                name: &name,
+                generation: 0,
+                spec: Ok(b),
+                status: None,
+            });
+        }
+        store
+    }
+}
+
 impl Store {
     pub fn new() -> Self {
         Self::default()
@@ -489,7 +508,9 @@ impl Store {
         }
     }
 
-    /// The bindings of `service_account` in `namespace`, sorted by name.
+    /// The bindings of `service_account` in `namespace`, sorted by name so that every replica
+    /// produces the same patch for the same pod. The one lookup of a pod's bindings: admissions
+    /// (`serve`, from the watched store or a live read), `inject` and the tests all ask this.
     pub fn bindings_for(&self, namespace: &str, service_account: &str) -> Option<Arc<[Binding]>> {
         let inner = self.read();
         let group = inner.namespaces.get(namespace)?.group(service_account);
@@ -707,16 +728,6 @@ impl Store {
         groups
     }
 
-    /// Every group, in order.
-    pub fn all_groups(&self) -> Vec<Group> {
-        let mut pass = Pass::Start;
-        let mut out = Vec::new();
-        while let Some(chunk) = self.pass_chunk(&mut pass, usize::MAX) {
-            out.extend(chunk);
-        }
-        out
-    }
-
     /// The next at most `limit` groups of a full pass (a new leader, a relist), or `None`
     /// when the pass is complete. Walking with a cursor keeps a pass over 100,000 bindings
     /// from materialising 100,000 keys; groups changed meanwhile are marked anyway.
@@ -879,6 +890,16 @@ mod tests {
         }
     }
 
+    /// Every group, in order.
+    fn all_groups(store: &Store) -> Vec<Group> {
+        let mut pass = Pass::Start;
+        let mut out = Vec::new();
+        while let Some(chunk) = store.pass_chunk(&mut pass, usize::MAX) {
+            out.extend(chunk);
+        }
+        out
+    }
+
     fn observed<'a>(ns: &'a str, b: &'a Binding) -> Observed<'a> {
         Observed {
             namespace: ns,
@@ -887,6 +908,27 @@ mod tests {
             spec: Ok(b.clone()),
             status: None,
         }
+    }
+
+    #[test]
+    fn collected_bindings_are_grouped_and_sorted() {
+        let store: Store = [
+            ("ns".to_string(), binding("z", "sa")),
+            ("ns".to_string(), binding("a", "sa")),
+            ("other".to_string(), binding("c", "sa")),
+        ]
+        .into_iter()
+        .collect();
+        let names: Vec<_> = store
+            .bindings_for("ns", "sa")
+            .unwrap()
+            .iter()
+            .map(|b| b.name.clone())
+            .collect();
+        assert_eq!(names, ["a", "z"]);
+        assert!(store.bindings_for("ns", "other").is_none());
+        assert!(store.bindings_for("nope", "sa").is_none());
+        assert_eq!(store.counts().valid, 3);
     }
 
     #[test]
@@ -1034,7 +1076,7 @@ mod tests {
             }]
         );
         assert_eq!(store.counts().valid, 2);
-        assert_eq!(store.all_groups().len(), 2);
+        assert_eq!(all_groups(&store).len(), 2);
     }
 
     #[test]
@@ -1051,7 +1093,7 @@ mod tests {
             spec: Err("no".into()),
             status: None,
         });
-        let all = store.all_groups();
+        let all = all_groups(&store);
         for limit in [1, 2, 5, 1000] {
             let mut pass = Pass::Start;
             let mut seen = Vec::new();

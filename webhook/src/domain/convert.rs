@@ -1,11 +1,8 @@
-//! Bindings indexed by (namespace, service account).
+//! An `AWSRoleBinding` becomes a [`Binding`]: from a typed object, from JSON as a watch or a
+//! live read delivers it, or from the YAML of a bindings file. Every path validates the spec
+//! ([`validate_spec`]), so a binding the webhook does not trust never reaches a pod.
 //!
-//! The index is immutable once built; the cache swaps in a new one on every change (bindings
-//! change rarely, pods are admitted often), so an admission's lookup is two hash probes on a
-//! snapshot with no lock held and no allocation.
-
-use std::collections::HashMap;
-use std::sync::Arc;
+//! Looking bindings up is the store's job ([`crate::bindings::store::Store::bindings_for`]).
 
 use crate::domain::binding::{Binding, Hop};
 use crate::domain::crd::{AWSRoleBinding, AWSRoleBindingSpec, SpecError, validate_spec};
@@ -129,90 +126,9 @@ pub fn binding_from_json(
     binding_from_spec(namespace, name, &spec)
 }
 
-#[derive(Debug, Default)]
-pub struct BindingIndex {
-    by_namespace: HashMap<String, HashMap<String, Arc<[Binding]>>>,
-    len: usize,
-}
-
-impl BindingIndex {
-    /// Builds the index; bindings of one service account are sorted by name so that every
-    /// replica produces the same patch for the same pod.
-    pub fn new(bindings: impl IntoIterator<Item = (String, Binding)>) -> Self {
-        let mut grouped: HashMap<String, HashMap<String, Vec<Binding>>> = HashMap::new();
-        let mut len = 0;
-        for (ns, b) in bindings {
-            len += 1;
-            grouped
-                .entry(ns)
-                .or_default()
-                .entry(b.service_account.clone())
-                .or_default()
-                .push(b);
-        }
-        let by_namespace = grouped
-            .into_iter()
-            .map(|(ns, by_sa)| {
-                let by_sa = by_sa
-                    .into_iter()
-                    .map(|(sa, mut list)| {
-                        list.sort_by(|a, b| a.name.cmp(&b.name));
-                        (sa, Arc::from(list))
-                    })
-                    .collect();
-                (ns, by_sa)
-            })
-            .collect();
-        BindingIndex { by_namespace, len }
-    }
-
-    pub fn lookup(&self, namespace: &str, service_account: &str) -> Option<&Arc<[Binding]>> {
-        self.by_namespace.get(namespace)?.get(service_account)
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn b(name: &str, sa: &str) -> Binding {
-        Binding {
-            name: name.into(),
-            service_account: sa.into(),
-            role_arn: "arn:aws:iam::123456789012:role/x".into(),
-            audience: None,
-            region: None,
-            containers: None,
-            ..Binding::default()
-        }
-    }
-
-    #[test]
-    fn groups_and_sorts() {
-        let idx = BindingIndex::new([
-            ("ns".to_string(), b("z", "sa")),
-            ("ns".to_string(), b("a", "sa")),
-            ("other".to_string(), b("c", "sa")),
-        ]);
-        let names: Vec<_> = idx
-            .lookup("ns", "sa")
-            .unwrap()
-            .iter()
-            .map(|b| b.name.clone())
-            .collect();
-        assert_eq!(names, ["a", "z"]);
-        assert!(idx.lookup("ns", "other").is_none());
-        assert!(idx.lookup("nope", "sa").is_none());
-        assert_eq!(idx.len(), 3);
-    }
 
     #[test]
     fn yaml_files() {

@@ -32,13 +32,6 @@ pub enum ServiceAccountState {
     WorkloadIdentity(String),
 }
 
-/// Whether two bindings of one service account can tie on some container: the rule admission
-/// applies ([`binding::can_tie`]), so a binding reported Ready never gets its pods denied for a
-/// tie with another.
-pub fn overlaps(a: &Binding, b: &Binding) -> bool {
-    binding::can_tie(a, b)
-}
-
 /// What a Ready binding's pods act as, and how they get there.
 fn bound_message(spec: &Binding, gsa: &str) -> String {
     let sa = &spec.service_account;
@@ -94,7 +87,9 @@ pub fn desired(
                 let (Ok(a), Ok(b)) = (bindings[i].spec, bindings[j].spec) else {
                     continue;
                 };
-                if overlaps(a, b) {
+                // The tie rule admission applies, so a binding reported Ready never gets its
+                // pods denied for a tie with another.
+                if binding::can_tie(a, b) {
                     conflicts[i].push(bindings[j].name);
                     conflicts[j].push(bindings[i].name);
                 }
@@ -219,9 +214,24 @@ mod tests {
         let x = binding("x", "sa", Some(&["app"]));
         let y = binding("y", "sa", Some(&["sidecar"]));
         let z = binding("z", "sa", Some(&["sidecar", "other"]));
-        assert!(!overlaps(&all, &x));
-        assert!(!overlaps(&x, &y));
-        assert!(overlaps(&y, &z));
+        let states = [
+            state("all", &all),
+            state("x", &x),
+            state("y", &y),
+            state("z", &z),
+        ];
+        let out = desired(
+            &states,
+            |_, _| ServiceAccountState::WorkloadIdentity("g@p.iam.gserviceaccount.com".into()),
+            "t0",
+        );
+        let reasons: Vec<&str> = out.iter().map(reason).collect();
+        assert_eq!(reasons, ["Bound", "Bound", "Conflict", "Conflict"]);
+        assert!(
+            out[2].as_ref().unwrap().conditions[0]
+                .message
+                .contains("conflicts with z")
+        );
     }
 
     #[test]
