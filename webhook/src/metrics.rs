@@ -1,5 +1,7 @@
 //! Prometheus metrics, served on the admin port.
 //!
+//! It uses nothing of the crate, so every layer may report to it.
+//!
 //! The per-outcome admission counters are resolved from their family once at start-up, so the
 //! hot path increments an atomic instead of hashing a label set under a lock.
 
@@ -10,7 +12,25 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::admission::review::AdmissionOutcome;
+/// The metric label of an admission (`rolebridge_admissions_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AdmissionOutcome {
+    Mutated,
+    Skipped,
+    Denied,
+    Error,
+}
+
+impl AdmissionOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdmissionOutcome::Mutated => "mutated",
+            AdmissionOutcome::Skipped => "skipped",
+            AdmissionOutcome::Denied => "denied",
+            AdmissionOutcome::Error => "error",
+        }
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {

@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 
 use crate::admission::mutate::{self, Binding, Config, Mutation, Outcome};
 use crate::domain::pod::{PodView, Str};
+use crate::metrics::AdmissionOutcome;
 
 const V1: &str = "admission.k8s.io/v1";
 const V1BETA1: &str = "admission.k8s.io/v1beta1";
@@ -77,26 +78,6 @@ pub enum Parsed<'a> {
         body: Vec<u8>,
         outcome: AdmissionOutcome,
     },
-}
-
-/// The metric label of an admission.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AdmissionOutcome {
-    Mutated,
-    Skipped,
-    Denied,
-    Error,
-}
-
-impl AdmissionOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AdmissionOutcome::Mutated => "mutated",
-            AdmissionOutcome::Skipped => "skipped",
-            AdmissionOutcome::Denied => "denied",
-            AdmissionOutcome::Error => "error",
-        }
-    }
 }
 
 #[derive(Serialize)]

@@ -27,9 +27,9 @@ use super::bodybuf::{BodyBuf, HEAP_MAX};
 use super::budget::{BodyBudget, BodyLease, Shed};
 use super::tls::CertStore;
 use crate::admission::mutate::Config;
-use crate::admission::review::{self, AdmissionOutcome, Parsed};
+use crate::admission::review::{self, Parsed};
 use crate::bindings::cache::BindingCache;
-use crate::metrics::Metrics;
+use crate::metrics::{AdmissionOutcome, Metrics};
 
 /// Bodies grow by this much (beyond the first [`HEAP_MAX`] bytes, allocated at once when the
 /// first bytes arrive: real reviews are about 10 KB).
