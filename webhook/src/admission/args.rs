@@ -2,6 +2,7 @@
 //! [`Config`] they make.
 
 use clap::ValueEnum;
+use rolebridge_contract::MIN_CREDENTIALS_PORT;
 
 use crate::admission::mutate::{Config, SidecarMode};
 
@@ -85,7 +86,7 @@ pub struct MutationArgs {
     /// gets the next free one.
     #[arg(long, env = "ROLEBRIDGE_CREDENTIALS_PORT",
           default_value_t = rolebridge_contract::DEFAULT_CREDENTIALS_PORT,
-          value_parser = clap::value_parser!(u16).range(1024..))]
+          value_parser = clap::value_parser!(u16).range(i64::from(MIN_CREDENTIALS_PORT)..))]
     pub credentials_port: u16,
     /// Cluster name for the `gke-cluster-name` session tag. Unset: the agent asks the GKE
     /// metadata server, and omits the tag if it cannot tell.

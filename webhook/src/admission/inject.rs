@@ -2,10 +2,10 @@
 //! admission webhooks are not allowed.
 //!
 //! Every pod template in a multi-document YAML stream goes through the very same
-//! [`mutate`](crate::admission::mutate::mutate) as an admission, so the two can never drift. Documents
-//! without a pod template, and documents the mutation leaves alone, are copied through as the
-//! exact input text (comments and formatting included); only mutated documents are
-//! re-serialised.
+//! [`mutate`](crate::admission::mutate::mutate), with bindings looked up in the very same
+//! [`Store`], as an admission, so the two can never drift. Documents without a pod template,
+//! and documents the mutation leaves alone, are copied through as the exact input text
+//! (comments and formatting included); only mutated documents are re-serialised.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -5,33 +5,26 @@
 use std::collections::BTreeMap;
 
 use rolebridge_contract::{
-    AUTH_TOKEN_PATH, AgentArgs, CredentialsSpec, TokenSpec, credentials_uri,
+    AUTH_TOKEN_PATH, AgentArgs, CredentialsSpec, MIN_CREDENTIALS_PORT, TokenSpec, aws_env,
+    credentials_uri, session_name,
 };
 use serde_json::{Value, json};
 
 use super::plan::Planned;
-use super::{
-    ANNOTATION_CREDENTIALS_PORT, Binding, Config, Delivery, ENV_AUTHORIZATION_TOKEN,
-    ENV_AUTHORIZATION_TOKEN_FILE, ENV_CREDENTIALS_FULL_URI, ENV_CREDENTIALS_RELATIVE_URI,
-    ENV_DEFAULT_REGION, ENV_REGION, ENV_ROLE_ARN, ENV_SESSION_NAME, ENV_STS_REGIONAL,
-    ENV_TOKEN_FILE, containers, is_agent,
-};
+use super::{ANNOTATION_CREDENTIALS_PORT, Binding, Config, Delivery, containers, is_agent};
 use crate::domain::pod::{ContainerView, EnvView, PodView};
 
 /// The variables that choose where an AWS SDK gets its credentials from. A container that sets
 /// any of them to anything but exactly what a covering binding's delivery writes has made its
 /// own choice, and rolebridge leaves it alone.
 pub const IDENTITY_VARS: &[&str] = &[
-    ENV_ROLE_ARN,
-    ENV_TOKEN_FILE,
-    ENV_CREDENTIALS_FULL_URI,
-    ENV_CREDENTIALS_RELATIVE_URI,
-    ENV_AUTHORIZATION_TOKEN,
-    ENV_AUTHORIZATION_TOKEN_FILE,
+    aws_env::ROLE_ARN,
+    aws_env::WEB_IDENTITY_TOKEN_FILE,
+    aws_env::CONTAINER_CREDENTIALS_FULL_URI,
+    aws_env::CONTAINER_CREDENTIALS_RELATIVE_URI,
+    aws_env::CONTAINER_AUTHORIZATION_TOKEN,
+    aws_env::CONTAINER_AUTHORIZATION_TOKEN_FILE,
 ];
-
-/// STS limits `RoleSessionName` to 2..=64 characters of `[\w+=,.@-]`.
-const SESSION_NAME_MAX: usize = 64;
 
 /// What every delivery rule needs to know about this pod and the webhook.
 pub(super) struct Ctx<'c> {
@@ -54,9 +47,6 @@ pub(super) struct Port {
     pub problem: Option<String>,
 }
 
-/// The lowest port the endpoint may use: the agent runs without privileges.
-const MIN_PORT: u16 = 1024;
-
 impl Port {
     fn choose(pod: &PodView<'_>, cfg: &Config) -> Port {
         let declared_by = |port: u16| {
@@ -72,11 +62,16 @@ impl Port {
             problem: Some(problem),
         };
         if let Some(text) = pod.annotation(ANNOTATION_CREDENTIALS_PORT) {
-            let Some(number) = text.trim().parse::<u16>().ok().filter(|p| *p >= MIN_PORT) else {
+            let Some(number) = text
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p >= MIN_CREDENTIALS_PORT)
+            else {
                 return fail(
                     cfg.credentials_port,
                     format!(
-                        "annotation {ANNOTATION_CREDENTIALS_PORT}={text:?} is not a port number from {MIN_PORT} to 65535; set it to a port no container of the pod uses, or remove it to let rolebridge choose one"
+                        "annotation {ANNOTATION_CREDENTIALS_PORT}={text:?} is not a port number from {MIN_CREDENTIALS_PORT} to 65535; set it to a port no container of the pod uses, or remove it to let rolebridge choose one"
                     ),
                 );
             };
@@ -104,9 +99,9 @@ impl Port {
                 problem: None,
             };
         };
-        // The next free port above, wrapping around to MIN_PORT.
+        // The next free port above, wrapping around to the lowest the agent may bind.
         let free = (wanted..=u16::MAX)
-            .chain(MIN_PORT..wanted)
+            .chain(MIN_CREDENTIALS_PORT..wanted)
             .find(|p| declared_by(*p).is_none());
         match free {
             Some(number) => Port {
@@ -119,7 +114,9 @@ impl Port {
             },
             None => fail(
                 wanted,
-                "the containers of this pod declare every port from 1024 to 65535, so the credentials endpoint has none left".into(),
+                format!(
+                    "the containers of this pod declare every port from {MIN_CREDENTIALS_PORT} to 65535, so the credentials endpoint has none left"
+                ),
             ),
         }
     }
@@ -144,18 +141,21 @@ impl<'c> Ctx<'c> {
 pub(super) fn identity_env(b: &Binding, ctx: &Ctx) -> [(&'static str, String); 2] {
     match b.delivery() {
         Delivery::WebIdentity => [
-            (ENV_ROLE_ARN, b.role_arn.clone()),
+            (aws_env::ROLE_ARN, b.role_arn.clone()),
             (
-                ENV_TOKEN_FILE,
+                aws_env::WEB_IDENTITY_TOKEN_FILE,
                 rolebridge_contract::token_path(ctx.audience(b)),
             ),
         ],
         Delivery::CredentialsEndpoint => [
             (
-                ENV_CREDENTIALS_FULL_URI,
+                aws_env::CONTAINER_CREDENTIALS_FULL_URI,
                 credentials_uri(ctx.port.number, &b.name),
             ),
-            (ENV_AUTHORIZATION_TOKEN_FILE, AUTH_TOKEN_PATH.to_owned()),
+            (
+                aws_env::CONTAINER_AUTHORIZATION_TOKEN_FILE,
+                AUTH_TOKEN_PATH.to_owned(),
+            ),
         ],
     }
 }
@@ -208,28 +208,32 @@ pub(super) fn container_env(p: &Planned, ctx: &Ctx) -> Vec<Value> {
         env.push(ctx.session_name.clone());
     }
     if let Some(region) = &b.region {
-        env.push(json!({"name": ENV_REGION, "value": region}));
-        env.push(json!({"name": ENV_DEFAULT_REGION, "value": region}));
-        env.push(json!({"name": ENV_STS_REGIONAL, "value": "regional"}));
+        env.push(json!({"name": aws_env::REGION, "value": region}));
+        env.push(json!({"name": aws_env::DEFAULT_REGION, "value": region}));
+        env.push(json!({"name": aws_env::STS_REGIONAL_ENDPOINTS, "value": "regional"}));
     }
     env
 }
 
 /// `AWS_ROLE_SESSION_NAME` shows in CloudTrail which pod acted. The downward API resolves the
 /// final name at container start (a `generateName` pod has no name yet at admission; generated
-/// names are at most 63 characters). An explicit name outside STS's 2..=64 would make every
-/// AssumeRoleWithWebIdentity fail, so such pods get a fixed, valid session name instead.
+/// names are at most 63 characters). An explicit name outside STS's length limits would make
+/// every AssumeRoleWithWebIdentity fail, so such pods get a fixed, valid session name instead
+/// (cut or padded, not `session_name::sanitize`d: the value pods have always been given).
 fn session_name_env(pod: &PodView<'_>) -> Value {
     match pod.metadata.name.as_ref().map(|n| n.as_str()) {
-        Some(n) if !n.is_empty() && !(2..=SESSION_NAME_MAX).contains(&n.len()) => {
-            let mut v: String = n.chars().take(SESSION_NAME_MAX).collect();
-            if v.len() < 2 {
+        Some(n)
+            if !n.is_empty()
+                && !(session_name::MIN_LEN..=session_name::MAX_LEN).contains(&n.len()) =>
+        {
+            let mut v: String = n.chars().take(session_name::MAX_LEN).collect();
+            if v.len() < session_name::MIN_LEN {
                 v.push_str("-pod");
             }
-            json!({"name": ENV_SESSION_NAME, "value": v})
+            json!({"name": aws_env::ROLE_SESSION_NAME, "value": v})
         }
         _ => json!({
-            "name": ENV_SESSION_NAME,
+            "name": aws_env::ROLE_SESSION_NAME,
             "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
         }),
     }
@@ -247,7 +251,11 @@ pub(super) fn agent_args(planned: &[Planned], ctx: &Ctx) -> AgentArgs {
         let b = p.binding;
         match b.delivery() {
             Delivery::WebIdentity => {
-                if let Some((_, path)) = p.identity.iter().find(|(n, _)| *n == ENV_TOKEN_FILE) {
+                if let Some((_, path)) = p
+                    .identity
+                    .iter()
+                    .find(|(n, _)| *n == aws_env::WEB_IDENTITY_TOKEN_FILE)
+                {
                     tokens.insert(path, ctx.audience(b));
                 }
             }

@@ -59,17 +59,6 @@ pub const ANNOTATION_APPLIED: &str = "rolebridge.io/bindings";
 /// The credentials endpoint's port for this pod; written by the webhook when it chose one.
 pub const ANNOTATION_CREDENTIALS_PORT: &str = "rolebridge.io/credentials-port";
 
-pub const ENV_ROLE_ARN: &str = "AWS_ROLE_ARN";
-pub const ENV_TOKEN_FILE: &str = "AWS_WEB_IDENTITY_TOKEN_FILE";
-pub const ENV_SESSION_NAME: &str = "AWS_ROLE_SESSION_NAME";
-pub const ENV_REGION: &str = "AWS_REGION";
-pub const ENV_DEFAULT_REGION: &str = "AWS_DEFAULT_REGION";
-pub const ENV_STS_REGIONAL: &str = "AWS_STS_REGIONAL_ENDPOINTS";
-pub const ENV_CREDENTIALS_FULL_URI: &str = "AWS_CONTAINER_CREDENTIALS_FULL_URI";
-pub const ENV_CREDENTIALS_RELATIVE_URI: &str = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI";
-pub const ENV_AUTHORIZATION_TOKEN: &str = "AWS_CONTAINER_AUTHORIZATION_TOKEN";
-pub const ENV_AUTHORIZATION_TOKEN_FILE: &str = "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE";
-
 /// How the agent runs next to the app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SidecarMode {

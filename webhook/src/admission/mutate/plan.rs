@@ -4,9 +4,11 @@
 use super::delivery::{self, Ctx};
 use super::gate::Gate;
 use super::{
-    ANNOTATION_ROLE, Binding, Denial, ENV_ROLE_ARN, ENV_TOKEN_FILE, Kind, TOKEN_MOUNT_PATH,
-    TOKEN_VOLUME, Warnings, containers, is_agent,
+    ANNOTATION_ROLE, Binding, Denial, Kind, TOKEN_MOUNT_PATH, TOKEN_VOLUME, Warnings, containers,
+    is_agent,
 };
+use rolebridge_contract::aws_env;
+
 use crate::domain::binding::Coverage;
 use crate::domain::pod::{ContainerView, PodView};
 
@@ -55,9 +57,13 @@ fn left_alone(c: &ContainerView<'_>, cov: &Coverage<'_>, ctx: &Ctx) -> Option<Le
 fn own_vars_message(container: &str, set: &[&str], not_applied: &str) -> String {
     let web_identity_only = set
         .iter()
-        .all(|v| [ENV_ROLE_ARN, ENV_TOKEN_FILE].contains(v));
+        .all(|v| [aws_env::ROLE_ARN, aws_env::WEB_IDENTITY_TOKEN_FILE].contains(v));
     let vars = if web_identity_only {
-        format!("{ENV_ROLE_ARN} or {ENV_TOKEN_FILE}")
+        format!(
+            "{} or {}",
+            aws_env::ROLE_ARN,
+            aws_env::WEB_IDENTITY_TOKEN_FILE
+        )
     } else {
         set.join(" and ")
     };
@@ -128,9 +134,10 @@ pub(super) fn plan<'p, 'a, 'b>(
             warnings.push(own_vars_message(name, &set, &not_applied(&cov, resolved)));
             continue;
         }
-        if c.env_var("AWS_ACCESS_KEY_ID").is_some() {
+        if c.env_var(aws_env::ACCESS_KEY_ID).is_some() {
             warnings.push(format!(
-                "container {name:?} sets AWS_ACCESS_KEY_ID; AWS SDKs prefer static keys over {}, so role {} will not be used by it",
+                "container {name:?} sets {}; AWS SDKs prefer static keys over {}, so role {} will not be used by it",
+                aws_env::ACCESS_KEY_ID,
                 delivery::describe(binding.delivery()),
                 binding.final_role_arn()
             ));
