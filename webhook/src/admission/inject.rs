@@ -187,7 +187,8 @@ fn template_path(kind: &str) -> Option<&'static [&'static str]> {
     })
 }
 
-struct Ctx<'a> {
+/// The walk over one manifest stream: where it is, and what it found.
+struct Injector<'a> {
     bindings: &'a Store,
     cfg: &'a Config,
     default_namespace: &'a str,
@@ -196,7 +197,7 @@ struct Ctx<'a> {
     mutated: usize,
 }
 
-impl Ctx<'_> {
+impl Injector<'_> {
     /// Mutates the object in place; returns whether anything changed.
     fn object(&mut self, obj: &mut Value) -> Result<bool, InjectError> {
         let kind = obj["kind"].as_str().unwrap_or_default().to_owned();
@@ -287,7 +288,7 @@ pub fn inject(
     cfg: &Config,
     default_namespace: &str,
 ) -> Result<Injected, InjectError> {
-    let mut ctx = Ctx {
+    let mut injector = Injector {
         bindings,
         cfg,
         default_namespace,
@@ -297,7 +298,7 @@ pub fn inject(
     };
     let mut output = String::with_capacity(input.len() * 2);
     for (i, text) in split_documents(input).into_iter().enumerate() {
-        ctx.document = i + 1;
+        injector.document = i + 1;
         let yaml_err = |e: serde_norway::Error| InjectError::Yaml {
             document: i + 1,
             message: e.to_string(),
@@ -309,7 +310,7 @@ pub fn inject(
             None => Value::Null,
         };
         let mut value = value;
-        if value.is_object() && ctx.object(&mut value)? {
+        if value.is_object() && injector.object(&mut value)? {
             let marker = text.lines().next().filter(|l| l.starts_with("---"));
             if let Some(m) = marker {
                 let _ = writeln!(output, "{m}");
@@ -324,8 +325,8 @@ pub fn inject(
     }
     Ok(Injected {
         output,
-        warnings: ctx.warnings,
-        mutated: ctx.mutated,
+        warnings: injector.warnings,
+        mutated: injector.mutated,
     })
 }
 

@@ -45,7 +45,7 @@ pub struct StatusArgs {
 
 /// A status to write.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Planned {
+pub struct StatusWrite {
     pub name: String,
     pub status: AWSRoleBindingStatus,
     pub conflict: bool,
@@ -61,7 +61,7 @@ fn now() -> String {
 }
 
 /// The status of every binding of a group, and which of them need a write.
-pub fn plan(group: &GroupState, now: &str) -> Vec<Planned> {
+pub fn status_writes(group: &GroupState, now: &str) -> Vec<StatusWrite> {
     let current: Vec<Option<AWSRoleBindingStatus>> =
         group.members.iter().map(|m| m.seen.as_status()).collect();
     let states: Vec<BindingState> = group
@@ -86,7 +86,7 @@ pub fn plan(group: &GroupState, now: &str) -> Vec<Planned> {
             // Ready condition: None means exactly that, i.e. nothing else was ever written.
             let status = want.or(current)?;
             let conflict = status.conditions.iter().any(|c| c.reason == "Conflict");
-            Some(Planned {
+            Some(StatusWrite {
                 name: m.name.clone(),
                 write: fingerprint(&status) != m.seen.fingerprint,
                 status,
@@ -223,7 +223,7 @@ async fn process(
     let api: Api<WatchedBinding> = Api::namespaced(client.clone(), &state.namespace);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut written = 0;
-    for p in plan(&state, now) {
+    for p in status_writes(&state, now) {
         cache
             .store()
             .record_status(&state.namespace, &p.name, service_account, None, p.conflict);
@@ -312,7 +312,7 @@ mod tests {
             members: vec![member("a", Seen::default())],
             account: ServiceAccountState::WorkloadIdentity("g@p.iam.gserviceaccount.com".into()),
         };
-        let first = plan(&group, "2026-11-22T10:00:00Z");
+        let first = status_writes(&group, "2026-11-22T10:00:00Z");
         assert!(first[0].write);
         assert!(!first[0].conflict);
         // The API server now holds exactly that: nothing to write, even later.
@@ -320,7 +320,7 @@ mod tests {
             members: vec![member("a", Seen::of(Some(&first[0].status)))],
             ..group.clone()
         };
-        let again = plan(&held, "2026-11-22T11:00:00Z");
+        let again = status_writes(&held, "2026-11-22T11:00:00Z");
         assert!(!again[0].write, "{again:?}");
         assert_eq!(again[0].status, first[0].status);
         // A second binding of the same service account: both conflict, both are written.
@@ -331,7 +331,7 @@ mod tests {
             ],
             ..group
         };
-        let both = plan(&tie, "2026-11-22T12:00:00Z");
+        let both = status_writes(&tie, "2026-11-22T12:00:00Z");
         assert!(both.iter().all(|p| p.write && p.conflict), "{both:?}");
         // The transition time moves with the Ready flip only.
         assert_eq!(

@@ -10,8 +10,9 @@ use rolebridge_contract::{
 };
 use serde_json::{Value, json};
 
-use super::plan::Planned;
-use super::{ANNOTATION_CREDENTIALS_PORT, Binding, Config, Delivery, containers, is_agent};
+use super::{
+    ANNOTATION_CREDENTIALS_PORT, Assignment, Binding, Config, Delivery, containers, is_agent,
+};
 use crate::domain::pod::{ContainerView, EnvView, PodView};
 
 /// The variables that choose where an AWS SDK gets its credentials from. A container that sets
@@ -27,7 +28,7 @@ pub const IDENTITY_VARS: &[&str] = &[
 ];
 
 /// What every delivery rule needs to know about this pod and the webhook.
-pub(super) struct Ctx<'c> {
+pub(super) struct DeliveryCtx<'c> {
     pub cfg: &'c Config,
     /// Where this pod's credentials endpoint listens.
     pub port: Port,
@@ -122,9 +123,9 @@ impl Port {
     }
 }
 
-impl<'c> Ctx<'c> {
+impl<'c> DeliveryCtx<'c> {
     pub fn new(pod: &PodView<'_>, cfg: &'c Config) -> Self {
-        Ctx {
+        DeliveryCtx {
             cfg,
             port: Port::choose(pod, cfg),
             session_name: session_name_env(pod),
@@ -138,7 +139,7 @@ impl<'c> Ctx<'c> {
 
 /// What `b`'s delivery sets to say where the credentials come from (exactly these two; every
 /// other variable of [`IDENTITY_VARS`] stays unset).
-pub(super) fn identity_env(b: &Binding, ctx: &Ctx) -> [(&'static str, String); 2] {
+pub(super) fn identity_env(b: &Binding, ctx: &DeliveryCtx) -> [(&'static str, String); 2] {
     match b.delivery() {
         Delivery::WebIdentity => [
             (aws_env::ROLE_ARN, b.role_arn.clone()),
@@ -174,7 +175,7 @@ pub(super) fn identity_vars_set(c: &ContainerView<'_>) -> Vec<&'static str> {
 
 /// The container's identity variables are exactly what `b`'s delivery writes: an earlier pass
 /// of rolebridge for this binding, not the user's own choice.
-pub(super) fn written_for(c: &ContainerView<'_>, b: &Binding, ctx: &Ctx) -> bool {
+pub(super) fn written_for(c: &ContainerView<'_>, b: &Binding, ctx: &DeliveryCtx) -> bool {
     let ours = identity_env(b, ctx);
     let literal = |e: &EnvView, want: &str| {
         e.value_from.is_none() && e.value.as_ref().is_some_and(|x| x.as_str() == want)
@@ -197,7 +198,7 @@ pub(super) fn describe(d: Delivery) -> &'static str {
 }
 
 /// Every variable a covered container gets (before dropping those it already defines).
-pub(super) fn container_env(p: &Planned, ctx: &Ctx) -> Vec<Value> {
+pub(super) fn container_env(p: &Assignment, ctx: &DeliveryCtx) -> Vec<Value> {
     let b = p.binding;
     let mut env: Vec<Value> = p
         .identity
@@ -242,7 +243,7 @@ fn session_name_env(pod: &PodView<'_>) -> Value {
 /// What the agent of this pod must serve: a token file per audience of the web-identity
 /// bindings, the credentials of every endpoint binding. Sorted, so every replica renders the
 /// same arguments.
-pub(super) fn agent_args(planned: &[Planned], ctx: &Ctx) -> AgentArgs {
+pub(super) fn agent_args(planned: &[Assignment], ctx: &DeliveryCtx) -> AgentArgs {
     // Token path → audience; the path comes from the planned variables (one per audience), and
     // (path, audience) order is the order the agent's arguments have always had.
     let mut tokens: BTreeMap<&str, &str> = BTreeMap::new();

@@ -163,6 +163,17 @@ impl Kind {
     }
 }
 
+/// A container that will get a role: what `plan` decides and `render` (with `delivery`)
+/// writes out.
+struct Assignment<'p, 'a, 'b> {
+    kind: Kind,
+    index: usize,
+    container: &'p ContainerView<'a>,
+    binding: &'b Binding,
+    /// [`delivery::identity_env`] of the binding, computed once.
+    identity: [(&'static str, String); 2],
+}
+
 fn is_agent(name: &str) -> bool {
     name == AGENT_CONTAINER || name == AGENT_INIT_CONTAINER
 }
@@ -199,7 +210,7 @@ pub fn mutate(
         Ok(gate) => gate,
         Err(why) => return skip(why, warnings),
     };
-    let ctx = delivery::Ctx::new(pod, cfg);
+    let ctx = delivery::DeliveryCtx::new(pod, cfg);
     let planned = plan::plan(pod, namespace, bindings, &gate, &ctx, &mut warnings)?;
     if planned.is_empty() {
         warnings.push(format!(

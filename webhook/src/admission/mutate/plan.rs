@@ -1,26 +1,16 @@
 //! Phase 2: which binding covers which container. The assignment is the same whatever the
 //! bindings' deliveries; only "is this variable ours?" asks the delivery what it writes.
 
-use super::delivery::{self, Ctx};
-use super::gate::Gate;
-use super::{
-    ANNOTATION_ROLE, Binding, Denial, Kind, TOKEN_MOUNT_PATH, TOKEN_VOLUME, Warnings, containers,
-    is_agent,
-};
 use rolebridge_contract::aws_env;
 
+use super::delivery::{self, DeliveryCtx};
+use super::gate::Gate;
+use super::{
+    ANNOTATION_ROLE, Assignment, Binding, Denial, TOKEN_MOUNT_PATH, TOKEN_VOLUME, Warnings,
+    containers, is_agent,
+};
 use crate::domain::binding::Coverage;
 use crate::domain::pod::{ContainerView, PodView};
-
-/// A container that will get a role.
-pub(super) struct Planned<'p, 'a, 'b> {
-    pub kind: Kind,
-    pub index: usize,
-    pub container: &'p ContainerView<'a>,
-    pub binding: &'b Binding,
-    /// [`delivery::identity_env`] of the binding, computed once.
-    pub identity: [(&'static str, String); 2],
-}
 
 /// Why a container that a binding covers is not planned.
 enum LeftAlone {
@@ -30,7 +20,7 @@ enum LeftAlone {
     OwnMount,
 }
 
-fn left_alone(c: &ContainerView<'_>, cov: &Coverage<'_>, ctx: &Ctx) -> Option<LeftAlone> {
+fn left_alone(c: &ContainerView<'_>, cov: &Coverage<'_>, ctx: &DeliveryCtx) -> Option<LeftAlone> {
     let set = delivery::identity_vars_set(c);
     // Variables exactly as a covering binding's delivery writes them are ours (an earlier
     // pass), so an injected container is still recognised.
@@ -88,9 +78,9 @@ pub(super) fn plan<'p, 'a, 'b>(
     namespace: &str,
     bindings: &'b [Binding],
     gate: &Gate<'_>,
-    ctx: &Ctx,
+    ctx: &DeliveryCtx,
     warnings: &mut Warnings,
-) -> Result<Vec<Planned<'p, 'a, 'b>>, Denial> {
+) -> Result<Vec<Assignment<'p, 'a, 'b>>, Denial> {
     let mut planned = Vec::new();
     let mut ties: Vec<String> = Vec::new();
     for (kind, index, c) in containers(pod) {
@@ -142,7 +132,7 @@ pub(super) fn plan<'p, 'a, 'b>(
                 binding.final_role_arn()
             ));
         }
-        planned.push(Planned {
+        planned.push(Assignment {
             kind,
             index,
             container: c,

@@ -10,12 +10,11 @@ use json_patch::{AddOperation, PatchOperation, jsonptr::PointerBuf};
 use rolebridge_contract::{AGENT_UID, AgentArgs, TOKEN_MOUNT_PATH, subcommand};
 use serde_json::{Value, json};
 
-use super::delivery::{self, Ctx};
-use super::plan::Planned;
+use super::delivery::{self, DeliveryCtx};
 use super::{
     AGENT_CONTAINER, AGENT_INIT_CONTAINER, ANNOTATION_APPLIED, ANNOTATION_CREDENTIALS_PORT,
-    ANNOTATION_SKIP_CONTAINERS, Config, Delivery, Denial, Kind, SidecarMode, TOKEN_VOLUME,
-    TOKEN_VOLUME_SIZE_LIMIT, Warnings, containers, is_agent, reserved,
+    ANNOTATION_SKIP_CONTAINERS, Assignment, Config, Delivery, Denial, Kind, SidecarMode,
+    TOKEN_VOLUME, TOKEN_VOLUME_SIZE_LIMIT, Warnings, containers, is_agent, reserved,
 };
 use crate::domain::pod::{ContainerView, PodView};
 
@@ -49,8 +48,8 @@ fn insert_first(exists: bool, field: &str, item: Value) -> PatchOperation {
 /// The whole patch: covered containers, the token volume, the agent, the bindings annotation.
 pub(super) fn render(
     pod: &PodView<'_>,
-    planned: &[Planned],
-    ctx: &Ctx,
+    planned: &[Assignment],
+    ctx: &DeliveryCtx,
     warnings: &mut Warnings,
 ) -> Result<Vec<PatchOperation>, Denial> {
     let mut patch = Vec::new();
@@ -83,7 +82,11 @@ pub(super) fn render(
 }
 
 /// What makes the credentials endpoint unusable in this pod, as a denial.
-fn endpoint_checks(pod: &PodView<'_>, planned: &[Planned], ctx: &Ctx) -> Result<(), Denial> {
+fn endpoint_checks(
+    pod: &PodView<'_>,
+    planned: &[Assignment],
+    ctx: &DeliveryCtx,
+) -> Result<(), Denial> {
     let endpoint_bindings = || {
         let mut names: Vec<String> = planned
             .iter()
@@ -119,7 +122,7 @@ fn endpoint_checks(pod: &PodView<'_>, planned: &[Planned], ctx: &Ctx) -> Result<
     Ok(())
 }
 
-fn container_ops(patch: &mut Vec<PatchOperation>, p: &Planned, ctx: &Ctx) {
+fn container_ops(patch: &mut Vec<PatchOperation>, p: &Assignment, ctx: &DeliveryCtx) {
     let c = p.container;
     let idx = p.index.to_string();
     let base = ["spec", p.kind.field(), idx.as_str()];
@@ -283,7 +286,7 @@ fn legacy_agent_ops(
 fn annotation_ops(
     patch: &mut Vec<PatchOperation>,
     pod: &PodView<'_>,
-    planned: &[Planned],
+    planned: &[Assignment],
     port: Option<u16>,
 ) {
     let mut applied = String::new();
