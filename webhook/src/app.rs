@@ -14,8 +14,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admission::args::{self, MutationArgs, SidecarChoice};
-use crate::bindings::cache::{BindingCache, LiveReadLimits, api_live_source};
+use crate::bindings::cache::BindingCache;
 use crate::bindings::lease::{self, LeaderArgs};
+use crate::bindings::live::{LiveReadLimits, api_live_source};
 use crate::bindings::status_controller;
 use crate::bindings::status_controller::StatusArgs;
 use crate::domain::convert;

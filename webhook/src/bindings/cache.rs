@@ -1,140 +1,41 @@
 //! The binding cache: watches of every `AWSRoleBinding` and every service account (metadata
-//! only), kept in a [`Store`] that holds only what admission and status need, plus the set of
-//! binding groups whose status may have changed, for the status controller.
+//! only), kept in a [`Store`] that holds only what admission and status need, with
+//! [`LiveReads`] covering the watch's lag, and the [`WorkQueue`] of binding groups whose status
+//! may have changed, for the status controller.
 //!
 //! Bindings are read as [`WatchedBinding`]: metadata reduced to name, namespace, generation and
 //! resourceVersion at parse time (no `managedFields`, no annotations), spec and status kept as
 //! JSON until converted one by one, so one object whose spec does not parse is logged, counted
 //! and reported instead of failing the whole list and stalling the watch (as a typed watcher
 //! would).
-//!
-//! A watch lags the API by a little. A binding applied in the same `kubectl apply` as its pod
-//! can therefore be missing from the cache when the pod arrives; the pod would start without
-//! credentials and never get them. On a miss the cache does a live, consistent LIST of that
-//! namespace's bindings, shared per namespace (concurrent misses wait for one request and reuse
-//! its result for `live_read_interval`) and bounded by a global token bucket, so a busy cluster
-//! without bindings costs at most a few cheap reads per second, never one per admission.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
 use serde::Deserialize;
-use tokio::sync::{Notify, OnceCell};
 
-use crate::bindings::store::{Group, Observed, Pass, Store};
+use super::live::{LiveReadLimits, LiveReads, LiveSource};
+use super::store::{Group, Observed, Store};
+use super::work::{Feed, WorkQueue};
 use crate::domain::binding::Binding;
 use crate::domain::convert::binding_from_json;
 use crate::domain::crd::{AWSRoleBinding, AWSRoleBindingStatus};
 use crate::domain::status::GSA_ANNOTATION;
 use crate::metrics::Metrics;
 
-const LIVE_READ_TIMEOUT: Duration = Duration::from_secs(2);
-
-pub fn api_resource() -> ApiResource {
-    ApiResource::erase::<AWSRoleBinding>(&())
-}
-
-/// Reads all bindings of one namespace straight from the API server.
-pub type LiveSource =
-    Arc<dyn Fn(String) -> BoxFuture<'static, Result<Vec<(String, Binding)>, String>> + Send + Sync>;
-
-/// A live source backed by the API server.
-pub fn api_live_source(client: kube::Client) -> LiveSource {
-    let ar = api_resource();
-    Arc::new(move |namespace: String| {
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &ar);
-        Box::pin(async move {
-            // No resourceVersion: a consistent read, not the API server's possibly stale cache.
-            let list = api
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(convert(list.items.iter()).0)
-        })
-    })
-}
-
-/// Limits for live reads.
-#[derive(Debug, Clone, Copy)]
-pub struct LiveReadLimits {
-    /// How long one namespace's live result is reused, and the least time between two live
-    /// reads of the same namespace.
-    pub interval: Duration,
-    /// Sustained live reads per second across all namespaces.
-    pub per_second: f64,
-    pub burst: f64,
-}
-
-impl Default for LiveReadLimits {
-    fn default() -> Self {
-        LiveReadLimits {
-            interval: Duration::from_secs(10),
-            per_second: 5.0,
-            burst: 20.0,
-        }
-    }
-}
-
-/// A namespace's bindings as one live read found them, looked up like the cache itself.
-type LiveResult = Arc<Store>;
-/// When a namespace was read, and the (possibly still pending) result shared by its misses.
-type LiveEntry = (Instant, Arc<OnceCell<Option<LiveResult>>>);
-
-struct Live {
-    source: LiveSource,
-    limits: LiveReadLimits,
-    recent: Mutex<HashMap<String, LiveEntry>>,
-    bucket: Mutex<(f64, Instant)>,
-}
-
-impl Live {
-    fn take_token(&self) -> bool {
-        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let refill = now.duration_since(b.1).as_secs_f64() * self.limits.per_second;
-        b.0 = (b.0 + refill).min(self.limits.burst);
-        b.1 = now;
-        if b.0 >= 1.0 {
-            b.0 -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 pub struct BindingCache {
     store: Store,
     synced: AtomicBool,
     accounts_synced: AtomicBool,
-    live: Option<Live>,
+    live: Option<LiveReads>,
     metrics: Arc<Metrics>,
-    work: Mutex<Work>,
-    /// Woken (all waiters) when there is status work, or a watch syncs.
-    pub changed: Notify,
-}
-
-/// Status work: groups a change touched, and a full pass in progress.
-#[derive(Default)]
-struct Work {
-    groups: HashSet<Group>,
-    pass: Option<Pass>,
-    /// Groups a worker is computing or writing: never handed to a second worker meanwhile
-    /// (both would write the same status before either recorded it), but due again once done
-    /// if a change or a pass reached them meanwhile (`again`).
-    in_flight: HashSet<Group>,
-    again: HashSet<Group>,
-    relisting: bool,
-    accounts_relisting: bool,
+    work: WorkQueue,
 }
 
 impl BindingCache {
@@ -144,15 +45,9 @@ impl BindingCache {
             store: Store::new(),
             synced: AtomicBool::new(false),
             accounts_synced: AtomicBool::new(false),
-            live: live.map(|(source, limits)| Live {
-                source,
-                limits,
-                recent: Mutex::new(HashMap::new()),
-                bucket: Mutex::new((limits.burst, Instant::now())),
-            }),
+            live: live.map(|(source, limits)| LiveReads::new(source, limits)),
             metrics,
-            work: Mutex::new(Work::default()),
-            changed: Notify::new(),
+            work: WorkQueue::default(),
         }
     }
 
@@ -179,96 +74,9 @@ impl BindingCache {
         &self.store
     }
 
-    fn work(&self) -> std::sync::MutexGuard<'_, Work> {
-        self.work.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Up to `limit` groups whose status may have changed: those a change touched first, then
-    /// the next part of a full pass. Empty when there is nothing to do. The caller owns them
-    /// until it calls [`BindingCache::done`].
-    pub fn take_work(&self, limit: usize) -> Vec<Group> {
-        let mut work = self.work();
-        let Work {
-            groups,
-            pass,
-            in_flight,
-            again,
-            ..
-        } = &mut *work;
-        let mut take = Vec::new();
-        let mut offer = |g: Group, take: &mut Vec<Group>| {
-            if in_flight.contains(&g) {
-                again.insert(g);
-            } else {
-                take.push(g);
-            }
-        };
-        // One walk of the set per call, not one per group taken: after a burst of 100k
-        // changes each walk starts past the slots already emptied.
-        let first: Vec<Group> = groups.iter().take(limit).cloned().collect();
-        for g in first {
-            groups.remove(&g);
-            offer(g, &mut take);
-        }
-        // A chunk of the pass may be all in flight: go on to the next, or the pass would
-        // stall until the next change.
-        while take.is_empty() {
-            let Some(p) = pass.as_mut() else { break };
-            match self.store.pass_chunk(p, limit) {
-                Some(chunk) => chunk.into_iter().for_each(|g| offer(g, &mut take)),
-                None => *pass = None,
-            }
-        }
-        in_flight.extend(take.iter().cloned());
-        take
-    }
-
-    /// A worker is finished with these groups (from [`BindingCache::take_work`]); those that
-    /// changed meanwhile are due again.
-    pub fn done(&self, finished: &[Group]) {
-        let mut work = self.work();
-        let mut due = false;
-        for g in finished {
-            work.in_flight.remove(g);
-            if work.again.remove(g) {
-                work.groups.insert(g.clone());
-                due = true;
-            }
-        }
-        drop(work);
-        if due {
-            self.changed.notify_waiters();
-        }
-    }
-
-    /// Every group gets a status check (a new leader, a relist).
-    pub fn request_full_pass(&self) {
-        self.work().pass = Some(Pass::Start);
-        self.changed.notify_waiters();
-    }
-
-    /// Forgets all pending work (a replica that does not lead).
-    pub fn clear_work(&self) {
-        let mut work = self.work();
-        work.groups.clear();
-        work.again.clear();
-        work.pass = None;
-    }
-
-    /// Marks groups for a status check.
-    pub fn mark(&self, groups: Vec<Group>) {
-        if groups.is_empty() {
-            return;
-        }
-        let mut work = self.work();
-        // A relist ends with a full pass: marking every group it re-reads would only hold
-        // them all in memory until then.
-        if work.relisting || work.accounts_relisting {
-            return;
-        }
-        work.groups.extend(groups);
-        drop(work);
-        self.changed.notify_waiters();
+    /// The status work the watches marked, woken on every change and sync.
+    pub fn work(&self) -> &WorkQueue {
+        &self.work
     }
 
     fn update_gauges(&self) {
@@ -289,51 +97,8 @@ impl BindingCache {
             return Some(hit);
         }
         let live = self.live.as_ref()?;
-        let cell = {
-            let mut recent = live.recent.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            match recent.get(namespace) {
-                Some((at, cell)) if now.duration_since(*at) < live.limits.interval => cell.clone(),
-                _ => {
-                    if !live.take_token() {
-                        Metrics::result(&self.metrics.live_reads, false);
-                        return None;
-                    }
-                    recent.retain(|_, (at, _)| now.duration_since(*at) < live.limits.interval);
-                    let cell = Arc::new(OnceCell::new());
-                    recent.insert(namespace.to_owned(), (now, cell.clone()));
-                    cell
-                }
-            }
-        };
-        let result = cell
-            .get_or_init(|| async {
-                let read = (live.source)(namespace.to_owned());
-                match tokio::time::timeout(LIVE_READ_TIMEOUT, read).await {
-                    Ok(Ok(bindings)) => {
-                        Metrics::result(&self.metrics.live_reads, true);
-                        Some(Arc::new(bindings.into_iter().collect()))
-                    }
-                    Ok(Err(error)) => {
-                        tracing::warn!(namespace, %error, "live read of bindings failed");
-                        Metrics::result(&self.metrics.live_reads, false);
-                        None
-                    }
-                    Err(_) => {
-                        tracing::warn!(namespace, "live read of bindings timed out");
-                        Metrics::result(&self.metrics.live_reads, false);
-                        None
-                    }
-                }
-            })
-            .await;
-        let found = result.as_ref()?.bindings_for(namespace, service_account)?;
-        tracing::info!(
-            namespace,
-            service_account,
-            "binding found by live read before the watch delivered it"
-        );
-        Some(found)
+        live.bindings_for(namespace, service_account, &self.metrics)
+            .await
     }
 
     /// Starts the binding and service-account watches; they run until the process ends.
@@ -359,7 +124,7 @@ impl BindingCache {
         let groups = match event {
             watcher::Event::Init => {
                 self.store.begin_relist();
-                self.work().relisting = true;
+                self.work.relisting(Feed::Bindings, true);
                 return;
             }
             watcher::Event::InitApply(o) | watcher::Event::Apply(o) => self.apply(&o),
@@ -375,15 +140,15 @@ impl BindingCache {
                 if !self.synced.swap(true, Ordering::AcqRel) {
                     tracing::info!(bindings = self.store.counts().valid, "binding cache synced");
                 }
-                self.work().relisting = false;
+                self.work.relisting(Feed::Bindings, false);
                 self.update_gauges();
                 // Anything may have changed while the watch was away.
-                self.request_full_pass();
+                self.work.request_full_pass();
                 return;
             }
         };
         self.update_gauges();
-        self.mark(groups);
+        self.work.mark(groups);
     }
 
     fn apply(&self, o: &WatchedBinding) -> Vec<Group> {
@@ -411,7 +176,7 @@ impl BindingCache {
         let groups = match event {
             watcher::Event::Init => {
                 self.store.begin_accounts_relist();
-                self.work().accounts_relisting = true;
+                self.work.relisting(Feed::Accounts, true);
                 return;
             }
             watcher::Event::InitApply(sa) | watcher::Event::Apply(sa) => {
@@ -438,12 +203,12 @@ impl BindingCache {
                 if !self.accounts_synced.swap(true, Ordering::AcqRel) {
                     tracing::info!("service account cache synced");
                 }
-                self.work().accounts_relisting = false;
-                self.request_full_pass();
+                self.work.relisting(Feed::Accounts, false);
+                self.work.request_full_pass();
                 return;
             }
         };
-        self.mark(groups);
+        self.work.mark(groups);
     }
 }
 
@@ -503,31 +268,11 @@ impl kube::Resource for WatchedBinding {
     }
 }
 
-/// Converts objects one by one; invalid ones are logged and counted, never fatal.
-pub fn convert<'a>(
-    objects: impl Iterator<Item = &'a DynamicObject>,
-) -> (Vec<(String, Binding)>, usize) {
-    let mut out = Vec::new();
-    let mut invalid = 0;
-    for obj in objects {
-        let (Some(ns), Some(name)) = (&obj.metadata.namespace, &obj.metadata.name) else {
-            continue;
-        };
-        match binding_from_json(ns, name, &obj.data["spec"]) {
-            Ok(b) => out.push((ns.clone(), b)),
-            Err(error) => {
-                invalid += 1;
-                tracing::warn!(%error, "ignoring AWSRoleBinding");
-            }
-        }
-    }
-    (out, invalid)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
 
     fn binding(name: &str, sa: &str) -> Binding {
         Binding {
@@ -663,66 +408,39 @@ mod tests {
         cache.on_binding(watcher::Event::InitDone);
         assert!(cache.is_synced() && !cache.is_fully_synced());
         // The list ends in a full pass over both groups, walked in chunks.
-        let first = cache.take_work(1);
+        let first = cache.work.take(&cache.store, 1);
         assert_eq!(first.len(), 1);
-        let second = cache.take_work(10);
+        let second = cache.work.take(&cache.store, 10);
         assert_eq!(second.len(), 1);
-        assert!(cache.take_work(10).is_empty());
-        cache.done(&first);
-        cache.done(&second);
+        assert!(cache.work.take(&cache.store, 10).is_empty());
+        cache.work.done(&first);
+        cache.work.done(&second);
         // A change touches its own group only.
         cache.on_binding(watcher::Event::Apply(watched("a2", "app")));
         let app = Group::Account {
             namespace: "ns".into(),
             service_account: "app".into(),
         };
-        assert_eq!(cache.take_work(10), vec![app.clone()]);
+        assert_eq!(cache.work.take(&cache.store, 10), vec![app.clone()]);
         // Changed again while a worker holds it: not handed to a second worker, due once done.
         cache.on_binding(watcher::Event::Apply(watched("a3", "app")));
-        assert!(cache.take_work(10).is_empty());
-        cache.done(std::slice::from_ref(&app));
-        assert_eq!(cache.take_work(10), vec![app.clone()]);
-        cache.done(std::slice::from_ref(&app));
+        assert!(cache.work.take(&cache.store, 10).is_empty());
+        cache.work.done(std::slice::from_ref(&app));
+        assert_eq!(cache.work.take(&cache.store, 10), vec![app.clone()]);
+        cache.work.done(std::slice::from_ref(&app));
         // A relist after an outage that no longer sees "b" nor "a2": they are gone; the full
         // pass that follows covers what is left.
         cache.on_binding(watcher::Event::Init);
         cache.on_binding(watcher::Event::InitApply(watched("a", "app")));
         cache.on_binding(watcher::Event::InitDone);
         assert!(cache.store.bindings_for("ns", "other").is_none());
-        assert_eq!(cache.take_work(10), vec![app.clone()]);
-        cache.done(&[app]);
+        assert_eq!(cache.work.take(&cache.store, 10), vec![app.clone()]);
+        cache.work.done(&[app]);
         // An invalid spec is counted and kept for its status.
         let mut bad = watched("c", "app");
         bad.spec = serde_json::json!({"serviceAccountName": "app", "roleArn": "nope"});
         cache.on_binding(watcher::Event::Apply(bad));
         assert_eq!(cache.store.counts().invalid, 1);
         assert_eq!(cache.metrics.invalid_bindings.get(), 1);
-    }
-
-    #[test]
-    fn one_malformed_object_does_not_poison_the_rest() {
-        let obj = |name: &str, spec: serde_json::Value| {
-            let mut o = DynamicObject::new(name, &api_resource()).within("ns");
-            o.data = serde_json::json!({ "spec": spec });
-            o
-        };
-        let objects = [
-            obj(
-                "good",
-                serde_json::json!({"serviceAccountName": "app", "roleArn": "arn:aws:iam::123456789012:role/x"}),
-            ),
-            obj(
-                "bad",
-                serde_json::json!({"serviceAccountName": ["not", "a", "string"]}),
-            ),
-            obj(
-                "badarn",
-                serde_json::json!({"serviceAccountName": "app", "roleArn": "nope"}),
-            ),
-        ];
-        let (bindings, invalid) = convert(objects.iter());
-        assert_eq!(invalid, 2);
-        assert_eq!(bindings.len(), 1);
-        assert_eq!(bindings[0].1.name, "good");
     }
 }

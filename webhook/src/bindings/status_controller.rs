@@ -114,7 +114,7 @@ pub async fn run(
     // A status computed before both watches listed everything would be wrong (a service
     // account not yet seen is "not found") and written only to be corrected.
     loop {
-        let mut changed = std::pin::pin!(cache.changed.notified());
+        let mut changed = std::pin::pin!(cache.work().notified());
         changed.as_mut().enable();
         if cache.is_fully_synced() {
             break;
@@ -135,20 +135,20 @@ pub async fn run(
         // A replica that does not lead keeps no work: it starts over with a full pass when
         // it becomes the leader.
         loop {
-            let mut changed = std::pin::pin!(cache.changed.notified());
+            let mut changed = std::pin::pin!(cache.work().notified());
             changed.as_mut().enable();
             if leadership.is_leader() {
                 break;
             }
-            cache.clear_work();
+            cache.work().clear();
             tokio::select! {
                 _ = changed => {}
                 _ = leadership.leading() => {}
             }
         }
-        cache.request_full_pass();
+        cache.work().request_full_pass();
         leadership.lost().await;
-        cache.clear_work();
+        cache.work().clear();
     }
 }
 
@@ -163,10 +163,10 @@ async fn worker(
 ) {
     let mut written = 0;
     loop {
-        let mut changed = std::pin::pin!(cache.changed.notified());
+        let mut changed = std::pin::pin!(cache.work().notified());
         changed.as_mut().enable();
         let groups = if leadership.is_leader() {
-            cache.take_work(CHUNK)
+            cache.work().take(cache.store(), CHUNK)
         } else {
             Vec::new()
         };
@@ -194,7 +194,7 @@ async fn worker(
             )
             .await;
         }
-        cache.done(&groups);
+        cache.work().done(&groups);
         metrics
             .conflicts
             .set(cache.store().counts().conflicts as i64);
@@ -271,7 +271,7 @@ async fn process(
                 let cache = cache.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    cache.mark(vec![group]);
+                    cache.work().mark(vec![group]);
                 });
                 return written;
             }
