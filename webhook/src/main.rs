@@ -1,11 +1,14 @@
 //! `rolebridge-webhook`: `serve` runs the admission webhook, `crd` prints the CRD, `inject`
-//! renders the mutation into manifests. Wiring only; the modules decide.
+//! renders the mutation into manifests; hidden, for checks that read the code rather than scrape
+//! it, `flags --json` prints the command line and `rbac --json` the API access it needs. Wiring
+//! only; the modules decide.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use rolebridge_webhook::admission::inject::{self, InjectArgs};
 use rolebridge_webhook::app::{self, LogFormat, ServeArgs};
+use rolebridge_webhook::bindings::rbac_rules;
 use rolebridge_webhook::domain::crd;
 
 #[derive(Parser)]
@@ -28,6 +31,20 @@ enum Command {
     /// Inject the agent into every pod template of YAML manifests, exactly as the webhook
     /// would, for GitOps pipelines and clusters without admission webhooks.
     Inject(InjectArgs),
+    /// Print every subcommand's flags (names, environment variables, defaults, and the flag
+    /// groups they belong to) as JSON, for checks such as the Helm chart's.
+    #[command(hide = true)]
+    Flags(JsonOnly),
+    /// Print the API access the webhook needs (RBAC verbs by resource) as JSON.
+    #[command(hide = true)]
+    Rbac(JsonOnly),
+}
+
+/// The hidden subcommands' one output format, named so that another can follow.
+#[derive(clap::Args)]
+struct JsonOnly {
+    #[arg(long, required = true)]
+    json: bool,
 }
 
 #[global_allocator]
@@ -40,6 +57,16 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd => {
             print!("{}", crd::crd_yaml());
+            Ok(())
+        }
+        Command::Flags(_) => {
+            let flags = flags_json(&Cli::command());
+            println!("{}", serde_json::to_string_pretty(&flags)?);
+            Ok(())
+        }
+        Command::Rbac(_) => {
+            let rules = serde_json::json!({"rules": rbac_rules()});
+            println!("{}", serde_json::to_string_pretty(&rules)?);
             Ok(())
         }
         Command::Inject(args) => {
@@ -61,6 +88,32 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The contract's description of the command line, plus each command's flag groups (clap makes
+/// one per `Args` struct, e.g. `Limits`), so a check can tell which flags are limits by the
+/// struct that declares them.
+fn flags_json(cmd: &clap::Command) -> serde_json::Value {
+    let mut cmd = cmd.clone();
+    cmd.build();
+    let mut json = rolebridge_contract::introspect::flags_json(&cmd);
+    add_groups(&cmd, &mut json);
+    json
+}
+
+fn add_groups(cmd: &clap::Command, json: &mut serde_json::Value) {
+    let groups: serde_json::Map<String, serde_json::Value> = cmd
+        .get_groups()
+        .map(|g| {
+            let args: Vec<String> = g.get_args().map(ToString::to_string).collect();
+            (g.get_id().to_string(), args.into())
+        })
+        .collect();
+    json["groups"] = groups.into();
+    let subs = json["subcommands"].as_array_mut().into_iter().flatten();
+    for (sub, sub_json) in cmd.get_subcommands().zip(subs) {
+        add_groups(sub, sub_json);
+    }
+}
+
 fn init_tracing(level: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .with_context(|| format!("--log-level {level:?}"))?;
@@ -72,4 +125,28 @@ fn init_tracing(level: &str, format: LogFormat) -> anyhow::Result<()> {
         LogFormat::Plain => builder.init(),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_describes_itself_with_its_flag_groups() {
+        Cli::command().debug_assert();
+        let json = flags_json(&Cli::command());
+        let subcommands = json["subcommands"].as_array().unwrap();
+        let serve = subcommands.iter().find(|s| s["name"] == "serve").unwrap();
+        let limits = serve["groups"]["Limits"].as_array().unwrap();
+        assert!(limits.contains(&"max_body_size".into()), "{limits:?}");
+        let flag = serve["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == "max_body_size")
+            .unwrap();
+        assert_eq!(flag["env"], "ROLEBRIDGE_MAX_BODY_SIZE");
+        assert_eq!(flag["default"], "3584Ki");
+        assert!(subcommands.iter().any(|s| s["name"] == "rbac"));
+    }
 }

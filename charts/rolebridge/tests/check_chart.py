@@ -12,7 +12,13 @@ tests/values/<case>.yaml it:
    without an upstream schema (cert-manager, Prometheus Operator, Google Managed Prometheus) get
    a structural check of their own, and any other kind without a schema is an error;
 4. checks what golden files cannot: admission partition of the webhooks, excluded namespaces,
-   RBAC exactly as the webhook needs it, restricted security context, certificate chain.
+   RBAC exactly as the webhook needs it, restricted security context, certificate chain;
+5. starts the webhook binary with every rendered environment.
+
+The webhook's flags, their defaults and the API access it needs are what the binary says of
+itself (`rolebridge-webhook flags --json`, `rolebridge-webhook rbac --json`), never a scrape of
+its sources: ROLEBRIDGE_WEBHOOK_BIN names the binary, else this builds one with cargo (and fails
+if it cannot).
 
 It also proves that the validator rejects broken manifests, and validates the AWSRoleBinding
 example in NOTES.txt against the chart's CRD. Prints "N passed, M failed" at the end.
@@ -28,6 +34,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,59 +60,67 @@ KUBE_VERSIONS = ["1.30.0", kubernetes_validate.utils.latest_version() + ".0"]
 RANDOM_KEYS = {"ca.crt", "tls.crt", "tls.key", "caBundle"}
 MASK = "<generated at install; masked by tests/check_chart.py>"
 
-# The API access rolebridge-webhook uses: exactly this, nothing more.
-EXPECTED_WEBHOOK_RULES = {
-    ("rolebridge.io", "awsrolebindings"): {"get", "list", "watch"},
-    ("rolebridge.io", "awsrolebindings/status"): {"get", "patch"},
-    ("", "serviceaccounts"): {"list", "watch"},
+# The chart may grant the webhook's service account these verbs beyond what its calls need
+# (`rolebridge-webhook rbac --json`): `get` of bindings and their status, for single reads
+# (templates/rbac.yaml). Nothing else.
+CHART_EXTRA_VERBS = {
+    ("rolebridge.io", "awsrolebindings"): {"get"},
+    ("rolebridge.io", "awsrolebindings/status"): {"get"},
 }
 
-
-# The webhook's sources: the chart's environment variables and RBAC are checked against them, so a
-# renamed flag or a new API call fails here instead of in a cluster.
 REPO = CHART.parent.parent
-WEBHOOK_SRC = REPO / "webhook" / "src"
-# kube-rs Api methods and the RBAC verbs they need.
-KUBE_VERBS = {"get": "get", "get_opt": "get", "get_metadata": "get", "list": "list",
-              "watch": "watch", "create": "create", "replace": "update", "patch": "patch",
-              "delete": "delete", "delete_collection": "deletecollection"}
 
 
-def rust_flags(path: Path) -> dict[str, str | None]:
-    """`env = "ROLEBRIDGE_..."` of every clap `#[arg(...)]` in a Rust file, with its default
-    (`default_value = "..."` or `default_value_t = ...`; None without one)."""
-    text = path.read_text()
-    flags: dict[str, str | None] = {}
-    for attr in re.findall(r"#\[arg\((.*?)\)\]\s*(?:///[^\n]*\s*)*pub ", text, re.S):
-        env = re.search(r'env\s*=\s*"(ROLEBRIDGE_[A-Z0-9_]+)"', attr)
-        if not env:
-            continue
-        default = re.search(r'default_value\s*=\s*"([^"]*)"', attr)
-        default_t = re.search(r"default_value_t\s*=\s*([A-Za-z0-9_:]+)", attr)
-        flags[env.group(1)] = default.group(1) if default else (
-            default_t.group(1) if default_t else None)
-    return flags
+def webhook_binary() -> str:
+    """ROLEBRIDGE_WEBHOOK_BIN, else rolebridge-webhook built from this checkout with cargo."""
+    binary = os.environ.get("ROLEBRIDGE_WEBHOOK_BIN", "")
+    if binary:
+        assert os.access(binary, os.X_OK), f"ROLEBRIDGE_WEBHOOK_BIN={binary} is not executable"
+        return binary
+    cargo = shutil.which("cargo")
+    assert cargo, ("ROLEBRIDGE_WEBHOOK_BIN is not set and there is no cargo to build "
+                   "rolebridge-webhook: the flag, RBAC and start-up checks need the binary")
+    print("ROLEBRIDGE_WEBHOOK_BIN is not set: building rolebridge-webhook with cargo", flush=True)
+    out = subprocess.run(
+        [cargo, "build", "-p", "rolebridge-webhook", "--bin", "rolebridge-webhook",
+         "--message-format=json-render-diagnostics"],
+        cwd=REPO, check=True, stdout=subprocess.PIPE, text=True).stdout
+    for line in out.splitlines():
+        msg = json.loads(line)
+        if (msg.get("reason") == "compiler-artifact" and msg.get("executable")
+                and msg["target"]["name"] == "rolebridge-webhook"):
+            return msg["executable"]
+    raise AssertionError("cargo build printed no rolebridge-webhook executable")
 
 
-def webhook_env_names() -> set[str]:
-    names: set[str] = set()
-    for path in sorted(WEBHOOK_SRC.rglob("*.rs")):
-        names |= set(rust_flags(path))
-    assert len(names) > 20, f"found only {len(names)} ROLEBRIDGE_* flags under {WEBHOOK_SRC}"
-    return names
+class Webhook:
+    """What the rolebridge-webhook binary says of itself: its flags and the API access it needs."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.flags = json.loads(self.run("flags", "--json"))
+        self.rules = json.loads(self.run("rbac", "--json"))["rules"]
+
+    def run(self, *args: str) -> str:
+        return subprocess.run([self.binary, *args], check=True, capture_output=True,
+                              text=True).stdout
+
+    def env(self, subcommand: str, group: str | None = None) -> dict[str, str | None]:
+        """Environment variable -> default of the flags of `subcommand` (those of the clap group
+        `group` only, i.e. of one Rust `Args` struct, e.g. `Limits`)."""
+        (cmd,) = [c for c in self.flags["subcommands"] if c["name"] == subcommand]
+        ids = None if group is None else set(cmd["groups"][group])
+        return {f["env"]: f["default"] for f in cmd["flags"]
+                if f["env"] and (ids is None or f["id"] in ids)}
+
+    def verbs(self, own_namespace: bool) -> dict[tuple[str, str], set[str]]:
+        """(API group, resource) -> the RBAC verbs the webhook's calls need, cluster-wide or in its
+        own namespace."""
+        return {(r["apiGroup"], r["resource"]): set(r["verbs"]) for r in self.rules
+                if r["ownNamespace"] == own_namespace}
 
 
-def lease_verbs() -> set[str]:
-    """RBAC verbs of the Lease calls in lease.rs (`api.get_opt(...)`, `api.replace(...)`...)."""
-    calls = set(re.findall(r"\bapi\.([a-z_]+)\(", (WEBHOOK_SRC / "lease.rs").read_text()))
-    unknown = calls - set(KUBE_VERBS)
-    assert not unknown, f"lease.rs calls Api methods this check does not know: {unknown}"
-    verbs = {KUBE_VERBS[c] for c in calls}
-    assert verbs, "no Lease API calls found in lease.rs"
-    return verbs
-
-
-# Chart value (under `limits`) -> the webhook's environment variable (limits.rs).
+# Chart value (under `limits`) -> the webhook's environment variable (its `Limits` flags).
 LIMIT_VALUES = {
     "maxConnections": "ROLEBRIDGE_MAX_CONNECTIONS",
     "maxConnectionsPerClient": "ROLEBRIDGE_MAX_CONNECTIONS_PER_CLIENT",
@@ -118,25 +133,23 @@ LIMIT_VALUES = {
 }
 
 
-def check_flags_match_sources() -> None:
-    """Every limit flag of limits.rs is a chart value with the binary's default, every leader
-    flag of lease.rs is set by the chart, and config.credentialsPort defaults to the contract's
-    port."""
-    limits = rust_flags(WEBHOOK_SRC / "limits.rs")
+def check_flags_match_binary(webhook: Webhook) -> None:
+    """Every limit flag of `serve` is a chart value with the binary's default, every leader flag is
+    set by the chart, and config.credentialsPort defaults to the binary's --credentials-port."""
+    limits = webhook.env("serve", "Limits")
     assert set(limits) == set(LIMIT_VALUES.values()), (
-        f"limits.rs flags {sorted(limits)} differ from the chart's limits "
+        f"the binary's limit flags {sorted(limits)} differ from the chart's limits "
         f"{sorted(LIMIT_VALUES.values())}: add or rename the value")
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     for key, env in LIMIT_VALUES.items():
         assert str(values["limits"][key]) == limits[env], (
             f"limits.{key} defaults to {values['limits'][key]!r}, the binary's {env} to "
             f"{limits[env]!r}")
-    lease = rust_flags(WEBHOOK_SRC / "lease.rs")
+    lease = webhook.env("serve", "LeaderArgs")
     assert set(lease) == {"ROLEBRIDGE_LEADER_ELECTION", "ROLEBRIDGE_LEASE_NAME"}, lease
-    contract = (REPO / "contract" / "src" / "lib.rs").read_text()
-    port = re.search(r"DEFAULT_CREDENTIALS_PORT: u16 = (\d+);", contract)
-    assert port and values["config"]["credentialsPort"] == int(port.group(1)), (
-        "config.credentialsPort differs from rolebridge_contract::DEFAULT_CREDENTIALS_PORT")
+    port = webhook.env("serve")["ROLEBRIDGE_CREDENTIALS_PORT"]
+    assert port and values["config"]["credentialsPort"] == int(port), (
+        f"config.credentialsPort differs from the binary's --credentials-port default {port}")
 
 
 class Results:
@@ -412,13 +425,13 @@ def check_certificates(docs: list[dict], values: dict) -> None:
         assert secret_name == values["certs"]["secret"]["name"]
 
 
-def check_rbac(docs: list[dict], values: dict) -> None:
+def check_rbac(docs: list[dict], values: dict, webhook: Webhook) -> None:
     dep = one(docs, "Deployment")
     sa = dep["spec"]["template"]["spec"]["serviceAccountName"]
     bindings = [b for b in by_kind(docs, "ClusterRoleBinding")
                 if any(s["kind"] == "ServiceAccount" and s["name"] == sa for s in b["subjects"])]
     assert len(bindings) == 1, "the webhook's service account needs exactly one ClusterRoleBinding"
-    check_lease_rbac(docs, values, sa)
+    check_lease_rbac(docs, values, sa, webhook)
     role_name = bindings[0]["roleRef"]["name"]
     role = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == role_name][0]
     got: dict[tuple[str, str], set[str]] = {}
@@ -427,7 +440,13 @@ def check_rbac(docs: list[dict], values: dict) -> None:
         for g in rule["apiGroups"]:
             for r in rule["resources"]:
                 got.setdefault((g, r), set()).update(rule["verbs"])
-    assert got == EXPECTED_WEBHOOK_RULES, f"webhook RBAC differs: {got}"
+    needed = webhook.verbs(own_namespace=False)
+    missing = {k: v - got.get(k, set()) for k, v in needed.items() if v - got.get(k, set())}
+    assert not missing, f"the ClusterRole lacks verbs the webhook calls (rbac --json): {missing}"
+    extra = {k: v - needed.get(k, set()) - CHART_EXTRA_VERBS.get(k, set())
+             for k, v in got.items()}
+    extra = {k: v for k, v in extra.items() if v}
+    assert not extra, f"the ClusterRole grants what the webhook does not call: {extra}"
     for r in by_kind(docs, "ClusterRole"):
         for rule in r["rules"]:
             flat = rule.get("apiGroups", []) + rule.get("resources", []) + rule["verbs"]
@@ -435,10 +454,14 @@ def check_rbac(docs: list[dict], values: dict) -> None:
             assert "secrets" not in rule.get("resources", []), f"secrets in {r['metadata']['name']}"
 
 
-def check_lease_rbac(docs: list[dict], values: dict, sa: str) -> None:
+def check_lease_rbac(docs: list[dict], values: dict, sa: str, webhook: Webhook) -> None:
     """Leader election works under the chart's own RBAC, with nothing more: one Role in the
-    release namespace with exactly the verbs lease.rs uses on Leases, restricted to the Lease the
-    Deployment names wherever RBAC can (`create` cannot be restricted by name)."""
+    release namespace with exactly the verbs the webhook's Lease calls need (rbac --json),
+    restricted to the Lease the Deployment names wherever RBAC can (`create` cannot be restricted
+    by name)."""
+    own = webhook.verbs(own_namespace=True)
+    assert set(own) == {("coordination.k8s.io", "leases")}, (
+        f"the webhook calls {sorted(own)} in its own namespace; this check knows only the Lease")
     env = container_env(docs)
     roles, role_bindings = by_kind(docs, "Role"), by_kind(docs, "RoleBinding")
     if not values["leaderElection"]["enabled"]:
@@ -457,7 +480,7 @@ def check_lease_rbac(docs: list[dict], values: dict, sa: str) -> None:
     assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                              "name": role["metadata"]["name"]}
     assert rb["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
-    needed = lease_verbs()
+    needed = own[("coordination.k8s.io", "leases")]
     granted: set[str] = set()
     for rule in role["rules"]:
         assert set(rule) <= {"apiGroups", "resources", "verbs", "resourceNames"}, rule
@@ -469,7 +492,7 @@ def check_lease_rbac(docs: list[dict], values: dict, sa: str) -> None:
             assert set(rule["verbs"]) == {"create"}, \
                 f"only create may go without resourceNames, not {rule['verbs']}"
         granted |= set(rule["verbs"])
-    assert granted == needed, f"Role grants {sorted(granted)} on leases, lease.rs uses {sorted(needed)}"
+    assert granted == needed, f"Role grants {sorted(granted)} on leases, the webhook calls {sorted(needed)}"
 
 
 def container_env(docs: list[dict]) -> dict[str, dict]:
@@ -502,13 +525,15 @@ def check_images(docs: list[dict], values: dict, app_version: str) -> None:
     assert a_name.endswith("/rolebridge-agent") or agent_img["repository"] != "rolebridge-agent"
 
 
-def check_webhook_env(docs: list[dict], values: dict) -> None:
-    """Every ROLEBRIDGE_* variable the chart sets is a flag of the binary, and every limit value
-    reaches its flag."""
+def check_webhook_env(docs: list[dict], values: dict, webhook: Webhook) -> None:
+    """Every ROLEBRIDGE_* variable the chart sets is a flag of the subcommand it runs, and every
+    limit value reaches its flag."""
     env = container_env(docs)
-    known = webhook_env_names()
+    (c,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    known = webhook.env(c["args"][0])
+    assert len(known) > 20, f"the binary lists only {len(known)} flags with a variable"
     unknown = sorted(n for n in env if n.startswith("ROLEBRIDGE_") and n not in known)
-    assert not unknown, f"the chart sets {unknown}, which no flag of webhook/src reads"
+    assert not unknown, f"the chart sets {unknown}, which no flag of `{c['args'][0]}` reads"
     for key, name in LIMIT_VALUES.items():
         assert env[name]["value"] == str(values["limits"][key]), f"limits.{key} is not {name}"
     assert env["ROLEBRIDGE_CREDENTIALS_PORT"]["value"] == str(values["config"]["credentialsPort"])
@@ -519,7 +544,7 @@ def check_webhook_env(docs: list[dict], values: dict) -> None:
         assert "ROLEBRIDGE_CLUSTER_NAME" not in env
 
 
-def check_binary_accepts_env(binary: str, docs: list[dict]) -> None:
+def check_binary_accepts_env(docs: list[dict], webhook: Webhook) -> None:
     """The webhook binary parses the rendered environment and arguments and starts serving
     (bindings from an empty file instead of an API server; fieldRefs filled in)."""
     (c,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
@@ -547,7 +572,7 @@ def check_binary_accepts_env(binary: str, docs: list[dict]) -> None:
                    ROLEBRIDGE_BINDINGS_FILE=str(bindings), ROLEBRIDGE_LOG_FORMAT="plain",
                    ROLEBRIDGE_LISTEN="127.0.0.1:0", ROLEBRIDGE_ADMIN_LISTEN="127.0.0.1:0",
                    NO_COLOR="1")
-        proc = subprocess.Popen([binary] + c["args"], env=env, stdout=subprocess.PIPE,
+        proc = subprocess.Popen([webhook.binary] + c["args"], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         try:
             out, _ = proc.communicate(timeout=3)
@@ -875,16 +900,23 @@ def main() -> int:
     res.check("every value in values.yaml is documented and in the schema",
               check_values_documented)
 
-    res.check("limits and leader flags of webhook/src match the chart's values",
-              check_flags_match_sources)
+    # The checks against the webhook need its binary; without one they fail, never skip.
+    found: list[Webhook] = []
+    res.check("rolebridge-webhook binary (ROLEBRIDGE_WEBHOOK_BIN, else built with cargo) "
+              "answers flags --json and rbac --json",
+              lambda: found.append(Webhook(webhook_binary())))
+    webhook = found[0] if found else None
+
+    def check_webhook(name: str, fn, *fn_args) -> None:
+        if webhook is None:
+            res.check(name, lambda: (_ for _ in ()).throw(
+                AssertionError("needs the rolebridge-webhook binary (see above)")))
+        else:
+            res.check(name, fn, *fn_args, webhook)
+
+    check_webhook("limits and leader flags of rolebridge-webhook match the chart's values",
+                  check_flags_match_binary)
     app_version = str(yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"])
-    # Optional: a built webhook binary proves it parses what the chart renders.
-    binary = os.environ.get("ROLEBRIDGE_WEBHOOK_BIN", "")
-    if binary:
-        assert os.access(binary, os.X_OK), f"ROLEBRIDGE_WEBHOOK_BIN={binary} is not executable"
-    else:
-        print("skip rolebridge-webhook starts with the rendered env (set ROLEBRIDGE_WEBHOOK_BIN "
-              "to a built rolebridge-webhook, e.g. target/debug/rolebridge-webhook)")
 
     cases = sorted((HERE / "values").glob("*.yaml"))
     assert cases, "no values files"
@@ -936,15 +968,15 @@ def main() -> int:
                       validate_doc, d)
         res.check(f"{case}: webhook configuration", check_webhook_config, docs, merged)
         res.check(f"{case}: certificates", check_certificates, docs, merged)
-        res.check(f"{case}: rbac", check_rbac, docs, merged)
+        check_webhook(f"{case}: rbac", check_rbac, docs, merged)
         res.check(f"{case}: deployment", check_deployment, docs, merged)
         res.check(f"{case}: images (agent follows the webhook's registry and tag)",
                   check_images, docs, merged, app_version)
-        res.check(f"{case}: environment matches the webhook's flags", check_webhook_env, docs, merged)
+        check_webhook(f"{case}: environment matches the webhook's flags", check_webhook_env,
+                      docs, merged)
         res.check(f"{case}: network policy", check_network_policy, docs, merged)
-        if binary:
-            res.check(f"{case}: rolebridge-webhook starts with the rendered env",
-                      check_binary_accepts_env, binary, docs)
+        check_webhook(f"{case}: rolebridge-webhook starts with the rendered env",
+                      check_binary_accepts_env, docs)
 
     stale = {p.name for p in rendered_dir.glob("*.yaml")} - expected_files
     for name in sorted(stale):

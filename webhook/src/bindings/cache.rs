@@ -20,6 +20,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
 use serde::Deserialize;
 
+use super::ApiAccess;
 use super::live::{LiveReadLimits, LiveReads, LiveSource};
 use super::store::{Group, Observed, Store};
 use super::work::{Feed, WorkQueue};
@@ -28,6 +29,23 @@ use crate::domain::convert::binding_from_json;
 use crate::domain::crd::{AWSRoleBinding, AWSRoleBindingStatus};
 use crate::domain::status::GSA_ANNOTATION;
 use crate::metrics::Metrics;
+
+/// What the watches call: list and watch of every binding and (metadata only) every service
+/// account, in all namespaces.
+pub const WATCHES: [ApiAccess; 2] = [
+    ApiAccess {
+        group: "rolebridge.io",
+        resource: "awsrolebindings",
+        verbs: &["list", "watch"],
+        own_namespace: false,
+    },
+    ApiAccess {
+        group: "",
+        resource: "serviceaccounts",
+        verbs: &["list", "watch"],
+        own_namespace: false,
+    },
+];
 
 pub struct BindingCache {
     store: Store,

@@ -31,7 +31,17 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::ApiAccess;
 use crate::metrics::{Metrics, ReasonLabel};
+
+/// What the election calls on its Lease (`get_opt`, `create`, `replace`), in the webhook's own
+/// namespace; the operator's advice for a forbidden Lease names these verbs.
+pub const LEASE_ACCESS: ApiAccess = ApiAccess {
+    group: "coordination.k8s.io",
+    resource: "leases",
+    verbs: &["get", "create", "update"],
+    own_namespace: true,
+};
 
 /// Leader-election flags of `serve`.
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
@@ -171,11 +181,23 @@ impl Blocked {
             ),
             Blocked::Forbidden => format!(
                 "the status Lease {lease:?} in namespace {namespace:?} is forbidden to this \
-                 webhook's identity; grant it get, create and update on coordination.k8s.io \
-                 leases in {namespace:?} (the chart's Role does), or set --namespace \
-                 (ROLEBRIDGE_NAMESPACE) to the namespace that Role is in; {effect}"
+                 webhook's identity; grant it {} on {} {} in {namespace:?} (the chart's Role \
+                 does), or set --namespace (ROLEBRIDGE_NAMESPACE) to the namespace that Role is \
+                 in; {effect}",
+                and_list(LEASE_ACCESS.verbs),
+                LEASE_ACCESS.group,
+                LEASE_ACCESS.resource,
             ),
         }
+    }
+}
+
+/// `a, b and c`.
+fn and_list(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
     }
 }
 
@@ -556,6 +578,13 @@ mod tests {
         assert!(advice.contains("--namespace") && advice.contains("\"rolebridge-system\""));
         let advice = Blocked::Forbidden.advice("rb", "rolebridge-webhook");
         assert!(advice.contains("leases") && advice.contains("--namespace"));
+        // The verbs come from LEASE_ACCESS, the declaration the chart's Role is checked against.
+        assert!(
+            advice.contains(
+                "grant it get, create and update on coordination.k8s.io leases in \"rb\" (the chart's Role does)"
+            ),
+            "{advice}"
+        );
     }
 
     #[test]

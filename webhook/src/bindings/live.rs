@@ -15,6 +15,7 @@ use futures::future::BoxFuture;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use tokio::sync::OnceCell;
 
+use super::ApiAccess;
 use super::store::Store;
 use crate::domain::binding::Binding;
 use crate::domain::convert::binding_from_json;
@@ -22,6 +23,14 @@ use crate::domain::crd::AWSRoleBinding;
 use crate::metrics::Metrics;
 
 const LIVE_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a live read calls: a list of one namespace's bindings.
+pub const LIVE_READ: ApiAccess = ApiAccess {
+    group: "rolebridge.io",
+    resource: "awsrolebindings",
+    verbs: &["list"],
+    own_namespace: false,
+};
 
 pub fn api_resource() -> ApiResource {
     ApiResource::erase::<AWSRoleBinding>(&())

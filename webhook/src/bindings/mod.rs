@@ -16,3 +16,56 @@ pub mod status_controller;
 pub mod store;
 pub mod watch;
 pub mod work;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+/// A resource the webhook calls the API server about, and the RBAC verbs those calls need.
+/// Each module declares its own next to its calls; the stub API server's test
+/// (`tests/api_access.rs`) holds the calls the code makes to these declarations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiAccess {
+    pub group: &'static str,
+    /// The plural, with `/subresource` where one is called.
+    pub resource: &'static str,
+    pub verbs: &'static [&'static str],
+    /// Only in the webhook's own namespace (a Role), not in every namespace (a ClusterRole).
+    pub own_namespace: bool,
+}
+
+/// One RBAC rule the webhook needs, as `rolebridge-webhook rbac --json` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RbacRule {
+    pub api_group: &'static str,
+    pub resource: &'static str,
+    pub verbs: BTreeSet<&'static str>,
+    pub own_namespace: bool,
+}
+
+/// Everything the webhook calls on the API server, merged by resource and scope, in a stable
+/// order: the RBAC it must be granted, no more and no less.
+pub fn rbac_rules() -> Vec<RbacRule> {
+    let declared = cache::WATCHES.iter().chain([
+        &live::LIVE_READ,
+        &status_controller::STATUS_WRITE,
+        &lease::LEASE_ACCESS,
+    ]);
+    let mut merged: BTreeMap<(bool, &str, &str), BTreeSet<&str>> = BTreeMap::new();
+    for a in declared {
+        merged
+            .entry((a.own_namespace, a.group, a.resource))
+            .or_default()
+            .extend(a.verbs);
+    }
+    merged
+        .into_iter()
+        .map(|((own_namespace, api_group, resource), verbs)| RbacRule {
+            api_group,
+            resource,
+            verbs,
+            own_namespace,
+        })
+        .collect()
+}

@@ -22,6 +22,7 @@ use std::time::Duration;
 use kube::Resource as _;
 use kube::api::{Api, Patch, PatchParams};
 
+use super::ApiAccess;
 use crate::bindings::cache::{BindingCache, WatchedBinding};
 use crate::bindings::lease::Leadership;
 use crate::bindings::store::{Group, GroupState, Seen, fingerprint};
@@ -30,6 +31,13 @@ use crate::domain::status::{self, BindingState};
 use crate::metrics::Metrics;
 
 pub const FIELD_MANAGER: &str = "rolebridge-webhook";
+/// What the status writes call: a server-side apply to the status subresource.
+pub const STATUS_WRITE: ApiAccess = ApiAccess {
+    group: "rolebridge.io",
+    resource: "awsrolebindings/status",
+    verbs: &["patch"],
+    own_namespace: false,
+};
 /// Lets the watches deliver the rest of a burst (a binding and its service account) before
 /// the groups are computed.
 const DEBOUNCE: Duration = Duration::from_millis(100);

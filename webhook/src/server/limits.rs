@@ -50,18 +50,16 @@ pub struct Limits {
     pub tls_handshake_timeout: Duration,
 }
 
+/// The flags' defaults, parsed from an empty command line: they are written once, on the flags.
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_connections: 256,
-            max_connections_per_client: 32,
-            max_body_size: 3584 << 10,
-            body_budget: 32 << 20,
-            request_read_timeout: Duration::from_secs(2),
-            header_read_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(60),
-            tls_handshake_timeout: Duration::from_secs(2),
-        }
+        use clap::{Args, FromArgMatches};
+        // Without the environment variables: a default must not change with ROLEBRIDGE_* set.
+        let cmd = Limits::augment_args(clap::Command::new("limits")).mut_args(|a| a.env(None));
+        let matches = cmd
+            .try_get_matches_from(["limits"])
+            .expect("every limit flag has a default that parses");
+        Limits::from_arg_matches(&matches).expect("every limit flag has a default that parses")
     }
 }
 
@@ -150,6 +148,20 @@ mod tests {
         let parsed = Cli::try_parse_from(["x"]).unwrap().limits;
         assert_eq!(parsed, Limits::default());
         assert_eq!(parsed.validate(), Ok(()));
+        // What the README and the chart's values document.
+        assert_eq!(
+            Limits::default(),
+            Limits {
+                max_connections: 256,
+                max_connections_per_client: 32,
+                max_body_size: 3584 << 10,
+                body_budget: 32 << 20,
+                request_read_timeout: Duration::from_secs(2),
+                header_read_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(60),
+                tls_handshake_timeout: Duration::from_secs(2),
+            }
+        );
     }
 
     #[test]

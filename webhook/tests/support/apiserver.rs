@@ -10,7 +10,7 @@
 //! ("too old resource version"), as from a restarted API server's fresh watch cache.
 #![allow(dead_code)] // each user needs a subset
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -68,7 +68,12 @@ struct State {
     /// both, depending on where the watch is served from).
     gone_as_http: bool,
     stats: Stats,
+    /// The RBAC verbs of every call served, by (API group, resource[/subresource]).
+    calls: Calls,
 }
+
+/// RBAC verbs by (API group, resource[/subresource]).
+pub type Calls = BTreeMap<(String, String), BTreeSet<String>>;
 
 impl State {
     fn store(
@@ -332,6 +337,11 @@ impl StubApi {
         Some(status)
     }
 
+    /// The RBAC verbs the calls served so far needed.
+    pub fn calls(&self) -> Calls {
+        self.shared.lock().calls.clone()
+    }
+
     pub fn stats(&self) -> Stats {
         let state = self.shared.lock();
         let mut stats = state.stats;
@@ -457,6 +467,7 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
         .and_then(|a| a.to_str().ok())
         .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
     let q = query(&req);
+    record_call(shared, kind, &req, name.is_some(), sub.as_deref(), &q);
     match (req.method().clone(), name, sub) {
         (Method::GET, None, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
             shared.lock().stats.watches += 1;
@@ -542,6 +553,44 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
         }
         _ => status_error(405, "MethodNotAllowed", "not supported by the stub"),
     }
+}
+
+/// Records the RBAC verb a request needs: what the webhook's RBAC declaration must list.
+fn record_call(
+    shared: &Shared,
+    kind: Kind,
+    req: &Request<Incoming>,
+    named: bool,
+    sub: Option<&str>,
+    q: &HashMap<String, String>,
+) {
+    let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let verb = match *req.method() {
+        Method::GET if named => "get",
+        Method::GET if watch => "watch",
+        Method::GET => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if named => "delete",
+        Method::DELETE => "deletecollection",
+        _ => "other",
+    };
+    let (group, plural) = match kind {
+        Kind::Binding => ("rolebridge.io", "awsrolebindings"),
+        Kind::ServiceAccount => ("", "serviceaccounts"),
+        Kind::Lease => ("coordination.k8s.io", "leases"),
+    };
+    let resource = match sub {
+        Some(sub) => format!("{plural}/{sub}"),
+        None => plural.to_owned(),
+    };
+    shared
+        .lock()
+        .calls
+        .entry((group.to_owned(), resource))
+        .or_default()
+        .insert(verb.to_owned());
 }
 
 async fn read_json(req: Request<Incoming>) -> Value {

@@ -1,0 +1,79 @@
+//! Every call the webhook makes on the API server is one that its RBAC declaration
+//! (`bindings::rbac_rules`, which `rolebridge-webhook rbac --json` prints for the Helm chart's
+//! check) lists, and every verb it declares is one it calls: the watches, a live read, the
+//! status writes and the Lease election run against the stub API server as `serve` runs them.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use rolebridge_webhook::bindings::cache::BindingCache;
+use rolebridge_webhook::bindings::lease::{self, LeaderArgs};
+use rolebridge_webhook::bindings::live::{LiveReadLimits, api_live_source};
+use rolebridge_webhook::bindings::rbac_rules;
+use rolebridge_webhook::bindings::status_controller::{self, StatusArgs};
+use rolebridge_webhook::metrics::Metrics;
+use support::apiserver::{Calls, Kind, StubApi};
+
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(20), "not {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_calls_made_are_exactly_the_declared_rbac() {
+    let stub = StubApi::start().await;
+    stub.populate(20, 2);
+    let client = stub.client();
+    let metrics = Arc::new(Metrics::new());
+    let live = (api_live_source(client.clone()), LiveReadLimits::default());
+    let cache = Arc::new(BindingCache::new(metrics.clone(), Some(live)));
+    cache.run_watches(client.clone());
+    let (stop_tx, stop) = watch::channel(false);
+    let leader = LeaderArgs {
+        leader_election: true,
+        lease_name: "rolebridge-webhook".into(),
+    };
+    let leadership = lease::start(
+        &client,
+        &leader,
+        "rolebridge",
+        lease::Report::default(),
+        stop,
+    );
+    tokio::spawn(status_controller::run(
+        client,
+        cache.clone(),
+        metrics,
+        leadership.clone(),
+        StatusArgs {
+            status_concurrency: 2,
+        },
+    ));
+    eventually("every status written", || stub.stats().converged == 20).await;
+    // A cache miss: a live read of the namespace.
+    assert!(cache.bindings_for("team-000", "nobody").await.is_none());
+    // A stop releases the Lease it holds.
+    assert!(leadership.is_leader());
+    stop_tx.send_replace(true);
+    eventually("the Lease released", || {
+        stub.get(Kind::Lease, "rolebridge", "rolebridge-webhook")
+            .is_some_and(|l| l["spec"]["holderIdentity"].is_null())
+    })
+    .await;
+
+    let declared: Calls = rbac_rules()
+        .into_iter()
+        .map(|r| {
+            let verbs = r.verbs.iter().map(|v| (*v).to_owned()).collect();
+            ((r.api_group.to_owned(), r.resource.to_owned()), verbs)
+        })
+        .collect();
+    assert_eq!(stub.calls(), declared);
+}
