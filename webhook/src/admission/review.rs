@@ -9,10 +9,11 @@
 //! response), so the API server reports a clear message instead of "webhook returned 500".
 
 use base64::Engine as _;
+use json_patch::PatchOperation;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::admission::mutate::{self, Binding, Config, Mutation, Outcome};
+use crate::admission::mutate::{self, Binding, Config, Denial, Mutation, Outcome, Skip};
 use crate::domain::pod::{PodView, Str};
 use crate::metrics::AdmissionOutcome;
 
@@ -73,11 +74,46 @@ pub struct PodReview<'a> {
 pub enum Parsed<'a> {
     /// A pod CREATE: look up its bindings, then call [`PodReview::respond`].
     Pod(PodReview<'a>),
-    /// Anything else is allowed unchanged; the body is ready.
+    /// Anything else is answered at once (allowed unchanged, or `invalid`); the body is ready.
     Done {
         body: Vec<u8>,
         outcome: AdmissionOutcome,
+        /// The request's uid, where the body had one.
+        uid: Str<'a>,
+        /// Why the review is invalid (`outcome` is `Error`), for the log.
+        invalid: Option<String>,
     },
+}
+
+/// What the admission of a pod decided, for the metrics and the log.
+#[derive(Debug)]
+pub enum Decision {
+    /// Patched with these operations.
+    Applied(Vec<PatchOperation>),
+    /// Allowed unchanged.
+    Skipped(Skip),
+    /// Denied.
+    Denied(Denial),
+}
+
+impl Decision {
+    /// The metric label.
+    pub fn outcome(&self) -> AdmissionOutcome {
+        match self {
+            Decision::Applied(_) => AdmissionOutcome::Mutated,
+            Decision::Skipped(_) => AdmissionOutcome::Skipped,
+            Decision::Denied(_) => AdmissionOutcome::Denied,
+        }
+    }
+
+    /// The decision in a word, for logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Decision::Applied(_) => "applied",
+            Decision::Skipped(_) => "skipped",
+            Decision::Denied(_) => "denied",
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -168,14 +204,20 @@ pub fn parse(body: &[u8]) -> Parsed<'_> {
     // slower path, which tells those cases apart and reports them precisely.
     match serde_json::from_slice::<ReviewIn<&RawValue>>(body) {
         Ok(review) => finish(review, |raw| PodView::from_json(raw.get())),
-        Err(e) => error("", format!("request body is not an AdmissionReview: {e}")),
+        Err(e) => error(
+            Str::default(),
+            format!("request body is not an AdmissionReview: {e}"),
+        ),
     }
 }
 
-fn error(uid: &str, message: String) -> Parsed<'static> {
+fn error(uid: Str<'_>, message: String) -> Parsed<'_> {
+    let message = format!("rolebridge: {message}");
     Parsed::Done {
-        body: invalid(uid, &format!("rolebridge: {message}")),
+        body: invalid(uid.as_str(), &message),
         outcome: AdmissionOutcome::Error,
+        uid,
+        invalid: Some(message),
     }
 }
 
@@ -188,16 +230,16 @@ fn finish<'a, O>(
         Some(V1BETA1) => V1BETA1,
         other => {
             return error(
-                "",
+                Str::default(),
                 format!("unsupported AdmissionReview apiVersion {other:?}; want {V1:?}"),
             );
         }
     };
     if review.kind.as_ref().map(Str::as_str) != Some("AdmissionReview") {
-        return error("", "body kind is not AdmissionReview".into());
+        return error(Str::default(), "body kind is not AdmissionReview".into());
     }
     let Some(req) = review.request else {
-        return error("", "AdmissionReview has no request".into());
+        return error(Str::default(), "AdmissionReview has no request".into());
     };
     let is_pod = req
         .resource
@@ -212,17 +254,16 @@ fn finish<'a, O>(
         return Parsed::Done {
             body: allowed(api_version, req.uid.as_str()),
             outcome: AdmissionOutcome::Skipped,
+            uid: req.uid,
+            invalid: None,
         };
     }
     let Some(object) = req.object else {
-        return error(
-            req.uid.as_str(),
-            "pod CREATE review carries no object".into(),
-        );
+        return error(req.uid, "pod CREATE review carries no object".into());
     };
     let pod = match to_pod(object) {
         Ok(p) => p,
-        Err(e) => return error(req.uid.as_str(), format!("pod object does not parse: {e}")),
+        Err(e) => return error(req.uid, format!("pod object does not parse: {e}")),
     };
     let namespace = req
         .namespace
@@ -246,8 +287,17 @@ impl PodReview<'_> {
         self.pod.service_account()
     }
 
+    /// The pod's name, else its `generateName` (most pods have only that at admission).
+    pub fn pod_name(&self) -> &str {
+        let meta = &self.pod.metadata;
+        meta.name
+            .as_ref()
+            .or(meta.generate_name.as_ref())
+            .map_or("", Str::as_str)
+    }
+
     /// Runs the mutation and writes the response body.
-    pub fn respond(&self, bindings: &[Binding], cfg: &Config) -> (Vec<u8>, AdmissionOutcome) {
+    pub fn respond(&self, bindings: &[Binding], cfg: &Config) -> (Vec<u8>, Decision) {
         let uid = self.uid.as_str();
         match mutate::mutate(&self.pod, &self.namespace, bindings, cfg) {
             Ok(Mutation {
@@ -255,28 +305,28 @@ impl PodReview<'_> {
                 patch,
                 warnings,
             }) => {
-                let (patch, label) = match outcome {
+                let (encoded, decision) = match outcome {
                     Outcome::Mutated => {
                         let json = serde_json::to_vec(&patch).expect("patch serialises");
                         (
                             Some(base64::engine::general_purpose::STANDARD.encode(json)),
-                            AdmissionOutcome::Mutated,
+                            Decision::Applied(patch),
                         )
                     }
-                    Outcome::Skipped(_) => (None, AdmissionOutcome::Skipped),
+                    Outcome::Skipped(why) => (None, Decision::Skipped(why)),
                 };
                 let body = write(
                     self.api_version,
                     ResponseOut {
                         uid,
                         allowed: true,
-                        patch_type: patch.as_ref().map(|_| "JSONPatch"),
-                        patch,
+                        patch_type: encoded.as_ref().map(|_| "JSONPatch"),
+                        patch: encoded,
                         status: None,
                         warnings: &warnings,
                     },
                 );
-                (body, label)
+                (body, decision)
             }
             Err(denial) => {
                 let body = write(
@@ -295,7 +345,7 @@ impl PodReview<'_> {
                         warnings: &[],
                     },
                 );
-                (body, AdmissionOutcome::Denied)
+                (body, Decision::Denied(denial))
             }
         }
     }
@@ -308,7 +358,7 @@ mod tests {
 
     fn done(p: Parsed) -> (Value, AdmissionOutcome) {
         match p {
-            Parsed::Done { body, outcome } => (serde_json::from_slice(&body).unwrap(), outcome),
+            Parsed::Done { body, outcome, .. } => (serde_json::from_slice(&body).unwrap(), outcome),
             Parsed::Pod(_) => panic!("expected a finished response"),
         }
     }

@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::ArcSwap;
 use bytes::Buf;
 use futures::{Stream, StreamExt};
+use json_patch::PatchOperation;
 use tokio::time::Instant;
+use tracing::field::Empty;
 use warp::Filter;
 use warp::http::{Response, StatusCode};
 
@@ -27,8 +29,10 @@ use super::bodybuf::{BodyBuf, HEAP_MAX};
 use super::budget::{BodyBudget, BodyLease, Shed};
 use super::tls::CertStore;
 use crate::admission::mutate::Config;
-use crate::admission::review::{self, Parsed};
+use crate::admission::mutate::{self, Skip};
+use crate::admission::review::{self, Decision, Parsed, PodReview};
 use crate::bindings::cache::BindingCache;
+use crate::domain::pod::PodView;
 use crate::metrics::{AdmissionOutcome, Metrics};
 
 /// Bodies grow by this much (beyond the first [`HEAP_MAX`] bytes, allocated at once when the
@@ -260,36 +264,186 @@ fn refusal(state: &AppState, ctx: &RequestCtx, error: BodyError) -> Response<Vec
         .expect("static headers")
 }
 
-/// One review body in, one response body out.
+/// One review body in, one response body out, and one log line that says what happened.
 pub async fn admit(state: &AppState, body: &[u8]) -> (Vec<u8>, AdmissionOutcome) {
-    match review::parse(body) {
-        Parsed::Done { body, outcome } => {
-            if outcome == AdmissionOutcome::Error {
-                tracing::warn!("malformed admission review answered as invalid");
+    let review = match review::parse(body) {
+        Parsed::Pod(review) => review,
+        Parsed::Done {
+            body,
+            outcome,
+            uid,
+            invalid,
+        } => {
+            if let Some(reason) = invalid {
+                tracing::warn!(
+                    uid = %uid.as_str(),
+                    %reason,
+                    "admission invalid"
+                );
             }
-            (body, outcome)
+            return (body, outcome);
         }
-        Parsed::Pod(review) => {
-            let sa = review.service_account();
-            let bindings = state.cache.bindings_for(&review.namespace, sa).await;
-            let config = state.config.load();
-            let (body, outcome) = review.respond(bindings.as_deref().unwrap_or_default(), &config);
-            let meta = &review.pod.metadata;
-            let pod = meta
-                .name
-                .as_ref()
-                .or(meta.generate_name.as_ref())
-                .map(|s| s.as_str())
-                .unwrap_or_default();
-            match outcome {
-                AdmissionOutcome::Skipped => tracing::debug!(
-                    namespace = %review.namespace, pod, service_account = sa, dry_run = review.dry_run,
-                    outcome = outcome.as_str(), "admitted unchanged"),
-                _ => tracing::info!(
-                    namespace = %review.namespace, pod, service_account = sa, dry_run = review.dry_run,
-                    outcome = outcome.as_str(), "admission"),
-            }
-            (body, outcome)
+    };
+    let bindings = state
+        .cache
+        .bindings_for(&review.namespace, review.service_account())
+        .await;
+    // A pod without bindings (most of a cluster's pods) is only told of at debug level, so at
+    // the default level its admission costs no span and no line.
+    let span = match bindings {
+        None => tracing::debug_span!(
+            "admission",
+            uid = %review.uid.as_str(),
+            namespace = %review.namespace,
+            pod = %review.pod_name(),
+            decision = Empty
+        ),
+        Some(_) => tracing::info_span!(
+            "admission",
+            uid = %review.uid.as_str(),
+            namespace = %review.namespace,
+            pod = %review.pod_name(),
+            decision = Empty
+        ),
+    };
+    let _entered = span.enter();
+    let config = state.config.load();
+    let (body, decision) = review.respond(bindings.as_deref().unwrap_or_default(), &config);
+    span.record("decision", tracing::field::display(decision.as_str()));
+    log_decision(&review, &decision);
+    (body, decision.outcome())
+}
+
+/// The `container=binding` pairs a patch applied, looked up only when the line is written.
+struct Applied<'p>(&'p [PatchOperation], &'p PodView<'p>);
+
+impl std::fmt::Display for Applied<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(mutate::applied_bindings(self.0, self.1).unwrap_or_default())
+    }
+}
+
+/// The admission's one line (in its span, which carries uid, namespace, pod and decision).
+fn log_decision(review: &PodReview<'_>, decision: &Decision) {
+    let (service_account, dry_run) = (review.service_account(), review.dry_run);
+    match decision {
+        Decision::Applied(patch) => {
+            let bindings = Applied(patch, &review.pod);
+            tracing::info!(%bindings, %service_account, dry_run, "admission applied");
         }
+        Decision::Skipped(skip @ (Skip::NoBinding | Skip::OwnNamespace)) => {
+            tracing::debug!(
+                reason = %skip.as_str(),
+                %service_account,
+                dry_run,
+                "admission skipped"
+            );
+        }
+        Decision::Skipped(skip) => {
+            tracing::info!(
+                reason = %skip.as_str(),
+                %service_account,
+                dry_run,
+                "admission skipped"
+            );
+        }
+        Decision::Denied(denial) => {
+            let reason = denial.reason.as_str();
+            tracing::info!(%reason, %service_account, dry_run, "admission denied");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::domain::convert::bindings_from_yaml;
+
+    const REVIEW: &str =
+        include_str!("../../tests/fixtures/admissionreview-v1-pod-from-apiserver.json");
+
+    /// What the subscriber writes, kept for the test to read.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Lines {
+        fn take(&self) -> String {
+            String::from_utf8(std::mem::take(&mut *self.0.lock().unwrap())).unwrap()
+        }
+    }
+
+    fn state(bindings: &str) -> AppState {
+        let metrics = Arc::new(Metrics::new());
+        let bindings = bindings_from_yaml(bindings, "default").unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        AppState {
+            cache: Arc::new(BindingCache::fixed(metrics.clone(), bindings)),
+            config: ArcSwap::from_pointee(Config::default()),
+            metrics,
+            certs: Arc::new(CertStore::new("-".into(), "-".into(), provider)),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_line_per_admission_says_what_it_decided() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .without_time()
+            .with_writer(move || writer.clone())
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let bound = state(
+            "kind: AWSRoleBinding\nmetadata: {name: checkout}\n\
+             spec: {serviceAccountName: app-sa, roleArn: 'arn:aws:iam::123456789012:role/c'}\n",
+        );
+
+        admit(&bound, REVIEW.as_bytes()).await;
+        let line = lines.take();
+        assert_eq!(line.lines().count(), 1, "{line}");
+        for want in [
+            "admission{uid=16410c61-1d7a-4935-9a8c-8800db65e129 namespace=default \
+             pod=checkout-api-7d9c8b6f5- decision=applied}",
+            "admission applied bindings=",
+            "=checkout",
+            "service_account=app-sa",
+        ] {
+            assert!(line.contains(want), "{want:?} not in {line}");
+        }
+
+        let tie = state(
+            "kind: AWSRoleBinding\nmetadata: {name: a}\n\
+             spec: {serviceAccountName: app-sa, roleArn: 'arn:aws:iam::123456789012:role/a'}\n\
+             ---\nkind: AWSRoleBinding\nmetadata: {name: b}\n\
+             spec: {serviceAccountName: app-sa, roleArn: 'arn:aws:iam::123456789012:role/b'}\n",
+        );
+        admit(&tie, REVIEW.as_bytes()).await;
+        let line = lines.take();
+        assert!(line.contains("decision=denied}"), "{line}");
+        assert!(line.contains("admission denied reason=tie"), "{line}");
+
+        // A pod without bindings: nothing at the default level.
+        admit(&state("[]"), REVIEW.as_bytes()).await;
+        assert_eq!(lines.take(), "");
+
+        admit(&bound, b"{").await;
+        let line = lines.take();
+        assert!(line.contains("admission invalid"), "{line}");
+        assert!(line.contains("not an AdmissionReview"), "{line}");
     }
 }

@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 
 use super::{
-    ANNOTATION_INJECT, ANNOTATION_ROLE, ANNOTATION_SKIP_CONTAINERS, Binding, Config, Denial, Skip,
-    Warnings, containers, is_agent,
+    ANNOTATION_INJECT, ANNOTATION_ROLE, ANNOTATION_SKIP_CONTAINERS, Binding, Config, Denial,
+    DenyReason, Skip, Warnings, containers, is_agent,
 };
 use crate::domain::pod::PodView;
 
@@ -73,10 +73,13 @@ pub(super) fn gate<'p>(
     if let Some(role) = chosen_role
         && !bindings.iter().any(|b| b.name == role)
     {
-        return Err(Denial::new(format!(
-            "annotation {ANNOTATION_ROLE}={role:?} names no AWSRoleBinding of service account {sa:?} in namespace {namespace:?}; an annotation cannot grant a role that is not bound. Bindings of this service account: {}. Set the annotation to one of these names or remove it.",
-            binding_list(bindings)
-        )));
+        return Err(Denial::new(
+            DenyReason::UnboundRole,
+            format!(
+                "annotation {ANNOTATION_ROLE}={role:?} names no AWSRoleBinding of service account {sa:?} in namespace {namespace:?}; an annotation cannot grant a role that is not bound. Bindings of this service account: {}. Set the annotation to one of these names or remove it.",
+                binding_list(bindings)
+            ),
+        ));
     }
 
     let skip_list: Vec<&str> = pod

@@ -123,16 +123,64 @@ pub struct Mutation {
     pub warnings: Vec<String>,
 }
 
+impl Skip {
+    /// The reason in a word, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::OwnNamespace => "own_namespace",
+            Skip::NoBinding => "no_binding",
+            Skip::OptedOut => "opted_out",
+            Skip::Windows => "windows",
+            Skip::NoContainerCovered => "no_container_covered",
+            Skip::AlreadyInjected => "already_injected",
+        }
+    }
+}
+
 /// A policy violation: the pod must be rejected with this message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct Denial {
+    /// Which rule denied it, for logs and metrics; `message` says it to the user.
+    pub reason: DenyReason,
     pub message: String,
 }
 
+/// The rule a denial comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    /// `rolebridge.io/role` names no binding of the service account.
+    UnboundRole,
+    /// Bindings tie on a container and nothing chooses between them.
+    Tie,
+    /// The pod uses a name rolebridge reserves without having been injected by it.
+    ReservedName,
+    /// The credentials endpoint would listen on the node's loopback.
+    HostNetwork,
+    /// No usable port for the credentials endpoint.
+    CredentialsPort,
+    /// Legacy sidecar mode cannot serve the endpoint to an init container.
+    LegacyInitContainer,
+}
+
+impl DenyReason {
+    /// The reason in a word, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::UnboundRole => "unbound_role",
+            DenyReason::Tie => "tie",
+            DenyReason::ReservedName => "reserved_name",
+            DenyReason::HostNetwork => "host_network",
+            DenyReason::CredentialsPort => "credentials_port",
+            DenyReason::LegacyInitContainer => "legacy_init_container",
+        }
+    }
+}
+
 impl Denial {
-    fn new(message: String) -> Self {
+    fn new(reason: DenyReason, message: String) -> Self {
         Denial {
+            reason,
             message: format!("rolebridge: {message}"),
         }
     }
@@ -234,6 +282,12 @@ pub fn mutate(
     })
 }
 
+/// The `container=binding` pairs a mutation's patch records in `rolebridge.io/bindings`, or the
+/// pod's own annotation where the patch leaves it as it was: what an admission applied.
+pub fn applied_bindings<'p>(patch: &'p [PatchOperation], pod: &'p PodView<'_>) -> Option<&'p str> {
+    render::applied_by(patch).or_else(|| pod.annotation(ANNOTATION_APPLIED))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,13 +305,7 @@ mod tests {
     }
 
     fn applied(m: &Mutation) -> Option<&str> {
-        m.patch.iter().find_map(|op| match op {
-            PatchOperation::Add(a) if a.path.to_string().starts_with("/metadata/annotations") => a
-                .value
-                .as_str()
-                .or_else(|| a.value[ANNOTATION_APPLIED].as_str()),
-            _ => None,
-        })
+        render::applied_by(&m.patch)
     }
 
     /// The role annotation breaks ties only: it must not take a container away from the

@@ -6,8 +6,8 @@ use rolebridge_contract::aws_env;
 use super::delivery::{self, DeliveryCtx};
 use super::gate::Gate;
 use super::{
-    ANNOTATION_ROLE, Assignment, Binding, Denial, TOKEN_MOUNT_PATH, TOKEN_VOLUME, Warnings,
-    containers, is_agent,
+    ANNOTATION_ROLE, Assignment, Binding, Denial, DenyReason, TOKEN_MOUNT_PATH, TOKEN_VOLUME,
+    Warnings, containers, is_agent,
 };
 use crate::domain::binding::Coverage;
 use crate::domain::pod::{ContainerView, PodView};
@@ -141,11 +141,14 @@ pub(super) fn plan<'p, 'a, 'b>(
         });
     }
     if !ties.is_empty() {
-        return Err(Denial::new(format!(
-            "{} for service account {:?} in namespace {namespace:?}, and nothing chooses between them. Resolve it: annotate the pod (template) with {ANNOTATION_ROLE}: <binding name>, or list the containers each binding is for in its spec.containers, or delete the extra binding.",
-            ties.join("; "),
-            pod.service_account()
-        )));
+        return Err(Denial::new(
+            DenyReason::Tie,
+            format!(
+                "{} for service account {:?} in namespace {namespace:?}, and nothing chooses between them. Resolve it: annotate the pod (template) with {ANNOTATION_ROLE}: <binding name>, or list the containers each binding is for in its spec.containers, or delete the extra binding.",
+                ties.join("; "),
+                pod.service_account()
+            ),
+        ));
     }
     Ok(planned)
 }

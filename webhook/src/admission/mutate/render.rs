@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use super::delivery::{self, DeliveryCtx};
 use super::{
     AGENT_CONTAINER, AGENT_INIT_CONTAINER, ANNOTATION_APPLIED, ANNOTATION_CREDENTIALS_PORT,
-    ANNOTATION_SKIP_CONTAINERS, Assignment, Config, Delivery, Denial, Kind, SidecarMode,
-    TOKEN_VOLUME, TOKEN_VOLUME_SIZE_LIMIT, Warnings, containers, is_agent, reserved,
+    ANNOTATION_SKIP_CONTAINERS, Assignment, Config, Delivery, Denial, DenyReason, Kind,
+    SidecarMode, TOKEN_VOLUME, TOKEN_VOLUME_SIZE_LIMIT, Warnings, containers, is_agent, reserved,
 };
 use crate::domain::pod::{ContainerView, PodView};
 
@@ -97,27 +97,36 @@ fn endpoint_checks(
         names.join(", ")
     };
     if pod.spec.host_network == Some(true) {
-        return Err(Denial::new(format!(
-            "this pod uses hostNetwork: true, and binding {} needs the in-pod credentials endpoint (it sets chain or durationSeconds), which would listen on the node's loopback where every host-network pod of the node could reach it. Run the pod without hostNetwork, or give its service account a binding without chain and durationSeconds (web identity needs no endpoint).",
-            endpoint_bindings()
-        )));
+        return Err(Denial::new(
+            DenyReason::HostNetwork,
+            format!(
+                "this pod uses hostNetwork: true, and binding {} needs the in-pod credentials endpoint (it sets chain or durationSeconds), which would listen on the node's loopback where every host-network pod of the node could reach it. Run the pod without hostNetwork, or give its service account a binding without chain and durationSeconds (web identity needs no endpoint).",
+                endpoint_bindings()
+            ),
+        ));
     }
     if let Some(problem) = &ctx.port.problem {
-        return Err(Denial::new(format!(
-            "{problem} (binding {} needs the credentials endpoint).",
-            endpoint_bindings()
-        )));
+        return Err(Denial::new(
+            DenyReason::CredentialsPort,
+            format!(
+                "{problem} (binding {} needs the credentials endpoint).",
+                endpoint_bindings()
+            ),
+        ));
     }
     if ctx.cfg.sidecar_mode == SidecarMode::Legacy
         && let Some(p) = planned
             .iter()
             .find(|p| p.kind == Kind::Init && p.binding.delivery() == Delivery::CredentialsEndpoint)
     {
-        return Err(Denial::new(format!(
-            "init container {:?} is covered by binding {:?}, whose credentials the agent serves from its endpoint, but in legacy sidecar mode (clusters before Kubernetes 1.29) the agent runs beside the app containers only, after every init container has finished. Exclude the container with {ANNOTATION_SKIP_CONTAINERS}, cover it with a binding without chain and durationSeconds, or use native sidecars (--sidecar-mode native, Kubernetes 1.29 or later).",
-            p.container.name.as_str(),
-            p.binding.name
-        )));
+        return Err(Denial::new(
+            DenyReason::LegacyInitContainer,
+            format!(
+                "init container {:?} is covered by binding {:?}, whose credentials the agent serves from its endpoint, but in legacy sidecar mode (clusters before Kubernetes 1.29) the agent runs beside the app containers only, after every init container has finished. Exclude the container with {ANNOTATION_SKIP_CONTAINERS}, cover it with a binding without chain and durationSeconds, or use native sidecars (--sidecar-mode native, Kubernetes 1.29 or later).",
+                p.container.name.as_str(),
+                p.binding.name
+            ),
+        ));
     }
     Ok(())
 }
@@ -280,6 +289,29 @@ fn legacy_agent_ops(
         let first = agent_container(AGENT_INIT_CONTAINER, cfg, init_args.args(subcommand::INIT));
         patch.push(insert_first(has_init, "initContainers", first));
     }
+}
+
+/// The `container=binding` pairs a patch writes into `rolebridge.io/bindings`, wherever
+/// [`annotation_ops`] put them; `None` when the patch leaves the pod's annotation as it was.
+pub(super) fn applied_by(patch: &[PatchOperation]) -> Option<&str> {
+    patch.iter().rev().find_map(|op| {
+        let PatchOperation::Add(a) = op else {
+            return None;
+        };
+        match a.path.as_str() {
+            "/metadata" => a.value["annotations"][ANNOTATION_APPLIED].as_str(),
+            "/metadata/annotations" => a.value[ANNOTATION_APPLIED].as_str(),
+            p if p.starts_with("/metadata/annotations/")
+                && a.path.count() == 3
+                && a.path
+                    .last()
+                    .is_some_and(|t| t.decoded() == ANNOTATION_APPLIED) =>
+            {
+                a.value.as_str()
+            }
+            _ => None,
+        }
+    })
 }
 
 /// `rolebridge.io/bindings` always, and the endpoint's port when rolebridge chose it.

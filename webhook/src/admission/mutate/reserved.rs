@@ -1,6 +1,8 @@
 //! Phase 3: names rolebridge reserves for what it injects.
 
-use super::{ANNOTATION_APPLIED, ANNOTATION_INJECT, Denial, TOKEN_VOLUME, containers, is_agent};
+use super::{
+    ANNOTATION_APPLIED, ANNOTATION_INJECT, Denial, DenyReason, TOKEN_VOLUME, containers, is_agent,
+};
 use crate::domain::pod::PodView;
 
 /// A pod that uses the agent's container names or the token volume's name without having been
@@ -22,16 +24,19 @@ pub(super) fn check(pod: &PodView<'_>) -> Result<(), Denial> {
         return Ok(());
     }
     let one = taken.len() == 1;
-    Err(Denial::new(format!(
-        "this pod has {}, but {} reserved by rolebridge for the token agent it injects, and the pod was not injected by rolebridge (it has no {ANNOTATION_APPLIED} annotation); injecting it would point its containers at a token file that nothing writes. Rename {}, or opt the pod out with the annotation {ANNOTATION_INJECT}: \"false\" if it should not get AWS credentials from rolebridge.",
-        taken.join(" and "),
-        if one {
-            "that name is"
-        } else {
-            "those names are"
-        },
-        if one { "it" } else { "them" },
-    )))
+    Err(Denial::new(
+        DenyReason::ReservedName,
+        format!(
+            "this pod has {}, but {} reserved by rolebridge for the token agent it injects, and the pod was not injected by rolebridge (it has no {ANNOTATION_APPLIED} annotation); injecting it would point its containers at a token file that nothing writes. Rename {}, or opt the pod out with the annotation {ANNOTATION_INJECT}: \"false\" if it should not get AWS credentials from rolebridge.",
+            taken.join(" and "),
+            if one {
+                "that name is"
+            } else {
+                "those names are"
+            },
+            if one { "it" } else { "them" },
+        ),
+    ))
 }
 
 pub(super) fn has_token_volume(pod: &PodView<'_>) -> bool {
