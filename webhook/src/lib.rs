@@ -18,6 +18,9 @@
 //! `metrics.rs` (the Prometheus registry) and `memory.rs` (giving a burst's memory back) are
 //! process-wide services that every layer may use and that use nothing of the crate.
 //!
+//! The public surface is what `main.rs`, the fuzz target, the tests and the benchmark examples
+//! use; everything else is `pub(crate)` or narrower (`unreachable_pub` keeps it so).
+//!
 //! Where a rule lives:
 //! - [`domain::binding`]: a binding, which containers it covers, when two tie. The mutation and
 //!   [`domain::status`] both use it, so admission and a binding's status cannot disagree.
@@ -49,6 +52,8 @@
 //! is defined once, in the `rolebridge-contract` crate, which the agent parses with.
 //!
 //! [`Binding`]: domain::binding::Binding
+
+#![warn(unreachable_pub)]
 
 pub mod admission;
 pub mod app;

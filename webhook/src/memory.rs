@@ -23,7 +23,7 @@ thread_local! {
 }
 
 /// Something worth collecting was freed (a connection closed).
-pub fn freed() {
+pub(crate) fn freed() {
     GENERATION.fetch_add(1, Ordering::Relaxed);
 }
 

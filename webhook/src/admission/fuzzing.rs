@@ -28,7 +28,7 @@ use crate::domain::binding::{Binding, Hop};
 
 /// Bindings and config decoded from the first bytes of an input.
 #[derive(Debug)]
-pub struct Scenario {
+struct Scenario {
     pub bindings: Vec<Binding>,
     pub config: Config,
 }
@@ -63,7 +63,7 @@ impl Choices<'_> {
 impl Scenario {
     /// Decodes `spec`; `pod_sa` and `pod_containers` (read from the review when it parses)
     /// make most bindings relevant to the pod.
-    pub fn decode(spec: &[u8], pod_sa: &str, pod_containers: &[String]) -> Scenario {
+    pub(crate) fn decode(spec: &[u8], pod_sa: &str, pod_containers: &[String]) -> Scenario {
         let mut c = Choices(spec);
         let flags = c.byte();
         let config = Config {
@@ -131,7 +131,7 @@ impl Scenario {
 }
 
 /// Splits an input into its scenario bytes and the request body.
-pub fn split(data: &[u8]) -> (&[u8], &[u8]) {
+fn split(data: &[u8]) -> (&[u8], &[u8]) {
     match data.split_first() {
         Some((&n, rest)) => rest.split_at(usize::from(n).min(rest.len())),
         None => (&[], &[]),

@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 
 /// What the watches call: list and watch of every binding and (metadata only) every service
 /// account, in all namespaces.
-pub const WATCHES: [ApiAccess; 2] = [
+pub(crate) const WATCHES: [ApiAccess; 2] = [
     ApiAccess {
         group: "rolebridge.io",
         resource: "awsrolebindings",
@@ -84,7 +84,7 @@ impl BindingCache {
     }
 
     /// Both watches have listed everything once (statuses can be computed).
-    pub fn is_fully_synced(&self) -> bool {
+    pub(crate) fn is_fully_synced(&self) -> bool {
         self.is_synced() && self.accounts_synced.load(Ordering::Acquire)
     }
 
@@ -93,7 +93,7 @@ impl BindingCache {
     }
 
     /// The status work the watches marked, woken on every change and sync.
-    pub fn work(&self) -> &WorkQueue {
+    pub(crate) fn work(&self) -> &WorkQueue {
         &self.work
     }
 
@@ -233,7 +233,7 @@ impl BindingCache {
 /// An `AWSRoleBinding` as the watch keeps it: the metadata fields the webhook uses (parsed
 /// without allocating for `managedFields` or annotations), spec and status as JSON.
 #[derive(Debug, Clone, Deserialize)]
-pub struct WatchedBinding {
+pub(crate) struct WatchedBinding {
     #[serde(deserialize_with = "slim_metadata")]
     pub metadata: ObjectMeta,
     #[serde(default)]

@@ -36,7 +36,7 @@ use crate::metrics::{Metrics, ReasonLabel};
 
 /// What the election calls on its Lease (`get_opt`, `create`, `replace`), in the webhook's own
 /// namespace; the operator's advice for a forbidden Lease names these verbs.
-pub const LEASE_ACCESS: ApiAccess = ApiAccess {
+pub(crate) const LEASE_ACCESS: ApiAccess = ApiAccess {
     group: "coordination.k8s.io",
     resource: "leases",
     verbs: &["get", "create", "update"],
@@ -79,7 +79,7 @@ impl Default for Timings {
 
 /// Who holds the Lease, as far as the election is concerned.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Record {
+pub(crate) struct Record {
     pub holder: String,
     pub renew_time: Option<MicroTime>,
     pub transitions: i32,
@@ -98,7 +98,7 @@ impl Record {
 
 /// What a candidate does with the Lease it just read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// There is none: create it, holding it.
     Create,
     /// We hold it: renew.
@@ -110,7 +110,7 @@ pub enum Step {
 }
 
 /// The election rule: `seen_at` is when this replica first saw the record as it is now.
-pub fn step(
+pub(crate) fn step(
     current: Option<&Record>,
     me: &str,
     seen_at: Instant,
@@ -128,7 +128,7 @@ pub fn step(
 
 /// Why the Lease cannot be used, when waiting will not fix it: an operator has to act.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Blocked {
+pub(crate) enum Blocked {
     /// The Lease's namespace does not exist (a wrong `--namespace`, or the webhook runs out of
     /// cluster with a namespace nobody created).
     NamespaceMissing,
@@ -137,14 +137,14 @@ pub enum Blocked {
 }
 
 /// The longest wait between attempts while [`Blocked`], so a fix is noticed within minutes.
-pub const BLOCKED_BACKOFF_CAP: Duration = Duration::from_secs(300);
+pub(crate) const BLOCKED_BACKOFF_CAP: Duration = Duration::from_secs(300);
 
 impl Blocked {
-    pub const ALL: [Blocked; 2] = [Blocked::NamespaceMissing, Blocked::Forbidden];
+    pub(crate) const ALL: [Blocked; 2] = [Blocked::NamespaceMissing, Blocked::Forbidden];
 
     /// Whether `error` is one of the failures that will not fix themselves. A 404 on the Lease
     /// itself is not an error (`get_opt`); a 404 naming the namespace is.
-    pub fn of(error: &kube::Error) -> Option<Blocked> {
+    pub(crate) fn of(error: &kube::Error) -> Option<Blocked> {
         let kube::Error::Api(status) = error else {
             return None;
         };
@@ -162,7 +162,7 @@ impl Blocked {
     }
 
     /// The metric label.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Blocked::NamespaceMissing => "namespace_missing",
             Blocked::Forbidden => "forbidden",
@@ -170,7 +170,7 @@ impl Blocked {
     }
 
     /// What the operator reads: the symptom, the cause and the fix, naming the flag.
-    pub fn advice(self, namespace: &str, lease: &str) -> String {
+    pub(crate) fn advice(self, namespace: &str, lease: &str) -> String {
         let effect =
             "no AWSRoleBinding gets a status until this is fixed (admissions are unaffected)";
         match self {
@@ -203,7 +203,7 @@ fn and_list(items: &[&str]) -> String {
 
 /// The wait before the next attempt: the retry period, doubling from it while [`Blocked`] (the
 /// `streak`-th blocked attempt in a row) up to [`BLOCKED_BACKOFF_CAP`].
-pub fn next_attempt_in(blocked_streak: u32, t: &Timings) -> Duration {
+pub(crate) fn next_attempt_in(blocked_streak: u32, t: &Timings) -> Duration {
     if blocked_streak == 0 {
         return t.retry_period;
     }
@@ -221,7 +221,7 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn of(metrics: &Metrics) -> Report {
+    pub(crate) fn of(metrics: &Metrics) -> Report {
         Report {
             leading: metrics.status_leader.clone(),
             blocked: metrics.status_leader_blocked.clone(),

@@ -25,14 +25,14 @@ use crate::metrics::Metrics;
 const LIVE_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a live read calls: a list of one namespace's bindings.
-pub const LIVE_READ: ApiAccess = ApiAccess {
+pub(crate) const LIVE_READ: ApiAccess = ApiAccess {
     group: "rolebridge.io",
     resource: "awsrolebindings",
     verbs: &["list"],
     own_namespace: false,
 };
 
-pub fn api_resource() -> ApiResource {
+fn api_resource() -> ApiResource {
     ApiResource::erase::<AWSRoleBinding>(&())
 }
 
@@ -83,7 +83,7 @@ type LiveResult = Arc<Store>;
 type LiveEntry = (Instant, Arc<OnceCell<Option<LiveResult>>>);
 
 /// Live reads on cache misses: shared per namespace, bounded by a token bucket.
-pub struct LiveReads {
+pub(crate) struct LiveReads {
     source: LiveSource,
     limits: LiveReadLimits,
     recent: Mutex<HashMap<String, LiveEntry>>,
@@ -91,7 +91,7 @@ pub struct LiveReads {
 }
 
 impl LiveReads {
-    pub fn new(source: LiveSource, limits: LiveReadLimits) -> Self {
+    pub(crate) fn new(source: LiveSource, limits: LiveReadLimits) -> Self {
         LiveReads {
             source,
             limits,
@@ -102,7 +102,7 @@ impl LiveReads {
 
     /// The bindings of `service_account` in `namespace` as a live read finds them: the
     /// namespace's read in progress or still fresh, or a new one if the bucket allows.
-    pub async fn bindings_for(
+    pub(crate) async fn bindings_for(
         &self,
         namespace: &str,
         service_account: &str,
@@ -171,7 +171,7 @@ impl LiveReads {
 }
 
 /// Converts objects one by one; invalid ones are logged and counted, never fatal.
-pub fn bindings_from_list<'a>(
+fn bindings_from_list<'a>(
     objects: impl Iterator<Item = &'a DynamicObject>,
 ) -> (Vec<(String, Binding)>, usize) {
     let mut out = Vec::new();

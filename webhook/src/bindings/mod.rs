@@ -14,8 +14,8 @@ pub mod lease;
 pub mod live;
 pub mod status_controller;
 pub mod store;
-pub mod watch;
-pub mod work;
+pub(crate) mod watch;
+pub(crate) mod work;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,7 +25,7 @@ use serde::Serialize;
 /// Each module declares its own next to its calls; the stub API server's test
 /// (`tests/api_access.rs`) holds the calls the code makes to these declarations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ApiAccess {
+pub(crate) struct ApiAccess {
     pub group: &'static str,
     /// The plural, with `/subresource` where one is called.
     pub resource: &'static str,

@@ -30,9 +30,9 @@ use crate::domain::crd::{AWSRoleBinding, AWSRoleBindingStatus};
 use crate::domain::status::{self, BindingState};
 use crate::metrics::Metrics;
 
-pub const FIELD_MANAGER: &str = "rolebridge-webhook";
+const FIELD_MANAGER: &str = "rolebridge-webhook";
 /// What the status writes call: a server-side apply to the status subresource.
-pub const STATUS_WRITE: ApiAccess = ApiAccess {
+pub(crate) const STATUS_WRITE: ApiAccess = ApiAccess {
     group: "rolebridge.io",
     resource: "awsrolebindings/status",
     verbs: &["patch"],
@@ -53,7 +53,7 @@ pub struct StatusArgs {
 
 /// A status to write.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StatusWrite {
+struct StatusWrite {
     pub name: String,
     pub status: AWSRoleBindingStatus,
     pub conflict: bool,
@@ -69,7 +69,7 @@ fn now() -> String {
 }
 
 /// The status of every binding of a group, and which of them need a write.
-pub fn status_writes(group: &GroupState, now: &str) -> Vec<StatusWrite> {
+fn status_writes(group: &GroupState, now: &str) -> Vec<StatusWrite> {
     let current: Vec<Option<AWSRoleBindingStatus>> =
         group.members.iter().map(|m| m.seen.as_status()).collect();
     let states: Vec<BindingState> = group

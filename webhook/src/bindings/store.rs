@@ -22,7 +22,7 @@ use crate::domain::status::{READY, ServiceAccountState};
 
 /// What the API server holds as a binding's status, in 16 bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Seen {
+pub(crate) struct Seen {
     /// [`fingerprint`] of the whole status; 0 when there is none.
     pub fingerprint: u64,
     /// The Ready condition's `lastTransitionTime` in Unix seconds (0 if none or unreadable:
@@ -33,7 +33,7 @@ pub struct Seen {
 }
 
 /// A stable hash of a status as the webhook would write it.
-pub fn fingerprint(status: &AWSRoleBindingStatus) -> u64 {
+pub(crate) fn fingerprint(status: &AWSRoleBindingStatus) -> u64 {
     let json = serde_json::to_vec(status).expect("a status serialises");
     // DefaultHasher::new() uses fixed keys: stable within the process, which is all we need.
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -42,7 +42,7 @@ pub fn fingerprint(status: &AWSRoleBindingStatus) -> u64 {
 }
 
 impl Seen {
-    pub fn of(status: Option<&AWSRoleBindingStatus>) -> Seen {
+    pub(crate) fn of(status: Option<&AWSRoleBindingStatus>) -> Seen {
         let Some(status) = status else {
             return Seen::default();
         };
@@ -68,7 +68,7 @@ impl Seen {
 
     /// The part of the current status that the next one carries over, as `status::desired`
     /// reads it.
-    pub fn as_status(&self) -> Option<AWSRoleBindingStatus> {
+    pub(crate) fn as_status(&self) -> Option<AWSRoleBindingStatus> {
         let status = match self.ready {
             0 => return None,
             1 => "True",
@@ -381,7 +381,7 @@ enum Removed {
 
 /// Where a full pass over the store stands.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Pass {
+pub(crate) enum Pass {
     #[default]
     Start,
     /// Continue in this namespace after this service account.
@@ -405,7 +405,7 @@ pub enum Group {
 
 /// One binding of a group, ready for `status::desired`.
 #[derive(Debug, Clone)]
-pub struct Member {
+pub(crate) struct Member {
     pub name: String,
     pub generation: i64,
     pub spec: Result<Binding, String>,
@@ -414,7 +414,7 @@ pub struct Member {
 
 /// Everything a group's status depends on.
 #[derive(Debug, Clone)]
-pub struct GroupState {
+pub(crate) struct GroupState {
     pub namespace: Arc<str>,
     pub members: Vec<Member>,
     pub account: ServiceAccountState,
@@ -579,7 +579,12 @@ impl Store {
     }
 
     /// Removes a binding; returns the group it leaves.
-    pub fn delete(&self, namespace: &str, name: &str, service_account: Option<&str>) -> Vec<Group> {
+    pub(crate) fn delete(
+        &self,
+        namespace: &str,
+        name: &str,
+        service_account: Option<&str>,
+    ) -> Vec<Group> {
         let mut inner = self.write();
         let Some((key, ns)) = inner.namespaces.get_key_value_mut_compat(namespace) else {
             return Vec::new();
@@ -632,7 +637,7 @@ impl Store {
         }
     }
 
-    pub fn delete_account(&self, namespace: &str, name: &str) -> Vec<Group> {
+    pub(crate) fn delete_account(&self, namespace: &str, name: &str) -> Vec<Group> {
         let mut inner = self.write();
         let Some((key, ns)) = inner.namespaces.get_key_value_mut_compat(namespace) else {
             return Vec::new();
@@ -697,12 +702,12 @@ impl Store {
     }
 
     /// As [`Store::begin_relist`], for service accounts.
-    pub fn begin_accounts_relist(&self) {
+    pub(crate) fn begin_accounts_relist(&self) {
         let mut inner = self.write();
         inner.account_epoch = inner.account_epoch.wrapping_add(1);
     }
 
-    pub fn end_accounts_relist(&self) -> Vec<Group> {
+    pub(crate) fn end_accounts_relist(&self) -> Vec<Group> {
         let mut inner = self.write();
         let epoch = inner.account_epoch;
         let mut groups = Vec::new();
@@ -731,7 +736,7 @@ impl Store {
     /// The next at most `limit` groups of a full pass (a new leader, a relist), or `None`
     /// when the pass is complete. Walking with a cursor keeps a pass over 100,000 bindings
     /// from materialising 100,000 keys; groups changed meanwhile are marked anyway.
-    pub fn pass_chunk(&self, pass: &mut Pass, limit: usize) -> Option<Vec<Group>> {
+    pub(crate) fn pass_chunk(&self, pass: &mut Pass, limit: usize) -> Option<Vec<Group>> {
         let inner = self.read();
         let mut out = Vec::new();
         let (from, after) = match std::mem::replace(pass, Pass::Done) {
@@ -779,7 +784,7 @@ impl Store {
     }
 
     /// What a group's status depends on; `None` if it has no bindings any more.
-    pub fn group(&self, group: &Group) -> Option<GroupState> {
+    pub(crate) fn group(&self, group: &Group) -> Option<GroupState> {
         let inner = self.read();
         match group {
             Group::Account {
@@ -829,7 +834,7 @@ impl Store {
     /// Records whether `name` is in conflict and, after a write of ours, what the API server
     /// now holds as its status (so the next computation compares against it at once, before
     /// the watch event arrives).
-    pub fn record_status(
+    pub(crate) fn record_status(
         &self,
         namespace: &str,
         name: &str,

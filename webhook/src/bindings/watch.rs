@@ -23,7 +23,7 @@ use kube::runtime::watcher;
 
 /// What to do after a watch error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum After {
+pub(crate) enum After {
     /// Poll the watcher again after this long.
     Wait(Duration),
     /// Start a new watcher (a fresh list) now.
@@ -32,7 +32,7 @@ pub enum After {
 
 /// The retry policy of one watch.
 #[derive(Debug, Clone)]
-pub struct Retry {
+pub(crate) struct Retry {
     initial: Duration,
     max: Duration,
     next: Duration,
@@ -50,7 +50,7 @@ fn is_gone(error: &kube::Error) -> bool {
 }
 
 impl Retry {
-    pub fn new(initial: Duration, max: Duration) -> Self {
+    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
@@ -64,11 +64,11 @@ impl Retry {
     }
 
     /// The API server answered: the next error starts from the shortest delay again.
-    pub fn success(&mut self) {
+    pub(crate) fn success(&mut self) {
         self.next = self.initial;
     }
 
-    pub fn after(&mut self, error: &watcher::Error) -> After {
+    pub(crate) fn after(&mut self, error: &watcher::Error) -> After {
         match error {
             // The watcher has already dropped its resourceVersion and will relist.
             watcher::Error::WatchError(status) if status.code == 410 => After::Wait(Duration::ZERO),
@@ -101,7 +101,7 @@ fn answered<K>(event: &watcher::Event<K>) -> bool {
 
 /// Runs a watch until the process ends, feeding every event to `handle` and retrying per
 /// [`Retry`]; `what` names the watch in logs.
-pub async fn run<K, S, F>(
+pub(crate) async fn run<K, S, F>(
     what: &'static str,
     mut start: F,
     mut handle: impl FnMut(watcher::Event<K>),

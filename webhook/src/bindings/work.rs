@@ -17,7 +17,7 @@ use super::store::{Group, Pass, Store};
 
 /// The watch whose relist is in progress (see [`WorkQueue::relisting`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Feed {
+pub(crate) enum Feed {
     Bindings,
     Accounts,
 }
@@ -36,7 +36,7 @@ struct Work {
 
 /// The queue, shared by the cache (which marks work) and the status workers (which take it).
 #[derive(Default)]
-pub struct WorkQueue {
+pub(crate) struct WorkQueue {
     work: Mutex<Work>,
     /// Woken (all waiters) when there is work: a change, a done group due again, a full pass.
     changed: Notify,
@@ -49,14 +49,14 @@ impl WorkQueue {
 
     /// Resolves at the next [`Notify::notify_waiters`]; `enable` it before checking for work,
     /// so a wake-up between the check and the wait is not lost.
-    pub fn notified(&self) -> Notified<'_> {
+    pub(crate) fn notified(&self) -> Notified<'_> {
         self.changed.notified()
     }
 
     /// Up to `limit` groups whose status may have changed: those a change touched first, then
     /// the next part of a full pass over `store`. Empty when there is nothing to do. The caller
     /// owns them until it calls [`WorkQueue::done`].
-    pub fn take(&self, store: &Store, limit: usize) -> Vec<Group> {
+    pub(crate) fn take(&self, store: &Store, limit: usize) -> Vec<Group> {
         let mut work = self.work();
         let Work {
             groups,
@@ -95,7 +95,7 @@ impl WorkQueue {
 
     /// A worker is finished with these groups (from [`WorkQueue::take`]); those that changed
     /// meanwhile are due again.
-    pub fn done(&self, finished: &[Group]) {
+    pub(crate) fn done(&self, finished: &[Group]) {
         let mut work = self.work();
         let mut due = false;
         for g in finished {
@@ -112,13 +112,13 @@ impl WorkQueue {
     }
 
     /// Every group gets a status check (a new leader, a relist).
-    pub fn request_full_pass(&self) {
+    pub(crate) fn request_full_pass(&self) {
         self.work().pass = Some(Pass::Start);
         self.changed.notify_waiters();
     }
 
     /// Forgets all pending work (a replica that does not lead).
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         let mut work = self.work();
         work.groups.clear();
         work.again.clear();
@@ -126,7 +126,7 @@ impl WorkQueue {
     }
 
     /// Marks groups for a status check.
-    pub fn mark(&self, groups: Vec<Group>) {
+    pub(crate) fn mark(&self, groups: Vec<Group>) {
         if groups.is_empty() {
             return;
         }
@@ -142,7 +142,7 @@ impl WorkQueue {
     }
 
     /// A relist of `feed` starts (`true`) or ends (`false`); marks are dropped meanwhile.
-    pub fn relisting(&self, feed: Feed, now: bool) {
+    pub(crate) fn relisting(&self, feed: Feed, now: bool) {
         let mut work = self.work();
         match feed {
             Feed::Bindings => work.relisting = now,

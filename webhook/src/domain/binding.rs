@@ -41,7 +41,7 @@ pub enum Delivery {
 
 /// How strongly a binding claims a container. Higher wins; only equals can tie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Rank {
+pub(crate) enum Rank {
     /// The binding lists no containers, so it covers every one.
     AllContainers,
     /// The binding lists this container in `spec.containers`.
@@ -50,14 +50,14 @@ pub enum Rank {
 
 impl Binding {
     /// The binding lists `container` in `spec.containers`.
-    pub fn names(&self, container: &str) -> bool {
+    pub(crate) fn names(&self, container: &str) -> bool {
         self.containers
             .as_ref()
             .is_some_and(|cs| cs.iter().any(|c| c == container))
     }
 
     /// How this binding claims `container`, or `None` when it does not cover it.
-    pub fn rank(&self, container: &str) -> Option<Rank> {
+    pub(crate) fn rank(&self, container: &str) -> Option<Rank> {
         match &self.containers {
             None => Some(Rank::AllContainers),
             Some(_) if self.names(container) => Some(Rank::Named),
@@ -65,7 +65,7 @@ impl Binding {
         }
     }
 
-    pub fn covers(&self, container: &str) -> bool {
+    pub(crate) fn covers(&self, container: &str) -> bool {
         self.rank(container).is_some()
     }
 
@@ -80,21 +80,21 @@ impl Binding {
     }
 
     /// The role pods act as: the chain's last hop, else the identity role.
-    pub fn final_role_arn(&self) -> &str {
+    pub(crate) fn final_role_arn(&self) -> &str {
         self.chain
             .last()
             .map_or(self.role_arn.as_str(), |h| h.role_arn.as_str())
     }
 
     /// The token audience, given the webhook's default for bindings that set none.
-    pub fn audience_or<'a>(&'a self, default: &'a str) -> &'a str {
+    pub(crate) fn audience_or<'a>(&'a self, default: &'a str) -> &'a str {
         self.audience.as_deref().unwrap_or(default)
     }
 }
 
 /// The bindings that cover one container, and those of the winning rank among them.
 #[derive(Debug)]
-pub struct Coverage<'b> {
+pub(crate) struct Coverage<'b> {
     /// Every binding that covers the container.
     pub candidates: Vec<&'b Binding>,
     /// The candidates of the highest rank: a binding that names the container outranks one that
@@ -103,7 +103,7 @@ pub struct Coverage<'b> {
 }
 
 impl<'b> Coverage<'b> {
-    pub fn of(bindings: &'b [Binding], container: &str) -> Self {
+    pub(crate) fn of(bindings: &'b [Binding], container: &str) -> Self {
         let candidates: Vec<&Binding> = bindings.iter().filter(|b| b.covers(container)).collect();
         let top = candidates.iter().filter_map(|b| b.rank(container)).max();
         let tier = candidates
@@ -114,13 +114,13 @@ impl<'b> Coverage<'b> {
         Coverage { candidates, tier }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.candidates.is_empty()
     }
 
     /// The binding that gets the container: the only one of its tier, else the one `chosen`
     /// (the `rolebridge.io/role` annotation) names within the tier. `None` is a tie.
-    pub fn resolve(&self, chosen: Option<&str>) -> Option<&'b Binding> {
+    pub(crate) fn resolve(&self, chosen: Option<&str>) -> Option<&'b Binding> {
         match self.tier.as_slice() {
             [only] => Some(*only),
             _ => chosen.and_then(|r| self.tier.iter().copied().find(|b| b.name == r)),

@@ -66,7 +66,7 @@ pub fn bindings_from_yaml(
 }
 
 /// Converts a validated spec; `namespace` and `name` come from the object's metadata.
-pub fn binding_from_spec(
+pub(crate) fn binding_from_spec(
     namespace: &str,
     name: &str,
     spec: &AWSRoleBindingSpec,
@@ -112,7 +112,7 @@ pub fn binding_from_resource(obj: &AWSRoleBinding) -> Result<(String, Binding), 
 
 /// Converts an untyped object field by field, so that one object with a malformed spec is
 /// reported on its own instead of failing a whole list or watch.
-pub fn binding_from_json(
+pub(crate) fn binding_from_json(
     namespace: &str,
     name: &str,
     spec: &serde_json::Value,

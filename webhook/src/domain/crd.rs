@@ -29,7 +29,7 @@ pub const EXTERNAL_ID_LENGTH: std::ops::RangeInclusive<usize> = 2..=1224;
 /// duration can be raised to.
 pub const DURATION_SECONDS: std::ops::RangeInclusive<i64> = 900..=43200;
 /// STS caps a role session obtained by role chaining at one hour.
-pub const CHAINED_DURATION_MAX: i64 = 3600;
+pub(crate) const CHAINED_DURATION_MAX: i64 = 3600;
 /// At most this many `sts:AssumeRole` hops after the identity role.
 pub const MAX_CHAIN: usize = rolebridge_contract::MAX_CHAIN;
 

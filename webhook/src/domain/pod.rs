@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 
 /// The prefix of every annotation rolebridge reads or writes.
-pub const ANNOTATION_PREFIX: &str = "rolebridge.io/";
+pub(crate) const ANNOTATION_PREFIX: &str = "rolebridge.io/";
 
 /// A string borrowed from the input where possible (serde only borrows `Cow` directly inside
 /// a field marked `borrow`, not inside collections, hence this wrapper).
@@ -238,14 +238,14 @@ impl<'a> PodView<'a> {
 
 impl ContainerView<'_> {
     /// The container declares `port` for TCP (the protocol when none is given).
-    pub fn declares_tcp_port(&self, port: u16) -> bool {
+    pub(crate) fn declares_tcp_port(&self, port: u16) -> bool {
         self.ports.as_deref().unwrap_or_default().iter().any(|p| {
             p.container_port == Some(i64::from(port))
                 && p.protocol.as_ref().is_none_or(|x| x.as_str() == "TCP")
         })
     }
 
-    pub fn env_var(&self, name: &str) -> Option<&EnvView<'_>> {
+    pub(crate) fn env_var(&self, name: &str) -> Option<&EnvView<'_>> {
         self.env
             .as_deref()?
             .iter()

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use crate::domain::binding::{self, Binding};
 use crate::domain::crd::{AWSRoleBindingStatus, Condition};
 
-pub const READY: &str = "Ready";
-pub const GSA_ANNOTATION: &str = "iam.gke.io/gcp-service-account";
+pub(crate) const READY: &str = "Ready";
+pub(crate) const GSA_ANNOTATION: &str = "iam.gke.io/gcp-service-account";
 
 /// One binding as the controller sees it.
 pub struct BindingState<'a> {

@@ -19,7 +19,7 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
         .expect("static headers")
 }
 
-pub fn routes(
+pub(crate) fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response<String>,), Error = Infallible> + Clone + Send + Sync + 'static
 {

@@ -8,10 +8,10 @@
 //! the body is done with.
 
 /// Largest body kept on the heap.
-pub const HEAP_MAX: usize = 64 << 10;
+pub(crate) const HEAP_MAX: usize = 64 << 10;
 
 /// A growable byte buffer: heap below [`HEAP_MAX`], its own mapping above (on Linux).
-pub struct BodyBuf {
+pub(crate) struct BodyBuf {
     inner: Inner,
 }
 
@@ -28,13 +28,13 @@ impl Default for BodyBuf {
 }
 
 impl BodyBuf {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         BodyBuf {
             inner: Inner::Heap(Vec::new()),
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match &self.inner {
             Inner::Heap(v) => v.len(),
             #[cfg(target_os = "linux")]
@@ -42,12 +42,8 @@ impl BodyBuf {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Bytes of memory the buffer holds (what the body budget pays for).
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         match &self.inner {
             Inner::Heap(v) => v.capacity(),
             #[cfg(target_os = "linux")]
@@ -56,7 +52,7 @@ impl BodyBuf {
     }
 
     /// What [`BodyBuf::grow_to`] would hold for `capacity` (mappings are whole pages).
-    pub fn rounded(capacity: usize) -> usize {
+    pub(crate) fn rounded(capacity: usize) -> usize {
         if capacity <= HEAP_MAX || cfg!(not(target_os = "linux")) {
             capacity
         } else {
@@ -65,7 +61,7 @@ impl BodyBuf {
     }
 
     /// Grows the buffer to hold at least `capacity` bytes (exactly [`BodyBuf::rounded`]).
-    pub fn grow_to(&mut self, capacity: usize) -> std::io::Result<()> {
+    pub(crate) fn grow_to(&mut self, capacity: usize) -> std::io::Result<()> {
         if capacity <= self.capacity() {
             return Ok(());
         }
@@ -86,7 +82,7 @@ impl BodyBuf {
     }
 
     /// Appends `bytes`; the capacity must already be there.
-    pub fn extend(&mut self, bytes: &[u8]) {
+    pub(crate) fn extend(&mut self, bytes: &[u8]) {
         assert!(self.len() + bytes.len() <= self.capacity(), "grow_to first");
         match &mut self.inner {
             Inner::Heap(v) => v.extend_from_slice(bytes),
@@ -95,7 +91,7 @@ impl BodyBuf {
         }
     }
 
-    pub fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         match &self.inner {
             Inner::Heap(v) => v,
             #[cfg(target_os = "linux")]
@@ -121,7 +117,7 @@ mod mapped {
     use std::ptr::NonNull;
 
     /// An anonymous private mapping of `cap` bytes, the first `len` of them written.
-    pub struct Mapping {
+    pub(super) struct Mapping {
         ptr: NonNull<u8>,
         pub len: usize,
         pub cap: usize,
@@ -133,7 +129,7 @@ mod mapped {
     unsafe impl Sync for Mapping {}
 
     impl Mapping {
-        pub fn new(cap: usize) -> std::io::Result<Mapping> {
+        pub(super) fn new(cap: usize) -> std::io::Result<Mapping> {
             // SAFETY: a fresh anonymous mapping; no existing memory is touched.
             let p = unsafe {
                 libc::mmap(
@@ -155,7 +151,7 @@ mod mapped {
             })
         }
 
-        pub fn grow(&mut self, cap: usize) -> std::io::Result<()> {
+        pub(super) fn grow(&mut self, cap: usize) -> std::io::Result<()> {
             // SAFETY: ptr/cap describe our own mapping; MREMAP_MAYMOVE lets the kernel move it,
             // after which only the returned address is used.
             let p = unsafe {
@@ -174,7 +170,7 @@ mod mapped {
             Ok(())
         }
 
-        pub fn extend(&mut self, bytes: &[u8]) {
+        pub(super) fn extend(&mut self, bytes: &[u8]) {
             assert!(self.len + bytes.len() <= self.cap);
             // SAFETY: the destination range lies within the mapping (checked above) and cannot
             // overlap `bytes`, which the caller borrows from elsewhere.
@@ -188,7 +184,7 @@ mod mapped {
             self.len += bytes.len();
         }
 
-        pub fn as_slice(&self) -> &[u8] {
+        pub(super) fn as_slice(&self) -> &[u8] {
             // SAFETY: the first `len` bytes of the mapping are initialised (written by extend).
             unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
         }

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 /// Why a body could not be read into memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shed {
+pub(crate) enum Shed {
     /// Cut to make room for a newer request.
     Evicted,
     /// No room before the deadline.
@@ -27,7 +27,7 @@ pub enum Shed {
 }
 
 /// Bytes of request bodies in memory, shared by all connections.
-pub struct BodyBudget {
+pub(crate) struct BodyBudget {
     limit: usize,
     inner: Mutex<Inner>,
     released: Notify,
@@ -57,7 +57,7 @@ struct Cut {
 
 impl BodyBudget {
     /// A budget of `limit` bytes; `gauge` follows the bytes in use.
-    pub fn new(limit: usize, gauge: Gauge) -> Self {
+    pub(crate) fn new(limit: usize, gauge: Gauge) -> Self {
         BodyBudget {
             limit,
             inner: Mutex::new(Inner::default()),
@@ -66,12 +66,9 @@ impl BodyBudget {
         }
     }
 
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
     /// Bytes currently held by bodies.
-    pub fn used(&self) -> usize {
+    #[cfg(test)]
+    fn used(&self) -> usize {
         self.lock().used
     }
 
@@ -80,7 +77,7 @@ impl BodyBudget {
     }
 
     /// Registers a body about to be read.
-    pub fn lease(self: &Arc<Self>) -> BodyLease {
+    pub(crate) fn lease(self: &Arc<Self>) -> BodyLease {
         let cut = Arc::new(Cut::default());
         let mut inner = self.lock();
         let id = inner.next_id;
@@ -102,7 +99,7 @@ impl BodyBudget {
 }
 
 /// One body's share of the budget; released when dropped.
-pub struct BodyLease {
+pub(crate) struct BodyLease {
     budget: Arc<BodyBudget>,
     id: u64,
     held: usize,
@@ -110,13 +107,14 @@ pub struct BodyLease {
 }
 
 impl BodyLease {
-    pub fn held(&self) -> usize {
+    #[cfg(test)]
+    fn held(&self) -> usize {
         self.held
     }
 
     /// Adds `bytes` to this body's share, cutting older bodies or waiting until `deadline` when
     /// the budget is spent.
-    pub async fn grow(&mut self, bytes: usize, deadline: Instant) -> Result<(), Shed> {
+    pub(crate) async fn grow(&mut self, bytes: usize, deadline: Instant) -> Result<(), Shed> {
         let budget = self.budget.clone();
         loop {
             let released = budget.released.notified();
@@ -148,7 +146,7 @@ impl BodyLease {
     }
 
     /// Resolves when a newer request has cut this body.
-    pub async fn evicted(&self) {
+    pub(crate) async fn evicted(&self) {
         loop {
             let notified = self.cut.notify.notified();
             if self.cut.flag.load(Ordering::Acquire) {
@@ -160,7 +158,7 @@ impl BodyLease {
 
     /// The body is complete: its bytes stay paid for until the lease is dropped, but it can no
     /// longer be cut.
-    pub fn received(&mut self) {
+    pub(crate) fn received(&mut self) {
         self.budget.lock().readers.remove(&self.id);
     }
 }

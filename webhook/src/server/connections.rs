@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Activity of one connection.
-pub struct ConnState {
+pub(crate) struct ConnState {
     epoch: Instant,
     in_flight: AtomicUsize,
     /// When the head of the next request started to arrive (ns since `epoch`, plus one); 0
@@ -36,7 +36,7 @@ pub struct ConnState {
 
 /// What the watchdog does when its deadline passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expiry {
+pub(crate) enum Expiry {
     /// A request is in flight: its own read deadline applies, the connection has none.
     None,
     /// The head of a request did not arrive in time: close at once.
@@ -49,7 +49,7 @@ pub enum Expiry {
 
 impl ConnState {
     /// A connection just accepted: its first request's head is due within the header timeout.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         ConnState {
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
@@ -70,7 +70,7 @@ impl ConnState {
 
     /// Request bytes arrived (HTTP/1.1 only: there the head of a request is the first thing
     /// read after the previous response). Starts the header deadline of the next request.
-    pub fn bytes_read(&self) {
+    pub(crate) fn bytes_read(&self) {
         if self.in_flight.load(Ordering::Acquire) == 0
             && self.head_started.load(Ordering::Acquire) == 0
             && self
@@ -88,7 +88,7 @@ impl ConnState {
     }
 
     /// A request's head is complete; returns when the request started to arrive.
-    pub fn begin_request(&self) -> Instant {
+    pub(crate) fn begin_request(&self) -> Instant {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         match self.head_started.swap(0, Ordering::AcqRel) {
             0 => Instant::now(),
@@ -96,7 +96,7 @@ impl ConnState {
         }
     }
 
-    pub fn end_request(&self) {
+    pub(crate) fn end_request(&self) {
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle_since.store(self.since_epoch(), Ordering::Release);
             self.wake.notify_one();
@@ -104,7 +104,7 @@ impl ConnState {
     }
 
     /// No request in flight and none arriving.
-    pub fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0
             && self.head_started.load(Ordering::Acquire) == 0
     }
@@ -113,13 +113,17 @@ impl ConnState {
         self.at(self.idle_since.load(Ordering::Acquire))
     }
 
-    pub fn evict(&self) {
+    pub(crate) fn evict(&self) {
         self.evicted.store(true, Ordering::Release);
         self.wake.notify_one();
     }
 
     /// The next deadline of this connection and what happens then.
-    pub fn deadline(&self, header_timeout: Duration, idle_timeout: Duration) -> (Instant, Expiry) {
+    pub(crate) fn deadline(
+        &self,
+        header_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> (Instant, Expiry) {
         if self.evicted.load(Ordering::Acquire) {
             return (Instant::now(), Expiry::Evicted);
         }
@@ -145,7 +149,7 @@ fn far_future() -> Instant {
 
 /// Why a connection was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// `--max-connections` reached and no connection idle.
     Limit,
     /// `--max-connections-per-client` reached for this source IP.
@@ -153,7 +157,7 @@ pub enum Refused {
 }
 
 impl Refused {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Refused::Limit => "limit",
             Refused::ClientLimit => "client_limit",
@@ -161,7 +165,7 @@ impl Refused {
     }
 }
 
-pub struct ConnectionLimiter {
+pub(crate) struct ConnectionLimiter {
     max_total: usize,
     max_per_client: usize,
     inner: Mutex<Inner>,
@@ -188,7 +192,7 @@ impl Inner {
 }
 
 impl ConnectionLimiter {
-    pub fn new(max_total: usize, max_per_client: usize) -> Self {
+    pub(crate) fn new(max_total: usize, max_per_client: usize) -> Self {
         ConnectionLimiter {
             max_total: max_total.max(1),
             max_per_client: max_per_client.max(1),
@@ -201,13 +205,13 @@ impl ConnectionLimiter {
     }
 
     /// Open connections.
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.lock().open.len()
     }
 
     /// Takes a new connection from `ip`, closing the longest-idle connection if the total cap
     /// is reached. Returns the permit and whether a connection was evicted for it.
-    pub fn admit(
+    pub(crate) fn admit(
         self: &Arc<Self>,
         ip: IpAddr,
         state: Arc<ConnState>,
@@ -247,7 +251,7 @@ impl ConnectionLimiter {
 }
 
 /// A connection's place under the caps; freed when dropped.
-pub struct ConnPermit {
+pub(crate) struct ConnPermit {
     limiter: Arc<ConnectionLimiter>,
     id: u64,
 }

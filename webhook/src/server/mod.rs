@@ -8,14 +8,14 @@
 //! - [`tls`]: the hot-reloaded serving certificate.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
 
-pub mod accept;
-pub mod admin;
-pub mod bodybuf;
-pub mod budget;
-pub mod connections;
+mod accept;
+pub(crate) mod admin;
+pub(crate) mod bodybuf;
+pub(crate) mod budget;
+pub(crate) mod connections;
 pub mod limits;
-pub mod route;
+mod route;
 pub mod tls;
 
 pub use accept::serve_tls;
-pub use route::{AppState, admit, routes};
+pub use route::{AppState, routes};

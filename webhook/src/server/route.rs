@@ -67,7 +67,7 @@ impl AppState {
 /// request extension, so the routes must be served by
 /// [`serve_tls`](super::serve_tls).
 #[derive(Clone)]
-pub struct RequestCtx {
+pub(super) struct RequestCtx {
     /// When head and body must have arrived.
     pub deadline: Instant,
     pub http1: bool,
@@ -265,7 +265,7 @@ fn refusal(state: &AppState, ctx: &RequestCtx, error: BodyError) -> Response<Vec
 }
 
 /// One review body in, one response body out, and one log line that says what happened.
-pub async fn admit(state: &AppState, body: &[u8]) -> (Vec<u8>, AdmissionOutcome) {
+pub(crate) async fn admit(state: &AppState, body: &[u8]) -> (Vec<u8>, AdmissionOutcome) {
     let review = match review::parse(body) {
         Parsed::Pod(review) => review,
         Parsed::Done {

@@ -58,7 +58,7 @@ impl CertStore {
         }
     }
 
-    pub fn is_loaded(&self) -> bool {
+    pub(crate) fn is_loaded(&self) -> bool {
         self.current.load().is_some()
     }
 
@@ -111,7 +111,7 @@ impl CertStore {
         }
     }
 
-    pub fn resolver(self: &Arc<Self>) -> Arc<dyn ResolvesServerCert> {
+    pub(crate) fn resolver(self: &Arc<Self>) -> Arc<dyn ResolvesServerCert> {
         Arc::new(Resolver(self.clone()))
     }
 }

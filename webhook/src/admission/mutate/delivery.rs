@@ -18,7 +18,7 @@ use crate::domain::pod::{ContainerView, EnvView, PodView};
 /// The variables that choose where an AWS SDK gets its credentials from. A container that sets
 /// any of them to anything but exactly what a covering binding's delivery writes has made its
 /// own choice, and rolebridge leaves it alone.
-pub const IDENTITY_VARS: &[&str] = &[
+pub(crate) const IDENTITY_VARS: &[&str] = &[
     aws_env::ROLE_ARN,
     aws_env::WEB_IDENTITY_TOKEN_FILE,
     aws_env::CONTAINER_CREDENTIALS_FULL_URI,
@@ -124,7 +124,7 @@ impl Port {
 }
 
 impl<'c> DeliveryCtx<'c> {
-    pub fn new(pod: &PodView<'_>, cfg: &'c Config) -> Self {
+    pub(super) fn new(pod: &PodView<'_>, cfg: &'c Config) -> Self {
         DeliveryCtx {
             cfg,
             port: Port::choose(pod, cfg),

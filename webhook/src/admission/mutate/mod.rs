@@ -42,14 +42,13 @@ mod render;
 mod reserved;
 
 pub use crate::domain::binding::{Binding, Delivery};
-pub use delivery::IDENTITY_VARS;
 pub use rolebridge_contract::{AGENT_BINARY, AGENT_UID, TOKEN_MOUNT_PATH, token_path};
 
 pub const TOKEN_VOLUME: &str = "rolebridge-token";
 pub const AGENT_CONTAINER: &str = "rolebridge-agent";
 pub const AGENT_INIT_CONTAINER: &str = "rolebridge-agent-init";
 /// Tokens are a few KiB; the limit only guards the node's memory against a runaway writer.
-pub const TOKEN_VOLUME_SIZE_LIMIT: &str = "1Mi";
+pub(crate) const TOKEN_VOLUME_SIZE_LIMIT: &str = "1Mi";
 
 pub const ANNOTATION_INJECT: &str = "rolebridge.io/inject";
 pub const ANNOTATION_SKIP_CONTAINERS: &str = "rolebridge.io/skip-containers";
@@ -284,7 +283,10 @@ pub fn mutate(
 
 /// The `container=binding` pairs a mutation's patch records in `rolebridge.io/bindings`, or the
 /// pod's own annotation where the patch leaves it as it was: what an admission applied.
-pub fn applied_bindings<'p>(patch: &'p [PatchOperation], pod: &'p PodView<'_>) -> Option<&'p str> {
+pub(crate) fn applied_bindings<'p>(
+    patch: &'p [PatchOperation],
+    pod: &'p PodView<'_>,
+) -> Option<&'p str> {
     render::applied_by(patch).or_else(|| pod.annotation(ANNOTATION_APPLIED))
 }
 
