@@ -11,6 +11,11 @@
 //! Large request bodies do not depend on this: they live in their own mappings
 //! ([`crate::server::bodybuf`]), unmapped the moment they are dropped.
 
+#![allow(
+    unsafe_code,
+    reason = "mi_collect is mimalloc's C API: the one call that returns a thread's freed memory"
+)]
+
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

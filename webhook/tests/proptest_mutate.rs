@@ -1212,7 +1212,7 @@ proptest! {
             .collect();
         names.insert("unlisted".into());
         let pod = plain_pod(&names);
-        let states: Vec<status::BindingState> = bindings
+        let states: Vec<status::BindingState<'_>> = bindings
             .iter()
             .map(|b| status::BindingState {
                 namespace: NS,

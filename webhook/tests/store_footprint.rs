@@ -2,6 +2,11 @@
 //! (every binding with its own Workload-Identity service account), at most 256 bytes for a
 //! binding and its service account together, so 100,000 of each fit in ~25 MB.
 
+#![allow(
+    unsafe_code,
+    reason = "counting the store's heap takes a global allocator, and GlobalAlloc is an unsafe trait"
+)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
@@ -15,14 +20,17 @@ static LIVE: AtomicIsize = AtomicIsize::new(0);
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: the caller's contract for `alloc`, passed on unchanged.
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: `ptr` came from `System` through this allocator, with this layout.
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
         LIVE.fetch_add(new as isize - layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: `ptr` came from `System` through this allocator, with this layout.
         unsafe { System.realloc(ptr, layout, new) }
     }
 }

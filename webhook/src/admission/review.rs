@@ -68,9 +68,11 @@ pub struct PodReview<'a> {
 }
 
 /// What [`parse`] found.
-// Returned once per request and moved once: boxing the large variant would only add an
-// allocation to the hot path.
-#[allow(clippy::large_enum_variant)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once per request and moved once: boxing the large variant would only add \
+              an allocation to the hot path"
+)]
 pub enum Parsed<'a> {
     /// A pod CREATE: look up its bindings, then call [`PodReview::respond`].
     Pod(PodReview<'a>),
@@ -197,12 +199,12 @@ fn none<O>() -> Option<O> {
 /// Reads a review body. Never fails: unreadable input yields a ready `invalid` body.
 pub fn parse(body: &[u8]) -> Parsed<'_> {
     // Fast path: the pod view is read in the same pass as the review.
-    if let Ok(review) = serde_json::from_slice::<ReviewIn<PodView>>(body) {
+    if let Ok(review) = serde_json::from_slice::<ReviewIn<'_, PodView<'_>>>(body) {
         return finish(review, Ok);
     }
     // Anything else (not JSON, not a review, an object that is not pod-shaped) takes the
     // slower path, which tells those cases apart and reports them precisely.
-    match serde_json::from_slice::<ReviewIn<&RawValue>>(body) {
+    match serde_json::from_slice::<ReviewIn<'_, &RawValue>>(body) {
         Ok(review) => finish(review, |raw| PodView::from_json(raw.get())),
         Err(e) => error(
             Str::default(),
@@ -356,7 +358,7 @@ mod tests {
     use super::*;
     use serde_json::{Value, json};
 
-    fn done(p: Parsed) -> (Value, AdmissionOutcome) {
+    fn done(p: Parsed<'_>) -> (Value, AdmissionOutcome) {
         match p {
             Parsed::Done { body, outcome, .. } => (serde_json::from_slice(&body).unwrap(), outcome),
             Parsed::Pod(_) => panic!("expected a finished response"),

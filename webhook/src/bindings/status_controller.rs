@@ -72,7 +72,7 @@ fn now() -> String {
 fn status_writes(group: &GroupState, now: &str) -> Vec<StatusWrite> {
     let current: Vec<Option<AWSRoleBindingStatus>> =
         group.members.iter().map(|m| m.seen.as_status()).collect();
-    let states: Vec<BindingState> = group
+    let states: Vec<BindingState<'_>> = group
         .members
         .iter()
         .zip(&current)

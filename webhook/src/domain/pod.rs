@@ -38,7 +38,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = Str<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a string")
             }
             fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
@@ -118,7 +118,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Annotations<'a> {
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = Annotations<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a map of annotations")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {

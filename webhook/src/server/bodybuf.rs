@@ -7,6 +7,12 @@
 //! retained after 100 connections of ~3.4 MB bodies), while a mapping is returned the moment
 //! the body is done with.
 
+#![allow(
+    unsafe_code,
+    reason = "large bodies live in mappings of their own (mmap, mremap, munmap: libc's C API) so \
+              that their memory goes back to the kernel on drop; each block states its invariant"
+)]
+
 /// Largest body kept on the heap.
 pub(crate) const HEAP_MAX: usize = 64 << 10;
 

@@ -8,7 +8,7 @@
 //! every connection and refuses new ones; [`StubApi::restore`] listens again with its watch
 //! history compacted, so a watch resumed from an old `resourceVersion` gets `410 Gone`
 //! ("too old resource version"), as from a restarted API server's fresh watch cache.
-#![allow(dead_code)] // each user needs a subset
+#![allow(dead_code, reason = "each user needs a subset")]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;

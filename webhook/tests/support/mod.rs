@@ -1,6 +1,6 @@
 //! Shared by the in-process HTTPS tests: certificates published the way the kubelet does it,
 //! a webhook server on a loopback port, and clients (hyper over TLS, or raw TLS bytes).
-#![allow(dead_code)] // each test file uses its own subset
+#![allow(dead_code, reason = "each test file uses its own subset")]
 
 pub mod apiserver;
 

@@ -139,7 +139,7 @@ impl<'c> DeliveryCtx<'c> {
 
 /// What `b`'s delivery sets to say where the credentials come from (exactly these two; every
 /// other variable of [`IDENTITY_VARS`] stays unset).
-pub(super) fn identity_env(b: &Binding, ctx: &DeliveryCtx) -> [(&'static str, String); 2] {
+pub(super) fn identity_env(b: &Binding, ctx: &DeliveryCtx<'_>) -> [(&'static str, String); 2] {
     match b.delivery() {
         Delivery::WebIdentity => [
             (aws_env::ROLE_ARN, b.role_arn.clone()),
@@ -175,9 +175,9 @@ pub(super) fn identity_vars_set(c: &ContainerView<'_>) -> Vec<&'static str> {
 
 /// The container's identity variables are exactly what `b`'s delivery writes: an earlier pass
 /// of rolebridge for this binding, not the user's own choice.
-pub(super) fn written_for(c: &ContainerView<'_>, b: &Binding, ctx: &DeliveryCtx) -> bool {
+pub(super) fn written_for(c: &ContainerView<'_>, b: &Binding, ctx: &DeliveryCtx<'_>) -> bool {
     let ours = identity_env(b, ctx);
-    let literal = |e: &EnvView, want: &str| {
+    let literal = |e: &EnvView<'_>, want: &str| {
         e.value_from.is_none() && e.value.as_ref().is_some_and(|x| x.as_str() == want)
     };
     IDENTITY_VARS.iter().all(
@@ -198,7 +198,7 @@ pub(super) fn describe(d: Delivery) -> &'static str {
 }
 
 /// Every variable a covered container gets (before dropping those it already defines).
-pub(super) fn container_env(p: &Assignment, ctx: &DeliveryCtx) -> Vec<Value> {
+pub(super) fn container_env(p: &Assignment<'_>, ctx: &DeliveryCtx<'_>) -> Vec<Value> {
     let b = p.binding;
     let mut env: Vec<Value> = p
         .identity
@@ -243,7 +243,7 @@ fn session_name_env(pod: &PodView<'_>) -> Value {
 /// What the agent of this pod must serve: a token file per audience of the web-identity
 /// bindings, the credentials of every endpoint binding. Sorted, so every replica renders the
 /// same arguments.
-pub(super) fn agent_args(planned: &[Assignment], ctx: &DeliveryCtx) -> AgentArgs {
+pub(super) fn agent_args(planned: &[Assignment<'_>], ctx: &DeliveryCtx<'_>) -> AgentArgs {
     // Token path → audience; the path comes from the planned variables (one per audience), and
     // (path, audience) order is the order the agent's arguments have always had.
     let mut tokens: BTreeMap<&str, &str> = BTreeMap::new();

@@ -212,11 +212,11 @@ impl Kind {
 
 /// A container that will get a role: what `plan` decides and `render` (with `delivery`)
 /// writes out.
-struct Assignment<'p, 'a, 'b> {
+struct Assignment<'p> {
     kind: Kind,
     index: usize,
-    container: &'p ContainerView<'a>,
-    binding: &'b Binding,
+    container: &'p ContainerView<'p>,
+    binding: &'p Binding,
     /// [`delivery::identity_env`] of the binding, computed once.
     identity: [(&'static str, String); 2],
 }

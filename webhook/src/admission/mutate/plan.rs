@@ -20,7 +20,11 @@ enum LeftAlone {
     OwnMount,
 }
 
-fn left_alone(c: &ContainerView<'_>, cov: &Coverage<'_>, ctx: &DeliveryCtx) -> Option<LeftAlone> {
+fn left_alone(
+    c: &ContainerView<'_>,
+    cov: &Coverage<'_>,
+    ctx: &DeliveryCtx<'_>,
+) -> Option<LeftAlone> {
     let set = delivery::identity_vars_set(c);
     // Variables exactly as a covering binding's delivery writes them are ours (an earlier
     // pass), so an injected container is still recognised.
@@ -73,14 +77,14 @@ fn not_applied(cov: &Coverage<'_>, resolved: Option<&Binding>) -> String {
 }
 
 /// The containers that get a binding, in pod order; a denial for containers that tie.
-pub(super) fn plan<'p, 'a, 'b>(
-    pod: &'p PodView<'a>,
+pub(super) fn plan<'p>(
+    pod: &'p PodView<'_>,
     namespace: &str,
-    bindings: &'b [Binding],
+    bindings: &'p [Binding],
     gate: &Gate<'_>,
-    ctx: &DeliveryCtx,
+    ctx: &DeliveryCtx<'_>,
     warnings: &mut Warnings,
-) -> Result<Vec<Assignment<'p, 'a, 'b>>, Denial> {
+) -> Result<Vec<Assignment<'p>>, Denial> {
     let mut planned = Vec::new();
     let mut ties: Vec<String> = Vec::new();
     for (kind, index, c) in containers(pod) {

@@ -48,8 +48,8 @@ fn insert_first(exists: bool, field: &str, item: Value) -> PatchOperation {
 /// The whole patch: covered containers, the token volume, the agent, the bindings annotation.
 pub(super) fn render(
     pod: &PodView<'_>,
-    planned: &[Assignment],
-    ctx: &DeliveryCtx,
+    planned: &[Assignment<'_>],
+    ctx: &DeliveryCtx<'_>,
     warnings: &mut Warnings,
 ) -> Result<Vec<PatchOperation>, Denial> {
     let mut patch = Vec::new();
@@ -84,8 +84,8 @@ pub(super) fn render(
 /// What makes the credentials endpoint unusable in this pod, as a denial.
 fn endpoint_checks(
     pod: &PodView<'_>,
-    planned: &[Assignment],
-    ctx: &DeliveryCtx,
+    planned: &[Assignment<'_>],
+    ctx: &DeliveryCtx<'_>,
 ) -> Result<(), Denial> {
     let endpoint_bindings = || {
         let mut names: Vec<String> = planned
@@ -131,7 +131,7 @@ fn endpoint_checks(
     Ok(())
 }
 
-fn container_ops(patch: &mut Vec<PatchOperation>, p: &Assignment, ctx: &DeliveryCtx) {
+fn container_ops(patch: &mut Vec<PatchOperation>, p: &Assignment<'_>, ctx: &DeliveryCtx<'_>) {
     let c = p.container;
     let idx = p.index.to_string();
     let base = ["spec", p.kind.field(), idx.as_str()];
@@ -214,7 +214,7 @@ fn agent_ops(
     cfg: &Config,
     args: &AgentArgs,
 ) {
-    let existing: Vec<&ContainerView> = containers(pod)
+    let existing: Vec<&ContainerView<'_>> = containers(pod)
         .map(|(_, _, c)| c)
         .filter(|c| is_agent(c.name.as_str()))
         .collect();
@@ -318,7 +318,7 @@ pub(super) fn applied_by(patch: &[PatchOperation]) -> Option<&str> {
 fn annotation_ops(
     patch: &mut Vec<PatchOperation>,
     pod: &PodView<'_>,
-    planned: &[Assignment],
+    planned: &[Assignment<'_>],
     port: Option<u16>,
 ) {
     let mut applied = String::new();
