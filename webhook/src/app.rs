@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admission::args::{self, MutationArgs, SidecarChoice};
+use crate::admission::mutate::SidecarMode;
 use crate::bindings::cache::BindingCache;
 use crate::bindings::lease::{self, LeaderArgs};
 use crate::bindings::live::{LiveReadLimits, api_live_source};
@@ -250,18 +251,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let (cache, client) =
         bindings(&args, &metrics, config.own_namespace.as_deref(), &stop_rx).await?;
     let choice = args.mutation.sidecar_mode;
-    let version = match (&client, choice) {
-        (Some(client), SidecarChoice::Auto) => {
-            let info = client
-                .apiserver_version()
-                .await
-                .map_err(ServeError::Version)?;
-            tracing::info!(version = %info.git_version, "API server version");
-            Some(info)
-        }
-        _ => None,
-    };
-    config.sidecar_mode = choice.resolve(version.as_ref());
+    config.sidecar_mode = sidecar_mode(choice, client.as_ref()).await?;
     tracing::info!(mode = ?config.sidecar_mode, agent_image = %config.agent_image,
         own_namespace = ?config.own_namespace, credentials_port = config.credentials_port,
         "mutation config");
@@ -295,15 +285,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             })
             .run(),
     );
-    let shutdown_state = state.clone();
-    let delay = args.shutdown_delay;
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!(delay = ?delay, "shutdown requested; reporting not ready before closing");
-        shutdown_state.shutting_down.store(true, Ordering::Relaxed);
-        tokio::time::sleep(delay).await;
-        let _ = stop_tx.send(true);
-    });
+    stop_on_signal(state.clone(), args.shutdown_delay, stop_tx);
 
     let tls = Arc::new(server_config(&certs, provider).map_err(ServeError::Tls)?);
     let metrics = state.metrics.clone();
@@ -320,6 +302,37 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let _ = admin.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `--sidecar-mode` as the API server's version (asked for `auto` only) decides it.
+async fn sidecar_mode(
+    choice: SidecarChoice,
+    client: Option<&kube::Client>,
+) -> Result<SidecarMode, ServeError> {
+    let version = match (client, choice) {
+        (Some(client), SidecarChoice::Auto) => {
+            let info = client
+                .apiserver_version()
+                .await
+                .map_err(ServeError::Version)?;
+            tracing::info!(version = %info.git_version, "API server version");
+            Some(info)
+        }
+        _ => None,
+    };
+    Ok(choice.resolve(version.as_ref()))
+}
+
+/// On SIGTERM: report not ready, keep serving for `delay` so endpoints drop this replica, then
+/// tell everything to stop.
+fn stop_on_signal(state: Arc<AppState>, delay: Duration, stop: watch::Sender<bool>) {
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!(delay = ?delay, "shutdown requested; reporting not ready before closing");
+        state.shutting_down.store(true, Ordering::Relaxed);
+        tokio::time::sleep(delay).await;
+        let _ = stop.send(true);
+    });
 }
 
 async fn wait_for_signal() {

@@ -80,6 +80,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Long, but a list: one registration per metric, in the order `/metrics` shows them.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("rolebridge");
         let admissions_family = Family::<OutcomeLabel, Counter>::default();

@@ -64,13 +64,9 @@ fn bound_message(spec: &Binding, gsa: &str) -> String {
     )
 }
 
-/// The status each binding should have (index-aligned with `bindings`), or `None` where the
-/// current status is already right.
-pub fn desired(
-    bindings: &[BindingState<'_>],
-    service_account: impl Fn(&str, &str) -> ServiceAccountState,
-    now: &str,
-) -> Vec<Option<AWSRoleBindingStatus>> {
+/// For each binding (index-aligned), the names of the bindings it conflicts with: those of its
+/// service account it can tie with.
+fn conflicts<'a>(bindings: &[BindingState<'a>]) -> Vec<Vec<&'a str>> {
     let mut groups: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
     for (i, b) in bindings.iter().enumerate() {
         if let Ok(spec) = b.spec {
@@ -96,10 +92,19 @@ pub fn desired(
             }
         }
     }
+    conflicts
+}
 
+/// The status each binding should have (index-aligned with `bindings`), or `None` where the
+/// current status is already right.
+pub fn desired(
+    bindings: &[BindingState<'_>],
+    service_account: impl Fn(&str, &str) -> ServiceAccountState,
+    now: &str,
+) -> Vec<Option<AWSRoleBindingStatus>> {
     bindings
         .iter()
-        .zip(conflicts)
+        .zip(conflicts(bindings))
         .map(|(b, mut conflicts)| {
             conflicts.sort_unstable();
             let (status, reason, message) = match b.spec {

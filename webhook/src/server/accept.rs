@@ -170,6 +170,9 @@ struct Server {
 }
 
 impl Server {
+    /// One connection from handshake to close. Long because it is one `select!` loop over the
+    /// connection's life (serving, the head and idle deadlines, draining): split, the
+    /// deadlines would be decided in two places.
     async fn connection<F>(
         &self,
         tcp: TcpStream,

@@ -40,6 +40,14 @@ pub(super) fn gate<'p>(
     if bindings.is_empty() {
         return Ok(Err(Skip::NoBinding));
     }
+    if let Some(skip) = left_out(pod, bindings, warnings) {
+        return Ok(Err(skip));
+    }
+    asked(pod, namespace, bindings, warnings).map(Ok)
+}
+
+/// A bound pod that opted out, or that the agent cannot serve (Windows).
+fn left_out(pod: &PodView<'_>, bindings: &[Binding], warnings: &mut Warnings) -> Option<Skip> {
     let sa = pod.service_account();
     match pod.annotation(ANNOTATION_INJECT).map(str::trim) {
         Some("false" | "False" | "disabled") => {
@@ -47,7 +55,7 @@ pub(super) fn gate<'p>(
                 "injection disabled by annotation {ANNOTATION_INJECT}; service account {sa:?} is bound to {}, but this pod gets no AWS credentials from rolebridge",
                 binding_list(bindings)
             ));
-            return Ok(Err(Skip::OptedOut));
+            return Some(Skip::OptedOut);
         }
         None | Some("true" | "True" | "enabled" | "") => {}
         Some(other) => warnings.push(format!(
@@ -63,9 +71,19 @@ pub(super) fn gate<'p>(
         warnings.push(
             "Windows pods are not supported (the agent is a Linux container); this pod gets no AWS credentials from rolebridge",
         );
-        return Ok(Err(Skip::Windows));
+        return Some(Skip::Windows);
     }
+    None
+}
 
+/// What the pod's `rolebridge.io/role` and `rolebridge.io/skip-containers` ask for; a role
+/// that names no binding of the service account denies the pod.
+fn asked<'p>(
+    pod: &'p PodView<'_>,
+    namespace: &str,
+    bindings: &[Binding],
+    warnings: &mut Warnings,
+) -> Result<Gate<'p>, Denial> {
     let chosen_role = pod
         .annotation(ANNOTATION_ROLE)
         .map(str::trim)
@@ -76,7 +94,8 @@ pub(super) fn gate<'p>(
         return Err(Denial::new(
             DenyReason::UnboundRole,
             format!(
-                "annotation {ANNOTATION_ROLE}={role:?} names no AWSRoleBinding of service account {sa:?} in namespace {namespace:?}; an annotation cannot grant a role that is not bound. Bindings of this service account: {}. Set the annotation to one of these names or remove it.",
+                "annotation {ANNOTATION_ROLE}={role:?} names no AWSRoleBinding of service account {:?} in namespace {namespace:?}; an annotation cannot grant a role that is not bound. Bindings of this service account: {}. Set the annotation to one of these names or remove it.",
+                pod.service_account(),
                 binding_list(bindings)
             ),
         ));
@@ -109,8 +128,8 @@ pub(super) fn gate<'p>(
             b.containers.as_deref().unwrap_or_default().join(", ")
         ));
     }
-    Ok(Ok(Gate {
+    Ok(Gate {
         chosen_role,
         skip_list,
-    }))
+    })
 }
