@@ -5,17 +5,13 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use rolebridge_webhook::bindings::cache::BindingCache;
 use rolebridge_webhook::bindings::lease::{self, LeaderArgs};
 use rolebridge_webhook::bindings::live::{LiveReadLimits, api_live_source};
 use rolebridge_webhook::bindings::rbac_rules;
-use rolebridge_webhook::bindings::status_controller::{self, StatusArgs};
-use rolebridge_webhook::metrics::Metrics;
 use support::apiserver::{Calls, Kind, StubApi};
 
 async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
@@ -31,10 +27,6 @@ async fn the_calls_made_are_exactly_the_declared_rbac() {
     let stub = StubApi::start().await;
     stub.populate(20, 2);
     let client = stub.client();
-    let metrics = Arc::new(Metrics::new());
-    let live = (api_live_source(client.clone()), LiveReadLimits::default());
-    let cache = Arc::new(BindingCache::new(metrics.clone(), Some(live)));
-    cache.run_watches(client.clone());
     let (stop_tx, stop) = watch::channel(false);
     let leader = LeaderArgs {
         leader_election: true,
@@ -47,15 +39,8 @@ async fn the_calls_made_are_exactly_the_declared_rbac() {
         lease::Report::default(),
         stop,
     );
-    tokio::spawn(status_controller::run(
-        client,
-        cache.clone(),
-        metrics,
-        leadership.clone(),
-        StatusArgs {
-            status_concurrency: 2,
-        },
-    ));
+    let live = (api_live_source(client.clone()), LiveReadLimits::default());
+    let cache = support::run_bindings(client, Some(live), leadership.clone(), 2);
     eventually("every status written", || stub.stats().converged == 20).await;
     // A cache miss: a live read of the namespace.
     assert!(cache.bindings_for("team-000", "nobody").await.is_none());

@@ -3,13 +3,9 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rolebridge_webhook::bindings::cache::BindingCache;
 use rolebridge_webhook::bindings::lease::Leadership;
-use rolebridge_webhook::bindings::status_controller::{self, StatusArgs};
-use rolebridge_webhook::metrics::Metrics;
 use support::apiserver::StubApi;
 
 async fn converged(stub: &StubApi, n: usize, limit: Duration) -> Duration {
@@ -29,19 +25,7 @@ async fn converged(stub: &StubApi, n: usize, limit: Duration) -> Duration {
 async fn each_binding_is_written_once_and_a_steady_cluster_costs_nothing() {
     let stub = StubApi::start().await;
     stub.populate(1000, 20);
-    let client = stub.client();
-    let metrics = Arc::new(Metrics::new());
-    let cache = Arc::new(BindingCache::new(metrics.clone(), None));
-    cache.run_watches(client.clone());
-    tokio::spawn(status_controller::run(
-        client,
-        cache.clone(),
-        metrics,
-        Leadership::always(),
-        StatusArgs {
-            status_concurrency: 8,
-        },
-    ));
+    let _cache = support::run_bindings(stub.client(), None, Leadership::always(), 8);
     let took = converged(&stub, 1000, Duration::from_secs(60)).await;
     eprintln!("1000 existing bindings Bound in {took:?}");
     let status = stub.status_of("team-007", "binding-000007").unwrap();

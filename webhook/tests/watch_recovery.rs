@@ -5,15 +5,11 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use rolebridge_webhook::bindings::cache::BindingCache;
 use rolebridge_webhook::bindings::lease::Leadership;
-use rolebridge_webhook::bindings::status_controller::{self, StatusArgs};
-use rolebridge_webhook::metrics::Metrics;
 use support::apiserver::StubApi;
 
 fn spec(sa: &str) -> serde_json::Value {
@@ -39,19 +35,7 @@ async fn recovers(gone_as_http: bool) {
     stub.gone_as_http(gone_as_http);
     stub.create_service_account("team", "app", Some("app@p.iam.gserviceaccount.com"));
     stub.create_binding("team", "before", spec("app"));
-    let client = stub.client();
-    let metrics = Arc::new(Metrics::new());
-    let cache = Arc::new(BindingCache::new(metrics.clone(), None));
-    cache.run_watches(client.clone());
-    tokio::spawn(status_controller::run(
-        client,
-        cache.clone(),
-        metrics,
-        Leadership::always(),
-        StatusArgs {
-            status_concurrency: 4,
-        },
-    ));
+    let cache = support::run_bindings(stub.client(), None, Leadership::always(), 4);
     eventually("first status", Duration::from_secs(10), || {
         reason(&stub, "before").as_deref() == Some("Bound")
     })

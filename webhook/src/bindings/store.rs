@@ -905,6 +905,12 @@ mod tests {
         out
     }
 
+    /// The names `bindings_for` gives, in its order.
+    fn names(store: &Store, ns: &str, sa: &str) -> Vec<String> {
+        let found = store.bindings_for(ns, sa).unwrap();
+        found.iter().map(|b| b.name.clone()).collect()
+    }
+
     fn observed<'a>(ns: &'a str, b: &'a Binding) -> Observed<'a> {
         Observed {
             namespace: ns,
@@ -924,13 +930,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let names: Vec<_> = store
-            .bindings_for("ns", "sa")
-            .unwrap()
-            .iter()
-            .map(|b| b.name.clone())
-            .collect();
-        assert_eq!(names, ["a", "z"]);
+        assert_eq!(names(&store, "ns", "sa"), ["a", "z"]);
         assert!(store.bindings_for("ns", "other").is_none());
         assert!(store.bindings_for("nope", "sa").is_none());
         assert_eq!(store.counts().valid, 3);
@@ -970,13 +970,7 @@ mod tests {
             let b = binding(name, sa);
             store.apply(observed("ns", &b));
         }
-        let names: Vec<String> = store
-            .bindings_for("ns", "app")
-            .unwrap()
-            .iter()
-            .map(|b| b.name.clone())
-            .collect();
-        assert_eq!(names, ["a", "z"]);
+        assert_eq!(names(&store, "ns", "app"), ["a", "z"]);
         // z moves to service account "other": both groups need their status recomputed.
         let moved = binding("z", "other");
         let groups = store.apply(observed("ns", &moved));

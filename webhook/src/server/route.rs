@@ -331,21 +331,14 @@ fn log_decision(review: &PodReview<'_>, decision: &Decision) {
             let bindings = Applied(patch, &review.pod);
             tracing::info!(%bindings, %service_account, dry_run, "admission applied");
         }
-        Decision::Skipped(skip @ (Skip::NoBinding | Skip::OwnNamespace)) => {
-            tracing::debug!(
-                reason = %skip.as_str(),
-                %service_account,
-                dry_run,
-                "admission skipped"
-            );
-        }
         Decision::Skipped(skip) => {
-            tracing::info!(
-                reason = %skip.as_str(),
-                %service_account,
-                dry_run,
-                "admission skipped"
-            );
+            let reason = skip.as_str();
+            // A pod without bindings, or in the webhook's own namespace, is no news.
+            if matches!(skip, Skip::NoBinding | Skip::OwnNamespace) {
+                tracing::debug!(%reason, %service_account, dry_run, "admission skipped");
+            } else {
+                tracing::info!(%reason, %service_account, dry_run, "admission skipped");
+            }
         }
         Decision::Denied(denial) => {
             let reason = denial.reason.as_str();

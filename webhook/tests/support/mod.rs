@@ -1,5 +1,6 @@
 //! Shared by the in-process HTTPS tests: certificates published the way the kubelet does it,
-//! a webhook server on a loopback port, and clients (hyper over TLS, or raw TLS bytes).
+//! a webhook server on a loopback port, and clients (hyper over TLS, or raw TLS bytes); and by
+//! the tests against the stub API server: the webhook's bindings side as `serve` runs it.
 #![allow(dead_code, reason = "each test file uses its own subset")]
 
 pub mod apiserver;
@@ -22,6 +23,9 @@ use tokio_rustls::client::TlsStream;
 
 use rolebridge_webhook::admission::mutate::Config;
 use rolebridge_webhook::bindings::cache::BindingCache;
+use rolebridge_webhook::bindings::lease::Leadership;
+use rolebridge_webhook::bindings::live::{LiveReadLimits, LiveSource};
+use rolebridge_webhook::bindings::status_controller::{self, StatusArgs};
 use rolebridge_webhook::domain::convert::bindings_from_yaml;
 use rolebridge_webhook::metrics::Metrics;
 use rolebridge_webhook::server::limits::Limits;
@@ -35,6 +39,27 @@ kind: AWSRoleBinding
 metadata: {name: checkout, namespace: default}
 spec: {serviceAccountName: app-sa, roleArn: 'arn:aws:iam::123456789012:role/checkout', region: eu-west-1}
 ";
+
+/// The bindings side of `serve` on `client`: the cache fed by the watches (and by live reads
+/// on a miss, if given), and the status controller writing while `leadership` leads.
+pub fn run_bindings(
+    client: kube::Client,
+    live: Option<(LiveSource, LiveReadLimits)>,
+    leadership: Leadership,
+    status_concurrency: usize,
+) -> Arc<BindingCache> {
+    let metrics = Arc::new(Metrics::new());
+    let cache = Arc::new(BindingCache::new(metrics.clone(), live));
+    cache.run_watches(client.clone());
+    tokio::spawn(status_controller::run(
+        client,
+        cache.clone(),
+        metrics,
+        leadership,
+        StatusArgs { status_concurrency },
+    ));
+    cache
+}
 
 pub struct Pair {
     pub cert_pem: String,
