@@ -54,6 +54,11 @@
 //! [`Binding`]: domain::binding::Binding
 
 #![warn(unreachable_pub)]
+#![allow(
+    rustdoc::private_intra_doc_links,
+    reason = "these docs map every module, private ones included: `cargo doc \
+              --document-private-items` renders the links"
+)]
 
 pub mod admission;
 pub mod app;

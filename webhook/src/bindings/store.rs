@@ -100,7 +100,7 @@ const SESSION_TAGS: u8 = 8;
 
 /// One binding: its strings concatenated in `text`, their lengths in `lens` (the first four
 /// inline, any further ones in `more`), in this order: service account, name, role,
-/// [audience], [region], [containers…], [hop role, hop external id…].
+/// \[audience\], \[region\], \[containers…\], \[hop role, hop external id…\].
 #[derive(Debug, Clone)]
 struct Entry {
     text: Box<str>,

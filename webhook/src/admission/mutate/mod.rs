@@ -11,9 +11,9 @@
 //! 2. `plan`: which binding covers which container, the same whatever the delivery.
 //!    Containers named like the agent are never covered, those in
 //!    `rolebridge.io/skip-containers` are skipped. A container that already chooses its own
-//!    credentials (one of [`IDENTITY_VARS`] set to anything but exactly what a covering
-//!    binding's delivery writes), or that mounts another volume at the token directory, is left
-//!    alone with a warning: the user's explicit choice wins. This is decided before tie
+//!    credentials (one of [`IDENTITY_VARS`](delivery::IDENTITY_VARS) set to anything but
+//!    exactly what a covering binding's delivery writes), or that mounts another volume at the
+//!    token directory, is left alone with a warning: the user's explicit choice wins. This is decided before tie
 //!    resolution, so such a container never takes part in a tie. Every other container (init or
 //!    app) is covered by the binding that names it in `spec.containers`, else by the one binding
 //!    that covers all containers ([`crate::domain::binding::Coverage`]); the annotation chooses when
