@@ -31,9 +31,10 @@ PY="${ROLEBRIDGE_PYTHON:-python3}"
 AUD=sts.amazonaws.com
 
 echo "building release agent (static) and the emulator..." >&2
-# The measured binary is the shipped one: the images' static release build (cargo does nothing
-# when it is fresh).
-shipped_build rolebridge-agent
+# The measured binary is the shipped one: the images' static release build, both packages as
+# scripts/images.sh builds them (one package alone unifies other features: another binary; cargo
+# does nothing when it is fresh).
+shipped_build
 AGENT="$(shipped_dir)/rolebridge-agent"
 # The emulator and the endpoint client are test peers, not measured: debug builds of e2e's bins.
 cargo build --quiet -p rolebridge-e2e --bin gke-metadata-emulator --bin endpoint-bench

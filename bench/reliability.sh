@@ -26,8 +26,9 @@ export MIMALLOC_ARENA_EAGER_COMMIT=0 # as the chart and the image set it
 need_wrk
 
 echo "building release binaries..." >&2
-# The measured binary is the shipped one: the images' static release build.
-shipped_build rolebridge-webhook
+# The measured binary is the shipped one: the images' static release build, both packages as
+# scripts/images.sh builds them (one package alone unifies other features: another binary).
+shipped_build
 after_bin="$(shipped_dir)/rolebridge-webhook"
 # The attackers, the probe, the certificates and the stub API server are load peers, not what is
 # measured: an ordinary release build of the examples.

@@ -16,8 +16,9 @@ review=webhook/tests/fixtures/admissionreview-v1-pod-from-apiserver.json
 need_wrk
 
 echo "building release binaries..." >&2
-# The measured binary is the shipped one: the images' static release build.
-shipped_build rolebridge-webhook
+# The measured binary is the shipped one: the images' static release build, both packages as
+# scripts/images.sh builds them (one package alone unifies other features: another binary).
+shipped_build
 bin="$(shipped_dir)/rolebridge-webhook"
 # bench_support (certificates, the fixed-"allowed" baseline server) is a load peer, not measured
 # as rolebridge: an ordinary release build of the example.
