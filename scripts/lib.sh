@@ -19,7 +19,7 @@
 #   ok MSG... / fail MSG...  "ok   MSG" / "FAIL MSG", counted in $passed / $failed
 #   summary                  "NAME: N passed, M failed"; its status is 0 only when none failed,
 #                            so it can end a script
-# Cleanup: whatever happens (success, failure, Ctrl-C, kill), in this order
+# Cleanup: whatever happens (success, failure, Ctrl-C, TERM), in this order
 #   track PID...             kill the process (TERM) and wait for it on exit
 #   on_exit FUNC             call FUNC STATUS on exit (STATUS: the script's exit status)
 #   remove_on_exit PATH...   rm -rf PATH on exit (a `mktemp -d` work directory)
@@ -42,6 +42,8 @@
 #   shipped_build [ARG...]   scripts/static-build.sh ARG...: the static release build the images
 #                            ship (cargo does nothing when it is fresh); its output goes to stderr
 #   shipped_dir [ARG...]     the directory those binaries are in (static-build.sh --print-dir)
+#   (static-build.sh itself does not source this file: the Dockerfiles' build stage runs it, and
+#   bench/reliability.sh runs a copy in an older checkout.)
 
 _lib_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
