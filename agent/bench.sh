@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2154 # HOST_cached and HOST_fresh are set by start_emulator, by name
 # Footprint benchmark for rolebridge-agent. Prints figures; asserts nothing.
 #
 # Builds the agent as it ships (release, static glibc), starts the GKE metadata emulator on
@@ -20,39 +21,37 @@
 # Usage: agent/bench.sh            (env: RUNS=20 REFRESH_SECS=20)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 RUNS="${RUNS:-20}"
 REFRESH_SECS="${REFRESH_SECS:-20}"
 ENDPOINT_REQUESTS="${ENDPOINT_REQUESTS:-20000}"
 PY="${ROLEBRIDGE_PYTHON:-python3}"
-TARGET=x86_64-unknown-linux-gnu
 AUD=sts.amazonaws.com
 
 echo "building release agent (static) and the emulator..." >&2
-# The shipped binary: the same static build as the images (cargo does nothing when fresh).
-bash scripts/static-build.sh --target "$TARGET" >&2
+# The measured binary is the shipped one: the images' static release build, both packages as
+# scripts/images.sh builds them (one package alone unifies other features: another binary; cargo
+# does nothing when it is fresh).
+shipped_build
+AGENT="$(shipped_dir)/rolebridge-agent"
+# The emulator and the endpoint client are test peers, not measured: debug builds of e2e's bins.
 cargo build --quiet -p rolebridge-e2e --bin gke-metadata-emulator --bin endpoint-bench
-AGENT="target/$TARGET/release/rolebridge-agent"
-EMU=target/debug/gke-metadata-emulator
-LOAD=target/debug/endpoint-bench
+EMU=${CARGO_TARGET_DIR:-target}/debug/gke-metadata-emulator
+LOAD=${CARGO_TARGET_DIR:-target}/debug/endpoint-bench
 
 WORK="$(mktemp -d)"
 # Token files go to tmpfs when there is one: the webhook's emptyDir is in memory (medium Memory),
 # where fsync is free; a disk-backed directory would add the filesystem's fsync cost.
 TOK="$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK" "$TOK"
-}
-trap cleanup EXIT
+remove_on_exit "$WORK" "$TOK"
 
 # start_emulator NAME ARGS... -> sets HOST_<NAME>
 start_emulator() {
   local name=$1; shift
   "$EMU" --listen 127.0.0.1:0 "$@" >"$WORK/$name.out" 2>/dev/null &
-  PIDS+=($!)
+  track $!
   for _ in $(seq 100); do
     grep -q '^GCE_METADATA_HOST=' "$WORK/$name.out" 2>/dev/null && break
     sleep 0.05
@@ -107,16 +106,14 @@ read -r CHECK_MED CHECK_MAX CHECK_RSS_MED CHECK_RSS_MAX < <(stats "$AGENT" --log
 # Idle RSS of the sidecar.
 "$AGENT" --log-level off run --token "$TOK/run.token=$AUD" &
 RUN_PID=$!
-PIDS+=("$RUN_PID")
+track "$RUN_PID"
 for _ in $(seq 200); do [ -s "$TOK/run.token" ] && break; sleep 0.01; done
 sleep 3
-IDLE_RSS=$(awk '/^VmRSS/ {printf "%.2f", $2/1024}' "/proc/$RUN_PID/status")
-IDLE_HWM=$(awk '/^VmHWM/ {printf "%.2f", $2/1024}' "/proc/$RUN_PID/status")
-IDLE_THREADS=$(awk '/^Threads/ {print $2}' "/proc/$RUN_PID/status")
-IDLE_ANON=$(awk '/^RssAnon/ {printf "%.2f", $2/1024}' "/proc/$RUN_PID/status")
-IDLE_FILE=$(awk '/^RssFile/ {printf "%.2f", $2/1024}' "/proc/$RUN_PID/status")
-# Private (not shared with other processes mapping the same binary): what each pod costs.
-private_kib() { awk '/^Private_(Clean|Dirty):/ {s += $2} END {print s}' "/proc/$1/smaps_rollup"; }
+IDLE_RSS=$(mib2 "$(rss_kib "$RUN_PID")")
+IDLE_HWM=$(mib2 "$(hwm_kib "$RUN_PID")")
+IDLE_THREADS=$(status_field Threads "$RUN_PID")
+IDLE_ANON=$(mib2 "$(anon_kib "$RUN_PID")")
+IDLE_FILE=$(mib2 "$(status_field RssFile "$RUN_PID")")
 IDLE_PRIV_KIB=$(private_kib "$RUN_PID")
 kill -TERM "$RUN_PID"; wait "$RUN_PID" || true
 
@@ -124,13 +121,13 @@ kill -TERM "$RUN_PID"; wait "$RUN_PID" || true
 start_emulator fresh --lifetime 2
 GCE_METADATA_HOST="$HOST_fresh" "$AGENT" --log-level off run --token "$TOK/refresh.token=$AUD" &
 REF_PID=$!
-PIDS+=("$REF_PID")
+track "$REF_PID"
 for _ in $(seq 200); do [ -s "$TOK/refresh.token" ] && break; sleep 0.01; done
 issued() { curl -s "http://$HOST_fresh/emulator/stats" | sed -n 's/.*"tokens_issued":\([0-9]*\).*/\1/p'; }
 C0=$(issued); S0=$(awk '{print $1}' "/proc/$REF_PID/schedstat")
 sleep "$REFRESH_SECS"
 C1=$(issued); S1=$(awk '{print $1}' "/proc/$REF_PID/schedstat")
-REF_RSS=$(awk '/^VmHWM/ {printf "%.2f", $2/1024}' "/proc/$REF_PID/status")
+REF_RSS=$(mib2 "$(hwm_kib "$REF_PID")")
 kill -TERM "$REF_PID"; wait "$REF_PID" || true
 REFRESHES=$(( C1 - C0 ))
 CPU_PER_REFRESH=$(awk -v s="$(( S1 - S0 ))" -v n="$REFRESHES" 'BEGIN { if (n > 0) printf "%.3f", s / n / 1e6; else print "n/a" }')
@@ -138,12 +135,12 @@ CPU_PER_REFRESH=$(awk -v s="$(( S1 - S0 ))" -v n="$REFRESHES" 'BEGIN { if (n > 0
 # The credentials endpoint: one chained binding, moto as STS.
 EP="n/a"
 if "$PY" -c 'import moto, flask' 2>/dev/null; then
-  MOTO_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  MOTO_PORT=$(free_port)
   MOTO_ENABLE_RECORDING=true MOTO_RECORDER_FILEPATH="$WORK/moto-recording" \
     "$PY" -m moto.server -H 127.0.0.1 -p "$MOTO_PORT" >/dev/null 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 150); do curl -s -o /dev/null "http://127.0.0.1:$MOTO_PORT/" && break; sleep 0.1; done
-  EP_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  track $!
+  wait_http "http://127.0.0.1:$MOTO_PORT/moto-api/" 15 $! || true
+  EP_PORT=$(free_port)
   SPEC='{"name":"bench","audience":"sts.amazonaws.com","roleArn":"arn:aws:iam::111111111111:role/ci-identity","chain":[{"roleArn":"arn:aws:iam::222222222222:role/docs-writer","externalId":"bench-ext"}],"durationSeconds":900,"sessionTags":true}'
   GCE_METADATA_HOST="$HOST_cached" AWS_ENDPOINT_URL_STS="http://127.0.0.1:$MOTO_PORT" \
     ROLEBRIDGE_POD_NAME=bench-pod ROLEBRIDGE_POD_NAMESPACE=bench ROLEBRIDGE_POD_UID=0000 \
@@ -151,14 +148,11 @@ if "$PY" -c 'import moto, flask' 2>/dev/null; then
     "$AGENT" --log-level off run --credentials "$SPEC" --credentials-port "$EP_PORT" \
     --auth-token-file "$TOK/credentials.auth" &
   EP_PID=$!
-  PIDS+=("$EP_PID")
-  for _ in $(seq 200); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$EP_PORT/healthz")" = 200 ] && break
-    sleep 0.05
-  done
+  track "$EP_PID"
+  wait_http "http://127.0.0.1:$EP_PORT/healthz" 10 "$EP_PID" || true
   sleep 3
-  EP_RSS=$(awk '/^VmRSS/ {printf "%.2f", $2/1024}' "/proc/$EP_PID/status")
-  EP_ANON=$(awk '/^RssAnon/ {printf "%.2f", $2/1024}' "/proc/$EP_PID/status")
+  EP_RSS=$(mib2 "$(rss_kib "$EP_PID")")
+  EP_ANON=$(mib2 "$(anon_kib "$EP_PID")")
   EP_PRIV_KIB=$(private_kib "$EP_PID")
   assume_roles() {
     curl -s "http://127.0.0.1:$MOTO_PORT/moto-api/recorder/download-recording" | "$PY" -c '
@@ -175,7 +169,7 @@ print(n)'
   STS0=$(assume_roles)
   LOADJSON=$("$LOAD" --addr "127.0.0.1:$EP_PORT" --token-file "$TOK/credentials.auth" --requests "$ENDPOINT_REQUESTS" --concurrency 50)
   STS1=$(assume_roles)
-  EP_HWM=$(awk '/^VmHWM/ {printf "%.2f", $2/1024}' "/proc/$EP_PID/status")
+  EP_HWM=$(mib2 "$(hwm_kib "$EP_PID")")
   kill -TERM "$EP_PID"; wait "$EP_PID" || true
   field() { echo "$LOADJSON" | sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
   EP="ok"
@@ -195,8 +189,8 @@ printf '| %-34s | %-22s | %-10s |\n' "run threads" "$IDLE_THREADS" "-"
 printf '| %-34s | %-22s | %-10s |\n' "CPU per refresh (ms)" "$CPU_PER_REFRESH ($REFRESHES refreshes)" "<= 0.5 ms"
 printf '| %-34s | %-22s | %-10s |\n' "run VmHWM after refreshes (MiB)" "$REF_RSS" "-"
 if [ "$EP" = ok ]; then
-  printf '| %-34s | %-22s | %-10s |\n' "run idle private, token-only (MiB)" "$(awk -v k="$IDLE_PRIV_KIB" 'BEGIN{printf "%.2f", k/1024}')" "-"
-  printf '| %-34s | %-22s | %-10s |\n' "endpoint idle private (MiB)" "$(awk -v k="$EP_PRIV_KIB" 'BEGIN{printf "%.2f", k/1024}')" "-"
+  printf '| %-34s | %-22s | %-10s |\n' "run idle private, token-only (MiB)" "$(mib2 "$IDLE_PRIV_KIB")" "-"
+  printf '| %-34s | %-22s | %-10s |\n' "endpoint idle private (MiB)" "$(mib2 "$EP_PRIV_KIB")" "-"
   printf '| %-34s | %-22s | %-10s |\n' "  endpoint - token-only (MiB)" "$(awk -v a="$EP_PRIV_KIB" -v b="$IDLE_PRIV_KIB" 'BEGIN{printf "%+.2f", (a-b)/1024}')" "<= +1 MiB"
   printf '| %-34s | %-22s | %-10s |\n' "endpoint idle VmRSS / anon (MiB)" "$EP_RSS / $EP_ANON" "-"
   printf '| %-34s | %-22s | %-10s |\n' "endpoint request p50 / p99 / max (us)" "$(field p50_us) / $(field p99_us) / $(field max_us)" "p99 < 1000"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Produces the "Reliability" section of BENCHMARKS.md: every attack of issue 9 against the
-# release build configured as the chart runs it (2 worker threads, mimalloc without eager
+# shipped static release build (scripts/static-build.sh) configured as the chart runs it (2 worker threads, mimalloc without eager
 # commit), before (BEFORE_REV, the code the issue measured) and after (this checkout); the
 # API-server outage; binding scale (0, 10k, 100k) against the stub API server; the load run
 # with two certificate rotations; and a fuzzing run. Figures are measured and printed; nothing
@@ -8,11 +8,13 @@
 #
 # Usage: bench/reliability.sh
 #   FUZZ_SECONDS=600     length of the fuzzing run (0 skips it)
-#   BEFORE_REV=7f25cd5   revision measured as "before" (built once into target/before);
+#   BEFORE_REV=7f25cd5   revision measured as "before" (built once into target/before, with this
+#                        checkout's scripts/static-build.sh);
 #                        BEFORE_REV= (empty) skips the before column
 #   SCALE="0 10000 100000"
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
 . bench/lib.sh
 FUZZ_SECONDS=${FUZZ_SECONDS:-600}
 BEFORE_REV=${BEFORE_REV-7f25cd5}
@@ -21,40 +23,51 @@ LOAD_REQUESTS=${LOAD_REQUESTS:-200000}
 review=webhook/tests/fixtures/admissionreview-v1-pod-from-apiserver.json
 export MIMALLOC_ARENA_EAGER_COMMIT=0 # as the chart and the image set it
 
-command -v wrk >/dev/null || { echo "installing wrk (Debian package)..." >&2; (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null; }
+need_wrk
 
 echo "building release binaries..." >&2
-cargo build --release -q -p rolebridge-webhook --bin rolebridge-webhook \
+# The measured binary is the shipped one: the images' static release build, both packages as
+# scripts/images.sh builds them (one package alone unifies other features: another binary).
+shipped_build
+after_bin="$(shipped_dir)/rolebridge-webhook"
+# The attackers, the probe, the certificates and the stub API server are load peers, not what is
+# measured: an ordinary release build of the examples.
+cargo build --release -q -p rolebridge-webhook \
   --example bench_support --example bench_attack --example bench_apiserver
-after_bin=target/release/rolebridge-webhook
-support=target/release/examples/bench_support
-attack=target/release/examples/bench_attack
-stubapi=target/release/examples/bench_apiserver
+examples=${CARGO_TARGET_DIR:-target}/release/examples
+support=$examples/bench_support
+attack=$examples/bench_attack
+stubapi=$examples/bench_apiserver
 before_bin=
 if [ -n "$BEFORE_REV" ]; then
   echo "building the before revision $BEFORE_REV (once; target/before)..." >&2
   src=target/before-src
   [ -d "$src" ] || git worktree add -q --detach "$src" "$BEFORE_REV"
-  (cd "$src" && git checkout -q --detach "$BEFORE_REV" && CARGO_TARGET_DIR=../before cargo build --release -q -p rolebridge-webhook --bin rolebridge-webhook)
-  before_bin=target/before/release/rolebridge-webhook
+  # Built as the after binary is, by this checkout's static-build.sh (an older revision has none,
+  # or another): copied over the checkout's own, which -f lets the next checkout overwrite.
+  (cd "$src" && git checkout -q -f --detach "$BEFORE_REV")
+  mkdir -p "$src/scripts" && cp scripts/static-build.sh "$src/scripts/static-build.sh"
+  build_before() { CARGO_TARGET_DIR="$PWD/target/before" bash "$src/scripts/static-build.sh" "$@"; }
+  build_before rolebridge-webhook >&2
+  before_bin="$(build_before --print-dir)/rolebridge-webhook"
 fi
 
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
-trap cleanup EXIT
+tmp="$(mktemp -d)"
+remove_on_exit "$tmp"
 "$support" cert "$tmp"
 ca=$tmp/ca.crt
-addr=127.0.0.1:18443
+# Ports of its own: a server already on a fixed port would be measured instead.
+port=$(free_port) admin=$(free_port) api=$(free_port) api_ctl=$(free_port)
+addr=127.0.0.1:$port
 
 # start_webhook BIN [ARGS...]: serves the bench bindings from a file; sets $wpid.
 start_webhook() {
   local bin=$1; shift
-  "$bin" serve --listen "$addr" --admin-listen 127.0.0.1:18080 --tls-cert "$tmp/tls.crt" --tls-key "$tmp/tls.key" \
+  "$bin" serve --listen "$addr" --admin-listen "127.0.0.1:$admin" --tls-cert "$tmp/tls.crt" --tls-key "$tmp/tls.key" \
     --log-level error --sidecar-mode native --worker-threads 2 --namespace rolebridge "$@" 2>>"$tmp/webhook.log" &
-  wpid=$!; pids+=("$wpid")
-  wait_tcp 18443 && wait_tcp 18080
-  for _ in $(seq 100); do curl -sf http://127.0.0.1:18080/readyz >/dev/null && break; sleep 0.1; done
+  wpid=$!; track "$wpid"
+  wait_tcp "$port" && wait_tcp "$admin"
+  wait_http "http://127.0.0.1:$admin/readyz" 10 || true
 }
 stop_webhook() { kill "$wpid" 2>/dev/null || true; wait "$wpid" 2>/dev/null || true; }
 
@@ -129,7 +142,7 @@ cpu1=$(cpu_ticks "$wpid")
 wait "$rotator" "$probe" || true
 kill "$sampler" 2>/dev/null || true
 echo "$load" >&2
-reloads=$(curl -s http://127.0.0.1:18080/metrics | awk '/^rolebridge_tls_reloads_total\{result="ok"\}/ {print $2}')
+reloads=$(curl -s "http://127.0.0.1:$admin/metrics" | awk '/^rolebridge_tls_reloads_total\{result="ok"\}/ {print $2}')
 stop_webhook
 reqs=$(echo "$load" | awk '/requests in/ {print $1}')
 errors=$(echo "$load" | awk '/Non-2xx|Socket errors/ {for (i=1;i<=NF;i++) if ($i ~ /^[0-9]+,?$/) s+=$i} END {print s+0}')
@@ -144,17 +157,17 @@ kubeconfig=$tmp/kubeconfig
 cat >"$kubeconfig" <<YAML
 apiVersion: v1
 kind: Config
-clusters: [{name: stub, cluster: {server: "http://127.0.0.1:18600"}}]
+clusters: [{name: stub, cluster: {server: "http://127.0.0.1:$api"}}]
 users: [{name: stub, user: {}}]
 contexts: [{name: stub, context: {cluster: stub, user: stub, namespace: rolebridge}}]
 current-context: stub
 YAML
-stats() { curl -s http://127.0.0.1:18601/stats; }
+stats() { curl -s "http://127.0.0.1:$api_ctl/stats"; }
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 start_stub() {
-  "$stubapi" 127.0.0.1:18600 127.0.0.1:18601 "$1" "$2" >"$tmp/stub.log" 2>&1 &
-  spid=$!; pids+=("$spid")
-  wait_tcp 18601
+  "$stubapi" "127.0.0.1:$api" "127.0.0.1:$api_ctl" "$1" "$2" >"$tmp/stub.log" 2>&1 &
+  spid=$!; track "$spid"
+  wait_tcp "$api_ctl"
 }
 stop_stub() { kill "$spid" 2>/dev/null || true; wait "$spid" 2>/dev/null || true; }
 # until_converged N LIMIT: seconds until N bindings are Bound (or "> LIMIT s").
@@ -174,9 +187,9 @@ outage() {
   start_stub 100 10
   KUBECONFIG=$kubeconfig start_webhook "$bin"
   until_converged 100 120 >/dev/null
-  curl -s -X POST "http://127.0.0.1:18601/outage?seconds=20" >/dev/null
+  curl -s -X POST "http://127.0.0.1:$api_ctl/outage?seconds=20" >/dev/null
   sleep 21
-  curl -s -X POST "http://127.0.0.1:18601/binding?ns=team-001&name=late" >/dev/null
+  curl -s -X POST "http://127.0.0.1:$api_ctl/binding?ns=team-001&name=late" >/dev/null
   until_converged 101 120
   stop_webhook; stop_stub
 }
@@ -212,7 +225,7 @@ burst() {
   start_stub 0 1
   KUBECONFIG=$kubeconfig start_webhook "$bin"
   sleep 2
-  curl -s -X POST "http://127.0.0.1:18601/bindings?count=20000&namespaces=200" >/dev/null
+  curl -s -X POST "http://127.0.0.1:$api_ctl/bindings?count=20000&namespaces=200" >/dev/null
   echo "$(until_converged 20000 300)|$(stats | field status_writes)|$(mib "$(rss_kib "$wpid")")"
   stop_webhook; stop_stub
 }
@@ -222,13 +235,9 @@ B_after=$(burst "$after_bin")
 F="not run"
 if [ "$FUZZ_SECONDS" -gt 0 ]; then
   echo "== fuzzing for $FUZZ_SECONDS s" >&2
-  command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
-  mkdir -p "$tmp/corpus"; cp webhook/fuzz/corpus/admission/* "$tmp/corpus/"
-  # Fork mode with -ignore_crashes: a finding is counted (and kept in webhook/fuzz/artifacts)
-  # and the run goes on, so the figures cover the whole time.
-  RUSTC_BOOTSTRAP=1 cargo fuzz run admission --fuzz-dir webhook/fuzz -O "$tmp/corpus" -- \
-    -fork=1 -ignore_crashes=1 -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=512 -malloc_limit_mb=64 \
-    -dict=webhook/fuzz/admission.dict >"$tmp/fuzz.log" 2>&1 || true
+  # CI's fuzz run, longer and in fork mode with -ignore_crashes: a finding is counted (and kept
+  # in webhook/fuzz/artifacts) and the run goes on, so the figures cover the whole time.
+  bash webhook/fuzz/run.sh "$FUZZ_SECONDS" -fork=1 -ignore_crashes=1 >"$tmp/fuzz.log" 2>&1 || true
   last=$(grep -E '^#[0-9]+: cov:' "$tmp/fuzz.log" | tail -1)
   execs=$(echo "$last" | sed -E 's/^#([0-9]+):.*/\1/')
   cov=$(echo "$last" | grep -o 'cov: [0-9]*' | cut -d' ' -f2)
@@ -249,7 +258,7 @@ out=$tmp/section.md
 {
   echo "## Reliability"
   echo
-  echo "Produced by \`bench/reliability.sh\` on $(date -u +%Y-%m-%d), $(nproc) cores, release build with the chart's settings"
+  echo "Produced by \`bench/reliability.sh\` on $(date -u +%Y-%m-%d), $(nproc) cores, the shipped static release build with the chart's settings"
   echo "(\`--worker-threads 2\`, \`MIMALLOC_ARENA_EAGER_COMMIT=0\`, default limits; the chart's memory limit is 128 MiB)."
   echo "Before = revision ${BEFORE_REV:-(not measured)}, the code issue 9 was measured on; after = this checkout."
   echo "Peak is the kernel's VmHWM over the attack; a probe opens a fresh h2 connection and admits the captured"
@@ -282,7 +291,7 @@ out=$tmp/section.md
   echo
   echo "Load: $reqs admissions (wrk -c16 at saturation, ${secs} s) with the serving certificate rotated twice"
   echo "($reloads reloads picked up): $errors errors, p99 $p99, $cpu_per ms CPU per admission; RSS mean $(mib "$q1") in"
-  echo "the first quarter, $(mib "$q4") in the last; probe on fresh connections during the rotations: $(cat "$tmp/load-probe.out" | tail -1)."
+  echo "the first quarter, $(mib "$q4") in the last; probe on fresh connections during the rotations: $(tail -n 1 "$tmp/load-probe.out")."
   echo
   echo "Fuzzing (\`cargo fuzz run admission\`, libFuzzer, one core, the committed corpus as seeds): $F."
 } >"$out"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Measures rolebridge-webhook (release build) under the load the issue fixes for comparison
+# Measures rolebridge-webhook (the shipped static release build) under the load the issue fixes for comparison
 # with aws/amazon-eks-pod-identity-webhook: the captured 9.3 KB pod review, wrk with 16
 # keep-alive HTTPS connections. Prints CPU per admission, admissions/s and idle RSS for the
 # webhook and for a baseline that answers every review with a fixed "allowed" on the same TLS
@@ -8,26 +8,28 @@
 # Usage: bench/webhook.sh [seconds per run, default 10]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
 . bench/lib.sh
 secs=${1:-10}
 review=webhook/tests/fixtures/admissionreview-v1-pod-from-apiserver.json
 
-if ! command -v wrk >/dev/null; then
-  echo "installing wrk (Debian package)..." >&2
-  (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null
-fi
+need_wrk
 
 echo "building release binaries..." >&2
-cargo build --release -q -p rolebridge-webhook --bin rolebridge-webhook --example bench_support
-bin=target/release/rolebridge-webhook
-support=target/release/examples/bench_support
+# The measured binary is the shipped one: the images' static release build, both packages as
+# scripts/images.sh builds them (one package alone unifies other features: another binary).
+shipped_build
+bin="$(shipped_dir)/rolebridge-webhook"
+# bench_support (certificates, the fixed-"allowed" baseline server) is a load peer, not measured
+# as rolebridge: an ordinary release build of the example.
+cargo build --release -q -p rolebridge-webhook --example bench_support
+support=${CARGO_TARGET_DIR:-target}/release/examples/bench_support
 
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
-trap cleanup EXIT
+tmp="$(mktemp -d)"
+remove_on_exit "$tmp"
 "$support" cert "$tmp"
-
+# Ports of its own: a server already on a fixed port would be measured instead.
+wport=$(free_port) aport=$(free_port) bport=$(free_port)
 
 # run NAME PORT: loads the server listening on PORT, prints "cpu_ms_per_req req_per_s".
 run() {
@@ -46,22 +48,22 @@ run() {
 
 # The same allocator setting the chart and image use (mimalloc otherwise commits its first
 # arena eagerly, which would triple idle RSS).
-MIMALLOC_ARENA_EAGER_COMMIT=0 "$bin" serve --bindings-file bench/bindings.yaml --listen 127.0.0.1:18443 \
-  --admin-listen 127.0.0.1:18080 --tls-cert "$tmp/tls.crt" --tls-key "$tmp/tls.key" \
+MIMALLOC_ARENA_EAGER_COMMIT=0 "$bin" serve --bindings-file bench/bindings.yaml --listen "127.0.0.1:$wport" \
+  --admin-listen "127.0.0.1:$aport" --tls-cert "$tmp/tls.crt" --tls-key "$tmp/tls.key" \
   --log-level warn --sidecar-mode native 2>"$tmp/webhook.log" &
-wpid=$!; pids+=("$wpid")
-"$support" baseline 127.0.0.1:18444 "$tmp/tls.crt" "$tmp/tls.key" &
-bpid=$!; pids+=("$bpid")
-wait_tcp 18443; wait_tcp 18444; sleep 1
+wpid=$!; track "$wpid"
+"$support" baseline "127.0.0.1:$bport" "$tmp/tls.crt" "$tmp/tls.key" &
+bpid=$!; track "$bpid"
+wait_tcp "$wport"; wait_tcp "$bport"; sleep 1
 
 # Sanity: the webhook really mutates this review.
-if ! curl -sk --data-binary @"$review" -H 'content-type: application/json' https://127.0.0.1:18443/mutate | grep -q '"patchType":"JSONPatch"'; then
+if ! curl -sk --data-binary @"$review" -H 'content-type: application/json' "https://127.0.0.1:$wport/mutate" | grep -q '"patchType":"JSONPatch"'; then
   echo "error: the webhook did not mutate the benchmark review" >&2; exit 1
 fi
 w_idle=$(rss_kib "$wpid"); b_idle=$(rss_kib "$bpid"); w_anon=$(anon_kib "$wpid")
 
-read -r w_cpu w_rps w_p99 < <(run "$wpid" 18443)
-read -r b_cpu b_rps b_p99 < <(run "$bpid" 18444)
+read -r w_cpu w_rps w_p99 < <(run "$wpid" "$wport")
+read -r b_cpu b_rps b_p99 < <(run "$bpid" "$bport")
 w_rss=$(rss_kib "$wpid")
 ratio=$(awk -v w="$w_rps" -v b="$b_rps" 'BEGIN {printf "%.0f", w/b*100}')
 
@@ -79,7 +81,7 @@ echo "$table"
 
 {
   echo "Produced by \`bench/webhook.sh\` on $(date -u +%Y-%m-%d), $(nproc) cores ($(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | xargs)),"
-  echo "release build, captured 9.3 KB pod review with one matching binding (a full mutation per request),"
+  echo "the shipped static release build, captured 9.3 KB pod review with one matching binding (a full mutation per request),"
   echo "wrk -t2 -c16 -d${secs}s over HTTPS keep-alive; wrk shares the same cores. CPU is the server's user+system time"
   echo "divided by the requests served. Idle RSS is read after one admission; the part that is not anonymous is"
   echo "clean, file-backed pages of the binary (shared page cache, reclaimable)."

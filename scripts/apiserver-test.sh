@@ -13,6 +13,8 @@
 #
 #   scripts/apiserver-test.sh [extra cargo test args]
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 kube_dir="${ROLEBRIDGE_SHARED_KUBE:-$repo/../shared/kube}"
@@ -31,25 +33,18 @@ if [[ ! -f "$kube_dir/kube-up.sh" ]]; then
   exit 0
 fi
 
-missing=()
-command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
-command -v xz >/dev/null 2>&1 || missing+=(xz-utils)
-if ((${#missing[@]})); then
-  echo "apiserver-test: installing ${missing[*]} from Debian"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+need_commands etcd:etcd-server xz:xz-utils
 
 # A home and ports of this script's own: a developer's kube-up on the defaults keeps running.
 export KUBE_HOME="${KUBE_HOME:-$repo/target/kube-e2e}"
 export KUBE_API_PORT="${KUBE_API_PORT:-16443}"
 export KUBE_ETCD_PORT="${KUBE_ETCD_PORT:-12379}"
 export KUBE_ETCD_PEER_PORT="${KUBE_ETCD_PEER_PORT:-12380}"
+kube_down() { bash "$kube_dir/kube-down.sh" --purge >/dev/null 2>&1 || true; }
 # Stop exactly what kube-up started, whatever happens (a failed start included).
-trap 'bash "$kube_dir/kube-down.sh" --purge >/dev/null 2>&1 || true' EXIT
+on_exit kube_down
 # A previous run killed before its trap ran leaves processes kube-up refuses to start over.
-bash "$kube_dir/kube-down.sh" --purge >/dev/null 2>&1 || true
+kube_down
 if ! bash "$kube_dir/kube-up.sh"; then
   echo "apiserver-test: kube-up failed; its logs:" >&2
   tail -n 40 "$KUBE_HOME"/run/*.log >&2 2>/dev/null || true

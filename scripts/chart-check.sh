@@ -15,6 +15,8 @@
 #
 # Ends with a line "chart-check: N passed, M failed"; exits non-zero on any failure.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 chart="$repo_root/charts/rolebridge"
@@ -34,40 +36,19 @@ update=0
 for arg in "$@"; do
   case "$arg" in
     --update) update=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
-    *) echo "chart-check: unknown argument $arg" >&2; exit 2 ;;
+    -h|--help) script_help; exit 0 ;;
+    *) usage_error "unknown argument $arg" ;;
   esac
 done
-
-step() { echo; echo "== $*"; }
 passed=0
 failed=0
-ok() { passed=$((passed + 1)); echo "ok   $*"; }
-fail() { failed=$((failed + 1)); echo "FAIL $*"; }
 
 step "tools"
 bin_dir="$("$repo_root/scripts/install-helm.sh" | tail -n1)"
 helm="$bin_dir/helm"
 "$helm" version --short
 
-stamp="$venv/.requirements"
-want_stamp="$(printf '%s\n' "${PY_REQUIREMENTS[@]}")"
-if [[ ! -x "$venv/bin/python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want_stamp" ]]; then
-  echo "installing ${PY_REQUIREMENTS[*]} into $venv"
-  if ! python3 -m venv "$venv" 2>/dev/null; then
-    # Debian's python3 needs python3-venv for ensurepip.
-    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-      rm -rf "$venv"
-      python3 -m venv "$venv"
-    else
-      echo "chart-check: python3 -m venv failed (install python3-venv)" >&2
-      exit 1
-    fi
-  fi
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_REQUIREMENTS[@]}"
-  echo "$want_stamp" > "$stamp"
-fi
+python_venv "$venv" "${PY_REQUIREMENTS[@]}"
 
 step "CRD: charts/rolebridge/crds/awsrolebinding.yaml == crds/awsrolebinding.yaml"
 top_crd="$repo_root/crds/awsrolebinding.yaml"
@@ -158,5 +139,4 @@ echo
 if [[ $update -eq 1 ]]; then
   echo "chart-check: tests/rendered regenerated; review with git diff charts/rolebridge/tests/rendered"
 fi
-echo "chart-check: $passed passed, $failed failed"
-[[ $failed -eq 0 ]]
+summary

@@ -14,33 +14,20 @@
 # protocol. Everything it starts is stopped on exit, Ctrl-C or failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+SCRIPT_NAME="demo failed" # die's messages read "demo failed: ..."
 root=$(pwd)
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
-die() { printf 'demo failed: %s\n' "$*" >&2; exit 1; }
-
+# Everything started is tracked (lib.sh): stopped on exit, Ctrl-C or failure.
 work=$(mktemp -d)
-pids=()
-cleanup() {
-  local code=$?
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-  [ "$code" -eq 0 ] || echo "(logs were in $work, now removed; re-run with DEMO_KEEP=1 to keep them)" >&2
-  exit "$code"
-}
-if [ -z "${DEMO_KEEP:-}" ]; then trap cleanup EXIT; else trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT; fi
-trap 'exit 130' INT TERM
+if [ -z "${DEMO_KEEP:-}" ]; then
+  remove_on_exit "$work"
+  logs_note() { [ "$1" -eq 0 ] || echo "(logs were in $work, now removed; re-run with DEMO_KEEP=1 to keep them)" >&2; }
+  on_exit logs_note
+fi
 
 PY=${ROLEBRIDGE_PYTHON:-python3}
-free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { # url, what
-  for _ in $(seq 150); do
-    if "$PY" -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=1)" "$1" 2>/dev/null; then return 0; fi
-    sleep 0.2
-  done
-  die "$2 did not come up"
-}
 
 # containers INJECTED TOKENS SUFFIX OUT: the injected Job's agent and app containers as the
 # kubelet would run them: the token volume mapped to the local directory TOKENS, the downward
@@ -116,14 +103,14 @@ grep -n "AWS_ROLE_ARN" -A1 "$work/injected.yaml" | sed 's/^/    /' >&2
 say "4/7 starting the GKE metadata emulator"
 md_port=$(free_port)
 "$bin/gke-metadata-emulator" --listen "127.0.0.1:$md_port" --cluster-name demo-cluster > "$work/metadata.log" 2>&1 &
-pids+=($!)
-wait_http "http://127.0.0.1:$md_port/" "the metadata emulator" 2>/dev/null || true
+track $!
+wait_http "http://127.0.0.1:$md_port/" 30 $! || die "the metadata emulator did not come up"
 
 say "5/7 starting moto as AWS STS + S3, with s3://reports/latest.csv"
 moto_port=$(free_port)
 "$PY" -m moto.server -H 127.0.0.1 -p "$moto_port" > "$work/moto.log" 2>&1 &
-pids+=($!)
-wait_http "http://127.0.0.1:$moto_port/moto-api/" "moto"
+track $!
+wait_http "http://127.0.0.1:$moto_port/moto-api/" 30 $! || die "moto did not come up"
 AWS_ACCESS_KEY_ID=setup AWS_SECRET_ACCESS_KEY=setup AWS_DEFAULT_REGION=us-east-1 \
 "$PY" - "http://127.0.0.1:$moto_port" <<'PY'
 import boto3, sys
@@ -136,8 +123,9 @@ PY
 say "6/7 running the injected agent container: rolebridge-agent ${agent_args[*]}"
 GCE_METADATA_HOST=127.0.0.1:$md_port "$bin/rolebridge-agent" "${agent_args[@]}" > "$work/agent.log" 2>&1 &
 agent_pid=$!
-pids+=("$agent_pid")
+track "$agent_pid"
 wait_ready "$agent_pid" "$work/agent.log" "${probe[@]}"
+# shellcheck disable=SC2012 # a listing for the reader, not parsed
 ls -l "$tokens" | sed 's/^/    /' >&2
 
 say "7/7 running the injected app container (unmodified boto3) with exactly its injected environment"
@@ -157,7 +145,8 @@ arn=$(env -i PATH="$PATH" HOME="$app_home" "${app_env[@]}" \
 
 echo
 echo "The app read s3://reports/latest.csv:"
-echo "$out" | sed 's/^/    /'
+# shellcheck disable=SC2001 # indents every line
+sed 's/^/    /' <<<"$out"
 echo "as: $arn"
 echo
 echo "No AWS key was configured anywhere: the agent wrote a Google-style ID token to"
@@ -203,7 +192,7 @@ env "${xagent_env[@]}" GCE_METADATA_HOST="127.0.0.1:$md_port" \
   ROLEBRIDGE_AUTH_TOKEN_FILE="$xtokens/credentials.auth" \
   "$bin/rolebridge-agent" "${xagent_args[@]}" > "$work/xagent.log" 2>&1 &
 xagent_pid=$!
-pids+=("$xagent_pid")
+track "$xagent_pid"
 wait_ready "$xagent_pid" "$work/xagent.log" "${xprobe[@]}"
 "$PY" - "http://127.0.0.1:$cred_port/v1/credentials/docs" "$xtokens/credentials.auth" <<'PY' >&2
 import json, sys, urllib.error, urllib.request

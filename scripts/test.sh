@@ -13,48 +13,48 @@
 # makes it a skip instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
-# Each step also prints the free disk: a CI machine ran out of it once (stop 10).
-step() { printf '\n==> %s   [%s free]\n' "$*" "$(df -h --output=avail . 2>/dev/null | tail -n1 | tr -d ' ')"; }
 # On CI (a throwaway clone) a step's build products are deleted once no later step needs
 # them, so the disk holds one build at a time; locally they are kept for the next run.
 reclaim() { if [[ "${CI:-}" == true ]]; then rm -rf "$@"; fi; }
 
-step "installing test peers"
+suite_step "installing test peers"
 bash e2e/sdk/install-peers.sh
 bash scripts/install-helm.sh
 
-step "formatting and lints"
+suite_step "formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 if cargo tree --workspace -i openssl-sys >/dev/null 2>&1; then
   echo "error: openssl-sys is in the dependency graph" >&2; exit 1
 fi
 
-step "cargo tests (all crates)"
+suite_step "cargo tests (all crates)"
 cargo test --workspace --locked --no-fail-fast
 
-step "real API server (e2e/tests/apiserver.rs; ../shared/kube or ROLEBRIDGE_E2E_KUBECONFIG)"
+suite_step "real API server (e2e/tests/apiserver.rs; ../shared/kube or ROLEBRIDGE_E2E_KUBECONFIG)"
 bash scripts/apiserver-test.sh
 
-step "the README's demo (inject → agent → moto; web identity, then a cross-account chain)"
+suite_step "the README's demo (inject → agent → moto; web identity, then a cross-account chain)"
 bash scripts/demo.sh
 reclaim "${CARGO_TARGET_DIR:-target}/debug"
 
-step "fuzzing the admission path (60 s, libFuzzer)"
+suite_step "fuzzing the admission path (60 s, libFuzzer)"
 bash webhook/fuzz/run.sh 60
 reclaim webhook/fuzz/target
 
-step "static binaries in an empty root"
+suite_step "static binaries in an empty root"
 bash scripts/empty-root-test.sh
 
-step "OCI images (build twice, loopback registry round trip, run unpacked)"
+suite_step "OCI images (build twice, loopback registry round trip, run unpacked)"
 bash scripts/images-test.sh
 
 # After the release build: the chart check also starts the shipped webhook with every rendered
 # configuration.
-step "Helm chart"
-ROLEBRIDGE_WEBHOOK_BIN="$(bash scripts/static-build.sh --print-dir)/rolebridge-webhook" \
+suite_step "Helm chart"
+ROLEBRIDGE_WEBHOOK_BIN="$(shipped_dir)/rolebridge-webhook" \
   bash scripts/chart-check.sh
 
-step "all tests passed"
+suite_step "all tests passed"

@@ -7,6 +7,8 @@
 # themselves, if missing), pip and npm only. The tests find the interpreter as
 # $ROLEBRIDGE_PYTHON or python3, and node on PATH.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
 
 PY="${ROLEBRIDGE_PYTHON:-python3}"
 # Versions the tests were written against.
@@ -23,9 +25,7 @@ PYEOF
 
 if ! command -v "$PY" >/dev/null 2>&1; then
   echo "install-peers: $PY not found; installing Python from apt"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq python3 python3-pip python3-venv >/dev/null
+  apt_install python3 python3-pip python3-venv
 fi
 
 install_js() {
@@ -33,9 +33,7 @@ install_js() {
   js="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/js"
   if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     echo "install-peers: node/npm not found; installing Node.js from apt"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq nodejs npm >/dev/null
+    apt_install nodejs npm
   fi
   dir_stamp="$js/node_modules/.rolebridge-lock.sha256"
   want="$(sha256sum "$js/package-lock.json" | cut -d' ' -f1)"
@@ -58,10 +56,7 @@ if have_peers; then
 fi
 
 if ! "$PY" -m pip --version >/dev/null 2>&1; then
-  "$PY" -m ensurepip --upgrade >/dev/null 2>&1 || {
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq python3-pip >/dev/null
-  }
+  "$PY" -m ensurepip --upgrade >/dev/null 2>&1 || apt_install python3-pip
 fi
 
 echo "install-peers: pip install ${PEERS[*]}"
