@@ -192,6 +192,26 @@ impl<C> Slot<C> {
         now_ms: i64,
         jitter: f64,
     ) -> Duration {
+        let attempts = self.record_failure(problem, policy, now_ms);
+        schedule::credentials_retry(policy, attempts, jitter, self.lifetime(), now_ms)
+    }
+
+    /// The attempt was refused ([`crate::pin::Refusal`]) at `now_ms`: recorded like a failure
+    /// (the problem is what requests and the health check report), but the next attempt backs
+    /// off to minutes ([`schedule::credentials_refusal_retry`]).
+    pub fn refused(
+        &mut self,
+        problem: Problem,
+        policy: &Policy,
+        now_ms: i64,
+        jitter: f64,
+    ) -> Duration {
+        let attempts = self.record_failure(problem, policy, now_ms);
+        schedule::credentials_refusal_retry(policy, attempts, jitter, self.lifetime(), now_ms)
+    }
+
+    /// Drops unservable credentials, records `problem`; returns the failures in a row.
+    fn record_failure(&mut self, problem: Problem, policy: &Policy, now_ms: i64) -> u32 {
         if self
             .held
             .as_ref()
@@ -205,13 +225,7 @@ impl<C> Slot<C> {
             problem,
             at_ms: now_ms,
         });
-        schedule::credentials_retry(
-            policy,
-            attempts,
-            jitter,
-            self.held.as_ref().map(|(_, l)| *l),
-            now_ms,
-        )
+        attempts
     }
 
     pub fn lookup(&self, policy: &Policy, now_ms: i64) -> Lookup<'_, C> {
@@ -367,6 +381,35 @@ mod tests {
             slot.lookup(&policy, T0 + 850_000),
             Lookup::Unavailable(_)
         ));
+    }
+
+    #[test]
+    fn a_refusal_is_reported_at_once_and_retried_rarely() {
+        let policy = p();
+        let mut slot = Slot::<&str>::default();
+        let delays: Vec<u64> = (0..12)
+            .map(|i| {
+                slot.refused(
+                    Problem::new("IdentityTokenRefused", "node"),
+                    &policy,
+                    T0 + i,
+                    1.0,
+                )
+                .as_secs()
+            })
+            .collect();
+        assert_eq!(delays[9..], [300, 300, 300]);
+        match slot.lookup(&policy, T0) {
+            Lookup::Unavailable(f) => assert_eq!(f.problem.code, "IdentityTokenRefused"),
+            other => panic!("{other:?}"),
+        }
+        // Servable credentials are still served, and retried before they stop being servable.
+        slot.succeeded("c1", T0 + 900_000, &policy, T0, 0.5);
+        let d = (0..12)
+            .map(|_| slot.refused(Problem::new("X", "y"), &policy, T0 + 800_000, 1.0))
+            .last();
+        assert_eq!(d, Some(Duration::from_secs(40)));
+        assert_eq!(slot.lookup(&policy, T0 + 800_000), Lookup::Serve(&"c1"));
     }
 
     #[test]

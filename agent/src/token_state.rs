@@ -128,6 +128,15 @@ impl TokenState {
         }
     }
 
+    /// The answer was refused ([`crate::pin::Refusal`]) at `now_ms`: nothing was written and
+    /// the file keeps what it holds, as after a failure, but the next attempt backs off to
+    /// minutes ([`schedule::refusal_delay`]), still waking up when the held token expires.
+    pub fn refused(&mut self, policy: &Policy, now_ms: i64, jitter: f64) -> Failed {
+        let mut f = self.failed(policy, now_ms, jitter);
+        f.delay = schedule::refusal_delay(policy, f.attempt, jitter, f.held_exp, now_ms);
+        f
+    }
+
     /// The token the file holds, as far as the loop knows.
     pub fn held(&self) -> Option<Held> {
         self.held
@@ -259,6 +268,26 @@ mod tests {
                 .succeeded(token, &policy, ms(T0 + HOUR), 0.5)
                 .same_token()
         );
+    }
+
+    #[test]
+    fn refusals_keep_the_held_token_until_it_expires_and_ask_rarely() {
+        let policy = p();
+        let token = hour_token(T0);
+        let (mut state, _) = TokenState::start(Some(token), &policy, ms(T0), 0.5);
+        let waits: Vec<u64> = (0..11)
+            .map(|_| state.refused(&policy, ms(T0 + 60), 1.0).delay.as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(state.held(), Some(token), "a refusal writes nothing");
+        let f = state.refused(&policy, ms(T0 + HOUR - 10), 1.0);
+        assert_eq!(
+            (f.delay, f.held_exp),
+            (Duration::from_secs(10), Some(T0 + HOUR))
+        );
+        // A token from the right account ends it, as after failures.
+        let f = state.succeeded(hour_token(T0 + HOUR), &policy, ms(T0 + HOUR), 0.5);
+        assert_eq!(f.after_failures, 12);
     }
 
     /// The loop as the shell drives it, with a fake clock: the metadata server fails for three
