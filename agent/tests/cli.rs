@@ -114,3 +114,93 @@ fn hidden_flags_subcommand_prints_the_command_line_as_json() {
         "{help}"
     );
 }
+
+#[test]
+fn trust_policy_for_the_cluster_issuer_prints_the_policy_and_the_provider_command_apart() {
+    let issuer = "https://container.googleapis.com/v1/projects/p/locations/europe-west1/clusters/c";
+    let provider = issuer.trim_start_matches("https://");
+    let out = agent()
+        .args(["trust-policy", "--token-source", "kubernetes", "--issuer"])
+        .arg(format!("{issuer}/"))
+        .args(["--namespace", "ci", "--service-account", "publisher"])
+        .args(["--account", "111111111111"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // stdout is the policy alone, so `> policy.json` works.
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let st = &v["Statement"][0];
+    assert_eq!(
+        st["Principal"]["Federated"],
+        format!("arn:aws:iam::111111111111:oidc-provider/{provider}")
+    );
+    let c = &st["Condition"]["StringEquals"];
+    assert_eq!(
+        c[format!("{provider}:sub")],
+        "system:serviceaccount:ci:publisher"
+    );
+    assert_eq!(c[format!("{provider}:aud")], "sts.amazonaws.com");
+    assert!(
+        stderr.contains(&format!(
+            "aws iam create-open-id-connect-provider --url {issuer} --client-id-list sts.amazonaws.com"
+        )),
+        "{stderr}"
+    );
+
+    // The namespace and service account default to the pod's (downward API variables), the
+    // audience can be another.
+    let out = agent()
+        .env("ROLEBRIDGE_POD_NAMESPACE", "ci")
+        .env("ROLEBRIDGE_SERVICE_ACCOUNT", "publisher")
+        .args([
+            "trust-policy",
+            "--token-source",
+            "kubernetes",
+            "--issuer",
+            issuer,
+        ])
+        .args(["--account", "111111111111", "--audience", "my-aud"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &v["Statement"][0]["Condition"]["StringEquals"];
+    assert_eq!(c[format!("{provider}:aud")], "my-aud");
+    assert_eq!(
+        c[format!("{provider}:sub")],
+        "system:serviceaccount:ci:publisher"
+    );
+
+    for (flag, value, says) in [
+        (
+            "--issuer",
+            "http://insecure.example",
+            "must be an https:// URL",
+        ),
+        ("--account", "1234", "is not an AWS account ID"),
+        ("--namespace", "*", "is not a Kubernetes namespace name"),
+    ] {
+        let mut args = vec![
+            ("--issuer", issuer),
+            ("--namespace", "ci"),
+            ("--service-account", "publisher"),
+            ("--account", "111111111111"),
+        ];
+        args.iter_mut().find(|(f, _)| *f == flag).unwrap().1 = value;
+        let mut cmd = agent();
+        cmd.args(["trust-policy", "--token-source", "kubernetes"]);
+        for (f, v) in args {
+            cmd.args([f, v]);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{flag} {value}");
+        assert!(out.stdout.is_empty());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{flag}: {stderr}");
+    }
+}
