@@ -114,11 +114,8 @@ pub struct PinArg {
     /// account (the node's, in a hostNetwork pod or on a node pool without GKE_METADATA) is
     /// refused. "none": the pod's service account names no Google service account, so every
     /// token is refused with advice.
-    #[arg(
-        long = flag::name::GOOGLE_SERVICE_ACCOUNT,
-        env = "ROLEBRIDGE_GOOGLE_SERVICE_ACCOUNT",
-        value_name = "EMAIL|none"
-    )]
+    #[arg(long = flag::name::GOOGLE_SERVICE_ACCOUNT, value_name = "EMAIL|none")]
+    #[arg(env = "ROLEBRIDGE_GOOGLE_SERVICE_ACCOUNT")]
     pub google_service_account: Option<GooglePin>,
 }
 
@@ -144,12 +141,8 @@ pub struct TokenFileArg {
     /// system's ID token (GitLab id_tokens, GitHub Actions' OIDC token). Read at every use.
     // Not in conflict with --metadata-host: GCE_METADATA_HOST may be set in the environment,
     // and verify still asks the metadata server for the gke-cluster-name tag.
-    #[arg(
-        long,
-        env = "ROLEBRIDGE_TOKEN_FILE",
-        value_name = "PATH",
-        conflicts_with = "google_service_account"
-    )]
+    #[arg(long, env = "ROLEBRIDGE_TOKEN_FILE", value_name = "PATH")]
+    #[arg(conflicts_with = "google_service_account")]
     pub token_file: Option<PathBuf>,
 }
 
@@ -438,7 +431,18 @@ pub enum TokenSourceKind {
 pub struct TrustPolicyArgs {
     /// Whose tokens the role trusts: google (a Google service account) or kubernetes (a
     /// Kubernetes service account of the cluster, through an IAM OIDC provider for its issuer).
-    #[arg(long, env = "ROLEBRIDGE_TOKEN_SOURCE", value_enum, default_value_t = TokenSourceKind::Google)]
+    #[arg(
+        long,
+        env = "ROLEBRIDGE_TOKEN_SOURCE",
+        value_enum,
+        default_value_t = TokenSourceKind::Google,
+        requires_ifs = [
+            ("kubernetes", "issuer"),
+            ("kubernetes", "namespace"),
+            ("kubernetes", "service_account"),
+            ("kubernetes", "account"),
+        ]
+    )]
     pub token_source: TokenSourceKind,
     #[command(flatten)]
     pub audience: AudienceArg,
@@ -450,37 +454,17 @@ pub struct TrustPolicyArgs {
     pub pin: PinArg,
     /// kubernetes: the cluster's OIDC issuer (https://container.googleapis.com/v1/projects/
     /// PROJECT/locations/LOCATION/clusters/CLUSTER on GKE; the iss of its service account tokens).
-    #[arg(
-        long,
-        env = "ROLEBRIDGE_OIDC_ISSUER",
-        value_name = "URL",
-        required_if_eq("token_source", "kubernetes")
-    )]
+    #[arg(long, env = "ROLEBRIDGE_OIDC_ISSUER", value_name = "URL")]
     pub issuer: Option<String>,
     /// kubernetes: the namespace of the service account the role trusts.
-    #[arg(
-        long,
-        env = env::POD_NAMESPACE,
-        value_name = "NS",
-        required_if_eq("token_source", "kubernetes")
-    )]
+    #[arg(long, env = env::POD_NAMESPACE, value_name = "NS")]
     pub namespace: Option<String>,
     /// kubernetes: the service account the role trusts (its tokens' sub is
     /// system:serviceaccount:NS:SA).
-    #[arg(
-        long,
-        env = env::SERVICE_ACCOUNT,
-        value_name = "SA",
-        required_if_eq("token_source", "kubernetes")
-    )]
+    #[arg(long, env = env::SERVICE_ACCOUNT, value_name = "SA")]
     pub service_account: Option<String>,
     /// kubernetes: the AWS account (12 digits) of the role and of its OIDC provider.
-    #[arg(
-        long,
-        env = "ROLEBRIDGE_AWS_ACCOUNT_ID",
-        value_name = "ACCOUNT",
-        required_if_eq("token_source", "kubernetes")
-    )]
+    #[arg(long, env = "ROLEBRIDGE_AWS_ACCOUNT_ID", value_name = "ACCOUNT")]
     pub account: Option<String>,
     /// Print the policy of a chained role instead: trusting this role (the previous hop)
     /// with sts:AssumeRole and sts:TagSession.

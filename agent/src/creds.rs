@@ -184,7 +184,9 @@ impl<C> Slot<C> {
 
     /// An attempt failed at `now_ms`; returns the delay until the next attempt. Servable
     /// credentials are kept (an outage shorter than their remaining life is invisible to the
-    /// app); unservable ones are dropped from memory.
+    /// app); unservable ones are dropped from memory. After a refusal
+    /// ([`crate::pin::Refusal`]) the caller passes [`Policy::after_refusal`]: the problem is
+    /// reported alike, the next attempt backs off to minutes.
     pub fn failed(
         &mut self,
         problem: Problem,
@@ -192,26 +194,6 @@ impl<C> Slot<C> {
         now_ms: i64,
         jitter: f64,
     ) -> Duration {
-        let attempts = self.record_failure(problem, policy, now_ms);
-        schedule::credentials_retry(policy, attempts, jitter, self.lifetime(), now_ms)
-    }
-
-    /// The attempt was refused ([`crate::pin::Refusal`]) at `now_ms`: recorded like a failure
-    /// (the problem is what requests and the health check report), but the next attempt backs
-    /// off to minutes ([`schedule::credentials_refusal_retry`]).
-    pub fn refused(
-        &mut self,
-        problem: Problem,
-        policy: &Policy,
-        now_ms: i64,
-        jitter: f64,
-    ) -> Duration {
-        let attempts = self.record_failure(problem, policy, now_ms);
-        schedule::credentials_refusal_retry(policy, attempts, jitter, self.lifetime(), now_ms)
-    }
-
-    /// Drops unservable credentials, records `problem`; returns the failures in a row.
-    fn record_failure(&mut self, problem: Problem, policy: &Policy, now_ms: i64) -> u32 {
         if self
             .held
             .as_ref()
@@ -225,7 +207,13 @@ impl<C> Slot<C> {
             problem,
             at_ms: now_ms,
         });
-        attempts
+        schedule::credentials_retry(
+            policy,
+            attempts,
+            jitter,
+            self.held.as_ref().map(|(_, l)| *l),
+            now_ms,
+        )
     }
 
     pub fn lookup(&self, policy: &Policy, now_ms: i64) -> Lookup<'_, C> {
@@ -386,12 +374,13 @@ mod tests {
     #[test]
     fn a_refusal_is_reported_at_once_and_retried_rarely() {
         let policy = p();
+        let refusals = policy.after_refusal();
         let mut slot = Slot::<&str>::default();
         let delays: Vec<u64> = (0..12)
             .map(|i| {
-                slot.refused(
+                slot.failed(
                     Problem::new("IdentityTokenRefused", "node"),
-                    &policy,
+                    &refusals,
                     T0 + i,
                     1.0,
                 )
@@ -406,7 +395,7 @@ mod tests {
         // Servable credentials are still served, and retried before they stop being servable.
         slot.succeeded("c1", T0 + 900_000, &policy, T0, 0.5);
         let d = (0..12)
-            .map(|_| slot.refused(Problem::new("X", "y"), &policy, T0 + 800_000, 1.0))
+            .map(|_| slot.failed(Problem::new("X", "y"), &refusals, T0 + 800_000, 1.0))
             .last();
         assert_eq!(d, Some(Duration::from_secs(40)));
         assert_eq!(slot.lookup(&policy, T0 + 800_000), Lookup::Serve(&"c1"));

@@ -33,6 +33,19 @@ pub struct Policy {
     pub safety_margin: Duration,
 }
 
+impl Policy {
+    /// The policy for retries after a refusal ([`crate::pin::Refusal`]): the same backoff (a
+    /// few quick retries cover a pod's first seconds, when GKE's metadata server may not know
+    /// it yet), capped at `refusal_retry` instead of `backoff_cap`. Everything bounded by a
+    /// held token's expiry or credentials' margin stays so.
+    pub fn after_refusal(&self) -> Policy {
+        Policy {
+            backoff_cap: self.refusal_retry.max(self.backoff_cap),
+            ..*self
+        }
+    }
+}
+
 impl Default for Policy {
     fn default() -> Self {
         Policy {
@@ -122,16 +135,6 @@ pub fn backoff(policy: &Policy, attempt: u32, jitter: f64) -> Duration {
     Duration::from_millis(delay.round() as u64)
 }
 
-/// [`backoff`] after a refusal: the same growth (a few quick retries cover a pod's first
-/// seconds, when GKE's metadata server may not know it yet), capped at `refusal_retry`.
-pub fn refusal_backoff(policy: &Policy, attempt: u32, jitter: f64) -> Duration {
-    let capped = Policy {
-        backoff_cap: policy.refusal_retry.max(policy.backoff_cap),
-        ..*policy
-    };
-    backoff(&capped, attempt, jitter)
-}
-
 /// How long to sleep after a failed refresh: the backoff, but no longer than until the token
 /// on disk (if any) expires, because that moment requires action (removing it).
 pub fn retry_delay(
@@ -141,26 +144,7 @@ pub fn retry_delay(
     current_exp: Option<i64>,
     now_ms: i64,
 ) -> Duration {
-    until_expiry(backoff(policy, attempt, jitter), current_exp, now_ms)
-}
-
-/// [`retry_delay`] after a refusal: [`refusal_backoff`], also bounded by the held token's expiry.
-pub fn refusal_delay(
-    policy: &Policy,
-    attempt: u32,
-    jitter: f64,
-    current_exp: Option<i64>,
-    now_ms: i64,
-) -> Duration {
-    until_expiry(
-        refusal_backoff(policy, attempt, jitter),
-        current_exp,
-        now_ms,
-    )
-}
-
-/// `delay`, but no later than `current_exp` (seconds), if any.
-fn until_expiry(delay: Duration, current_exp: Option<i64>, now_ms: i64) -> Duration {
+    let delay = backoff(policy, attempt, jitter);
     match current_exp {
         Some(exp) => {
             let until_exp = exp.saturating_mul(1000) - now_ms;
@@ -218,33 +202,7 @@ pub fn credentials_retry(
     held: Option<Lifetime>,
     now_ms: i64,
 ) -> Duration {
-    while_servable(policy, backoff(policy, attempt, jitter), held, now_ms)
-}
-
-/// [`credentials_retry`] after a refusal: [`refusal_backoff`], with the same bound.
-pub fn credentials_refusal_retry(
-    policy: &Policy,
-    attempt: u32,
-    jitter: f64,
-    held: Option<Lifetime>,
-    now_ms: i64,
-) -> Duration {
-    while_servable(
-        policy,
-        refusal_backoff(policy, attempt, jitter),
-        held,
-        now_ms,
-    )
-}
-
-/// `delay`, but when servable credentials are held, no later than the moment they stop being
-/// servable, and never below `min_delay`.
-fn while_servable(
-    policy: &Policy,
-    delay: Duration,
-    held: Option<Lifetime>,
-    now_ms: i64,
-) -> Duration {
+    let delay = backoff(policy, attempt, jitter);
     match held {
         Some(l) if l.servable(policy, now_ms) => {
             let left = Duration::from_millis((l.unservable_at_ms(policy) - now_ms) as u64);
@@ -530,36 +488,32 @@ mod tests {
 
     #[test]
     fn refusals_back_off_to_minutes_not_seconds_yet_respect_expiry_and_margin() {
-        let policy = p();
+        let refusals = p().after_refusal();
         let waits: Vec<u64> = (1..=12)
-            .map(|n| refusal_backoff(&policy, n, 1.0).as_secs())
+            .map(|n| backoff(&refusals, n, 1.0).as_secs())
             .collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
         // Never shorter than an ordinary failure's cap, whatever the configuration.
         let odd = Policy {
             refusal_retry: Duration::from_secs(5),
-            ..policy
+            ..p()
         };
-        assert_eq!(refusal_backoff(&odd, 20, 1.0), Duration::from_secs(30));
-        // A held token still expires on time: the loop wakes up to remove it.
-        assert_eq!(
-            refusal_delay(&policy, 20, 1.0, Some(T0 + 60), T0 * 1000),
-            Duration::from_secs(60)
-        );
-        assert_eq!(
-            refusal_delay(&policy, 20, 1.0, None, T0 * 1000),
-            Duration::from_secs(300)
-        );
-        // Held credentials get one more try before they stop being servable.
+        assert_eq!(odd.after_refusal().backoff_cap, Duration::from_secs(30));
+        // A held token still expires on time (the loop wakes up to remove it), held
+        // credentials get one more try before they stop being servable.
         let l = life(T0, 900);
-        assert_eq!(
-            credentials_refusal_retry(&policy, 20, 1.0, Some(l), (T0 + 800) * 1000),
-            Duration::from_secs(40)
-        );
-        assert_eq!(
-            credentials_refusal_retry(&policy, 20, 1.0, None, T0 * 1000),
-            Duration::from_secs(300)
-        );
+        let now = T0 * 1000;
+        for (got, want_s) in [
+            (retry_delay(&refusals, 20, 1.0, Some(T0 + 60), now), 60),
+            (retry_delay(&refusals, 20, 1.0, None, now), 300),
+            (
+                credentials_retry(&refusals, 20, 1.0, Some(l), now + 800_000),
+                40,
+            ),
+            (credentials_retry(&refusals, 20, 1.0, None, now), 300),
+        ] {
+            assert_eq!(got, Duration::from_secs(want_s));
+        }
     }
 
     proptest! {

@@ -215,12 +215,13 @@ impl Refresher {
         let problem = e.problem(&self.spec.name, self.spec.token_file.is_some());
         let policy = &self.config.policy;
         let (mut delay, mut held, mut attempts) = (Duration::ZERO, false, 0);
+        let retry = if e.is_refusal() {
+            policy.after_refusal()
+        } else {
+            *policy
+        };
         tx.send_modify(|slot| {
-            delay = if e.is_refusal() {
-                slot.refused(problem, policy, now, jitter)
-            } else {
-                slot.failed(problem, policy, now, jitter)
-            };
+            delay = slot.failed(problem, &retry, now, jitter);
             held = slot.ready(policy, now);
             attempts = slot.failure().map_or(0, |f| f.attempts);
         });

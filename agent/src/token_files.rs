@@ -200,17 +200,15 @@ fn not_written(
         );
         return f.delay;
     };
-    let f = state.refused(policy, now_ms(), jitter);
+    let f = state.failed(&policy.after_refusal(), now_ms(), jitter);
     if let Err(w) = record_refusal(&spec.path, &refusal.to_string()) {
         warn!(path, error = %w, "cannot record the refusal for the probe");
     }
     error!(
         path,
-        audience = spec.audience,
-        attempt = f.attempt,
-        retry_in_s = f.delay.as_secs(),
-        current_token_exp = f.held_exp,
         error = %e,
+        retry_in_s = f.delay.as_secs(),
+        attempt = f.attempt,
         "token refused, nothing written; retrying rarely, since waiting does not fix this"
     );
     f.delay

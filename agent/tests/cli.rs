@@ -115,32 +115,40 @@ fn hidden_flags_subcommand_prints_the_command_line_as_json() {
     );
 }
 
+/// The policy a successful `trust-policy` printed (stdout alone), and its stderr.
+fn printed_policy(out: std::process::Output) -> (serde_json::Value, String) {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    (serde_json::from_slice(&out.stdout).unwrap(), stderr)
+}
+
 #[test]
 fn trust_policy_for_the_cluster_issuer_prints_the_policy_and_the_provider_command_apart() {
     let issuer = "https://container.googleapis.com/v1/projects/p/locations/europe-west1/clusters/c";
     let provider = issuer.trim_start_matches("https://");
-    let out = agent()
-        .args(["trust-policy", "--token-source", "kubernetes", "--issuer"])
-        .arg(format!("{issuer}/"))
-        .args(["--namespace", "ci", "--service-account", "publisher"])
-        .args(["--account", "111111111111"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let kubernetes = ["trust-policy", "--token-source", "kubernetes", "--issuer"];
+    let (v, stderr) = printed_policy(
+        agent()
+            .args(kubernetes)
+            .arg(format!("{issuer}/"))
+            .args(["--namespace", "ci", "--service-account", "publisher"])
+            .args(["--account", "111111111111"])
+            .output()
+            .unwrap(),
+    );
     // stdout is the policy alone, so `> policy.json` works.
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let st = &v["Statement"][0];
     assert_eq!(
         st["Principal"]["Federated"],
         format!("arn:aws:iam::111111111111:oidc-provider/{provider}")
     );
-    let c = &st["Condition"]["StringEquals"];
+    let sub = format!("{provider}:sub");
+    let aud = format!("{provider}:aud");
     assert_eq!(
-        c[format!("{provider}:sub")],
+        st["Condition"]["StringEquals"][&sub],
         "system:serviceaccount:ci:publisher"
     );
-    assert_eq!(c[format!("{provider}:aud")], "sts.amazonaws.com");
+    assert_eq!(st["Condition"]["StringEquals"][&aud], "sts.amazonaws.com");
     assert!(
         stderr.contains(&format!(
             "aws iam create-open-id-connect-provider --url {issuer} --client-id-list sts.amazonaws.com"
@@ -150,31 +158,18 @@ fn trust_policy_for_the_cluster_issuer_prints_the_policy_and_the_provider_comman
 
     // The namespace and service account default to the pod's (downward API variables), the
     // audience can be another.
-    let out = agent()
-        .env("ROLEBRIDGE_POD_NAMESPACE", "ci")
-        .env("ROLEBRIDGE_SERVICE_ACCOUNT", "publisher")
-        .args([
-            "trust-policy",
-            "--token-source",
-            "kubernetes",
-            "--issuer",
-            issuer,
-        ])
-        .args(["--account", "111111111111", "--audience", "my-aud"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (v, _) = printed_policy(
+        agent()
+            .env("ROLEBRIDGE_POD_NAMESPACE", "ci")
+            .env("ROLEBRIDGE_SERVICE_ACCOUNT", "publisher")
+            .args(kubernetes)
+            .args([issuer, "--account", "111111111111", "--audience", "my-aud"])
+            .output()
+            .unwrap(),
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let c = &v["Statement"][0]["Condition"]["StringEquals"];
-    assert_eq!(c[format!("{provider}:aud")], "my-aud");
-    assert_eq!(
-        c[format!("{provider}:sub")],
-        "system:serviceaccount:ci:publisher"
-    );
+    assert_eq!(c[&aud], "my-aud");
+    assert_eq!(c[&sub], "system:serviceaccount:ci:publisher");
 
     for (flag, value, says) in [
         (
@@ -193,7 +188,7 @@ fn trust_policy_for_the_cluster_issuer_prints_the_policy_and_the_provider_comman
         ];
         args.iter_mut().find(|(f, _)| *f == flag).unwrap().1 = value;
         let mut cmd = agent();
-        cmd.args(["trust-policy", "--token-source", "kubernetes"]);
+        cmd.args(&kubernetes[..3]);
         for (f, v) in args {
             cmd.args([f, v]);
         }

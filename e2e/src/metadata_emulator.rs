@@ -103,12 +103,13 @@ impl fmt::Display for Fault {
 }
 
 /// Which metadata server the emulator plays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Persona {
     /// The GKE metadata server for a pod bound to [`Config::email`].
     #[default]
     Gke,
     /// A node's Compute Engine metadata server: tokens are [`Config::node_email`]'s.
+    #[value(alias = "gce-node")]
     ComputeEngineNode,
     /// The GKE metadata server for [`Config::kubernetes_service_account`], which names no
     /// Google service account: identity answers 404 with GKE's message.
@@ -118,24 +119,16 @@ pub enum Persona {
 impl FromStr for Persona {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim() {
-            "gke" => Ok(Persona::Gke),
-            "compute-engine-node" | "gce-node" => Ok(Persona::ComputeEngineNode),
-            "gke-unannotated" => Ok(Persona::GkeUnannotated),
-            other => Err(format!(
-                "unknown persona {other:?} (gke, compute-engine-node, gke-unannotated)"
-            )),
-        }
+        <Persona as clap::ValueEnum>::from_str(s.trim(), false).map_err(|_| {
+            format!("unknown persona {s:?} (gke, compute-engine-node, gke-unannotated)")
+        })
     }
 }
 
 impl fmt::Display for Persona {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Persona::Gke => "gke",
-            Persona::ComputeEngineNode => "compute-engine-node",
-            Persona::GkeUnannotated => "gke-unannotated",
-        })
+        let value = clap::ValueEnum::to_possible_value(self).expect("no variant is skipped");
+        f.write_str(value.get_name())
     }
 }
 
@@ -370,6 +363,20 @@ impl Emulator {
             shared,
             stop: Some(stop),
             thread: Some(thread),
+        })
+    }
+
+    /// Start with `config` on a free loopback port (tests).
+    pub fn local(config: Config) -> Emulator {
+        Emulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), config)
+            .expect("the emulator starts on a free loopback port")
+    }
+
+    /// [`Emulator::local`] playing `persona`, otherwise as configured by default.
+    pub fn playing(persona: Persona) -> Emulator {
+        Emulator::local(Config {
+            persona,
+            ..Config::default()
         })
     }
 
@@ -742,6 +749,7 @@ mod tests {
             assert_eq!(p.parse::<Persona>().unwrap().to_string(), p);
         }
         assert!("gce".parse::<Persona>().is_err());
+        assert_eq!("gce-node".parse(), Ok(Persona::ComputeEngineNode));
         let shared = Shared::new(Config::default());
         let gke = Config::default();
         let node = Config {

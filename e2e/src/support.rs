@@ -513,6 +513,34 @@ impl CleanAwsHome {
     }
 }
 
+impl CleanAwsHome {
+    /// `program ARGS…` run with [`CleanAwsHome::command`]'s environment and `vars`, for at
+    /// most two minutes.
+    pub fn runner<'a>(
+        &'a self,
+        program: &'a Path,
+        vars: &'a [(&'a str, &'a str)],
+    ) -> impl Fn(&[&str]) -> Output + 'a {
+        move |args| {
+            let mut cmd = self.command(program, vars);
+            cmd.args(args);
+            run_with_timeout(cmd, Duration::from_secs(120))
+        }
+    }
+}
+
+/// The AWS CLI (as `aws` runs it) reads the rig's object ([`BUCKET`], [`OBJECT_KEY`]) from
+/// S3 and is `arn` to `sts get-caller-identity`.
+pub fn aws_cli_reads_s3_as(aws: impl Fn(&[&str]) -> Output, arn: &str) {
+    let object = format!("s3://{BUCKET}/{OBJECT_KEY}");
+    let body = expect_success("aws s3 cp", &aws(&["s3", "cp", &object, "-"]));
+    assert_eq!(body, OBJECT_BODY);
+    let out = aws(&["sts", "get-caller-identity", "--output", "json"]);
+    let id: serde_json::Value =
+        serde_json::from_str(&expect_success("aws sts get-caller-identity", &out)).unwrap();
+    assert_eq!(id["Arn"], arn);
+}
+
 impl Default for CleanAwsHome {
     fn default() -> Self {
         Self::new()

@@ -25,15 +25,11 @@ const NAMESPACE: &str = "ci";
 const KSA: &str = "publisher";
 
 fn emulator(persona: Persona) -> Emulator {
-    Emulator::start(
-        "127.0.0.1:0".parse().unwrap(),
-        Config {
-            persona,
-            kubernetes_service_account: format!("{NAMESPACE}/{KSA}"),
-            ..Config::default()
-        },
-    )
-    .unwrap()
+    Emulator::local(Config {
+        persona,
+        kubernetes_service_account: format!("{NAMESPACE}/{KSA}"),
+        ..Config::default()
+    })
 }
 
 /// What the webhook renders for a pod with one Google-source token and this pin.
@@ -77,6 +73,34 @@ fn refusal_file(token: &Path) -> PathBuf {
     PathBuf::from(format!("{}.refusal", token.display()))
 }
 
+/// `run` as rendered from `args`, once it has recorded a refusal for `token`.
+fn run_until_refused(emu: &Emulator, args: &AgentArgs, dir: &Path) -> AgentProcess {
+    let agent = AgentProcess::spawn(command(emu, args, subcommand::RUN), dir);
+    let token = &args.tokens[0].path;
+    assert!(
+        wait_until(Duration::from_secs(5), || refusal_file(token).exists()),
+        "no refusal recorded: {}",
+        agent.log()
+    );
+    agent
+}
+
+/// `init` as rendered from `args` (deadline 30 s): it must fail at once, not at the deadline.
+fn init_fails_at_once(emu: &Emulator, args: &AgentArgs) -> Output {
+    let mut cmd = command(emu, args, subcommand::INIT);
+    cmd.args(["--timeout", "30s"]);
+    let started = Instant::now();
+    let out = run_with_timeout(cmd, Duration::from_secs(40));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a refusal fails init at once, not at the deadline: {:?}",
+        started.elapsed()
+    );
+    assert!(!args.tokens[0].path.exists());
+    out
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -114,12 +138,7 @@ fn the_nodes_token_is_refused_nothing_written_and_the_probe_says_why() {
     std::fs::write(&token, emu.mint(STS, &Default::default())).unwrap();
     let args = agent_args(&token, email(APP));
     let started = Instant::now();
-    let agent = AgentProcess::spawn(command(&emu, &args, subcommand::RUN), dir.path());
-    assert!(
-        wait_until(Duration::from_secs(5), || refusal_file(&token).exists()),
-        "no refusal recorded: {}",
-        agent.log()
-    );
+    let agent = run_until_refused(&emu, &args, dir.path());
     assert!(!token.exists(), "the node's token left on disk must go");
     let log = agent.log();
     assert_names(&log, NODE_CAUSE);
@@ -146,19 +165,8 @@ fn the_nodes_token_is_refused_nothing_written_and_the_probe_says_why() {
 fn init_refuses_the_nodes_token_at_once_naming_both_accounts() {
     let emu = emulator(Persona::ComputeEngineNode);
     let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("t.token");
-    let mut cmd = command(&emu, &agent_args(&token, email(APP)), subcommand::INIT);
-    cmd.args(["--timeout", "30s"]);
-    let started = Instant::now();
-    let out = run_with_timeout(cmd, Duration::from_secs(40));
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "a refusal fails init at once, not at the deadline: {:?}",
-        started.elapsed()
-    );
+    let out = init_fails_at_once(&emu, &agent_args(&dir.path().join("t.token"), email(APP)));
     assert_names(&stderr(&out), NODE_CAUSE);
-    assert!(!token.exists());
     assert_eq!(emu.stats().identity_requests, 1);
 }
 
@@ -168,24 +176,13 @@ fn a_pod_without_a_google_service_account_never_asks_and_is_told_what_to_fix() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("t.token");
     let args = agent_args(&token, Some(GooglePin::NotConfigured));
-    let agent = AgentProcess::spawn(command(&emu, &args, subcommand::RUN), dir.path());
-    assert!(
-        wait_until(Duration::from_secs(5), || refusal_file(&token).exists()),
-        "{}",
-        agent.log()
-    );
+    let agent = run_until_refused(&emu, &args, dir.path());
     assert_names(&agent.log(), ANNOTATE);
     let out = probe(&args);
     assert_eq!(out.status.code(), Some(1));
     assert_names(&stderr(&out), ANNOTATE);
-
-    let out = run_with_timeout(
-        command(&emu, &args, subcommand::INIT),
-        Duration::from_secs(20),
-    );
-    assert_eq!(out.status.code(), Some(1));
-    assert_names(&stderr(&out), ANNOTATE);
-    assert!(!token.exists());
+    drop(agent);
+    assert_names(&stderr(&init_fails_at_once(&emu, &args)), ANNOTATE);
     assert_eq!(
         emu.stats().identity_requests,
         0,
@@ -200,26 +197,14 @@ fn gke_404_for_a_service_account_without_annotation_gives_the_same_advice() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("t.token");
     let args = agent_args(&token, None);
-    let agent = AgentProcess::spawn(command(&emu, &args, subcommand::RUN), dir.path());
-    assert!(
-        wait_until(Duration::from_secs(5), || refusal_file(&token).exists()),
-        "{}",
-        agent.log()
-    );
+    let agent = run_until_refused(&emu, &args, dir.path());
     assert_names(&agent.log(), ANNOTATE);
     assert_names(&agent.log(), &["GKE metadata server answered 404"]);
     let out = probe(&args);
     assert_eq!(out.status.code(), Some(1));
     assert_names(&stderr(&out), ANNOTATE);
     drop(agent);
-
-    let started = Instant::now();
-    let mut init = command(&emu, &args, subcommand::INIT);
-    init.args(["--timeout", "30s"]);
-    let out = run_with_timeout(init, Duration::from_secs(40));
-    assert_eq!(out.status.code(), Some(1));
-    assert!(started.elapsed() < Duration::from_secs(10));
-    assert_names(&stderr(&out), ANNOTATE);
+    assert_names(&stderr(&init_fails_at_once(&emu, &args)), ANNOTATE);
 }
 
 #[test]
@@ -229,12 +214,7 @@ fn the_pinned_account_is_written_and_a_recorded_refusal_is_cleared() {
     let token = dir.path().join("t.token");
     // Emails compare case-insensitively, as Google treats them.
     let args = agent_args(&token, email(&APP.to_ascii_uppercase()));
-    let agent = AgentProcess::spawn(command(&emu, &args, subcommand::RUN), dir.path());
-    assert!(
-        wait_until(Duration::from_secs(5), || refusal_file(&token).exists()),
-        "{}",
-        agent.log()
-    );
+    let agent = run_until_refused(&emu, &args, dir.path());
     // The pod's metadata server now answers for the pod (GKE's): the next attempt, within
     // seconds of a first refusal, writes the token.
     emu.set_persona(Persona::Gke);

@@ -21,7 +21,7 @@ const IDENTITY_ROLE: &str = "arn:aws:iam::111111111111:role/ci-identity";
 const TARGET_ROLE: &str = "arn:aws:iam::222222222222:role/docs-writer";
 
 fn emulator() -> Emulator {
-    Emulator::start("127.0.0.1:0".parse().unwrap(), Config::default()).unwrap()
+    Emulator::local(Config::default())
 }
 
 fn probe(args: &AgentArgs) -> Output {

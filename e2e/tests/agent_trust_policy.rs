@@ -13,17 +13,6 @@ use rolebridge_e2e::support::{agent_command, run_with_timeout};
 const APP: &str = "app@rolebridge-test.iam.gserviceaccount.com";
 const ROLE: &str = "arn:aws:iam::111111111111:role/ci-identity";
 
-fn emulator(persona: Persona) -> Emulator {
-    Emulator::start(
-        "127.0.0.1:0".parse().unwrap(),
-        Config {
-            persona,
-            ..Config::default()
-        },
-    )
-    .unwrap()
-}
-
 fn run(emu: &Emulator, args: &[&str], sts: Option<&StsStub>) -> Output {
     let mut cmd = agent_command(&emu.host());
     cmd.args(args)
@@ -41,7 +30,7 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn trust_policy_reads_the_unique_id_only_from_the_pinned_accounts_token() {
-    let emu = emulator(Persona::Gke);
+    let emu = Emulator::playing(Persona::Gke);
     let gke = Config::default();
     let out = run(
         &emu,
@@ -104,7 +93,7 @@ fn trust_policy_reads_the_unique_id_only_from_the_pinned_accounts_token() {
 
 #[test]
 fn verify_refuses_the_nodes_token_when_pinned_and_prints_no_policy_for_it_unpinned() {
-    let emu = emulator(Persona::ComputeEngineNode);
+    let emu = Emulator::playing(Persona::ComputeEngineNode);
     let sts = StsStub::start(&[ROLE]);
     let verify = ["verify", "--role-arn", ROLE, "--no-session-tags"];
 

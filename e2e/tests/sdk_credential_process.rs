@@ -9,7 +9,8 @@ use std::time::Duration;
 use rolebridge_e2e::metadata_emulator::{Config, Emulator};
 use rolebridge_e2e::support::{
     BUCKET, CleanAwsHome, OBJECT_BODY, OBJECT_KEY, Peers, ROLE_ARN, assumed_role_arn,
-    expect_success, http_get, now_ms, run_with_timeout, sdk_file, unsigned_jwt,
+    aws_cli_reads_s3_as, expect_success, http_get, now_ms, run_with_timeout, sdk_file,
+    unsigned_jwt,
 };
 use rolebridge_e2e::support::{Moto, agent_bin};
 
@@ -199,25 +200,10 @@ fn aws_cli_credential_process_with_a_ci_token_file_walks_the_chain() {
         ("GCE_METADATA_HOST", emu_host.as_str()),
         ("XDG_CACHE_HOME", cache.to_str().unwrap()),
     ];
-    let aws = |args: &[&str]| {
-        let mut cmd = home.command(&peers.aws, &env);
-        cmd.args(args);
-        run_with_timeout(cmd, Duration::from_secs(120))
-    };
-
-    let body = expect_success(
-        "aws s3 cp",
-        &aws(&["s3", "cp", &format!("s3://{BUCKET}/{OBJECT_KEY}"), "-"]),
-    );
-    assert_eq!(body, OBJECT_BODY);
-    let id = expect_success(
-        "aws sts get-caller-identity",
-        &aws(&["sts", "get-caller-identity", "--output", "json"]),
-    );
-    let id: serde_json::Value = serde_json::from_str(&id).unwrap();
-    assert_eq!(
-        id["Arn"],
-        "arn:aws:sts::222222222222:assumed-role/docs-writer/rb-ci"
+    let aws = home.runner(&peers.aws, &env);
+    aws_cli_reads_s3_as(
+        &aws,
+        "arn:aws:sts::222222222222:assumed-role/docs-writer/rb-ci",
     );
 
     // What the agent sent STS, from moto's record: the file's token on the web identity hop,

@@ -67,7 +67,7 @@ struct Args {
     /// GKE_METADATA sees them), gke-unannotated (identity answers 404 with GKE's message for
     /// --kubernetes-service-account). Changeable at run time with
     /// `POST /emulator/config?persona=...`.
-    #[arg(long, env = "EMULATOR_PERSONA", default_value = "gke")]
+    #[arg(long, env = "EMULATOR_PERSONA", value_enum, default_value_t = Persona::Gke)]
     persona: Persona,
     /// compute-engine-node: the node's service account.
     #[arg(long, env = "EMULATOR_NODE_EMAIL", default_value = NODE_EMAIL)]
