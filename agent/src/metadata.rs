@@ -163,10 +163,20 @@ impl FetchError {
 }
 
 /// A token that passed validation.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Token {
     pub jwt: String,
     pub claims: Claims,
+}
+
+/// The claims only: the token itself is a credential.
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("jwt", &format_args!("<{} bytes redacted>", self.jwt.len()))
+            .field("claims", &self.claims)
+            .finish()
+    }
 }
 
 /// Fetch and validate an ID token for `audience`, for the account `pin` names (refused
@@ -306,6 +316,18 @@ mod tests {
             MetadataHost::identity_path("sts.amazonaws.com")
                 .contains("audience=sts.amazonaws.com&")
         );
+    }
+
+    #[test]
+    fn debug_shows_claims_not_the_token() {
+        let jwt = crate::jwt::tests::token("a", 1, 2);
+        let t = Token {
+            claims: jwt::decode(&jwt).unwrap(),
+            jwt: jwt.clone(),
+        };
+        let shown = format!("{t:?}");
+        assert!(!shown.contains(jwt.split('.').nth(1).unwrap()), "{shown}");
+        assert!(shown.contains("exp: 2"), "{shown}");
     }
 
     #[test]
