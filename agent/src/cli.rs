@@ -158,7 +158,8 @@ impl TokenFileArg {
 
 #[derive(Debug, Args)]
 pub struct AudienceArg {
-    /// Audience of the ID token (what AWS matches as accounts.google.com:oaud).
+    /// Audience of the ID token (what AWS matches as accounts.google.com:oaud for a Google
+    /// token, as ISSUER:aud for another issuer's).
     #[arg(long, env = "ROLEBRIDGE_AUDIENCE", default_value = DEFAULT_AUDIENCE)]
     pub audience: String,
 }
@@ -452,8 +453,8 @@ pub struct TrustPolicyArgs {
     pub gsa_unique_id: Option<String>,
     #[command(flatten)]
     pub pin: PinArg,
-    /// kubernetes: the cluster's OIDC issuer (https://container.googleapis.com/v1/projects/
-    /// PROJECT/locations/LOCATION/clusters/CLUSTER on GKE; the iss of its service account tokens).
+    /// kubernetes: the cluster's OIDC issuer, the iss of its service account tokens (on GKE
+    /// https://container.googleapis.com/v1/projects/PROJECT/locations/LOCATION/clusters/NAME).
     #[arg(long, env = "ROLEBRIDGE_OIDC_ISSUER", value_name = "URL")]
     pub issuer: Option<String>,
     /// kubernetes: the namespace of the service account the role trusts.

@@ -118,9 +118,16 @@ pub enum FetchError {
     Status { status: u16, body: String },
     #[error("metadata server returned an unusable token: {0}")]
     InvalidToken(#[from] JwtError),
-    /// Not an outage: the answer is (or would be) for the wrong account, or for none.
+    /// Not an outage: the answer is (or would be) for the wrong account, or for none. (Not a
+    /// `source`: the message already says it all, and `main` prints the chain of sources.)
     #[error("refused: {0}")]
-    Refused(#[from] Refusal),
+    Refused(Refusal),
+}
+
+impl From<Refusal> for FetchError {
+    fn from(r: Refusal) -> Self {
+        FetchError::Refused(r)
+    }
 }
 
 impl FetchError {

@@ -229,11 +229,11 @@ impl Refresher {
         if e.is_refusal() {
             error!(
                 binding,
-                role,
-                attempt = attempts,
-                retry_in_s = delay.as_secs(),
-                still_serving_previous = held,
                 error = %e,
+                role,
+                retry_in_ms = delay.as_millis() as u64,
+                attempt = attempts,
+                still_serving_previous = held,
                 "token refused, no credentials obtained; retrying rarely, since waiting does not fix this"
             );
         } else {

@@ -207,7 +207,8 @@ fn not_written(
     error!(
         path,
         error = %e,
-        retry_in_s = f.delay.as_secs(),
+        audience = spec.audience,
+        retry_in_ms = f.delay.as_millis() as u64,
         attempt = f.attempt,
         "token refused, nothing written; retrying rarely, since waiting does not fix this"
     );

@@ -36,13 +36,20 @@ pub enum TokenSource {
     File(PathBuf),
 }
 
-/// Why no token was obtained. Carries no token.
+/// Why no token was obtained. Carries no token. Its message is whole (no `source`), so that
+/// a log line and `main`'s chain of causes print it once.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("cannot get a Google ID token: {0}")]
-    Metadata(#[from] FetchError),
+    Metadata(FetchError),
     #[error("web identity token file {path}: {problem}")]
     File { path: String, problem: FileProblem },
+}
+
+impl From<FetchError> for SourceError {
+    fn from(e: FetchError) -> Self {
+        SourceError::Metadata(e)
+    }
 }
 
 /// What is wrong with a token file.
@@ -51,12 +58,12 @@ pub enum FileProblem {
     #[error("not found (not projected yet, or the wrong path?)")]
     Missing,
     #[error("cannot be read: {0}")]
-    Io(#[source] std::io::Error),
+    Io(std::io::Error),
     #[error("is empty")]
     Empty,
     #[error("is larger than {MAX_TOKEN_FILE} bytes, so it is not a token")]
     TooLarge,
-    #[error("{0}")]
+    #[error(transparent)]
     Invalid(#[from] JwtError),
 }
 
@@ -166,6 +173,20 @@ mod tests {
         let e = read(&path).unwrap_err().to_string();
         assert!(!e.contains("secret"), "{e}");
         assert!(matches!(read(dir.path()), Err(FileProblem::Io(_))));
+    }
+
+    #[test]
+    fn errors_print_once_through_the_chain_of_causes() {
+        use std::error::Error;
+        let refused = SourceError::from(FetchError::from(crate::pin::Refusal::NoEmail {
+            expected: "a@b.c".into(),
+        }));
+        assert!(refused.source().is_none());
+        assert!(
+            refused
+                .to_string()
+                .contains("refused: the metadata server's token")
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
