@@ -727,6 +727,37 @@ mod tests {
             "0"
         ]));
         assert!(bad(&["trust-policy", "--external-id", "x"]));
+        assert!(!bad(&["check", "--credentials-port", "24118"]));
+        // Below the contract's lowest port the agent could not bind (the webhook refuses it too).
+        let below = (MIN_CREDENTIALS_PORT - 1).to_string();
+        assert!(bad(&[
+            "run",
+            "--token",
+            "/t=a",
+            "--credentials-port",
+            &below
+        ]));
+        assert!(bad(&[
+            "init",
+            "--token",
+            "/t=a",
+            "--credentials-port",
+            &below
+        ]));
+        assert!(bad(&["check", "--credentials-port", &below]));
+        assert!(!bad(&[
+            "check",
+            "--credentials-port",
+            &MIN_CREDENTIALS_PORT.to_string()
+        ]));
+    }
+
+    #[test]
+    fn pins_token_files_and_token_sources_are_checked_by_the_parser() {
+        let bad = |args: &[&str]| {
+            let argv = std::iter::once("rolebridge-agent").chain(args.iter().copied());
+            Cli::try_parse_from(argv).is_err()
+        };
         assert!(bad(&[
             "run",
             "--token",
@@ -769,29 +800,6 @@ mod tests {
             "s",
             "--account",
             "111111111111"
-        ]));
-        assert!(!bad(&["check", "--credentials-port", "24118"]));
-        // Below the contract's lowest port the agent could not bind (the webhook refuses it too).
-        let below = (MIN_CREDENTIALS_PORT - 1).to_string();
-        assert!(bad(&[
-            "run",
-            "--token",
-            "/t=a",
-            "--credentials-port",
-            &below
-        ]));
-        assert!(bad(&[
-            "init",
-            "--token",
-            "/t=a",
-            "--credentials-port",
-            &below
-        ]));
-        assert!(bad(&["check", "--credentials-port", &below]));
-        assert!(!bad(&[
-            "check",
-            "--credentials-port",
-            &MIN_CREDENTIALS_PORT.to_string()
         ]));
     }
 

@@ -559,39 +559,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Clo
     };
 
     if let Some(control) = path.strip_prefix("/emulator/") {
-        return Ok(match control {
-            "stats" => json(&shared.state.lock().unwrap().stats),
-            "jwks" => json(&shared.jwks()),
-            "config" => {
-                let mut st = shared.state.lock().unwrap();
-                if let Some(f) = param("fault") {
-                    match f.parse() {
-                        Ok(f) => st.config.fault = f,
-                        Err(e) => return Ok(text(StatusCode::BAD_REQUEST, e)),
-                    }
-                }
-                if let Some(p) = param("persona") {
-                    match p.parse() {
-                        Ok(p) => st.config.persona = p,
-                        Err(e) => return Ok(text(StatusCode::BAD_REQUEST, e)),
-                    }
-                }
-                if let Some(l) = param("lifetime").and_then(|v| v.parse::<u64>().ok()) {
-                    st.config.lifetime = Duration::from_secs(l);
-                }
-                if let Some(l) = param("latency_ms").and_then(|v| v.parse::<u64>().ok()) {
-                    st.config.latency = Duration::from_millis(l);
-                }
-                let c = &st.config;
-                json(&serde_json::json!({
-                    "persona": c.persona.to_string(),
-                    "fault": c.fault.to_string(),
-                    "lifetime": c.lifetime.as_secs(),
-                    "latency_ms": c.latency.as_millis() as u64,
-                }))
-            }
-            _ => text(StatusCode::NOT_FOUND, "unknown emulator control path\n"),
-        });
+        return Ok(emulator_control(&shared, control, param));
     }
 
     if path == "/" {
@@ -640,6 +608,47 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Clo
             None => Ok(text(StatusCode::NOT_FOUND, "Not Found\n")),
         },
         _ => Ok(text(StatusCode::NOT_FOUND, "Not Found\n")),
+    }
+}
+
+/// `/emulator/{stats,jwks,config}`: the test's controls.
+fn emulator_control(
+    shared: &Shared,
+    control: &str,
+    param: impl Fn(&str) -> Option<String>,
+) -> Resp {
+    match control {
+        "stats" => json(&shared.state.lock().unwrap().stats),
+        "jwks" => json(&shared.jwks()),
+        "config" => {
+            let mut st = shared.state.lock().unwrap();
+            if let Some(f) = param("fault") {
+                match f.parse() {
+                    Ok(f) => st.config.fault = f,
+                    Err(e) => return text(StatusCode::BAD_REQUEST, e),
+                }
+            }
+            if let Some(p) = param("persona") {
+                match p.parse() {
+                    Ok(p) => st.config.persona = p,
+                    Err(e) => return text(StatusCode::BAD_REQUEST, e),
+                }
+            }
+            if let Some(l) = param("lifetime").and_then(|v| v.parse::<u64>().ok()) {
+                st.config.lifetime = Duration::from_secs(l);
+            }
+            if let Some(l) = param("latency_ms").and_then(|v| v.parse::<u64>().ok()) {
+                st.config.latency = Duration::from_millis(l);
+            }
+            let c = &st.config;
+            json(&serde_json::json!({
+                "persona": c.persona.to_string(),
+                "fault": c.fault.to_string(),
+                "lifetime": c.lifetime.as_secs(),
+                "latency_ms": c.latency.as_millis() as u64,
+            }))
+        }
+        _ => text(StatusCode::NOT_FOUND, "unknown emulator control path\n"),
     }
 }
 
