@@ -14,10 +14,8 @@ use aws_sdk_sts_lean::primitives::{DateTime, DateTimeFormat};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::clock::now_ms;
 use crate::creds::Credentials;
 use crate::jwt::Claims;
-use crate::metadata::{self, FetchError, MetadataHost, Token};
 use crate::writer;
 
 /// The audience AWS documents for web identity federation, and what the webhook uses.
@@ -78,6 +76,121 @@ pub fn chained_trust_policy(
     })
 }
 
+/// Why a trust policy cannot be rendered from what was given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error(
+        "issuer {0:?} must be an https:// URL without query or fragment (IAM trusts OIDC \
+         providers over HTTPS only; on GKE: https://container.googleapis.com/v1/projects/\
+         PROJECT/locations/LOCATION/clusters/CLUSTER)"
+    )]
+    Issuer(String),
+    #[error("account {0:?} is not an AWS account ID (12 digits)")]
+    Account(String),
+    #[error("namespace {0:?} is not a Kubernetes namespace name")]
+    Namespace(String),
+    #[error("service account {0:?} is not a Kubernetes service account name")]
+    ServiceAccount(String),
+    #[error("the audience must not be empty")]
+    Audience,
+}
+
+/// An OIDC issuer as IAM names its provider: the `https://` URL without the scheme and
+/// without trailing slashes (`container.googleapis.com/v1/projects/p/locations/l/clusters/c`).
+pub fn oidc_provider(issuer: &str) -> Result<String, PolicyError> {
+    let bad = || PolicyError::Issuer(issuer.to_owned());
+    let rest = issuer.trim().strip_prefix("https://").ok_or_else(bad)?;
+    let rest = rest.trim_end_matches('/');
+    let host = rest.split('/').next().unwrap_or("");
+    let clean = !rest.contains(['?', '#', '@']) && !rest.chars().any(char::is_whitespace);
+    if host.is_empty() || host.starts_with('.') || !clean {
+        return Err(bad());
+    }
+    Ok(rest.to_owned())
+}
+
+/// The trust policy of a role assumed with an OIDC provider's token (`sts:AssumeRoleWithWebIdentity`):
+/// the provider `arn:PARTITION:iam::ACCOUNT:oidc-provider/PROVIDER` as principal, and
+/// StringEquals on `PROVIDER:sub` and `PROVIDER:aud` (which AWS compares with the token's `sub`
+/// and `aud`). Both pinned: without `:sub`, any identity of the issuer with that audience,
+/// every service account of the cluster, could assume the role.
+pub fn oidc_trust_policy(
+    partition: &str,
+    account: &str,
+    provider: &str,
+    sub: &str,
+    audience: &str,
+) -> serde_json::Value {
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {
+                "Federated": format!("arn:{partition}:iam::{account}:oidc-provider/{provider}")
+            },
+            "Action": "sts:AssumeRoleWithWebIdentity",
+            "Condition": {
+                "StringEquals": {
+                    format!("{provider}:sub"): sub,
+                    format!("{provider}:aud"): audience,
+                }
+            }
+        }]
+    })
+}
+
+/// A role trusted by one Kubernetes service account of a cluster (`tokenSource: Kubernetes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesTrust<'a> {
+    pub issuer: &'a str,
+    pub namespace: &'a str,
+    pub service_account: &'a str,
+    pub audience: &'a str,
+    pub account: &'a str,
+}
+
+/// The role's trust policy for a Kubernetes service account, and the one-time command that
+/// registers the cluster's issuer as an IAM OIDC provider of the account.
+pub fn kubernetes_trust_policy(
+    t: &KubernetesTrust,
+) -> Result<(serde_json::Value, String), PolicyError> {
+    let provider = oidc_provider(t.issuer)?;
+    if t.account.len() != 12 || !t.account.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(PolicyError::Account(t.account.to_owned()));
+    }
+    if !is_dns_name(t.namespace, 63, false) {
+        return Err(PolicyError::Namespace(t.namespace.to_owned()));
+    }
+    if !is_dns_name(t.service_account, 253, true) {
+        return Err(PolicyError::ServiceAccount(t.service_account.to_owned()));
+    }
+    if t.audience.trim().is_empty() {
+        return Err(PolicyError::Audience);
+    }
+    let sub = format!(
+        "system:serviceaccount:{}:{}",
+        t.namespace, t.service_account
+    );
+    let policy = oidc_trust_policy("aws", t.account, &provider, &sub, t.audience);
+    let command = format!(
+        "aws iam create-open-id-connect-provider --url https://{provider} --client-id-list {}",
+        t.audience
+    );
+    Ok((policy, command))
+}
+
+/// A Kubernetes object name: lowercase alphanumerics and `-` (and `.` when `dots`), starting
+/// and ending with an alphanumeric, at most `max` characters.
+fn is_dns_name(s: &str, max: usize, dots: bool) -> bool {
+    let edge = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    s.len() <= max
+        && edge(s.bytes().next())
+        && edge(s.bytes().last())
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || (dots && b == b'.')
+        })
+}
+
 /// The Google service account's unique ID as AWS sees it in `accounts.google.com:aud`.
 pub fn unique_id(claims: &Claims) -> Option<&str> {
     claims.azp.as_deref().or(claims.sub.as_deref())
@@ -134,15 +247,6 @@ impl ProcessCredentials {
             .ok()
             .and_then(|d| d.to_millis().ok())
     }
-}
-
-/// Fetch an ID token for `audience` from the metadata server.
-pub async fn fetch(
-    endpoint: &MetadataHost,
-    audience: &str,
-    timeout: Duration,
-) -> Result<Token, FetchError> {
-    metadata::fetch_token(endpoint, audience, timeout, || now_ms().div_euclid(1000)).await
 }
 
 /// What most likely went wrong on hop `hop` (1-based; hop 1 is the web identity hop), given
@@ -277,6 +381,109 @@ mod tests {
         assert_eq!(c["accounts.google.com:aud"], "1234567890");
         assert_eq!(c["accounts.google.com:oaud"], "sts.amazonaws.com");
         assert_eq!(c["accounts.google.com:sub"], "1234567890");
+    }
+
+    #[test]
+    fn kubernetes_trust_policy_pins_the_service_account_and_audience() {
+        let issuer =
+            "https://container.googleapis.com/v1/projects/p/locations/europe-west1/clusters/c/";
+        let (p, command) = kubernetes_trust_policy(&KubernetesTrust {
+            issuer,
+            namespace: "ci",
+            service_account: "publisher",
+            audience: "sts.amazonaws.com",
+            account: "111111111111",
+        })
+        .unwrap();
+        let provider = "container.googleapis.com/v1/projects/p/locations/europe-west1/clusters/c";
+        let st = &p["Statement"][0];
+        assert_eq!(
+            st["Principal"]["Federated"],
+            format!("arn:aws:iam::111111111111:oidc-provider/{provider}")
+        );
+        assert_eq!(st["Action"], "sts:AssumeRoleWithWebIdentity");
+        let c = st["Condition"]["StringEquals"].as_object().unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            c[&format!("{provider}:sub")],
+            "system:serviceaccount:ci:publisher"
+        );
+        assert_eq!(c[&format!("{provider}:aud")], "sts.amazonaws.com");
+        assert!(!p.to_string().contains('*'), "never a wildcard");
+        assert_eq!(
+            command,
+            format!(
+                "aws iam create-open-id-connect-provider --url https://{provider} --client-id-list sts.amazonaws.com"
+            )
+        );
+    }
+
+    #[test]
+    fn kubernetes_trust_policy_refuses_what_iam_or_kubernetes_would() {
+        let ok = KubernetesTrust {
+            issuer: "https://issuer.example/x",
+            namespace: "ci",
+            service_account: "pub.lisher-1",
+            audience: "a",
+            account: "111111111111",
+        };
+        assert!(kubernetes_trust_policy(&ok).is_ok());
+        use std::mem::discriminant;
+        let issuers = [
+            "http://issuer.example",
+            "issuer.example",
+            "https://",
+            "https:///x",
+            "https://a/b?c",
+            "https://a/#f",
+            "https://u@a",
+        ];
+        let any = String::new;
+        let cases = (issuers.map(|issuer| KubernetesTrust {
+            issuer,
+            ..ok.clone()
+        }))
+        .map(|t| (t, PolicyError::Issuer(any())))
+        .into_iter()
+        .chain(
+            ["11111111111", "1111111111111", "11111111111a", ""].map(|account| {
+                (
+                    KubernetesTrust {
+                        account,
+                        ..ok.clone()
+                    },
+                    PolicyError::Account(any()),
+                )
+            }),
+        )
+        .chain(["", "CI", "a.b", "-a", "a-", "*"].map(|namespace| {
+            (
+                KubernetesTrust {
+                    namespace,
+                    ..ok.clone()
+                },
+                PolicyError::Namespace(any()),
+            )
+        }))
+        .chain(["", "A", "*", "a:b"].map(|service_account| {
+            let t = KubernetesTrust {
+                service_account,
+                ..ok.clone()
+            };
+            (t, PolicyError::ServiceAccount(any()))
+        }))
+        .chain([(
+            KubernetesTrust {
+                audience: " ",
+                ..ok.clone()
+            },
+            PolicyError::Audience,
+        )]);
+        for (t, want) in cases {
+            let got = kubernetes_trust_policy(&t).unwrap_err();
+            assert_eq!(discriminant(&got), discriminant(&want), "{t:?}: {got}");
+        }
+        assert_eq!(oidc_provider("https://gitlab.com/").unwrap(), "gitlab.com");
     }
 
     #[test]

@@ -9,18 +9,20 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::filter::LevelFilter;
 
 use rolebridge_contract::{
-    AUTH_TOKEN_PATH, CredentialsSpec, DEFAULT_CREDENTIALS_PORT, MIN_CREDENTIALS_PORT, env, flag,
-    introspect, subcommand,
+    AUTH_TOKEN_PATH, CredentialsSpec, DEFAULT_CREDENTIALS_PORT, GooglePin, MIN_CREDENTIALS_PORT,
+    env, flag, introspect, subcommand,
 };
 
 use crate::aws::DEFAULT_AUDIENCE;
 use crate::endpoint::Limits;
 use crate::identity::PodIdentity;
 use crate::metadata::MetadataHost;
+use crate::pin::Pin;
 use crate::schedule::Policy;
 use crate::spec::{self, SpecError, TokenSpec};
 use crate::sts::Hop;
 use crate::token_files::Config;
+use crate::token_source::TokenSource;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -86,18 +88,78 @@ impl MetadataArgs {
         MetadataHost::new(self.metadata_host.as_deref())
     }
 
-    pub fn config(&self, policy: Policy) -> Arc<Config> {
+    pub fn config(&self, policy: Policy, pin: Pin) -> Arc<Config> {
         Arc::new(Config {
             endpoint: self.endpoint(),
             request_timeout: self.request_timeout,
             policy,
+            pin,
         })
+    }
+
+    /// The metadata server as a token source, held to `pin`.
+    pub fn source(&self, pin: Pin) -> TokenSource {
+        TokenSource::Metadata {
+            host: self.endpoint(),
+            pin,
+            timeout: self.request_timeout,
+        }
+    }
+}
+
+/// The Google service account every Google ID token must be for (see [`crate::pin`]).
+#[derive(Debug, Args, Default)]
+pub struct PinArg {
+    /// The Google service account every Google ID token must be for; a token for any other
+    /// account (the node's, in a hostNetwork pod or on a node pool without GKE_METADATA) is
+    /// refused. "none": the pod's service account names no Google service account, so every
+    /// token is refused with advice.
+    #[arg(long = flag::name::GOOGLE_SERVICE_ACCOUNT, value_name = "EMAIL|none")]
+    #[arg(env = "ROLEBRIDGE_GOOGLE_SERVICE_ACCOUNT")]
+    pub google_service_account: Option<GooglePin>,
+}
+
+impl PinArg {
+    /// The pin, naming the pod's service account (from `pod`) in advice.
+    pub fn pin(&self, pod: &PodArgs) -> Pin {
+        let service_account = match (&pod.pod_namespace, &pod.service_account) {
+            (Some(ns), Some(sa)) if !ns.is_empty() && !sa.is_empty() => Some(format!("{ns}/{sa}")),
+            _ => None,
+        };
+        Pin {
+            google: self.google_service_account.clone(),
+            service_account,
+        }
+    }
+}
+
+/// A token file instead of the metadata server (`credential-process`, `verify`).
+#[derive(Debug, Args)]
+pub struct TokenFileArg {
+    /// Use the OIDC token in this file for the web identity hop instead of a Google ID token
+    /// from the metadata server: a Kubernetes projected service account token, or a CI
+    /// system's ID token (GitLab id_tokens, GitHub Actions' OIDC token). Read at every use.
+    // Not in conflict with --metadata-host: GCE_METADATA_HOST may be set in the environment,
+    // and verify still asks the metadata server for the gke-cluster-name tag.
+    #[arg(long, env = "ROLEBRIDGE_TOKEN_FILE", value_name = "PATH")]
+    #[arg(conflicts_with = "google_service_account")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl TokenFileArg {
+    /// The token file if given, else the metadata server held to `pin`.
+    pub fn source(&self, metadata: &MetadataArgs, pin: Pin) -> TokenSource {
+        match &self.token_file {
+            Some(path) => TokenSource::File(path.clone()),
+            None => metadata.source(pin),
+        }
     }
 }
 
 #[derive(Debug, Args)]
 pub struct AudienceArg {
-    /// Audience of the ID token (what AWS matches as accounts.google.com:oaud).
+    /// Audience of the ID token (what AWS matches as accounts.google.com:oaud for a Google
+    /// token, as ISSUER:aud for another issuer's).
     #[arg(long, env = "ROLEBRIDGE_AUDIENCE", default_value = DEFAULT_AUDIENCE)]
     pub audience: String,
 }
@@ -245,8 +307,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Doctor: fetch a token, show its claims, and walk the role chain hop by hop.
     Verify(VerifyArgs),
-    /// Print the IAM trust policy a role needs: for the web identity role (trusting this Google
-    /// service account), or with --previous-role-arn for a chained role.
+    /// Print the IAM trust policy a role needs: for the web identity role (trusting a Google
+    /// service account, or with --token-source kubernetes a Kubernetes service account), or
+    /// with --previous-role-arn for a chained role.
     TrustPolicy(TrustPolicyArgs),
     /// AWS credential_process helper: print Version 1 credentials JSON (through the role
     /// chain, if any), cached until shortly before they expire.
@@ -272,12 +335,19 @@ pub struct RunArgs {
     pub listener: ListenerArgs,
     #[command(flatten)]
     pub metadata: MetadataArgs,
+    #[command(flatten)]
+    pub pin: PinArg,
     /// Refresh after this fraction of a token's or credentials' lifetime (±0.1 jitter).
     #[arg(long, env = "ROLEBRIDGE_REFRESH_FRACTION", default_value_t = 0.5, value_parser = parse_fraction)]
     pub refresh_fraction: f64,
     /// Longest wait between retries while the metadata server or STS fails.
     #[arg(long, env = "ROLEBRIDGE_MAX_RETRY_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub max_retry_interval: Duration,
+    /// Longest wait between attempts after a refusal (the metadata server answered for another
+    /// account, or the service account has no Google service account): no outage, so the
+    /// agent asks rarely.
+    #[arg(long, env = "ROLEBRIDGE_REFUSAL_RETRY_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub refusal_retry_interval: Duration,
     /// Never hand out credentials with less than this left (capped at a tenth of their
     /// lifetime).
     #[arg(long, env = "ROLEBRIDGE_CREDENTIALS_MARGIN", default_value = "60s", value_parser = parse_duration)]
@@ -292,7 +362,12 @@ pub struct InitArgs {
     pub credentials: CredentialsArgs,
     #[command(flatten)]
     pub metadata: MetadataArgs,
-    /// Give up (exit 1) when the tokens are not written by then.
+    #[command(flatten)]
+    pub pin: PinArg,
+    /// Named in the advice of a refusal (the pod's namespace and service account).
+    #[command(flatten)]
+    pub pod: PodArgs,
+    /// Give up (exit 1) when the tokens are not written by then (at once after a refusal).
     #[arg(long, env = "ROLEBRIDGE_INIT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
 }
@@ -338,16 +413,60 @@ pub struct VerifyArgs {
     pub pod: PodArgs,
     #[command(flatten)]
     pub metadata: MetadataArgs,
+    #[command(flatten)]
+    pub pin: PinArg,
+    #[command(flatten)]
+    pub token_file: TokenFileArg,
+}
+
+/// Which token a role's trust policy admits (`trust-policy --token-source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TokenSourceKind {
+    /// A Google service account's ID token (from the GKE metadata server).
+    Google,
+    /// The cluster's Kubernetes service account tokens, through an IAM OIDC provider.
+    Kubernetes,
 }
 
 #[derive(Debug, Args)]
 pub struct TrustPolicyArgs {
+    /// Whose tokens the role trusts: google (a Google service account) or kubernetes (a
+    /// Kubernetes service account of the cluster, through an IAM OIDC provider for its issuer).
+    #[arg(
+        long,
+        env = "ROLEBRIDGE_TOKEN_SOURCE",
+        value_enum,
+        default_value_t = TokenSourceKind::Google,
+        requires_ifs = [
+            ("kubernetes", "issuer"),
+            ("kubernetes", "namespace"),
+            ("kubernetes", "service_account"),
+            ("kubernetes", "account"),
+        ]
+    )]
+    pub token_source: TokenSourceKind,
     #[command(flatten)]
     pub audience: AudienceArg,
     /// The Google service account's unique ID (numeric). Without it, it is read from a
-    /// token fetched from the metadata server.
+    /// token fetched from the metadata server, which then needs --google-service-account.
     #[arg(long, env = "ROLEBRIDGE_GSA_UNIQUE_ID")]
     pub gsa_unique_id: Option<String>,
+    #[command(flatten)]
+    pub pin: PinArg,
+    /// kubernetes: the cluster's OIDC issuer, the iss of its service account tokens (on GKE
+    /// https://container.googleapis.com/v1/projects/PROJECT/locations/LOCATION/clusters/NAME).
+    #[arg(long, env = "ROLEBRIDGE_OIDC_ISSUER", value_name = "URL")]
+    pub issuer: Option<String>,
+    /// kubernetes: the namespace of the service account the role trusts.
+    #[arg(long, env = env::POD_NAMESPACE, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// kubernetes: the service account the role trusts (its tokens' sub is
+    /// system:serviceaccount:NS:SA).
+    #[arg(long, env = env::SERVICE_ACCOUNT, value_name = "SA")]
+    pub service_account: Option<String>,
+    /// kubernetes: the AWS account (12 digits) of the role and of its OIDC provider.
+    #[arg(long, env = "ROLEBRIDGE_AWS_ACCOUNT_ID", value_name = "ACCOUNT")]
+    pub account: Option<String>,
     /// Print the policy of a chained role instead: trusting this role (the previous hop)
     /// with sts:AssumeRole and sts:TagSession.
     #[arg(long, env = "ROLEBRIDGE_PREVIOUS_ROLE_ARN", value_name = "ARN")]
@@ -379,6 +498,10 @@ pub struct CredentialProcessArgs {
     pub refresh_before: Duration,
     #[command(flatten)]
     pub metadata: MetadataArgs,
+    #[command(flatten)]
+    pub pin: PinArg,
+    #[command(flatten)]
+    pub token_file: TokenFileArg,
 }
 
 #[derive(Debug, Args)]
@@ -479,10 +602,29 @@ mod tests {
             },
             AgentArgs {
                 tokens: vec![],
-                credentials: vec![docs],
+                credentials: vec![docs.clone()],
                 // The lowest port the webhook renders (and a non-default one).
                 credentials_port: MIN_CREDENTIALS_PORT,
                 google_service_account: None,
+            },
+            AgentArgs {
+                tokens: tokens.clone(),
+                credentials: vec![docs.clone()],
+                credentials_port: 24118,
+                google_service_account: Some(GooglePin::Email(
+                    "app@project.iam.gserviceaccount.com".into(),
+                )),
+            },
+            AgentArgs {
+                tokens,
+                credentials: vec![CredentialsSpec {
+                    token_file: Some(rolebridge_contract::kubernetes_token_path(
+                        "sts.amazonaws.com",
+                    )),
+                    ..docs
+                }],
+                credentials_port: 24118,
+                google_service_account: Some(GooglePin::NotConfigured),
             },
         ]
     }
@@ -504,10 +646,12 @@ mod tests {
                 Command::Run(RunArgs {
                     tokens,
                     credentials,
+                    pin,
                     ..
                 }) => {
                     assert_eq!(tokens.tokens, want.tokens);
                     assert_eq!(credentials.credentials, want.credentials);
+                    assert_eq!(pin.google_service_account, want.google_service_account);
                     if !want.credentials.is_empty() {
                         assert_eq!(credentials.credentials_port, want.credentials_port);
                     }
@@ -518,10 +662,12 @@ mod tests {
                 Command::Init(InitArgs {
                     tokens,
                     credentials,
+                    pin,
                     ..
                 }) => {
                     assert_eq!(tokens.tokens, want.tokens);
                     assert_eq!(credentials.credentials, want.credentials);
+                    assert_eq!(pin.google_service_account, want.google_service_account);
                     if !want.credentials.is_empty() {
                         assert_eq!(credentials.credentials_port, want.credentials_port);
                     }
@@ -603,6 +749,57 @@ mod tests {
             "check",
             "--credentials-port",
             &MIN_CREDENTIALS_PORT.to_string()
+        ]));
+    }
+
+    #[test]
+    fn pins_token_files_and_token_sources_are_checked_by_the_parser() {
+        let bad = |args: &[&str]| {
+            let argv = std::iter::once("rolebridge-agent").chain(args.iter().copied());
+            Cli::try_parse_from(argv).is_err()
+        };
+        assert!(bad(&[
+            "run",
+            "--token",
+            "/t=a",
+            "--google-service-account",
+            "app"
+        ]));
+        assert!(!bad(&[
+            "run",
+            "--token",
+            "/t=a",
+            "--google-service-account",
+            "none"
+        ]));
+        // A token file is not Google's: a pin for it is a contradiction.
+        assert!(bad(&[
+            "verify",
+            "--token-file",
+            "/t",
+            "--google-service-account",
+            "a@p.iam.gserviceaccount.com"
+        ]));
+        assert!(!bad(&[
+            "verify",
+            "--token-file",
+            "/t",
+            "--metadata-host",
+            "x"
+        ]));
+        assert!(bad(&["trust-policy", "--token-source", "kubernetes"]));
+        assert!(!bad(&[
+            "trust-policy",
+            "--token-source",
+            "kubernetes",
+            "--issuer",
+            "https://i",
+            "--namespace",
+            "n",
+            "--service-account",
+            "s",
+            "--account",
+            "111111111111"
         ]));
     }
 

@@ -184,7 +184,9 @@ impl<C> Slot<C> {
 
     /// An attempt failed at `now_ms`; returns the delay until the next attempt. Servable
     /// credentials are kept (an outage shorter than their remaining life is invisible to the
-    /// app); unservable ones are dropped from memory.
+    /// app); unservable ones are dropped from memory. After a refusal
+    /// ([`crate::pin::Refusal`]) the caller passes [`Policy::after_refusal`]: the problem is
+    /// reported alike, the next attempt backs off to minutes.
     pub fn failed(
         &mut self,
         problem: Problem,
@@ -367,6 +369,36 @@ mod tests {
             slot.lookup(&policy, T0 + 850_000),
             Lookup::Unavailable(_)
         ));
+    }
+
+    #[test]
+    fn a_refusal_is_reported_at_once_and_retried_rarely() {
+        let policy = p();
+        let refusals = policy.after_refusal();
+        let mut slot = Slot::<&str>::default();
+        let delays: Vec<u64> = (0..12)
+            .map(|i| {
+                slot.failed(
+                    Problem::new("IdentityTokenRefused", "node"),
+                    &refusals,
+                    T0 + i,
+                    1.0,
+                )
+                .as_secs()
+            })
+            .collect();
+        assert_eq!(delays[9..], [300, 300, 300]);
+        match slot.lookup(&policy, T0) {
+            Lookup::Unavailable(f) => assert_eq!(f.problem.code, "IdentityTokenRefused"),
+            other => panic!("{other:?}"),
+        }
+        // Servable credentials are still served, and retried before they stop being servable.
+        slot.succeeded("c1", T0 + 900_000, &policy, T0, 0.5);
+        let d = (0..12)
+            .map(|_| slot.failed(Problem::new("X", "y"), &refusals, T0 + 800_000, 1.0))
+            .last();
+        assert_eq!(d, Some(Duration::from_secs(40)));
+        assert_eq!(slot.lookup(&policy, T0 + 800_000), Lookup::Serve(&"c1"));
     }
 
     #[test]

@@ -22,9 +22,26 @@ pub struct Claims {
     pub sub: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    /// Google writes a boolean; some issuers a string. Only an explicit `false` matters
+    /// ([`crate::pin`] does not accept an unverified email as the pinned account).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_bool"
+    )]
+    pub email_verified: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<i64>,
     pub exp: i64,
+}
+
+fn lenient_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Bool(b) => Some(b),
+        serde_json::Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
+        serde_json::Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
+        _ => None,
+    })
 }
 
 /// `aud` is a string in Google's tokens; RFC 7519 also allows an array.
@@ -153,6 +170,25 @@ pub(crate) mod tests {
         assert_eq!(c.iat, Some(100));
         assert_eq!(c.azp.as_deref(), Some("1234"));
         assert_eq!(c.email.as_deref(), Some("a@p.iam.gserviceaccount.com"));
+        assert_eq!(c.email_verified, None);
+    }
+
+    #[test]
+    fn email_verified_is_read_leniently() {
+        for (raw, want) in [
+            ("true", Some(true)),
+            ("false", Some(false)),
+            ("\"false\"", Some(false)),
+            ("\"TRUE\"", Some(true)),
+            ("1", None),
+            ("null", None),
+        ] {
+            let t = make(
+                r#"{"alg":"RS256"}"#,
+                &format!(r#"{{"aud":"a","exp":5,"email_verified":{raw}}}"#),
+            );
+            assert_eq!(decode(&t).unwrap().email_verified, want, "{raw}");
+        }
     }
 
     #[test]

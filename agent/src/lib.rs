@@ -1,7 +1,8 @@
 //! rolebridge-agent: keeps Google ID tokens fresh on disk so that unmodified AWS SDKs can call
 //! `AssumeRoleWithWebIdentity` with them, and, for bindings with a role chain or a session
-//! duration, obtains the credentials itself and serves them to the pod's containers with the
-//! AWS container credentials protocol.
+//! duration, obtains the credentials itself (with a Google ID token, or the pod's projected
+//! Kubernetes token) and serves them to the pod's containers with the AWS container
+//! credentials protocol.
 //!
 //! The mutating webhook injects this binary into every bound pod, so its cost is multiplied by
 //! the number of pods, and a bad token or credential breaks an application in a way that is
@@ -21,6 +22,17 @@
 //!   its `aud` is the audience requested and its `exp` is in the future; it is replaced by
 //!   `rename(2)` of a fully written, fsynced temporary file in the same directory; it is kept
 //!   through metadata-server outages until it expires, and removed then.
+//! - **Never the node's identity.** With the webhook's pin (`--google-service-account`) every
+//!   Google ID token is asked for in full format and must carry the pinned account's `email`
+//!   ([`pin`]); a pod on the host network or on a node pool without GKE_METADATA reaches the
+//!   Compute Engine metadata server, whose token is the node's. A refusal writes nothing, is
+//!   retried rarely (it is no outage), fails `init` at once, and is recorded beside the token
+//!   so that the `check` probe says what to fix. `verify` and `trust-policy` refuse the same way
+//!   and never print a policy for an unconfirmed account.
+//! - **Other token sources.** A `tokenSource: Kubernetes` binding's web identity hop reads its
+//!   kubelet-projected token file, again for every exchange (rotated in place); off-cluster,
+//!   `credential-process` and `verify` take any OIDC token file ([`token_source`]).
+//!   `trust-policy --token-source kubernetes` prints the policy for the cluster's issuer.
 //! - **Credentials only ever in memory, never stale.** One refresh loop per binding is the only
 //!   STS caller (one round trip per refresh however many clients ask); it refreshes at half the
 //!   lifetime with jitter, backs off on failure, keeps still-valid credentials through STS or
@@ -41,7 +53,8 @@
 //!
 //! - **Entry.** `main` parses [`cli::Cli`], sets up logging and calls [`cmd::run`].
 //! - **Command line.** [`cli`]: clap, one `Args` struct per subcommand; every name the webhook
-//!   renders (subcommands, `--token`, `--credentials`, `--credentials-port`, `--wait`) and the
+//!   renders (subcommands, `--token`, `--credentials`, `--credentials-port`, `--wait`,
+//!   `--google-service-account`) and the
 //!   shared facts (loopback host, lowest port, session-name rules, AWS variable names) come from
 //!   [`rolebridge_contract`]. [`spec`]: the token mapping and its `ROLEBRIDGE_TOKENS` fallback.
 //! - **Subcommands.** [`cmd`], one module each, `run(args) -> Result<ExitCode, CmdError>`:
@@ -50,11 +63,12 @@
 //!   (`flags --json`, the command line as data).
 //! - **Pure decisions.** [`schedule`], [`token_state`], [`creds`], [`jwt`], the pure half of
 //!   [`endpoint`] ([`endpoint::route`], [`endpoint::authorize`], [`endpoint::credentials_reply`],
-//!   [`endpoint::health_reply`]), [`identity`]'s session tags and name, [`aws`]'s trust policies
-//!   and error explanations.
+//!   [`endpoint::health_reply`]), [`identity`]'s session tags and name, [`pin`] (whose token is
+//!   acceptable, and the advice when none is), [`aws`]'s trust policies and error explanations.
 //! - **I/O shells.** [`token_files`] (token files: keep fresh, init, check), [`sidecar`] (`run`:
 //!   the token loops, one credentials refresher per binding, the endpoint), [`endpoint`]'s
-//!   server, [`metadata`] (the GKE metadata server's client), [`sts`] (the role chain),
+//!   server, [`metadata`] (the GKE metadata server's client), [`token_source`] (the metadata
+//!   server or a token file, for the web identity hop), [`sts`] (the role chain),
 //!   [`process`] (`credential_process` and its cache), [`doctor`] (`verify`'s report),
 //!   [`writer`] (atomic files), [`authtoken`] (the endpoint's per-pod token), [`clock`] (the
 //!   wall clock and the jitter, the only inputs from outside the pure parts).
@@ -70,11 +84,13 @@ pub mod endpoint;
 pub mod identity;
 pub mod jwt;
 pub mod metadata;
+pub mod pin;
 pub mod process;
 pub mod schedule;
 pub mod sidecar;
 pub mod spec;
 pub mod sts;
 pub mod token_files;
+pub mod token_source;
 pub mod token_state;
 pub mod writer;

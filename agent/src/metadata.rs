@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::jwt::{self, Claims, JwtError};
+use crate::pin::{self, Pin, Refusal};
 
 /// Where Google's client libraries find the metadata server when `GCE_METADATA_HOST` is unset.
 pub const DEFAULT_METADATA_IP: &str = "169.254.169.254:80";
@@ -117,11 +118,36 @@ pub enum FetchError {
     Status { status: u16, body: String },
     #[error("metadata server returned an unusable token: {0}")]
     InvalidToken(#[from] JwtError),
+    /// Not an outage: the answer is (or would be) for the wrong account, or for none. (Not a
+    /// `source`: the message already says it all, and `main` prints the chain of sources.)
+    #[error("refused: {0}")]
+    Refused(Refusal),
+}
+
+impl From<Refusal> for FetchError {
+    fn from(r: Refusal) -> Self {
+        FetchError::Refused(r)
+    }
 }
 
 impl FetchError {
+    /// The refusal, when this is one (permanent for the pod: callers back off long and say
+    /// what to fix instead of retrying as through an outage).
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            FetchError::Refused(r) => Some(r),
+            _ => None,
+        }
+    }
+
     /// Map a non-200 answer; keeps a short, printable excerpt of the body for the operator.
-    pub fn from_status(status: u16, body: &[u8]) -> Self {
+    /// `service_account` (`NS/NAME`) names the pod's account in the advice when GKE's answer
+    /// does not.
+    pub fn from_status(status: u16, body: &[u8], service_account: Option<&str>) -> Self {
+        if let Some(r) = pin::not_annotated(status, &String::from_utf8_lossy(body), service_account)
+        {
+            return FetchError::Refused(r);
+        }
         let mut excerpt: String = String::from_utf8_lossy(body)
             .chars()
             .filter(|c| !c.is_control())
@@ -144,19 +170,33 @@ impl FetchError {
 }
 
 /// A token that passed validation.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Token {
     pub jwt: String,
     pub claims: Claims,
 }
 
-/// Fetch and validate an ID token for `audience`. `now` supplies Unix seconds for validation.
+/// The claims only: the token itself is a credential.
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("jwt", &format_args!("<{} bytes redacted>", self.jwt.len()))
+            .field("claims", &self.claims)
+            .finish()
+    }
+}
+
+/// Fetch and validate an ID token for `audience`, for the account `pin` names (refused
+/// otherwise, and without asking when the pod has no Google service account). `now` supplies
+/// Unix seconds for validation.
 pub async fn fetch_token(
     endpoint: &MetadataHost,
     audience: &str,
+    pin: &Pin,
     timeout: Duration,
     now: impl Fn() -> i64,
 ) -> Result<Token, FetchError> {
+    pin.before_fetch()?;
     let (status, body) = match tokio::time::timeout(
         timeout,
         get(endpoint, &MetadataHost::identity_path(audience)),
@@ -172,12 +212,17 @@ pub async fn fetch_token(
         }
     };
     if status != StatusCode::OK {
-        return Err(FetchError::from_status(status.as_u16(), &body));
+        return Err(FetchError::from_status(
+            status.as_u16(),
+            &body,
+            pin.service_account.as_deref(),
+        ));
     }
     let text = std::str::from_utf8(&body)
         .map_err(|_| JwtError::Shape(0))?
         .trim();
     let claims = jwt::validate(text, audience, now())?;
+    pin.judge(&claims)?;
     Ok(Token {
         jwt: text.to_string(),
         claims,
@@ -281,18 +326,30 @@ mod tests {
     }
 
     #[test]
+    fn debug_shows_claims_not_the_token() {
+        let jwt = crate::jwt::tests::token("a", 1, 2);
+        let t = Token {
+            claims: jwt::decode(&jwt).unwrap(),
+            jwt: jwt.clone(),
+        };
+        let shown = format!("{t:?}");
+        assert!(!shown.contains(jwt.split('.').nth(1).unwrap()), "{shown}");
+        assert!(shown.contains("exp: 2"), "{shown}");
+    }
+
+    #[test]
     fn status_mapping_gives_gke_hints() {
-        let e = FetchError::from_status(404, b"service account not found\n");
+        let e = FetchError::from_status(404, b"service account not found\n", None);
         assert!(matches!(e, FetchError::NotBound { status: 404, .. }));
         assert!(
             e.to_string().contains("bound to a Google service account"),
             "{e}"
         );
         assert!(matches!(
-            FetchError::from_status(403, b""),
+            FetchError::from_status(403, b"", None),
             FetchError::NotBound { .. }
         ));
-        let e = FetchError::from_status(500, &[b'x'; 1000]);
+        let e = FetchError::from_status(500, &[b'x'; 1000], None);
         match &e {
             FetchError::Status { status: 500, body } => assert_eq!(body.len(), 200),
             other => panic!("{other:?}"),
@@ -302,5 +359,18 @@ mod tests {
             source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
         };
         assert!(unreachable.to_string().contains("Workload Identity"));
+        let gke = FetchError::from_status(
+            404,
+            b"Your Kubernetes service account (ci/app) is not annotated with a target Google \
+              service account, which is a requirement for retrieving Identity Tokens",
+            Some("other/sa"),
+        );
+        match gke.refusal() {
+            Some(Refusal::NotAnnotated { service_account }) => {
+                assert_eq!(service_account.as_deref(), Some("ci/app"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(FetchError::from_status(404, b"", None).refusal().is_none());
     }
 }

@@ -22,10 +22,28 @@ pub struct Policy {
     pub backoff_base: Duration,
     /// Longest retry delay: short enough to recover quickly once the metadata server is back.
     pub backoff_cap: Duration,
+    /// Longest retry delay after a refusal ([`crate::pin::Refusal`]: the metadata server
+    /// answered for another account, or the pod has no Google service account). Retrying
+    /// cannot fix that, so the agent asks rarely instead of looking like an outage; still
+    /// finite, so a fixed annotation is noticed.
+    pub refusal_retry: Duration,
     /// Credentials are never handed out with less than this left (capped at a tenth of their
     /// lifetime, so that short test lifetimes still work): the app must be able to use them
     /// for a request or two, across some clock skew, before they lapse.
     pub safety_margin: Duration,
+}
+
+impl Policy {
+    /// The policy for retries after a refusal ([`crate::pin::Refusal`]): the same backoff (a
+    /// few quick retries cover a pod's first seconds, when GKE's metadata server may not know
+    /// it yet), capped at `refusal_retry` instead of `backoff_cap`. Everything bounded by a
+    /// held token's expiry or credentials' margin stays so.
+    pub fn after_refusal(&self) -> Policy {
+        Policy {
+            backoff_cap: self.refusal_retry.max(self.backoff_cap),
+            ..*self
+        }
+    }
 }
 
 impl Default for Policy {
@@ -36,6 +54,7 @@ impl Default for Policy {
             min_delay: Duration::from_secs(1),
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(30),
+            refusal_retry: Duration::from_secs(300),
             safety_margin: Duration::from_secs(60),
         }
     }
@@ -465,6 +484,36 @@ mod tests {
             credentials_retry(&policy, 10, 1.0, Some(l), (T0 + 840) * 1000 - 200),
             Duration::from_millis(200)
         );
+    }
+
+    #[test]
+    fn refusals_back_off_to_minutes_not_seconds_yet_respect_expiry_and_margin() {
+        let refusals = p().after_refusal();
+        let waits: Vec<u64> = (1..=12)
+            .map(|n| backoff(&refusals, n, 1.0).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        // Never shorter than an ordinary failure's cap, whatever the configuration.
+        let odd = Policy {
+            refusal_retry: Duration::from_secs(5),
+            ..p()
+        };
+        assert_eq!(odd.after_refusal().backoff_cap, Duration::from_secs(30));
+        // A held token still expires on time (the loop wakes up to remove it), held
+        // credentials get one more try before they stop being servable.
+        let l = life(T0, 900);
+        let now = T0 * 1000;
+        for (got, want_s) in [
+            (retry_delay(&refusals, 20, 1.0, Some(T0 + 60), now), 60),
+            (retry_delay(&refusals, 20, 1.0, None, now), 300),
+            (
+                credentials_retry(&refusals, 20, 1.0, Some(l), now + 800_000),
+                40,
+            ),
+            (credentials_retry(&refusals, 20, 1.0, None, now), 300),
+        ] {
+            assert_eq!(got, Duration::from_secs(want_s));
+        }
     }
 
     proptest! {

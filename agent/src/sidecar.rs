@@ -4,13 +4,16 @@
 //!
 //! One refresh loop per binding is the only caller of STS for it, whatever the number of
 //! clients: requests read the loop's latest result from memory. Credentials never touch disk.
+//! The web identity hop's token comes from the metadata server (held to the pin), or for a
+//! `tokenSource: Kubernetes` binding from its projected token file, read again for every
+//! exchange ([`crate::token_source`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use rolebridge_contract::{CREDENTIALS_HOST, CredentialsSpec};
 
@@ -19,10 +22,10 @@ use crate::clock::{Jitter, now_ms};
 use crate::creds::{Problem, Served, Slot};
 use crate::endpoint::{self, Binding, Limits};
 use crate::identity::{ClusterName, PodIdentity};
-use crate::metadata::{self, FetchError};
 use crate::spec::TokenSpec;
 use crate::sts::{self, Chain, ChainError, Sts};
 use crate::token_files::{self, Config};
+use crate::token_source::{SourceError, TokenSource};
 
 /// Everything `run` needs.
 #[derive(Debug)]
@@ -63,17 +66,24 @@ pub enum SidecarError {
 /// Why one attempt to obtain a binding's credentials failed. Carries no secret.
 #[derive(Debug, thiserror::Error)]
 pub enum AttemptError {
-    #[error("cannot get a Google ID token: {0}")]
-    Token(#[from] FetchError),
+    #[error(transparent)]
+    Token(#[from] SourceError),
     #[error(transparent)]
     Chain(#[from] ChainError),
 }
 
 impl AttemptError {
+    /// A refusal ([`crate::pin::Refusal`]): permanent for the pod, retried rarely.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, AttemptError::Token(e) if e.is_refusal())
+    }
+
     /// The endpoint's error body: STS's code (or ours) and a message naming the binding, the
-    /// hop and STS's message.
-    pub fn problem(&self, binding: &str) -> Problem {
+    /// hop and STS's message. `from_file`: the token is the binding's token file (`tokenSource:
+    /// Kubernetes`), which changes what hop 1's trust policy must admit.
+    pub fn problem(&self, binding: &str, from_file: bool) -> Problem {
         let code = match self {
+            AttemptError::Token(e) if e.is_refusal() => "IdentityTokenRefused",
             AttemptError::Token(_) => "IdentityTokenUnavailable",
             AttemptError::Chain(e) => e.code().unwrap_or("StsUnavailable"),
         };
@@ -82,6 +92,11 @@ impl AttemptError {
                 " (the role's trust policy must allow the previous role sts:AssumeRole and \
                  sts:TagSession, with the external ID if one is set; `rolebridge-agent verify` \
                  prints the policy)"
+            }
+            AttemptError::Chain(e) if e.code() == Some("AccessDenied") && from_file => {
+                " (the role's trust policy must admit the cluster's OIDC provider with this \
+                 service account as sub and the binding's audience as aud; `rolebridge-agent \
+                 trust-policy --token-source kubernetes` prints it)"
             }
             AttemptError::Chain(e) if e.code() == Some("AccessDenied") => {
                 " (the role's trust policy must admit this Google service account; \
@@ -103,6 +118,8 @@ pub struct Refresher {
     pub pod: PodIdentity,
     pub cluster: Arc<ClusterName>,
     pub config: Arc<Config>,
+    /// Where hop 1's token comes from: [`Refresher::source_for`].
+    pub source: TokenSource,
 }
 
 impl Refresher {
@@ -127,15 +144,26 @@ impl Refresher {
         }
     }
 
-    /// One attempt: a fresh ID token, then the chain.
+    /// The binding's token file (`tokenSource: Kubernetes`; no pin applies), else the
+    /// metadata server held to the pod's pin.
+    pub fn source_for(spec: &CredentialsSpec, config: &Config) -> TokenSource {
+        match &spec.token_file {
+            Some(file) => TokenSource::File(PathBuf::from(file)),
+            None => TokenSource::Metadata {
+                host: config.endpoint.clone(),
+                pin: config.pin.clone(),
+                timeout: config.request_timeout,
+            },
+        }
+    }
+
+    /// One attempt: a fresh web identity token (a token file is read again each time: the
+    /// kubelet rotates it in place), then the chain.
     pub async fn attempt(&self) -> Result<crate::sts::Assumed, AttemptError> {
-        let token = metadata::fetch_token(
-            &self.config.endpoint,
-            &self.spec.audience,
-            self.config.request_timeout,
-            || now_ms().div_euclid(1000),
-        )
-        .await?;
+        let token = self
+            .source
+            .token(&self.spec.audience, now_ms().div_euclid(1000))
+            .await?;
         let chain = self.chain().await;
         Ok(sts::assume(&self.sts, &chain, &token.jwt, |_| {}).await?)
     }
@@ -170,28 +198,56 @@ impl Refresher {
                         "credentials obtained"
                     );
                 }
-                Err(e) => {
-                    let problem = e.problem(&name);
-                    let mut held = false;
-                    let mut attempts = 0;
-                    tx.send_modify(|slot| {
-                        delay = slot.failed(problem, &self.config.policy, now, jitter.sample());
-                        held = slot.ready(&self.config.policy, now);
-                        attempts = slot.failure().map_or(0, |f| f.attempts);
-                    });
-                    warn!(
-                        binding = name,
-                        role,
-                        attempt = attempts,
-                        retry_in_ms = delay.as_millis() as u64,
-                        still_serving_previous = held,
-                        error = %e,
-                        "cannot obtain credentials"
-                    );
-                }
+                Err(e) => delay = self.failed(&tx, &e, now, jitter.sample()),
             }
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// Record a failed attempt in the slot and log it; returns the delay to the next one.
+    fn failed(
+        &self,
+        tx: &watch::Sender<Slot<Served>>,
+        e: &AttemptError,
+        now: i64,
+        jitter: f64,
+    ) -> Duration {
+        let problem = e.problem(&self.spec.name, self.spec.token_file.is_some());
+        let policy = &self.config.policy;
+        let (mut delay, mut held, mut attempts) = (Duration::ZERO, false, 0);
+        let retry = if e.is_refusal() {
+            policy.after_refusal()
+        } else {
+            *policy
+        };
+        tx.send_modify(|slot| {
+            delay = slot.failed(problem, &retry, now, jitter);
+            held = slot.ready(policy, now);
+            attempts = slot.failure().map_or(0, |f| f.attempts);
+        });
+        let (binding, role) = (&self.spec.name, self.spec.final_role_arn());
+        if e.is_refusal() {
+            error!(
+                binding,
+                error = %e,
+                role,
+                retry_in_ms = delay.as_millis() as u64,
+                attempt = attempts,
+                still_serving_previous = held,
+                "token refused, no credentials obtained; retrying rarely, since waiting does not fix this"
+            );
+        } else {
+            warn!(
+                binding,
+                role,
+                attempt = attempts,
+                retry_in_ms = delay.as_millis() as u64,
+                still_serving_previous = held,
+                error = %e,
+                "cannot obtain credentials"
+            );
+        }
+        delay
     }
 }
 
@@ -212,6 +268,7 @@ pub async fn run(s: Sidecar) -> Result<(), SidecarError> {
         tokens = s.tokens.len(),
         bindings = s.credentials.len(),
         metadata = %s.config.endpoint.display(),
+        google_service_account = s.config.pin.google.as_ref().map(ToString::to_string),
         version = env!("CARGO_PKG_VERSION"),
         "starting"
     );
@@ -247,6 +304,7 @@ pub async fn run(s: Sidecar) -> Result<(), SidecarError> {
                 slot: rx,
             });
             let r = Refresher {
+                source: Refresher::source_for(&spec, &s.config),
                 spec,
                 sts: sts.clone(),
                 pod: s.pod.clone(),

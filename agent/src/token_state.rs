@@ -117,7 +117,9 @@ impl TokenState {
         }
     }
 
-    /// A fetch failed at `now_ms`; the file keeps what it holds.
+    /// A fetch failed at `now_ms`; the file keeps what it holds. After a refusal
+    /// ([`crate::pin::Refusal`]) the caller passes [`Policy::after_refusal`]: the next attempt
+    /// backs off to minutes, still waking up when the held token expires.
     pub fn failed(&mut self, policy: &Policy, now_ms: i64, jitter: f64) -> Failed {
         self.failures = self.failures.saturating_add(1);
         let held_exp = self.held.map(|h| h.exp);
@@ -259,6 +261,27 @@ mod tests {
                 .succeeded(token, &policy, ms(T0 + HOUR), 0.5)
                 .same_token()
         );
+    }
+
+    #[test]
+    fn refusals_keep_the_held_token_until_it_expires_and_ask_rarely() {
+        let policy = p();
+        let refusals = policy.after_refusal();
+        let token = hour_token(T0);
+        let (mut state, _) = TokenState::start(Some(token), &policy, ms(T0), 0.5);
+        let waits: Vec<u64> = (0..11)
+            .map(|_| state.failed(&refusals, ms(T0 + 60), 1.0).delay.as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(state.held(), Some(token), "a refusal writes nothing");
+        let f = state.failed(&refusals, ms(T0 + HOUR - 10), 1.0);
+        assert_eq!(
+            (f.delay, f.held_exp),
+            (Duration::from_secs(10), Some(T0 + HOUR))
+        );
+        // A token from the right account ends it, as after failures.
+        let f = state.succeeded(hour_token(T0 + HOUR), &policy, ms(T0 + HOUR), 0.5);
+        assert_eq!(f.after_failures, 12);
     }
 
     /// The loop as the shell drives it, with a fake clock: the metadata server fails for three

@@ -114,3 +114,88 @@ fn hidden_flags_subcommand_prints_the_command_line_as_json() {
         "{help}"
     );
 }
+
+/// The policy a successful `trust-policy` printed (stdout alone), and its stderr.
+fn printed_policy(out: std::process::Output) -> (serde_json::Value, String) {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    (serde_json::from_slice(&out.stdout).unwrap(), stderr)
+}
+
+#[test]
+fn trust_policy_for_the_cluster_issuer_prints_the_policy_and_the_provider_command_apart() {
+    let issuer = "https://container.googleapis.com/v1/projects/p/locations/europe-west1/clusters/c";
+    let provider = issuer.trim_start_matches("https://");
+    let kubernetes = ["trust-policy", "--token-source", "kubernetes", "--issuer"];
+    let (v, stderr) = printed_policy(
+        agent()
+            .args(kubernetes)
+            .arg(format!("{issuer}/"))
+            .args(["--namespace", "ci", "--service-account", "publisher"])
+            .args(["--account", "111111111111"])
+            .output()
+            .unwrap(),
+    );
+    // stdout is the policy alone, so `> policy.json` works.
+    let st = &v["Statement"][0];
+    assert_eq!(
+        st["Principal"]["Federated"],
+        format!("arn:aws:iam::111111111111:oidc-provider/{provider}")
+    );
+    let sub = format!("{provider}:sub");
+    let aud = format!("{provider}:aud");
+    assert_eq!(
+        st["Condition"]["StringEquals"][&sub],
+        "system:serviceaccount:ci:publisher"
+    );
+    assert_eq!(st["Condition"]["StringEquals"][&aud], "sts.amazonaws.com");
+    assert!(
+        stderr.contains(&format!(
+            "aws iam create-open-id-connect-provider --url {issuer} --client-id-list sts.amazonaws.com"
+        )),
+        "{stderr}"
+    );
+
+    // The namespace and service account default to the pod's (downward API variables), the
+    // audience can be another.
+    let (v, _) = printed_policy(
+        agent()
+            .env("ROLEBRIDGE_POD_NAMESPACE", "ci")
+            .env("ROLEBRIDGE_SERVICE_ACCOUNT", "publisher")
+            .args(kubernetes)
+            .args([issuer, "--account", "111111111111", "--audience", "my-aud"])
+            .output()
+            .unwrap(),
+    );
+    let c = &v["Statement"][0]["Condition"]["StringEquals"];
+    assert_eq!(c[&aud], "my-aud");
+    assert_eq!(c[&sub], "system:serviceaccount:ci:publisher");
+
+    for (flag, value, says) in [
+        (
+            "--issuer",
+            "http://insecure.example",
+            "must be an https:// URL",
+        ),
+        ("--account", "1234", "is not an AWS account ID"),
+        ("--namespace", "*", "is not a Kubernetes namespace name"),
+    ] {
+        let mut args = vec![
+            ("--issuer", issuer),
+            ("--namespace", "ci"),
+            ("--service-account", "publisher"),
+            ("--account", "111111111111"),
+        ];
+        args.iter_mut().find(|(f, _)| *f == flag).unwrap().1 = value;
+        let mut cmd = agent();
+        cmd.args(&kubernetes[..3]);
+        for (f, v) in args {
+            cmd.args([f, v]);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{flag} {value}");
+        assert!(out.stdout.is_empty());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{flag}: {stderr}");
+    }
+}

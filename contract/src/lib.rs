@@ -826,6 +826,22 @@ mod tests {
     }
 
     #[test]
+    fn a_kubernetes_token_file_round_trips_and_must_be_absolute() {
+        let mut s = spec();
+        s.token_file = Some(kubernetes_token_path(DEFAULT_AUDIENCE));
+        let text = s.to_string();
+        assert!(
+            text.contains(
+                r#""tokenFile":"/var/run/secrets/kubernetes.rolebridge.io/sts.amazonaws.com.token""#
+            ),
+            "{text}"
+        );
+        assert_eq!(text.parse::<CredentialsSpec>().unwrap(), s);
+        s.token_file = Some("relative.token".into());
+        assert!(s.to_string().parse::<CredentialsSpec>().is_err());
+    }
+
+    #[test]
     fn agent_args_render_flags_in_a_stable_order() {
         let args = AgentArgs {
             tokens: vec![token_for("sts.amazonaws.com")],

@@ -3,12 +3,21 @@
 //! It serves `GET /computeMetadata/v1/instance/service-accounts/default/identity?audience=A`
 //! (plus `.../email`, `.../project/project-id` and `/`) like the real server: the request must
 //! carry `Metadata-Flavor: Google`, the answer is a bare RS256 JWT signed with a fixed test key
-//! and carrying Google's claims (`iss`, `aud`, `azp`, `sub`, `email`, `iat`, `exp`).
+//! and carrying Google's claims (`iss`, `aud`, `azp`, `sub`, `iat`, `exp`, and with
+//! `format=full` also `email` and `email_verified`, as Google documents the full format).
 //!
-//! Tests steer it through [`Emulator`] (token lifetime, latency, a persistent fault, a queue of
-//! one-shot faults); the `gke-metadata-emulator` binary exposes the same knobs as flags and, at
-//! run time, as `POST /emulator/config?fault=..&lifetime=..&latency=..`. `GET /emulator/stats`
-//! and `GET /emulator/jwks` report counters and the public key.
+//! It plays one of three metadata servers ([`Persona`]): the GKE metadata server for a pod
+//! whose Kubernetes service account is bound to a Google service account (the default); the
+//! Compute Engine metadata server of a node, which is what a `hostNetwork: true` pod or a pod
+//! on a node pool without `GKE_METADATA` reaches (tokens for the node's account, with Compute
+//! Engine's `google.compute_engine` claim in full format); and the GKE metadata server for a
+//! service account without `iam.gke.io/gcp-service-account` (identity answers 404 with GKE's
+//! message).
+//!
+//! Tests steer it through [`Emulator`] (persona, token lifetime, latency, a persistent fault, a
+//! queue of one-shot faults); the `gke-metadata-emulator` binary exposes the same knobs as flags
+//! and, at run time, as `POST /emulator/config?persona=..&fault=..&lifetime=..&latency=..`.
+//! `GET /emulator/stats` and `GET /emulator/jwks` report counters and the public key.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -93,6 +102,51 @@ impl fmt::Display for Fault {
     }
 }
 
+/// Which metadata server the emulator plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Persona {
+    /// The GKE metadata server for a pod bound to [`Config::email`].
+    #[default]
+    Gke,
+    /// A node's Compute Engine metadata server: tokens are [`Config::node_email`]'s.
+    #[value(alias = "gce-node")]
+    ComputeEngineNode,
+    /// The GKE metadata server for [`Config::kubernetes_service_account`], which names no
+    /// Google service account: identity answers 404 with GKE's message.
+    GkeUnannotated,
+}
+
+impl FromStr for Persona {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        <Persona as clap::ValueEnum>::from_str(s.trim(), false).map_err(|_| {
+            format!("unknown persona {s:?} (gke, compute-engine-node, gke-unannotated)")
+        })
+    }
+}
+
+impl fmt::Display for Persona {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let value = clap::ValueEnum::to_possible_value(self).expect("no variant is skipped");
+        f.write_str(value.get_name())
+    }
+}
+
+/// The GKE metadata server's answer (404) to an identity request from a pod whose Kubernetes
+/// service account `ns/name` has no `iam.gke.io/gcp-service-account` annotation. The text is
+/// the one the open-source GKE metadata server emulator (matheuscscp/gke-metadata-server)
+/// reproduces from GKE; rolebridge matches only its "is not annotated with a target Google
+/// service account" phrase.
+pub fn gke_not_annotated_message(service_account: &str) -> String {
+    format!(
+        "Your Kubernetes service account ({service_account}) is not annotated with a target \
+         Google service account, which is a requirement for retrieving Identity Tokens using \
+         Workload Identity.\nPlease add the iam.gke.io/gcp-service-account=[GSA_NAME]@[PROJECT_ID] \
+         annotation to your Kubernetes service account.\nRefer to \
+         https://cloud.google.com/kubernetes-engine/docs/how-to/workload-identity\n"
+    )
+}
+
 /// Settings of an emulator; all but the identity can be changed while it runs.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -111,7 +165,18 @@ pub struct Config {
     pub cache_tokens: bool,
     /// `instance/attributes/cluster-name`, as on a GKE node; None answers 404 (not GKE).
     pub cluster_name: Option<String>,
+    /// Which metadata server this is.
+    pub persona: Persona,
+    /// [`Persona::ComputeEngineNode`]: the node's service account (Compute Engine's default
+    /// one, `PROJECT_NUMBER-compute@developer.gserviceaccount.com`) and its unique ID.
+    pub node_email: String,
+    pub node_unique_id: String,
+    /// [`Persona::GkeUnannotated`]: the pod's Kubernetes service account, `NAMESPACE/NAME`.
+    pub kubernetes_service_account: String,
 }
+
+/// The node's account in [`Persona::ComputeEngineNode`] by default.
+pub const NODE_EMAIL: &str = "123456789-compute@developer.gserviceaccount.com";
 
 impl Default for Config {
     fn default() -> Self {
@@ -125,6 +190,20 @@ impl Default for Config {
             fault: Fault::None,
             cache_tokens: false,
             cluster_name: None,
+            persona: Persona::Gke,
+            node_email: NODE_EMAIL.into(),
+            node_unique_id: "109876543210987654321".into(),
+            kubernetes_service_account: "default/default".into(),
+        }
+    }
+}
+
+impl Config {
+    /// The account identity tokens are for: the pod's Google service account, or the node's.
+    fn account(&self) -> (&str, &str) {
+        match self.persona {
+            Persona::ComputeEngineNode => (&self.node_email, &self.node_unique_id),
+            _ => (&self.email, &self.unique_id),
         }
     }
 }
@@ -207,8 +286,9 @@ impl Shared {
         }]})
     }
 
-    /// Claims for a token for `aud` issued now, or as `fault` dictates.
-    fn token(&self, cfg: &Config, aud: &str, fault: &Fault) -> String {
+    /// A token for `aud` issued now, or as `fault` dictates; `full`: the full format (with the
+    /// account's email, and on a Compute Engine node the instance's details).
+    fn token(&self, cfg: &Config, aud: &str, fault: &Fault, full: bool) -> String {
         let now = now_s();
         let (aud, iat, exp) = match fault {
             Fault::WrongAudience => (
@@ -219,16 +299,30 @@ impl Shared {
             Fault::Expired => (aud, now - 7200, now - 3600),
             _ => (aud, now, now + cfg.lifetime.as_secs().max(1)),
         };
-        self.sign(&serde_json::json!({
+        let (email, unique_id) = cfg.account();
+        let mut claims = serde_json::json!({
             "iss": "https://accounts.google.com",
             "aud": aud,
-            "azp": cfg.unique_id,
-            "sub": cfg.unique_id,
-            "email": cfg.email,
-            "email_verified": true,
+            "azp": unique_id,
+            "sub": unique_id,
             "iat": iat,
             "exp": exp,
-        }))
+        });
+        if full {
+            claims["email"] = email.into();
+            claims["email_verified"] = true.into();
+        }
+        if full && cfg.persona == Persona::ComputeEngineNode {
+            claims["google"] = serde_json::json!({"compute_engine": {
+                "project_id": cfg.project_id,
+                "project_number": 123456789,
+                "zone": "europe-west1-b",
+                "instance_id": "4567890123456789012",
+                "instance_name": "gke-cluster-default-pool-0a1b2c3d-x1y2",
+                "instance_creation_timestamp": now - 86_400,
+            }});
+        }
+        self.sign(&claims)
     }
 }
 
@@ -272,6 +366,20 @@ impl Emulator {
         })
     }
 
+    /// Start with `config` on a free loopback port (tests).
+    pub fn local(config: Config) -> Emulator {
+        Emulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), config)
+            .expect("the emulator starts on a free loopback port")
+    }
+
+    /// [`Emulator::local`] playing `persona`, otherwise as configured by default.
+    pub fn playing(persona: Persona) -> Emulator {
+        Emulator::local(Config {
+            persona,
+            ..Config::default()
+        })
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -310,10 +418,15 @@ impl Emulator {
         self.with(|s| s.config.clone())
     }
 
-    /// Mint a token directly (for tests that need one without HTTP).
+    /// Which metadata server to play from now on.
+    pub fn set_persona(&self, persona: Persona) {
+        self.with(|s| s.config.persona = persona);
+    }
+
+    /// Mint a full-format token directly (for tests that need one without HTTP).
     pub fn mint(&self, audience: &str, fault: &Fault) -> String {
         let cfg = self.config();
-        self.shared.token(&cfg, audience, fault)
+        self.shared.token(&cfg, audience, fault, true)
     }
 
     pub fn jwks(&self) -> serde_json::Value {
@@ -446,32 +559,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Clo
     };
 
     if let Some(control) = path.strip_prefix("/emulator/") {
-        return Ok(match control {
-            "stats" => json(&shared.state.lock().unwrap().stats),
-            "jwks" => json(&shared.jwks()),
-            "config" => {
-                let mut st = shared.state.lock().unwrap();
-                if let Some(f) = param("fault") {
-                    match f.parse() {
-                        Ok(f) => st.config.fault = f,
-                        Err(e) => return Ok(text(StatusCode::BAD_REQUEST, e)),
-                    }
-                }
-                if let Some(l) = param("lifetime").and_then(|v| v.parse::<u64>().ok()) {
-                    st.config.lifetime = Duration::from_secs(l);
-                }
-                if let Some(l) = param("latency_ms").and_then(|v| v.parse::<u64>().ok()) {
-                    st.config.latency = Duration::from_millis(l);
-                }
-                let c = &st.config;
-                json(&serde_json::json!({
-                    "fault": c.fault.to_string(),
-                    "lifetime": c.lifetime.as_secs(),
-                    "latency_ms": c.latency.as_millis() as u64,
-                }))
-            }
-            _ => text(StatusCode::NOT_FOUND, "unknown emulator control path\n"),
-        });
+        return Ok(emulator_control(&shared, control, param));
     }
 
     if path == "/" {
@@ -510,59 +598,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Clo
     }
 
     match path.as_str() {
-        IDENTITY_PATH => {
-            let fault = fault.unwrap_or_default();
-            match fault {
-                Fault::Status(code) => {
-                    let status =
-                        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                    return Ok(text(status, format!("emulated failure {code}\n")));
-                }
-                Fault::Hang => {
-                    std::future::pending::<()>().await;
-                    unreachable!("pending never resolves");
-                }
-                Fault::Garbage => {
-                    return Ok(text(
-                        StatusCode::OK,
-                        "<html><body>captive portal</body></html>",
-                    ));
-                }
-                Fault::Close => return Err(CloseConnection),
-                Fault::None | Fault::WrongAudience | Fault::Expired => {}
-            }
-            let Some(aud) = param("audience").filter(|a| !a.is_empty()) else {
-                return Ok(text(
-                    StatusCode::BAD_REQUEST,
-                    "non-empty audience parameter required\n",
-                ));
-            };
-            if !cfg.allowed_audiences.is_empty() && !cfg.allowed_audiences.contains(&aud) {
-                return Ok(text(
-                    StatusCode::BAD_REQUEST,
-                    format!("audience {aud:?} is not allowed\n"),
-                ));
-            }
-            if cfg.cache_tokens && fault == Fault::None {
-                let now = now_s();
-                let mut st = shared.state.lock().unwrap();
-                if let Some((token, iat, exp)) = st.cache.get(&aud)
-                    && (exp.saturating_sub(now)) * 2 > exp - iat
-                {
-                    return Ok(text(StatusCode::OK, token.clone()));
-                }
-                let token = shared.token(&cfg, &aud, &fault);
-                let lifetime = cfg.lifetime.as_secs().max(1);
-                st.cache.insert(aud, (token.clone(), now, now + lifetime));
-                st.stats.tokens_issued += 1;
-                return Ok(text(StatusCode::OK, token));
-            }
-            let token = shared.token(&cfg, &aud, &fault);
-            shared.state.lock().unwrap().stats.tokens_issued += 1;
-            Ok(text(StatusCode::OK, token))
-        }
+        IDENTITY_PATH => identity(&shared, &cfg, fault.unwrap_or_default(), param).await,
         "/computeMetadata/v1/instance/service-accounts/default/email" => {
-            Ok(text(StatusCode::OK, cfg.email))
+            Ok(text(StatusCode::OK, email_of(&cfg)))
         }
         "/computeMetadata/v1/project/project-id" => Ok(text(StatusCode::OK, cfg.project_id)),
         "/computeMetadata/v1/instance/attributes/cluster-name" => match cfg.cluster_name {
@@ -571,6 +609,120 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Clo
         },
         _ => Ok(text(StatusCode::NOT_FOUND, "Not Found\n")),
     }
+}
+
+/// `/emulator/{stats,jwks,config}`: the test's controls.
+fn emulator_control(
+    shared: &Shared,
+    control: &str,
+    param: impl Fn(&str) -> Option<String>,
+) -> Resp {
+    match control {
+        "stats" => json(&shared.state.lock().unwrap().stats),
+        "jwks" => json(&shared.jwks()),
+        "config" => {
+            let mut st = shared.state.lock().unwrap();
+            if let Some(f) = param("fault") {
+                match f.parse() {
+                    Ok(f) => st.config.fault = f,
+                    Err(e) => return text(StatusCode::BAD_REQUEST, e),
+                }
+            }
+            if let Some(p) = param("persona") {
+                match p.parse() {
+                    Ok(p) => st.config.persona = p,
+                    Err(e) => return text(StatusCode::BAD_REQUEST, e),
+                }
+            }
+            if let Some(l) = param("lifetime").and_then(|v| v.parse::<u64>().ok()) {
+                st.config.lifetime = Duration::from_secs(l);
+            }
+            if let Some(l) = param("latency_ms").and_then(|v| v.parse::<u64>().ok()) {
+                st.config.latency = Duration::from_millis(l);
+            }
+            let c = &st.config;
+            json(&serde_json::json!({
+                "persona": c.persona.to_string(),
+                "fault": c.fault.to_string(),
+                "lifetime": c.lifetime.as_secs(),
+                "latency_ms": c.latency.as_millis() as u64,
+            }))
+        }
+        _ => text(StatusCode::NOT_FOUND, "unknown emulator control path\n"),
+    }
+}
+
+/// `…/default/email`: the pod's Google service account, the node's, or (GKE, not annotated)
+/// the workload identity pool.
+fn email_of(cfg: &Config) -> String {
+    match cfg.persona {
+        Persona::GkeUnannotated => format!("{}.svc.id.goog", cfg.project_id),
+        _ => cfg.account().0.to_owned(),
+    }
+}
+
+/// The identity endpoint as the persona and `fault` dictate.
+async fn identity(
+    shared: &Shared,
+    cfg: &Config,
+    fault: Fault,
+    param: impl Fn(&str) -> Option<String>,
+) -> Result<Resp, CloseConnection> {
+    match fault {
+        Fault::Status(code) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return Ok(text(status, format!("emulated failure {code}\n")));
+        }
+        Fault::Hang => {
+            std::future::pending::<()>().await;
+            unreachable!("pending never resolves");
+        }
+        Fault::Garbage => {
+            return Ok(text(
+                StatusCode::OK,
+                "<html><body>captive portal</body></html>",
+            ));
+        }
+        Fault::Close => return Err(CloseConnection),
+        Fault::None | Fault::WrongAudience | Fault::Expired => {}
+    }
+    let Some(aud) = param("audience").filter(|a| !a.is_empty()) else {
+        return Ok(text(
+            StatusCode::BAD_REQUEST,
+            "non-empty audience parameter required\n",
+        ));
+    };
+    if cfg.persona == Persona::GkeUnannotated {
+        return Ok(text(
+            StatusCode::NOT_FOUND,
+            gke_not_annotated_message(&cfg.kubernetes_service_account),
+        ));
+    }
+    if !cfg.allowed_audiences.is_empty() && !cfg.allowed_audiences.contains(&aud) {
+        return Ok(text(
+            StatusCode::BAD_REQUEST,
+            format!("audience {aud:?} is not allowed\n"),
+        ));
+    }
+    let full = param("format").as_deref() == Some("full");
+    if cfg.cache_tokens && fault == Fault::None {
+        let now = now_s();
+        let key = format!("{aud}|{full}|{}", cfg.persona);
+        let mut st = shared.state.lock().unwrap();
+        if let Some((token, iat, exp)) = st.cache.get(&key)
+            && (exp.saturating_sub(now)) * 2 > exp - iat
+        {
+            return Ok(text(StatusCode::OK, token.clone()));
+        }
+        let token = shared.token(cfg, &aud, &fault, full);
+        let lifetime = cfg.lifetime.as_secs().max(1);
+        st.cache.insert(key, (token.clone(), now, now + lifetime));
+        st.stats.tokens_issued += 1;
+        return Ok(text(StatusCode::OK, token));
+    }
+    let token = shared.token(cfg, &aud, &fault, full);
+    shared.state.lock().unwrap().stats.tokens_issued += 1;
+    Ok(text(StatusCode::OK, token))
 }
 
 #[cfg(test)]
@@ -595,6 +747,46 @@ mod tests {
         assert!("bogus".parse::<Fault>().is_err());
     }
 
+    fn payload(token: &str) -> serde_json::Value {
+        let part = token.split('.').nth(1).unwrap();
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn personas_parse_print_and_answer_for_their_account_in_full_format_only() {
+        for p in ["gke", "compute-engine-node", "gke-unannotated"] {
+            assert_eq!(p.parse::<Persona>().unwrap().to_string(), p);
+        }
+        assert!("gce".parse::<Persona>().is_err());
+        assert_eq!("gce-node".parse(), Ok(Persona::ComputeEngineNode));
+        let shared = Shared::new(Config::default());
+        let gke = Config::default();
+        let node = Config {
+            persona: Persona::ComputeEngineNode,
+            ..Config::default()
+        };
+        let standard = payload(&shared.token(&gke, "a", &Fault::None, false));
+        assert!(standard.get("email").is_none(), "{standard}");
+        let full = payload(&shared.token(&gke, "a", &Fault::None, true));
+        assert_eq!(full["email"], gke.email);
+        assert_eq!(full["email_verified"], true);
+        assert!(full.get("google").is_none());
+        let full = payload(&shared.token(&node, "a", &Fault::None, true));
+        assert_eq!(full["email"], NODE_EMAIL);
+        assert_eq!(full["azp"], node.node_unique_id);
+        assert!(full["google"]["compute_engine"]["instance_name"].is_string());
+        assert_eq!(email_of(&node), NODE_EMAIL);
+        let unannotated = Config {
+            persona: Persona::GkeUnannotated,
+            ..Config::default()
+        };
+        assert_eq!(email_of(&unannotated), "rolebridge-test.svc.id.goog");
+        assert!(
+            gke_not_annotated_message("ci/publisher")
+                .contains("(ci/publisher) is not annotated with a target Google service account")
+        );
+    }
+
     #[test]
     fn query_decoding() {
         let p = query_params(Some(
@@ -610,7 +802,7 @@ mod tests {
     fn tokens_are_signed_and_verifiable() {
         let shared = Shared::new(Config::default());
         let cfg = Config::default();
-        let token = shared.token(&cfg, "sts.amazonaws.com", &Fault::None);
+        let token = shared.token(&cfg, "sts.amazonaws.com", &Fault::None, true);
         let parts: Vec<&str> = token.split('.').collect();
         assert_eq!(parts.len(), 3);
         let c = RsaPublicKeyComponents::<Vec<u8>>::from(shared.key.public());

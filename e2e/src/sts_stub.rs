@@ -1,8 +1,9 @@
 //! A minimal STS that denies chosen roles: the fault peer for "hop N is denied" tests (moto
 //! grants every AssumeRole). `AssumeRoleWithWebIdentity` and `AssumeRole` into any other role
-//! succeed with made-up credentials; `AssumeRole` into a denied role answers STS's
-//! `AccessDenied` error document with a realistic message. Every request's form parameters are
-//! recorded.
+//! succeed with made-up credentials (lasting an hour, or as [`StsStub::start_with`] says, so
+//! that tests can watch refreshes); either action into a denied role answers STS's
+//! `AccessDenied` error document with a realistic message. Every request's form parameters
+//! (the `WebIdentityToken` included) are recorded.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,10 +20,10 @@ use tokio::sync::oneshot;
 
 use crate::metadata_emulator::query_params;
 
-#[derive(Default)]
 struct State {
     denied: Vec<String>,
     requests: Vec<HashMap<String, String>>,
+    lifetime: Duration,
 }
 
 /// The stub, serving on a background thread until dropped.
@@ -40,9 +41,15 @@ pub fn denial_message(caller: &str, role_arn: &str) -> String {
 
 impl StsStub {
     pub fn start(denied: &[&str]) -> StsStub {
+        StsStub::start_with(denied, Duration::from_secs(3600))
+    }
+
+    /// Issued credentials expire `lifetime` after each request.
+    pub fn start_with(denied: &[&str], lifetime: Duration) -> StsStub {
         let state = Arc::new(Mutex::new(State {
             denied: denied.iter().map(|s| s.to_string()).collect(),
             requests: Vec::new(),
+            lifetime,
         }));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -115,8 +122,8 @@ fn xml(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         .unwrap()
 }
 
-fn expiration() -> String {
-    let t = SystemTime::now() + Duration::from_secs(3600);
+fn expiration(lifetime: Duration) -> String {
+    let t = SystemTime::now() + lifetime;
     let secs = t.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
@@ -152,14 +159,22 @@ async fn handle(
     let action = params.get("Action").cloned().unwrap_or_default();
     let role = params.get("RoleArn").cloned().unwrap_or_default();
     let session = params.get("RoleSessionName").cloned().unwrap_or_default();
-    let denied = {
+    let (denied, lifetime) = {
         let mut st = state.lock().unwrap();
         st.requests.push(params);
-        st.denied.contains(&role)
+        (st.denied.contains(&role), st.lifetime)
     };
-    if action == "AssumeRole" && denied {
-        let caller = format!("arn:aws:sts::111111111111:assumed-role/ci-identity/{session}");
-        let message = denial_message(&caller, &role);
+    if denied {
+        let message = match action.as_str() {
+            // What STS says when a trust policy does not admit the web identity token.
+            "AssumeRoleWithWebIdentity" => {
+                "Not authorized to perform sts:AssumeRoleWithWebIdentity".to_string()
+            }
+            _ => denial_message(
+                &format!("arn:aws:sts::111111111111:assumed-role/ci-identity/{session}"),
+                &role,
+            ),
+        };
         return Ok(xml(
             StatusCode::FORBIDDEN,
             format!(
@@ -188,7 +203,7 @@ async fn handle(
              <AssumedRoleUser><AssumedRoleId>AROASTUB:{session}</AssumedRoleId>\
              <Arn>arn:aws:sts::{account}:assumed-role/{role_name}/{session}</Arn></AssumedRoleUser>\
              </{tag}Result><ResponseMetadata><RequestId>stub-2</RequestId></ResponseMetadata></{tag}Response>",
-            expiration()
+            expiration(lifetime)
         ),
     ))
 }

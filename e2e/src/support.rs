@@ -513,6 +513,34 @@ impl CleanAwsHome {
     }
 }
 
+impl CleanAwsHome {
+    /// `program ARGS…` run with [`CleanAwsHome::command`]'s environment and `vars`, for at
+    /// most two minutes.
+    pub fn runner<'a>(
+        &'a self,
+        program: &'a Path,
+        vars: &'a [(&'a str, &'a str)],
+    ) -> impl Fn(&[&str]) -> Output + 'a {
+        move |args| {
+            let mut cmd = self.command(program, vars);
+            cmd.args(args);
+            run_with_timeout(cmd, Duration::from_secs(120))
+        }
+    }
+}
+
+/// The AWS CLI (as `aws` runs it) reads the rig's object ([`BUCKET`], [`OBJECT_KEY`]) from
+/// S3 and is `arn` to `sts get-caller-identity`.
+pub fn aws_cli_reads_s3_as(aws: impl Fn(&[&str]) -> Output, arn: &str) {
+    let object = format!("s3://{BUCKET}/{OBJECT_KEY}");
+    let body = expect_success("aws s3 cp", &aws(&["s3", "cp", &object, "-"]));
+    assert_eq!(body, OBJECT_BODY);
+    let out = aws(&["sts", "get-caller-identity", "--output", "json"]);
+    let id: serde_json::Value =
+        serde_json::from_str(&expect_success("aws sts get-caller-identity", &out)).unwrap();
+    assert_eq!(id["Arn"], arn);
+}
+
 impl Default for CleanAwsHome {
     fn default() -> Self {
         Self::new()
@@ -656,4 +684,83 @@ pub fn js_peer(test: &str) -> Option<PathBuf> {
 /// Whoever runs the tests asked for missing peers to be skipped, not failed.
 fn skip_missing_peers() -> bool {
     std::env::var("ROLEBRIDGE_SKIP_MISSING_PEERS").as_deref() == Ok("1")
+}
+
+/// A JWT with `claims` and a dummy signature: for peers that do not verify signatures (moto,
+/// the STS stub) and for the agent, which checks claims only (STS verifies signatures).
+pub fn unsigned_jwt(claims: &serde_json::Value) -> String {
+    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","kid":"test","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    format!("{header}.{payload}.c2lnbmF0dXJl")
+}
+
+/// The GKE cluster issuer the Kubernetes token tests use.
+pub const CLUSTER_ISSUER: &str = "https://container.googleapis.com/v1/projects/rolebridge-test/locations/europe-west1/clusters/e2e";
+
+/// A service account token as the kubelet projects it for `tokenSource: Kubernetes`: the
+/// cluster issuer, `system:serviceaccount:NS:SA` as subject, the audience as a one-element
+/// array, valid for `lifetime_s` from now. `n` makes tokens distinct (a `jti`).
+pub fn kubernetes_token(
+    audience: &str,
+    namespace: &str,
+    sa: &str,
+    lifetime_s: i64,
+    n: u32,
+) -> String {
+    let now = now_ms() / 1000;
+    unsigned_jwt(&serde_json::json!({
+        "iss": CLUSTER_ISSUER,
+        "sub": format!("system:serviceaccount:{namespace}:{sa}"),
+        "aud": [audience],
+        "iat": now,
+        "nbf": now,
+        "exp": now + lifetime_s,
+        "jti": format!("e2e-{n}"),
+        "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": sa}},
+    }))
+}
+
+/// A projected volume as the kubelet's atomic writer keeps it: the files live in a timestamped
+/// directory, `..data` links to the current one, and each file name links into `..data`. An
+/// update writes a new directory and swaps `..data` with `rename(2)`, so a reader sees the old
+/// token or the new one, through the same path.
+pub struct ProjectedVolume {
+    pub dir: PathBuf,
+    generation: u32,
+}
+
+impl ProjectedVolume {
+    pub fn new(dir: &Path) -> ProjectedVolume {
+        std::fs::create_dir_all(dir).unwrap();
+        ProjectedVolume {
+            dir: dir.to_path_buf(),
+            generation: 0,
+        }
+    }
+
+    /// The path the pod reads `name` at.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Write (or rotate) `name` with `contents`.
+    pub fn write(&mut self, name: &str, contents: &str) {
+        use std::os::unix::fs::symlink;
+        self.generation += 1;
+        let data = format!(
+            "..2026_01_01_00_00_{:02}.{}",
+            self.generation,
+            std::process::id()
+        );
+        std::fs::create_dir(self.dir.join(&data)).unwrap();
+        std::fs::write(self.dir.join(&data).join(name), contents).unwrap();
+        let tmp = self.dir.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        symlink(&data, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+        let link = self.dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            symlink(Path::new("..data").join(name), &link).unwrap();
+        }
+    }
 }

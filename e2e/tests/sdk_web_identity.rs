@@ -130,19 +130,33 @@ fn agent_verify_assumes_the_role_through_sts() {
         "verify must not print the token"
     );
 
-    // Unreachable STS: non-zero exit, explanation and the trust policy to use.
-    let mut cmd = rig.home.command(
-        &agent_bin(),
-        &[
-            ("GCE_METADATA_HOST", rig.emulator.host().as_str()),
-            ("AWS_ENDPOINT_URL", "http://127.0.0.1:1"),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_MAX_ATTEMPTS", "1"),
-        ],
-    );
-    cmd.args(["verify", "--role-arn", ROLE_ARN]);
-    let out = run_with_timeout(cmd, TIMEOUT);
+    // Unreachable STS: non-zero exit, explanation and the trust policy to use, for the
+    // Google service account the token was checked to be (--google-service-account); without
+    // it, the token's account is not confirmed (it could be the node's) and no policy is
+    // printed.
+    let unreachable = |pin: Option<&str>| {
+        let mut cmd = rig.home.command(
+            &agent_bin(),
+            &[
+                ("GCE_METADATA_HOST", rig.emulator.host().as_str()),
+                ("AWS_ENDPOINT_URL", "http://127.0.0.1:1"),
+                ("AWS_REGION", "us-east-1"),
+                ("AWS_MAX_ATTEMPTS", "1"),
+            ],
+        );
+        cmd.args(["verify", "--role-arn", ROLE_ARN]);
+        if let Some(pin) = pin {
+            cmd.args(["--google-service-account", pin]);
+        }
+        run_with_timeout(cmd, TIMEOUT)
+    };
+    let out = unreachable(Some(&rig.emulator.config().email));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
     assert!(stdout.contains("accounts.google.com:oaud"), "{stdout}");
+    let out = unreachable(None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("no trust policy printed"), "{stdout}");
+    assert!(!stdout.contains("accounts.google.com:oaud"), "{stdout}");
 }

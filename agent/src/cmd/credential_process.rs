@@ -1,12 +1,13 @@
 //! `credential-process`: the AWS `credential_process` helper ([`crate::process`]); prints the
-//! Version 1 JSON on stdout.
+//! Version 1 JSON on stdout. The web identity token comes from `--token-file` when given, else
+//! from the metadata server (held to `--google-service-account` when given).
 
 use std::process::ExitCode;
 
 use rolebridge_contract::session_name;
 
 use crate::aws;
-use crate::cli::CredentialProcessArgs;
+use crate::cli::{CredentialProcessArgs, PodArgs};
 use crate::identity::PodIdentity;
 use crate::process;
 use crate::sts::Chain;
@@ -22,6 +23,8 @@ pub fn run(args: CredentialProcessArgs) -> Result<ExitCode, CmdError> {
         no_cache,
         refresh_before,
         metadata,
+        pin,
+        token_file,
     } = args;
     let session = session_name::sanitize(
         &session_name.unwrap_or_else(|| PodIdentity::default().session_name()),
@@ -36,8 +39,7 @@ pub fn run(args: CredentialProcessArgs) -> Result<ExitCode, CmdError> {
             region: None,
         },
         audience: chain.audience.audience,
-        endpoint: metadata.endpoint(),
-        request_timeout: metadata.request_timeout,
+        source: token_file.source(&metadata, pin.pin(&PodArgs::default())),
         cache_dir: if no_cache {
             None
         } else {

@@ -55,6 +55,7 @@ mod tests {
                     flag::name::TOKEN,
                     flag::name::CREDENTIALS,
                     flag::name::CREDENTIALS_PORT,
+                    flag::name::GOOGLE_SERVICE_ACCOUNT,
                 ][..],
             ),
             (
@@ -63,6 +64,7 @@ mod tests {
                     flag::name::TOKEN,
                     flag::name::CREDENTIALS,
                     flag::name::CREDENTIALS_PORT,
+                    flag::name::GOOGLE_SERVICE_ACCOUNT,
                 ][..],
             ),
             (

@@ -1,4 +1,5 @@
-//! `init`: legacy mode's init container writes every token once ([`crate::token_files::init`]).
+//! `init`: legacy mode's init container writes every token once ([`crate::token_files::init`]),
+//! failing at once, with the advice, when a token is refused ([`crate::pin`]).
 
 use std::process::ExitCode;
 
@@ -15,6 +16,8 @@ pub fn run(args: InitArgs) -> Result<ExitCode, CmdError> {
         tokens,
         credentials,
         metadata,
+        pin,
+        pod,
         timeout,
     } = args;
     let specs = tokens.resolve(!credentials.credentials.is_empty())?;
@@ -27,7 +30,7 @@ pub fn run(args: InitArgs) -> Result<ExitCode, CmdError> {
     if specs.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    let cfg = metadata.config(Policy::default());
+    let cfg = metadata.config(Policy::default(), pin.pin(&pod));
     runtime()?.block_on(token_files::init(cfg, specs, timeout))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use rolebridge_contract::aws_env;
 
+use crate::aws::PolicyError;
 use crate::cli::Command;
 use crate::doctor::DoctorError;
 use crate::endpoint::HealthError;
@@ -49,6 +50,14 @@ pub enum CmdError {
          --gsa-unique-id (gcloud iam service-accounts describe GSA_EMAIL --format='value(uniqueId)')"
     )]
     UniqueId(#[source] DoctorError),
+    #[error(
+        "pass --google-service-account GSA_EMAIL (the account the role must trust) or \
+         --gsa-unique-id: the metadata server's token is read only after checking it is that \
+         account's (on the host network, or a node pool without GKE_METADATA, it is the node's)"
+    )]
+    PinRequired,
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     #[error(transparent)]
     Process(#[from] ProcessError),
     #[error(transparent)]

@@ -17,16 +17,20 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CmdError> {
         pod,
         listener,
         metadata,
+        pin,
         refresh_fraction,
         max_retry_interval,
+        refusal_retry_interval,
         credentials_margin,
     } = args;
     let policy = Policy {
         refresh_fraction,
         backoff_cap: max_retry_interval.max(Duration::from_secs(1)),
+        refusal_retry: refusal_retry_interval.max(Duration::from_secs(1)),
         safety_margin: credentials_margin,
         ..Policy::default()
     };
+    let config = metadata.config(policy, pin.pin(&pod));
     let sidecar = Sidecar {
         tokens: tokens.resolve(!credentials.credentials.is_empty())?,
         credentials: credentials.credentials,
@@ -35,7 +39,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CmdError> {
         pod: pod.identity(),
         cluster_name: pod.cluster_name,
         limits: listener.limits(),
-        config: metadata.config(policy),
+        config,
     };
     runtime()?.block_on(sidecar::run(sidecar))?;
     Ok(ExitCode::SUCCESS)

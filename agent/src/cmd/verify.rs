@@ -1,5 +1,6 @@
 //! `verify`: the doctor ([`crate::doctor::verify`]) on the chain given as flags, with the pod's
-//! session name and tags as `run` would send them.
+//! session name and tags as `run` would send them, and the web identity token from
+//! `--token-file` or the metadata server (held to `--google-service-account`).
 
 use std::process::ExitCode;
 
@@ -20,6 +21,8 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, CmdError> {
         no_session_tags,
         pod,
         metadata,
+        pin,
+        token_file,
     } = args;
     let role_arn = role_arn
         .or_else(|| {
@@ -48,10 +51,10 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, CmdError> {
         tags,
         region: None,
     };
+    let source = token_file.source(&metadata, pin.pin(&pod));
     let ok = rt.block_on(doctor::verify(
         &mut std::io::stdout().lock(),
-        &metadata.endpoint(),
-        metadata.request_timeout,
+        &source,
         &flags.audience.audience,
         &chain,
     ))?;

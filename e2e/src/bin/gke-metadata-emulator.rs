@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use rolebridge_e2e::metadata_emulator::{Config, Emulator, Fault};
+use rolebridge_e2e::metadata_emulator::{Config, Emulator, Fault, NODE_EMAIL, Persona};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "gke-metadata-emulator",
-    about = "Emulates the GKE metadata server's identity endpoint"
+    about = "Emulates the GKE metadata server's identity endpoint (or a node's Compute Engine \
+             metadata server, or GKE's for a service account without a Google service account)"
 )]
 struct Args {
     /// Address to listen on (port 0 picks a free port; the chosen address is printed).
@@ -61,6 +62,23 @@ struct Args {
     /// Project ID served at /computeMetadata/v1/project/project-id.
     #[arg(long, env = "EMULATOR_PROJECT_ID", default_value = "rolebridge-test")]
     project_id: String,
+    /// Which metadata server to play: gke (a pod bound to --email), compute-engine-node (a
+    /// node's: tokens for --node-email, as a hostNetwork pod or a pod on a node pool without
+    /// GKE_METADATA sees them), gke-unannotated (identity answers 404 with GKE's message for
+    /// --kubernetes-service-account). Changeable at run time with
+    /// `POST /emulator/config?persona=...`.
+    #[arg(long, env = "EMULATOR_PERSONA", value_enum, default_value_t = Persona::Gke)]
+    persona: Persona,
+    /// compute-engine-node: the node's service account.
+    #[arg(long, env = "EMULATOR_NODE_EMAIL", default_value = NODE_EMAIL)]
+    node_email: String,
+    /// gke-unannotated: the pod's Kubernetes service account, NAMESPACE/NAME.
+    #[arg(
+        long,
+        env = "EMULATOR_KUBERNETES_SERVICE_ACCOUNT",
+        default_value = "default/default"
+    )]
+    kubernetes_service_account: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,6 +98,10 @@ fn main() -> anyhow::Result<()> {
             fault: a.fault,
             cache_tokens: a.cache_tokens,
             cluster_name: a.cluster_name.clone(),
+            persona: a.persona,
+            node_email: a.node_email,
+            kubernetes_service_account: a.kubernetes_service_account,
+            ..Config::default()
         },
     )
     .with_context(|| format!("cannot listen on {}", a.listen))?;
