@@ -152,7 +152,7 @@ pub struct KubernetesTrust<'a> {
 /// The role's trust policy for a Kubernetes service account, and the one-time command that
 /// registers the cluster's issuer as an IAM OIDC provider of the account.
 pub fn kubernetes_trust_policy(
-    t: &KubernetesTrust,
+    t: &KubernetesTrust<'_>,
 ) -> Result<(serde_json::Value, String), PolicyError> {
     let provider = oidc_provider(t.issuer)?;
     if t.account.len() != 12 || !t.account.bytes().all(|b| b.is_ascii_digit()) {
