@@ -15,8 +15,18 @@ use crate::token_files;
 
 use super::{CmdError, runtime};
 
-/// Pause between two passes of `check --wait`.
-const RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// Pause between two passes of `check --wait`, `elapsed` into the wait. The native sidecar's
+/// `postStart` hook runs this, and the kubelet starts the app containers the moment it returns:
+/// a short pause while the first token is normally on its way (tens of milliseconds after the
+/// agent starts) keeps the app's start within a few milliseconds of it; a longer one after
+/// that keeps a stuck start from spinning.
+fn pause_after(elapsed: Duration) -> Duration {
+    if elapsed < Duration::from_secs(5) {
+        Duration::from_millis(10)
+    } else {
+        Duration::from_millis(250)
+    }
+}
 
 pub fn run(args: CheckArgs) -> Result<ExitCode, CmdError> {
     let CheckArgs {
@@ -28,7 +38,8 @@ pub fn run(args: CheckArgs) -> Result<ExitCode, CmdError> {
     } = args;
     let specs = tokens.resolve(credentials_port.is_some())?;
     let rt = runtime()?;
-    let deadline = Instant::now() + wait.unwrap_or_default();
+    let started = Instant::now();
+    let deadline = started + wait.unwrap_or_default();
     loop {
         match check_once(&rt, &specs, credentials_port, min_remaining, health_timeout) {
             Ok(report) => {
@@ -37,7 +48,7 @@ pub fn run(args: CheckArgs) -> Result<ExitCode, CmdError> {
             }
             Err(e) if Instant::now() < deadline => {
                 tracing::debug!(error = %e, "check not passing yet; retrying");
-                std::thread::sleep(RETRY_PAUSE);
+                std::thread::sleep(pause_after(started.elapsed()));
             }
             Err(e) => return Err(e),
         }
@@ -72,4 +83,26 @@ fn check_once(
         ));
     }
     Ok(report.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_fast_while_the_first_token_is_expected_then_slowly() {
+        assert_eq!(pause_after(Duration::ZERO), Duration::from_millis(10));
+        assert_eq!(
+            pause_after(Duration::from_millis(4999)),
+            Duration::from_millis(10)
+        );
+        assert_eq!(
+            pause_after(Duration::from_secs(5)),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            pause_after(Duration::from_secs(119)),
+            Duration::from_millis(250)
+        );
+    }
 }
