@@ -13,7 +13,7 @@ tests/values/<case>.yaml it:
    a structural check of their own, and any other kind without a schema is an error;
 4. checks what golden files cannot: admission partition of the webhooks, excluded namespaces,
    RBAC exactly as the webhook needs it (for the configuration rendered), restricted security
-   context, certificate chain;
+   context, certificate chain, nothing GKE Autopilot refuses;
 5. starts the webhook binary with every rendered environment.
 
 The webhook's flags, their defaults and the API access it needs are what the binary says of
@@ -594,6 +594,31 @@ def check_token_expiration_default(webhook: Webhook) -> None:
         f"{values['config']['kubernetesTokenExpiration']!r}, the binary's flag to {default!r}")
 
 
+def check_autopilot_admits(docs: list[dict]) -> None:
+    """What GKE Autopilot's policy enforcement (GKE Warden) refuses is absent from every pod the
+    chart renders: host namespaces, host ports, hostPath volumes, privileged containers and added
+    capabilities; and containers state their requests (Autopilot would give each 0.5 vCPU and
+    2 GiB). Chart README, "GKE Autopilot"."""
+    for d in docs:
+        spec = (d.get("spec") or {}).get("template", {}).get("spec")
+        if spec is None:
+            continue
+        name = f"{d['kind']}/{d['metadata']['name']}"
+        for key in ("hostNetwork", "hostPID", "hostIPC"):
+            assert not spec.get(key), f"{name}: {key} (refused on Autopilot)"
+        for v in spec.get("volumes", []):
+            assert "hostPath" not in v, f"{name}: hostPath volume {v['name']} (refused on Autopilot)"
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            for p in c.get("ports", []):
+                assert not p.get("hostPort"), f"{name}: hostPort {p['hostPort']} (autogke-no-host-port)"
+            sc = c.get("securityContext") or {}
+            assert not sc.get("privileged"), f"{name}/{c['name']}: privileged"
+            assert not (sc.get("capabilities") or {}).get("add"), f"{name}/{c['name']}: added capabilities"
+            requests = (c.get("resources") or {}).get("requests") or {}
+            assert {"cpu", "memory"} <= set(requests), \
+                f"{name}/{c['name']}: no cpu/memory requests (Autopilot defaults to 0.5 vCPU, 2 GiB)"
+
+
 def check_binary_accepts_env(docs: list[dict], webhook: Webhook) -> None:
     """The webhook binary parses the rendered environment and arguments and starts serving
     (bindings from an empty file instead of an API server; fieldRefs filled in)."""
@@ -1027,6 +1052,8 @@ def main() -> int:
         check_webhook(f"{case}: environment matches the webhook's flags", check_webhook_env,
                       docs, merged)
         res.check(f"{case}: network policy", check_network_policy, docs, merged)
+        res.check(f"{case}: fit for GKE Autopilot (nothing refused, requests set)",
+                  check_autopilot_admits, docs)
         check_webhook(f"{case}: rolebridge-webhook starts with the rendered env",
                       check_binary_accepts_env, docs)
 
