@@ -13,11 +13,12 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admission::args::{self, MutationArgs, SidecarChoice};
+use crate::admission::args::{self, ClusterVersions, MutationArgs, SidecarChoice};
 use crate::admission::mutate::SidecarMode;
 use crate::bindings::cache::BindingCache;
 use crate::bindings::lease::{self, LeaderArgs};
 use crate::bindings::live::{LiveReadLimits, api_live_source};
+use crate::bindings::nodes::{self, KubeVersion, LowestKubelet};
 use crate::bindings::status_controller;
 use crate::bindings::status_controller::StatusArgs;
 use crate::domain::convert;
@@ -28,9 +29,15 @@ use crate::server::{self, admin};
 use crate::server::{AppState, serve_tls};
 use rolebridge_contract::duration;
 
-/// How often `--sidecar-mode auto` asks the API server's version again, so a cluster upgrade
-/// to 1.29+ switches new pods to native sidecars without a restart.
+/// How often `--sidecar-mode auto` asks the API server's version again, so a control-plane
+/// upgrade to 1.29+ switches new pods to native sidecars without a restart (node changes are
+/// followed as the node watch sees them).
 const SIDECAR_RECHECK: Duration = Duration::from_secs(600);
+
+/// How long `serve` waits for the node watch's first list before deciding `--sidecar-mode auto`
+/// from the API server alone (until the list arrives). The binding cache lists meanwhile, and
+/// the webhook is not ready before it has, so this rarely delays readiness.
+const NODE_LIST_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -203,21 +210,45 @@ async fn bindings(
     Ok((cache, Some(client)))
 }
 
-/// Re-resolves `--sidecar-mode auto` against the API server's version from time to time.
-fn follow_sidecar_mode(state: Arc<AppState>, choice: SidecarChoice, client: kube::Client) {
-    if choice != SidecarChoice::Auto {
-        return;
-    }
+/// What `--sidecar-mode auto` follows once serving: the versions it was decided from, the
+/// node watch's lowest kubelet, and a client to ask the API server's version again.
+struct AutoSidecar {
+    client: kube::Client,
+    cluster: ClusterVersions,
+    nodes: watch::Receiver<LowestKubelet>,
+}
+
+/// Re-decides `--sidecar-mode auto` when the lowest kubelet changes (node pools upgraded, added
+/// or removed) and every [`SIDECAR_RECHECK`], asking the API server's version again each time.
+/// The config is swapped, and the change logged, only when the mode changes.
+fn follow_sidecar_mode(state: Arc<AppState>, choice: SidecarChoice, auto: AutoSidecar) {
+    let AutoSidecar {
+        client,
+        mut cluster,
+        mut nodes,
+    } = auto;
     tokio::spawn(async move {
+        let start = tokio::time::Instant::now() + SIDECAR_RECHECK;
+        let mut recheck = tokio::time::interval_at(start, SIDECAR_RECHECK);
+        let mut watching = true;
         loop {
-            tokio::time::sleep(SIDECAR_RECHECK).await;
-            let Ok(info) = client.apiserver_version().await else {
-                continue;
-            };
-            let mode = choice.resolve(Some(&info));
-            if state.config.load().sidecar_mode != mode {
-                tracing::info!(?mode, "API server version changed the sidecar mode");
-                let mut c = (**state.config.load()).clone();
+            tokio::select! {
+                changed = nodes.changed(), if watching => {
+                    watching = changed.is_ok();
+                    cluster.nodes = nodes.borrow_and_update().clone();
+                }
+                _ = recheck.tick() => {}
+            }
+            // Node pools follow their control plane: ask it too, or a stale API-server version
+            // would hold legacy after the last node's upgrade.
+            if let Ok(info) = client.apiserver_version().await {
+                cluster.server = KubeVersion::of_server(&info);
+            }
+            let mode = choice.resolve(Some(&cluster));
+            let current = state.config.load();
+            if current.sidecar_mode != mode {
+                tracing::info!(?mode, versions = %cluster, "sidecar mode changed");
+                let mut c = (**current).clone();
                 c.sidecar_mode = mode;
                 state.config.store(Arc::new(c));
             }
@@ -251,7 +282,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let (cache, client) =
         bindings(&args, &metrics, config.own_namespace.as_deref(), &stop_rx).await?;
     let choice = args.mutation.sidecar_mode;
-    config.sidecar_mode = sidecar_mode(choice, client.as_ref()).await?;
+    let auto_sidecar;
+    (config.sidecar_mode, auto_sidecar) = sidecar_mode(choice, client.as_ref()).await?;
     tracing::info!(mode = ?config.sidecar_mode, agent_image = %config.agent_image,
         own_namespace = ?config.own_namespace, credentials_port = config.credentials_port,
         "mutation config");
@@ -263,8 +295,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         certs: certs.clone(),
         shutting_down: Default::default(),
     });
-    if let Some(client) = client {
-        follow_sidecar_mode(state.clone(), choice, client);
+    if let Some(auto) = auto_sidecar {
+        follow_sidecar_mode(state.clone(), choice, auto);
     }
 
     let bind = |flag, addr| async move {
@@ -304,23 +336,44 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// `--sidecar-mode` as the API server's version (asked for `auto` only) decides it.
+/// `--sidecar-mode` as the cluster's versions decide it (asked for `auto` only): the API
+/// server's, and the lowest kubelet's once the node watch has listed the nodes, which start-up
+/// waits for up to [`NODE_LIST_WAIT`]. Until then the API server alone decides, as before the
+/// node watch existed: the window is the first list's duration, or for ever where RBAC does
+/// not allow listing nodes, which the watch keeps reporting.
 async fn sidecar_mode(
     choice: SidecarChoice,
     client: Option<&kube::Client>,
-) -> Result<SidecarMode, ServeError> {
-    let version = match (client, choice) {
-        (Some(client), SidecarChoice::Auto) => {
-            let info = client
-                .apiserver_version()
-                .await
-                .map_err(ServeError::Version)?;
-            tracing::info!(version = %info.git_version, "API server version");
-            Some(info)
-        }
-        _ => None,
+) -> Result<(SidecarMode, Option<AutoSidecar>), ServeError> {
+    let (Some(client), SidecarChoice::Auto) = (client, choice) else {
+        return Ok((choice.resolve(None), None));
     };
-    Ok(choice.resolve(version.as_ref()))
+    let mut nodes = nodes::watch_lowest_kubelet(client.clone());
+    let info = client
+        .apiserver_version()
+        .await
+        .map_err(ServeError::Version)?;
+    tracing::info!(version = %info.git_version, "API server version");
+    let first_list = tokio::time::timeout(
+        NODE_LIST_WAIT,
+        nodes.wait_for(|n| *n != LowestKubelet::Unknown),
+    );
+    if !matches!(first_list.await, Ok(Ok(_))) {
+        tracing::warn!(waited = ?NODE_LIST_WAIT,
+            "nodes not listed yet: --sidecar-mode auto follows the API server's version until they are (needs list and watch on nodes)");
+    }
+    let cluster = ClusterVersions {
+        server: KubeVersion::of_server(&info),
+        nodes: nodes.borrow_and_update().clone(),
+    };
+    let mode = choice.resolve(Some(&cluster));
+    tracing::info!(?mode, versions = %cluster, "sidecar mode");
+    let auto = AutoSidecar {
+        client: client.clone(),
+        cluster,
+        nodes,
+    };
+    Ok((mode, Some(auto)))
 }
 
 /// On SIGTERM: report not ready, keep serving for `delay` so endpoints drop this replica, then

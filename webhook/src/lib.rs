@@ -6,7 +6,7 @@
 //! ```text
 //! domain/    a binding, what it covers, the CRD, the pod view, status rules    (pure)
 //!    ↑
-//! bindings/  the bindings state: store, watches, live reads, status writer, lease
+//! bindings/  the bindings state: store, watches, live reads, status writer, lease; node versions
 //!    ↑
 //! admission/ review → mutation → patch; `inject` for manifests; the fuzz property
 //!    ↑
@@ -33,6 +33,8 @@
 //!   the fuzz property and the golden tests all select through it.
 //! - [`bindings::cache`]: kube-runtime watches feeding the store ([`bindings::watch`]: relist at
 //!   once on 410, short backoff), and rate-limited live reads covering the watch's lag.
+//! - [`bindings::nodes`]: the lowest kubelet version among the nodes (name and major.minor per
+//!   node, nothing else), from which `--sidecar-mode auto` is decided in [`admission::args`].
 //! - [`bindings::status_controller`]: recomputes only the groups a change touched and writes what
 //!   differs, on the replica that holds the [`bindings::lease`].
 //! - [`admission::mutate`]: the core, a synchronous function from a pod view, its bindings and

@@ -1,7 +1,8 @@
 //! Every call the webhook makes on the API server is one that its RBAC declaration
 //! (`bindings::rbac_rules`, which `rolebridge-webhook rbac --json` prints for the Helm chart's
 //! check) lists, and every verb it declares is one it calls: the watches, a live read, the
-//! status writes and the Lease election run against the stub API server as `serve` runs them.
+//! status writes, the Lease election and the node watch of `--sidecar-mode auto` run against
+//! the stub API server as `serve` runs them.
 
 mod support;
 
@@ -11,6 +12,7 @@ use tokio::sync::watch;
 
 use rolebridge_webhook::bindings::lease::{self, LeaderArgs};
 use rolebridge_webhook::bindings::live::{LiveReadLimits, api_live_source};
+use rolebridge_webhook::bindings::nodes::{self, LowestKubelet};
 use rolebridge_webhook::bindings::rbac_rules;
 use support::apiserver::{Calls, Kind, StubApi};
 
@@ -26,6 +28,7 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 async fn the_calls_made_are_exactly_the_declared_rbac() {
     let stub = StubApi::start().await;
     stub.populate(20, 2);
+    stub.put_node("gke-pool-1", "v1.30.5-gke.1014001");
     let client = stub.client();
     let (stop_tx, stop) = watch::channel(false);
     let leader = LeaderArgs {
@@ -40,8 +43,17 @@ async fn the_calls_made_are_exactly_the_declared_rbac() {
         stop,
     );
     let live = (api_live_source(client.clone()), LiveReadLimits::default());
-    let cache = support::run_bindings(client, Some(live), leadership.clone(), 2);
+    let cache = support::run_bindings(client.clone(), Some(live), leadership.clone(), 2);
+    let lowest = nodes::watch_lowest_kubelet(client);
     eventually("every status written", || stub.stats().converged == 20).await;
+    eventually("the nodes listed, then watched", || {
+        *lowest.borrow() != LowestKubelet::Unknown
+            && stub
+                .calls()
+                .get(&(String::new(), "nodes".to_owned()))
+                .is_some_and(|verbs| verbs.contains("watch"))
+    })
+    .await;
     // A cache miss: a live read of the namespace.
     assert!(cache.bindings_for("team-000", "nobody").await.is_none());
     // A stop releases the Lease it holds.

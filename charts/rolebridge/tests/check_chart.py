@@ -12,7 +12,8 @@ tests/values/<case>.yaml it:
    without an upstream schema (cert-manager, Prometheus Operator, Google Managed Prometheus) get
    a structural check of their own, and any other kind without a schema is an error;
 4. checks what golden files cannot: admission partition of the webhooks, excluded namespaces,
-   RBAC exactly as the webhook needs it, restricted security context, certificate chain;
+   RBAC exactly as the webhook needs it (for the configuration rendered), restricted security
+   context, certificate chain, nothing GKE Autopilot refuses;
 5. starts the webhook binary with every rendered environment.
 
 The webhook's flags, their defaults and the API access it needs are what the binary says of
@@ -68,6 +69,17 @@ CHART_EXTRA_VERBS = {
     ("rolebridge.io", "awsrolebindings/status"): {"get"},
 }
 
+# The one non-resource URL the chart grants: the OIDC discovery document, which the webhook reads
+# when `config.issuer` is empty (Kubernetes' default system:service-account-issuer-discovery
+# binding allows it too, unless a hardened cluster removed it).
+ISSUER_DISCOVERY = {"nonResourceURLs": ["/.well-known/openid-configuration"], "verbs": ["get"]}
+
+# When the webhook makes the calls of an `onlyWith` rule (`rolebridge-webhook rbac --json`), from
+# the rendered environment. A condition not listed here fails the check: add it.
+ONLY_WITH = {
+    "--sidecar-mode auto": lambda env: env["ROLEBRIDGE_SIDECAR_MODE"].get("value") == "auto",
+}
+
 REPO = CHART.parent.parent
 
 
@@ -113,11 +125,24 @@ class Webhook:
         return {f["env"]: f["default"] for f in cmd["flags"]
                 if f["env"] and (ids is None or f["id"] in ids)}
 
-    def verbs(self, own_namespace: bool) -> dict[tuple[str, str], set[str]]:
+    def verbs(self, own_namespace: bool,
+              env: dict[str, dict] | None = None) -> dict[tuple[str, str], set[str]]:
         """(API group, resource) -> the RBAC verbs the webhook's calls need, cluster-wide or in its
-        own namespace."""
-        return {(r["apiGroup"], r["resource"]): set(r["verbs"]) for r in self.rules
-                if r["ownNamespace"] == own_namespace}
+        own namespace; with the rendered `env`, only the calls that configuration makes (rules
+        `onlyWith` a flag setting), else all of them."""
+        def made(rule: dict) -> bool:
+            condition = rule.get("onlyWith")
+            if condition is None or env is None:
+                return True
+            assert condition in ONLY_WITH, (
+                f"rbac --json has a rule only with {condition!r}, which check_chart.py cannot "
+                f"evaluate: add it to ONLY_WITH")
+            return ONLY_WITH[condition](env)
+        needed: dict[tuple[str, str], set[str]] = {}
+        for r in self.rules:
+            if r["ownNamespace"] == own_namespace and made(r):
+                needed.setdefault((r["apiGroup"], r["resource"]), set()).update(r["verbs"])
+        return needed
 
 
 # Chart value (under `limits`) -> the webhook's environment variable (its `Limits` flags).
@@ -435,12 +460,19 @@ def check_rbac(docs: list[dict], values: dict, webhook: Webhook) -> None:
     role_name = bindings[0]["roleRef"]["name"]
     role = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == role_name][0]
     got: dict[tuple[str, str], set[str]] = {}
+    non_resource = [rule for rule in role["rules"] if "nonResourceURLs" in rule]
+    want_discovery = [] if values["config"].get("issuer") else [ISSUER_DISCOVERY]
+    assert non_resource == want_discovery, (
+        f"non-resource rules {non_resource}; the chart grants only {ISSUER_DISCOVERY}, and only "
+        f"while config.issuer is empty (the webhook then reads it)")
     for rule in role["rules"]:
+        if "nonResourceURLs" in rule:
+            continue
         assert set(rule) <= {"apiGroups", "resources", "verbs"}, f"unexpected rule fields {rule}"
         for g in rule["apiGroups"]:
             for r in rule["resources"]:
                 got.setdefault((g, r), set()).update(rule["verbs"])
-    needed = webhook.verbs(own_namespace=False)
+    needed = webhook.verbs(own_namespace=False, env=container_env(docs))
     missing = {k: v - got.get(k, set()) for k, v in needed.items() if v - got.get(k, set())}
     assert not missing, f"the ClusterRole lacks verbs the webhook calls (rbac --json): {missing}"
     extra = {k: v - needed.get(k, set()) - CHART_EXTRA_VERBS.get(k, set())
@@ -449,7 +481,8 @@ def check_rbac(docs: list[dict], values: dict, webhook: Webhook) -> None:
     assert not extra, f"the ClusterRole grants what the webhook does not call: {extra}"
     for r in by_kind(docs, "ClusterRole"):
         for rule in r["rules"]:
-            flat = rule.get("apiGroups", []) + rule.get("resources", []) + rule["verbs"]
+            flat = (rule.get("apiGroups", []) + rule.get("resources", [])
+                    + rule.get("nonResourceURLs", []) + rule["verbs"])
             assert "*" not in flat, f"wildcard in {r['metadata']['name']}"
             assert "secrets" not in rule.get("resources", []), f"secrets in {r['metadata']['name']}"
 
@@ -542,6 +575,48 @@ def check_webhook_env(docs: list[dict], values: dict, webhook: Webhook) -> None:
     else:
         # The binary refuses an empty --cluster-name; unset means "ask the metadata server".
         assert "ROLEBRIDGE_CLUSTER_NAME" not in env
+    if values["config"]["issuer"]:
+        assert env["ROLEBRIDGE_ISSUER"]["value"] == values["config"]["issuer"]
+    else:
+        # Unset means "discover it from the API server"; an empty --issuer is not that.
+        assert "ROLEBRIDGE_ISSUER" not in env
+    assert (env["ROLEBRIDGE_KUBERNETES_TOKEN_EXPIRATION"]["value"]
+            == str(values["config"]["kubernetesTokenExpiration"]))
+
+
+def check_token_expiration_default(webhook: Webhook) -> None:
+    """config.kubernetesTokenExpiration defaults to the binary's --kubernetes-token-expiration."""
+    default = webhook.env("serve").get("ROLEBRIDGE_KUBERNETES_TOKEN_EXPIRATION")
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert default is not None, "the binary has no --kubernetes-token-expiration flag"
+    assert str(values["config"]["kubernetesTokenExpiration"]) == default, (
+        f"config.kubernetesTokenExpiration defaults to "
+        f"{values['config']['kubernetesTokenExpiration']!r}, the binary's flag to {default!r}")
+
+
+def check_autopilot_admits(docs: list[dict]) -> None:
+    """What GKE Autopilot's policy enforcement (GKE Warden) refuses is absent from every pod the
+    chart renders: host namespaces, host ports, hostPath volumes, privileged containers and added
+    capabilities; and containers state their requests (Autopilot would give each 0.5 vCPU and
+    2 GiB). Chart README, "GKE Autopilot"."""
+    for d in docs:
+        spec = (d.get("spec") or {}).get("template", {}).get("spec")
+        if spec is None:
+            continue
+        name = f"{d['kind']}/{d['metadata']['name']}"
+        for key in ("hostNetwork", "hostPID", "hostIPC"):
+            assert not spec.get(key), f"{name}: {key} (refused on Autopilot)"
+        for v in spec.get("volumes", []):
+            assert "hostPath" not in v, f"{name}: hostPath volume {v['name']} (refused on Autopilot)"
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            for p in c.get("ports", []):
+                assert not p.get("hostPort"), f"{name}: hostPort {p['hostPort']} (autogke-no-host-port)"
+            sc = c.get("securityContext") or {}
+            assert not sc.get("privileged"), f"{name}/{c['name']}: privileged"
+            assert not (sc.get("capabilities") or {}).get("add"), f"{name}/{c['name']}: added capabilities"
+            requests = (c.get("resources") or {}).get("requests") or {}
+            assert {"cpu", "memory"} <= set(requests), \
+                f"{name}/{c['name']}: no cpu/memory requests (Autopilot defaults to 0.5 vCPU, 2 GiB)"
 
 
 def check_binary_accepts_env(docs: list[dict], webhook: Webhook) -> None:
@@ -916,6 +991,8 @@ def main() -> int:
 
     check_webhook("limits and leader flags of rolebridge-webhook match the chart's values",
                   check_flags_match_binary)
+    check_webhook("config.kubernetesTokenExpiration defaults to the binary's "
+                  "--kubernetes-token-expiration", check_token_expiration_default)
     app_version = str(yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"])
 
     cases = sorted((HERE / "values").glob("*.yaml"))
@@ -975,6 +1052,8 @@ def main() -> int:
         check_webhook(f"{case}: environment matches the webhook's flags", check_webhook_env,
                       docs, merged)
         res.check(f"{case}: network policy", check_network_policy, docs, merged)
+        res.check(f"{case}: fit for GKE Autopilot (nothing refused, requests set)",
+                  check_autopilot_admits, docs)
         check_webhook(f"{case}: rolebridge-webhook starts with the rendered env",
                       check_binary_accepts_env, docs)
 

@@ -5,44 +5,73 @@ use clap::ValueEnum;
 use rolebridge_contract::MIN_CREDENTIALS_PORT;
 
 use crate::admission::mutate::{Config, SidecarMode};
+use crate::bindings::nodes::{KubeVersion, LowestKubelet};
 
 /// What the operator asked for with `--sidecar-mode`.
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 pub enum SidecarChoice {
-    /// Native sidecar on Kubernetes ≥ 1.29, legacy before (asks the API server).
+    /// Native sidecar when the API server and every node's kubelet are ≥ 1.29, legacy
+    /// otherwise (asks the API server, watches the nodes).
     Auto,
     Native,
     Legacy,
 }
 
-impl SidecarChoice {
-    /// The one place the mode is decided. `server` is the API server's version when known; an
-    /// `auto` choice without one (`inject`, `--bindings-file`) takes native, today's default.
-    pub fn resolve(
-        self,
-        server: Option<&k8s_openapi::apimachinery::pkg::version::Info>,
-    ) -> SidecarMode {
-        match (self, server) {
-            (SidecarChoice::Native, _) | (SidecarChoice::Auto, None) => SidecarMode::Native,
-            (SidecarChoice::Legacy, _) => SidecarMode::Legacy,
-            (SidecarChoice::Auto, Some(info)) => mode_for_version(info),
+/// Kubelets run native sidecars by default from this version (`SidecarContainers`, beta; alpha
+/// and off in 1.28).
+pub const NATIVE_SIDECARS: KubeVersion = KubeVersion {
+    major: 1,
+    minor: 29,
+};
+
+/// What `--sidecar-mode auto` is decided from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterVersions {
+    /// The API server's version (`None`: it did not parse, and counts as too old).
+    pub server: Option<KubeVersion>,
+    /// The lowest kubelet among the nodes, once the node watch has listed them.
+    pub nodes: LowestKubelet,
+}
+
+impl ClusterVersions {
+    /// The lower of the API server's and the lowest kubelet's version (`None`: one did not
+    /// parse). Nodes not listed yet, or none at all, leave the API server alone to decide.
+    pub fn lowest(&self) -> Option<KubeVersion> {
+        match &self.nodes {
+            LowestKubelet::Unknown | LowestKubelet::NoNodes => self.server,
+            LowestKubelet::Version { version, .. } => self.server.min(*version),
         }
     }
 }
 
-/// Native sidecars are on by default from Kubernetes 1.29.
-fn mode_for_version(info: &k8s_openapi::apimachinery::pkg::version::Info) -> SidecarMode {
-    let minor: u32 = info
-        .minor
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap_or(0);
-    if info.major == "1" && minor < 29 {
-        SidecarMode::Legacy
-    } else {
-        SidecarMode::Native
+impl std::fmt::Display for ClusterVersions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.server {
+            Some(v) => write!(f, "API server {v}, ")?,
+            None => f.write_str("API server unparsable, ")?,
+        }
+        write!(f, "lowest kubelet {}", self.nodes)
+    }
+}
+
+impl SidecarChoice {
+    /// The one place the mode is decided. `cluster` is what the webhook knows of the cluster's
+    /// versions; an `auto` choice without it (`inject`, `--bindings-file`) takes native,
+    /// today's default.
+    ///
+    /// `auto` is native only when the API server and every node's kubelet are at least
+    /// [`NATIVE_SIDECARS`], as GKE's gcs-fuse CSI webhook decides: a 1.29+ API server stores a
+    /// native sidecar whatever the node runs, and an older kubelet starts it as an ordinary init
+    /// container that never exits, so the pod would stay in `Init`.
+    pub fn resolve(self, cluster: Option<&ClusterVersions>) -> SidecarMode {
+        match (self, cluster) {
+            (SidecarChoice::Native, _) | (SidecarChoice::Auto, None) => SidecarMode::Native,
+            (SidecarChoice::Legacy, _) => SidecarMode::Legacy,
+            (SidecarChoice::Auto, Some(c)) if c.lowest() >= Some(NATIVE_SIDECARS) => {
+                SidecarMode::Native
+            }
+            (SidecarChoice::Auto, Some(_)) => SidecarMode::Legacy,
+        }
     }
 }
 
@@ -122,25 +151,80 @@ impl MutationArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::version::Info;
 
-    fn info(major: &str, minor: &str) -> Info {
-        Info {
-            major: major.into(),
-            minor: minor.into(),
-            ..Info::default()
+    fn v(major: u32, minor: u32) -> Option<KubeVersion> {
+        Some(KubeVersion { major, minor })
+    }
+
+    fn cluster(server: Option<KubeVersion>, nodes: LowestKubelet) -> ClusterVersions {
+        ClusterVersions { server, nodes }
+    }
+
+    fn lowest(version: Option<KubeVersion>) -> LowestKubelet {
+        LowestKubelet::Version {
+            version,
+            node: "gke-pool-1".into(),
         }
     }
 
     #[test]
     fn sidecar_mode_is_resolved_in_one_place() {
+        use LowestKubelet::{NoNodes, Unknown};
         use SidecarChoice::*;
-        assert_eq!(Auto.resolve(None), SidecarMode::Native);
-        assert_eq!(Auto.resolve(Some(&info("1", "28"))), SidecarMode::Legacy);
-        assert_eq!(Auto.resolve(Some(&info("1", "29+"))), SidecarMode::Native);
-        assert_eq!(Auto.resolve(Some(&info("1", "36"))), SidecarMode::Native);
-        assert_eq!(Native.resolve(Some(&info("1", "20"))), SidecarMode::Native);
-        assert_eq!(Legacy.resolve(Some(&info("1", "36"))), SidecarMode::Legacy);
-        assert_eq!(Legacy.resolve(None), SidecarMode::Legacy);
+        use SidecarMode as M;
+        assert_eq!(Auto.resolve(None), M::Native);
+        // No nodes, or not listed yet: the API server decides.
+        for nodes in [Unknown, NoNodes] {
+            assert_eq!(
+                Auto.resolve(Some(&cluster(v(1, 28), nodes.clone()))),
+                M::Legacy
+            );
+            assert_eq!(
+                Auto.resolve(Some(&cluster(v(1, 29), nodes.clone()))),
+                M::Native
+            );
+            assert_eq!(Auto.resolve(Some(&cluster(None, nodes))), M::Legacy);
+        }
+        // A 1.28 node pool under a newer control plane keeps pods out of Init.
+        let old_pool = cluster(v(1, 30), lowest(v(1, 28)));
+        assert_eq!(Auto.resolve(Some(&old_pool)), M::Legacy);
+        assert_eq!(
+            Auto.resolve(Some(&cluster(v(1, 36), lowest(v(1, 29))))),
+            M::Native
+        );
+        assert_eq!(
+            Auto.resolve(Some(&cluster(v(1, 36), lowest(None)))),
+            M::Legacy
+        );
+        // Both must be new enough (a kubelet is never newer than its API server, but a
+        // version that did not parse is).
+        assert_eq!(
+            Auto.resolve(Some(&cluster(v(1, 28), lowest(v(1, 30))))),
+            M::Legacy
+        );
+        assert_eq!(
+            Auto.resolve(Some(&cluster(v(2, 0), lowest(v(2, 1))))),
+            M::Native
+        );
+        // An explicit choice is never second-guessed.
+        assert_eq!(Native.resolve(Some(&old_pool)), M::Native);
+        assert_eq!(Legacy.resolve(Some(&cluster(v(1, 36), NoNodes))), M::Legacy);
+        assert_eq!(Legacy.resolve(None), M::Legacy);
+    }
+
+    #[test]
+    fn cluster_versions_say_what_decided() {
+        let c = cluster(
+            v(1, 30),
+            LowestKubelet::Version {
+                version: v(1, 28),
+                node: "gke-old-pool-1".into(),
+            },
+        );
+        assert_eq!(c.lowest(), v(1, 28));
+        assert_eq!(
+            c.to_string(),
+            "API server 1.30, lowest kubelet 1.28 (node gke-old-pool-1)"
+        );
     }
 }

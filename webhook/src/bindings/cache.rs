@@ -9,7 +9,6 @@
 //! and reported instead of failing the whole list and stalling the watch (as a typed watcher
 //! would).
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -23,6 +22,7 @@ use serde::Deserialize;
 use super::ApiAccess;
 use super::live::{LiveReadLimits, LiveReads, LiveSource};
 use super::store::{Group, Observed, Store};
+use super::watch::slim_resource;
 use super::work::{Feed, WorkQueue};
 use crate::domain::binding::Binding;
 use crate::domain::convert::binding_from_json;
@@ -251,7 +251,9 @@ struct SlimMeta {
     generation: Option<i64>,
 }
 
-fn slim_metadata<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+pub(super) fn slim_metadata<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<ObjectMeta, D::Error> {
     let m = SlimMeta::deserialize(d)?;
     Ok(ObjectMeta {
         name: m.name,
@@ -262,29 +264,7 @@ fn slim_metadata<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D
     })
 }
 
-impl kube::Resource for WatchedBinding {
-    type DynamicType = ();
-    type Scope = kube::core::NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        AWSRoleBinding::kind(&())
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        AWSRoleBinding::group(&())
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        AWSRoleBinding::version(&())
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        AWSRoleBinding::plural(&())
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+slim_resource!(WatchedBinding, AWSRoleBinding);
 
 #[cfg(test)]
 mod tests {

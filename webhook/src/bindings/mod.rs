@@ -8,10 +8,12 @@
 //! - [`watch`]: watches that relist at once on `410 Gone` and back off briefly otherwise.
 //! - [`status_controller`]: recomputes and writes the status of the bindings a change touched.
 //! - [`lease`]: the election of the one replica that writes status.
+//! - [`nodes`]: the lowest kubelet version among the nodes, for `--sidecar-mode auto`.
 
 pub mod cache;
 pub mod lease;
 pub mod live;
+pub mod nodes;
 pub mod status_controller;
 pub mod store;
 pub(crate) mod watch;
@@ -42,30 +44,42 @@ pub struct RbacRule {
     pub resource: &'static str,
     pub verbs: BTreeSet<&'static str>,
     pub own_namespace: bool,
+    /// The flag setting under which the webhook makes these calls (e.g. `--sidecar-mode auto`);
+    /// absent: always.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub only_with: Option<&'static str>,
 }
 
-/// Everything the webhook calls on the API server, merged by resource and scope, in a stable
-/// order: the RBAC it must be granted, no more and no less.
+/// Everything the webhook calls on the API server, merged by resource, scope and condition, in
+/// a stable order: the RBAC it must be granted, no more and no less.
 pub fn rbac_rules() -> Vec<RbacRule> {
-    let declared = cache::WATCHES.iter().chain([
-        &live::LIVE_READ,
-        &status_controller::STATUS_WRITE,
-        &lease::LEASE_ACCESS,
-    ]);
-    let mut merged: BTreeMap<(bool, &str, &str), BTreeSet<&str>> = BTreeMap::new();
-    for a in declared {
+    let always = cache::WATCHES
+        .iter()
+        .chain([
+            &live::LIVE_READ,
+            &status_controller::STATUS_WRITE,
+            &lease::LEASE_ACCESS,
+        ])
+        .map(|a| (a, None));
+    let declared = always.chain([(&nodes::NODE_WATCH, Some(nodes::NODE_WATCH_ONLY_WITH))]);
+    type Key<'a> = (bool, &'a str, &'a str, Option<&'a str>);
+    let mut merged: BTreeMap<Key<'static>, BTreeSet<&str>> = BTreeMap::new();
+    for (a, only_with) in declared {
         merged
-            .entry((a.own_namespace, a.group, a.resource))
+            .entry((a.own_namespace, a.group, a.resource, only_with))
             .or_default()
             .extend(a.verbs);
     }
     merged
         .into_iter()
-        .map(|((own_namespace, api_group, resource), verbs)| RbacRule {
-            api_group,
-            resource,
-            verbs,
-            own_namespace,
-        })
+        .map(
+            |((own_namespace, api_group, resource, only_with), verbs)| RbacRule {
+                api_group,
+                resource,
+                verbs,
+                own_namespace,
+                only_with,
+            },
+        )
         .collect()
 }

@@ -21,6 +21,40 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::runtime::watcher;
 
+/// Implements `kube::Resource` for a slim type that a watch parses instead of `$full`, keeping
+/// only what the webhook uses (its `metadata` field reduced at parse time): the API calls are
+/// `$full`'s.
+macro_rules! slim_resource {
+    ($slim:ty, $full:ty) => {
+        impl kube::Resource for $slim {
+            type DynamicType = ();
+            type Scope = <$full as kube::Resource>::Scope;
+
+            fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+                <$full as kube::Resource>::kind(&())
+            }
+            fn group(_: &()) -> std::borrow::Cow<'_, str> {
+                <$full as kube::Resource>::group(&())
+            }
+            fn version(_: &()) -> std::borrow::Cow<'_, str> {
+                <$full as kube::Resource>::version(&())
+            }
+            fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+                <$full as kube::Resource>::plural(&())
+            }
+            fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(
+                &mut self,
+            ) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+pub(crate) use slim_resource;
+
 /// What to do after a watch error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum After {
@@ -100,9 +134,23 @@ fn answered<K>(event: &watcher::Event<K>) -> bool {
 }
 
 /// Runs a watch until the process ends, feeding every event to `handle` and retrying per
-/// [`Retry`]; `what` names the watch in logs.
+/// [`Retry::default`]; `what` names the watch in logs.
 pub(crate) async fn run<K, S, F>(
     what: &'static str,
+    start: F,
+    handle: impl FnMut(watcher::Event<K>),
+) where
+    K: Debug + Send + 'static,
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    F: FnMut() -> S,
+{
+    run_with(what, Retry::default(), start, handle).await;
+}
+
+/// [`run`] with another backoff, for a watch whose lag matters less than its noise.
+pub(crate) async fn run_with<K, S, F>(
+    what: &'static str,
+    mut retry: Retry,
     mut start: F,
     mut handle: impl FnMut(watcher::Event<K>),
 ) where
@@ -110,7 +158,6 @@ pub(crate) async fn run<K, S, F>(
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
     F: FnMut() -> S,
 {
-    let mut retry = Retry::default();
     loop {
         let stream = start();
         let mut stream = std::pin::pin!(stream);

@@ -1,6 +1,7 @@
 //! A stub Kubernetes API server over plain HTTP: just enough of list, watch, create, status
 //! patch and update for `awsrolebindings` (rolebridge.io/v1alpha1), metadata-only
-//! `serviceaccounts` and `leases` (coordination.k8s.io/v1) for a `kube::Client` pointed at it.
+//! `serviceaccounts`, `leases` (coordination.k8s.io/v1) and (cluster-scoped) `nodes` for a
+//! `kube::Client` pointed at it.
 //! Used by the watch-recovery and leader-election tests and by the scale benchmark (through
 //! `examples/bench_apiserver.rs`).
 //!
@@ -35,6 +36,7 @@ pub enum Kind {
     Binding,
     ServiceAccount,
     Lease,
+    Node,
 }
 
 struct Event {
@@ -304,6 +306,27 @@ impl StubApi {
         self.shared.changed.send_replace(rv);
     }
 
+    /// Creates a node, or updates it (a kubelet's status heartbeat, or an in-place upgrade),
+    /// with `kubelet_version` as its `status.nodeInfo.kubeletVersion`.
+    pub fn put_node(&self, name: &str, kubelet_version: &str) {
+        let exists = self.get(Kind::Node, "", name).is_some();
+        let heartbeat = self.shared.lock().rv.to_string();
+        let object = json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True", "reason": heartbeat}],
+                "nodeInfo": {"kubeletVersion": kubelet_version, "operatingSystem": "linux"},
+                "images": [{"names": ["registry.k8s.io/pause:3.10"], "sizeBytes": 320_000}]}});
+        let type_ = if exists { "MODIFIED" } else { "ADDED" };
+        self.put(Kind::Node, "", name, object, type_);
+    }
+
+    pub fn delete_node(&self, name: &str) {
+        if let Some(object) = self.get(Kind::Node, "", name) {
+            self.put(Kind::Node, "", name, object, "DELETED");
+        }
+    }
+
     pub fn create_service_account(&self, ns: &str, name: &str, gsa: Option<&str>) {
         self.put(
             Kind::ServiceAccount,
@@ -429,6 +452,7 @@ fn route(path: &str) -> Option<Route> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (kind, rest) = match parts.as_slice() {
         ["apis", "rolebridge.io", "v1alpha1", rest @ ..] => (Kind::Binding, rest),
+        ["api", "v1", rest @ ..] if rest.first() == Some(&"nodes") => (Kind::Node, rest),
         ["api", "v1", rest @ ..] => (Kind::ServiceAccount, rest),
         ["apis", "coordination.k8s.io", "v1", rest @ ..] => (Kind::Lease, rest),
         _ => return None,
@@ -437,10 +461,14 @@ fn route(path: &str) -> Option<Route> {
         Kind::Binding => "awsrolebindings",
         Kind::ServiceAccount => "serviceaccounts",
         Kind::Lease => "leases",
+        Kind::Node => "nodes",
     };
     let own = |s: &&str| Some((*s).to_owned());
     match rest {
         [p] if *p == plural => Some((kind, None, None, None)),
+        // Cluster-scoped objects (nodes).
+        [p, name] if *p == plural => Some((kind, None, own(name), None)),
+        [p, name, sub] if *p == plural => Some((kind, None, own(name), own(sub))),
         ["namespaces", ns, p] if *p == plural => Some((kind, own(ns), None, None)),
         ["namespaces", ns, p, name] if *p == plural => Some((kind, own(ns), own(name), None)),
         ["namespaces", ns, p, name, sub] if *p == plural => {
@@ -580,6 +608,7 @@ fn record_call(
         Kind::Binding => ("rolebridge.io", "awsrolebindings"),
         Kind::ServiceAccount => ("", "serviceaccounts"),
         Kind::Lease => ("coordination.k8s.io", "leases"),
+        Kind::Node => ("", "nodes"),
     };
     let resource = match sub {
         Some(sub) => format!("{plural}/{sub}"),
@@ -612,6 +641,7 @@ fn list_kind(kind: Kind) -> (&'static str, &'static str) {
         Kind::Binding => (GROUP_VERSION, "AWSRoleBindingList"),
         Kind::ServiceAccount => ("v1", "ServiceAccountList"),
         Kind::Lease => ("coordination.k8s.io/v1", "LeaseList"),
+        Kind::Node => ("v1", "NodeList"),
     }
 }
 
