@@ -24,7 +24,7 @@ use serde_json::Value;
 use crate::admission::mutate::{Config, SidecarMode};
 use crate::admission::review::{self, Parsed};
 use crate::bindings::store::Store;
-use crate::domain::binding::{Binding, Hop};
+use crate::domain::binding::{Binding, Hop, TokenSource};
 
 /// Bindings and config decoded from the first bytes of an input.
 #[derive(Debug)]
@@ -123,6 +123,13 @@ impl Scenario {
                     session_tags: !chain.is_empty() && shape >> 6 != 1,
                     chain,
                     duration_seconds,
+                    // Config bit 16 turns the even-numbered bindings and bit 32 the odd ones to Kubernetes
+                    // tokens, so inputs written before the field existed decode as they did.
+                    token_source: if flags & (16 << (i % 2)) != 0 {
+                        TokenSource::Kubernetes
+                    } else {
+                        TokenSource::Google
+                    },
                 }
             })
             .collect();

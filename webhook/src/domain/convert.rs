@@ -99,6 +99,8 @@ pub(crate) fn binding_from_spec(
             .map(|d| u32::try_from(d).expect("validate_spec bounds durationSeconds")),
         // The CRD's default: tags are on when there are AssumeRole hops to carry them.
         session_tags: spec.session_tags.unwrap_or(!spec.chain.is_empty()),
+        // The CRD's default: an object stored before the field existed reads as Google.
+        token_source: spec.token_source.unwrap_or_default(),
     })
 }
 
@@ -186,6 +188,28 @@ mod tests {
             err.to_string().contains("at most 3600 when chain is set"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn token_source_defaults_to_google_and_an_unknown_one_is_malformed() {
+        let spec = |extra: serde_json::Value| {
+            let mut s = serde_json::json!({"serviceAccountName": "sa",
+                "roleArn": "arn:aws:iam::111111111111:role/id"});
+            s.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            binding_from_json("ns", "b", &s)
+        };
+        use crate::domain::binding::TokenSource;
+        let absent = spec(serde_json::json!({})).unwrap();
+        assert_eq!(absent.token_source, TokenSource::Google);
+        let k8s = spec(serde_json::json!({"tokenSource": "Kubernetes"})).unwrap();
+        assert_eq!(k8s.token_source, TokenSource::Kubernetes);
+        // A cluster whose CRD does not validate could hold anything: never trusted.
+        assert!(matches!(
+            spec(serde_json::json!({"tokenSource": "Nope"})),
+            Err(BindingError::Malformed { .. })
+        ));
     }
 
     #[test]
