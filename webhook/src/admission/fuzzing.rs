@@ -13,23 +13,27 @@
 //!
 //! Bindings are drawn from the input bytes: service accounts from the pod's own and a few
 //! others, containers from the pod's container names and a few others, with or without
-//! audience, region, a role chain (with external IDs), a session duration and session tags,
-//! and the config's sidecar mode, own namespace, credentials port and cluster name, so that
-//! the fuzzer reaches every branch of coverage, ties and both deliveries.
+//! audience, region, a role chain (with external IDs), a session duration, session tags and
+//! either token source, what is known of the service account (a Google service account, none,
+//! a malformed one, or nothing), and the config's sidecar mode, own namespace, credentials port
+//! and cluster name, so that the fuzzer reaches every branch of coverage, ties, both
+//! deliveries and both token sources.
 #![doc(hidden)]
 
 use base64::Engine as _;
 use serde_json::Value;
 
-use crate::admission::mutate::{Config, SidecarMode};
+use crate::admission::mutate::{Config, ServiceAccountState, SidecarMode};
 use crate::admission::review::{self, Parsed};
 use crate::bindings::store::Store;
 use crate::domain::binding::{Binding, Hop, TokenSource};
 
-/// Bindings and config decoded from the first bytes of an input.
+/// Bindings, what is known of the service account, and config decoded from the first bytes
+/// of an input.
 #[derive(Debug)]
 struct Scenario {
     pub bindings: Vec<Binding>,
+    pub account: ServiceAccountState,
     pub config: Config,
 }
 
@@ -133,7 +137,21 @@ impl Scenario {
                 }
             })
             .collect();
-        Scenario { bindings, config }
+        // Config bits 64 and 128: the service account names no Google service account, or could
+        // not be read (a Google-source pod is then denied).
+        let account = match flags >> 6 {
+            0 => {
+                ServiceAccountState::WorkloadIdentity("app@project.iam.gserviceaccount.com".into())
+            }
+            1 => ServiceAccountState::NoWorkloadIdentity,
+            2 => ServiceAccountState::WorkloadIdentity("not-an-email".into()),
+            _ => ServiceAccountState::Missing,
+        };
+        Scenario {
+            bindings,
+            account,
+            config,
+        }
     }
 }
 
@@ -210,7 +228,11 @@ fn answer(body: &[u8], scenario: &Scenario) -> Option<Value> {
                 .map(|b| (r.namespace.clone(), b.clone()))
                 .collect();
             let bindings = store.bindings_for(&r.namespace, r.service_account());
-            let (bytes, _) = r.respond(bindings.as_deref().unwrap_or_default(), &scenario.config);
+            let (bytes, _) = r.respond(
+                bindings.as_deref().unwrap_or_default(),
+                &scenario.account,
+                &scenario.config,
+            );
             (bytes, Some(r.uid.as_str().to_owned()))
         }
     };

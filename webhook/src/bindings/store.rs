@@ -527,6 +527,17 @@ impl Store {
         (!group.is_empty()).then(|| group.iter().map(Entry::unpack).collect())
     }
 
+    /// What the store knows of a service account: its Workload Identity annotation, or
+    /// `Missing` when it holds none by that name (not watched yet, or no such account).
+    pub fn service_account(&self, namespace: &str, name: &str) -> ServiceAccountState {
+        let inner = self.read();
+        inner
+            .namespaces
+            .get(namespace)
+            .and_then(|ns| ns.account(name))
+            .map_or(ServiceAccountState::Missing, Account::state)
+    }
+
     /// Adds or replaces a binding; returns the groups whose status may have changed.
     pub fn apply(&self, b: Observed<'_>) -> Vec<Group> {
         let mut inner = self.write();

@@ -12,6 +12,7 @@ use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 /// The prefix of every annotation rolebridge reads or writes.
 pub(crate) const ANNOTATION_PREFIX: &str = "rolebridge.io/";
@@ -154,6 +155,45 @@ pub struct SpecView<'a> {
     #[serde(borrow)]
     pub os: Option<OsView<'a>>,
     pub host_network: Option<bool>,
+    /// Only its `kubernetes.io/os` entry (the rest is skipped unparsed).
+    #[serde(borrow)]
+    pub node_selector: Option<NodeSelectorView<'a>>,
+    /// Kept as raw text, borrowed: read ([`PodView::is_windows`]) only for a pod with bindings.
+    #[serde(borrow)]
+    pub affinity: Option<&'a RawValue>,
+}
+
+/// The label nodes carry with their operating system.
+pub(crate) const OS_LABEL: &str = "kubernetes.io/os";
+
+/// `spec.nodeSelector`, reduced to the [`OS_LABEL`] entry.
+#[derive(Debug, Default)]
+pub struct NodeSelectorView<'a> {
+    pub os: Option<Str<'a>>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for NodeSelectorView<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NodeSelectorView<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a node selector map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut os = None;
+                while let Some(key) = map.next_key::<Str<'de>>()? {
+                    if key.as_str() == OS_LABEL {
+                        os = Some(map.next_value::<Str<'de>>()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(NodeSelectorView { os })
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +208,9 @@ pub struct OsView<'a> {
 pub struct NamedView<'a> {
     #[serde(borrow)]
     pub name: Str<'a>,
+    /// A projected volume's definition as raw text, borrowed: rolebridge reads its own only.
+    #[serde(borrow)]
+    pub projected: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -183,6 +226,12 @@ pub struct ContainerView<'a> {
     pub volume_mounts: Option<Vec<MountView<'a>>>,
     #[serde(borrow)]
     pub ports: Option<Vec<PortView<'a>>>,
+    /// `Always` on an init container makes it a native sidecar.
+    #[serde(borrow)]
+    pub restart_policy: Option<Str<'a>>,
+    /// Raw text, borrowed: read for the mesh proxy and rolebridge's own agent only.
+    #[serde(borrow)]
+    pub security_context: Option<&'a RawValue>,
 }
 
 /// A declared container port (`ports[]`): the API server has decoded the pod before any webhook
@@ -233,6 +282,96 @@ impl<'a> PodView<'a> {
 
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.metadata.annotations.as_ref()?.get(key)
+    }
+}
+
+/// What the operating system checks read of `spec.affinity`: the required node affinity's
+/// terms and their match expressions.
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct AffinityView<'a> {
+    #[serde(borrow)]
+    node_affinity: Option<NodeAffinityView<'a>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct NodeAffinityView<'a> {
+    #[serde(borrow)]
+    required_during_scheduling_ignored_during_execution: Option<TermsView<'a>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct TermsView<'a> {
+    #[serde(borrow)]
+    node_selector_terms: Option<Vec<TermView<'a>>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct TermView<'a> {
+    #[serde(borrow)]
+    match_expressions: Option<Vec<ExpressionView<'a>>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct ExpressionView<'a> {
+    #[serde(borrow)]
+    key: Str<'a>,
+    #[serde(borrow)]
+    operator: Str<'a>,
+    #[serde(borrow)]
+    values: Option<Vec<Str<'a>>>,
+}
+
+impl TermView<'_> {
+    /// The term only matches Windows nodes: one of its expressions is `kubernetes.io/os In`
+    /// with Windows as its only value.
+    fn windows_only(&self) -> bool {
+        self.match_expressions.iter().flatten().any(|e| {
+            e.key.as_str() == OS_LABEL
+                && e.operator.as_str() == "In"
+                && e.values
+                    .as_deref()
+                    .is_some_and(|v| !v.is_empty() && v.iter().all(|x| x.as_str() == WINDOWS))
+        })
+    }
+}
+
+const WINDOWS: &str = "windows";
+
+impl PodView<'_> {
+    /// The pod can only run on Windows nodes: `spec.os.name`, a `kubernetes.io/os` node
+    /// selector, or a required node affinity whose every term asks for Windows only.
+    pub fn is_windows(&self) -> bool {
+        let spec = &self.spec;
+        if spec
+            .os
+            .as_ref()
+            .is_some_and(|os| os.name.as_str() == WINDOWS)
+            || spec
+                .node_selector
+                .as_ref()
+                .and_then(|n| n.os.as_ref())
+                .is_some_and(|os| os.as_str() == WINDOWS)
+        {
+            return true;
+        }
+        let Some(raw) = spec.affinity else {
+            return false;
+        };
+        // The API server has validated it; anything unreadable is not a Windows requirement.
+        let Ok(affinity) = serde_json::from_str::<AffinityView<'_>>(raw.get()) else {
+            return false;
+        };
+        let terms = affinity
+            .node_affinity
+            .and_then(|n| n.required_during_scheduling_ignored_during_execution)
+            .and_then(|r| r.node_selector_terms)
+            .unwrap_or_default();
+        !terms.is_empty() && terms.iter().all(TermView::windows_only)
     }
 }
 
@@ -301,6 +440,47 @@ mod tests {
         );
         let pod = PodView::from_json(r#"{"metadata":{"name":"p"}}"#).unwrap();
         assert!(pod.metadata.present && pod.metadata.annotations.is_none());
+    }
+
+    #[test]
+    fn windows_by_os_name_node_selector_or_required_affinity() {
+        let windows = |spec: &str| {
+            let json = format!(r#"{{"spec":{spec}}}"#);
+            PodView::from_json(&json).unwrap().is_windows()
+        };
+        let term = |values: &str| {
+            format!(
+                r#"{{"matchExpressions":[{{"key":"kubernetes.io/os","operator":"In","values":{values}}}]}}"#
+            )
+        };
+        let required = |terms: &[String]| {
+            format!(
+                r#"{{"affinity":{{"nodeAffinity":{{"requiredDuringSchedulingIgnoredDuringExecution":{{"nodeSelectorTerms":[{}]}}}}}}}}"#,
+                terms.join(",")
+            )
+        };
+        assert!(windows(r#"{"os":{"name":"windows"}}"#));
+        assert!(windows(
+            r#"{"nodeSelector":{"pool":"a","kubernetes.io/os":"windows"}}"#
+        ));
+        assert!(!windows(r#"{"nodeSelector":{"kubernetes.io/os":"linux"}}"#));
+        assert!(windows(&required(&[term(r#"["windows"]"#)])));
+        assert!(windows(&required(&[
+            term(r#"["windows"]"#),
+            term(r#"["windows"]"#)
+        ])));
+        // Another term could pick a Linux node, or the values allow Linux: not Windows-only.
+        assert!(!windows(&required(&[
+            term(r#"["windows"]"#),
+            term(r#"["linux"]"#)
+        ])));
+        assert!(!windows(&required(&[term(r#"["windows","linux"]"#)])));
+        assert!(!windows(&required(&[term("[]")])));
+        assert!(!windows(&required(&[])));
+        let preferred = r#"{"affinity":{"nodeAffinity":{"preferredDuringSchedulingIgnoredDuringExecution":[{"weight":1,"preference":{"matchExpressions":[{"key":"kubernetes.io/os","operator":"In","values":["windows"]}]}}]}}}"#;
+        assert!(!windows(preferred));
+        assert!(!windows(r#"{"affinity":{"podAffinity":{}}}"#));
+        assert!(!windows("{}"));
     }
 
     #[test]
