@@ -498,6 +498,58 @@ mod tests {
         }
     }
 
+    /// What an earlier injection cannot be given by an `add` is reported: a projected volume
+    /// without a new audience, an agent without the Google pin, an agent placed before a native
+    /// sidecar proxy that Istio did not move to the front.
+    #[test]
+    fn what_an_earlier_injection_lacks_is_reported() {
+        let mut k8s = binding("k8s", Some(&["late"]));
+        k8s.token_source = TokenSource::Kubernetes;
+        k8s.audience = Some("other".into());
+        let injected = r#"{"metadata":{"name":"p","annotations":{"rolebridge.io/bindings":"app=b"}},
+            "spec":{"serviceAccountName":"sa",
+            "volumes":[{"name":"rolebridge-kubernetes-token","projected":{"sources":[
+                {"serviceAccountToken":{"audience":"sts.amazonaws.com","expirationSeconds":3600,"path":"sts.amazonaws.com.token"}}]}}],
+            "containers":[{"name":"app"},{"name":"late"}]}}"#;
+        let pod = PodView::from_json(injected).unwrap();
+        let m = mutate(&pod, "ns", &[k8s], &wi(), &Config::default()).unwrap();
+        assert_eq!(applied(&m), Some("late=k8s"));
+        assert!(
+            m.warnings.iter().any(|w| w.contains(
+                r#"volume "rolebridge-kubernetes-token" already in this pod does not project the token for audience "other""#
+            )),
+            "{:?}",
+            m.warnings
+        );
+
+        let unpinned = r#"{"metadata":{"name":"p","annotations":{"rolebridge.io/bindings":"app=b"}},
+            "spec":{"serviceAccountName":"sa","initContainers":[
+                {"name":"istio-init"},{"name":"rolebridge-agent","restartPolicy":"Always","args":["run","--token","/var/run/secrets/rolebridge.io/sts.amazonaws.com.token=sts.amazonaws.com"]},
+                {"name":"istio-proxy","restartPolicy":"Always"}],
+            "containers":[{"name":"app"}]}}"#;
+        let pod = PodView::from_json(unpinned).unwrap();
+        let m = mutate(&pod, "ns", &[binding("b", None)], &wi(), &Config::default()).unwrap();
+        let joined = m.warnings.join("\n");
+        assert!(
+            joined.contains("does not serve the Google service account pin `--google-service-account app@project.iam.gserviceaccount.com`"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains(r#"the agent container "rolebridge-agent" starts before istio-proxy"#),
+            "{joined}"
+        );
+        // A service account that cannot be read denies a new agent, not one already there.
+        let m = mutate(
+            &pod,
+            "ns",
+            &[binding("b", None)],
+            &ServiceAccountState::Missing,
+            &Config::default(),
+        )
+        .unwrap();
+        assert!(!m.warnings.join("").contains("pin"), "{:?}", m.warnings);
+    }
+
     #[test]
     fn role_annotation_naming_a_binding_that_covers_no_container_warns() {
         let json = r#"{"metadata":{"name":"p","annotations":{"rolebridge.io/role":"worker"}},
