@@ -1,6 +1,7 @@
 //! Every call the webhook makes on the API server is one that its RBAC declaration
-//! (`bindings::rbac_rules`, which `rolebridge-webhook rbac --json` prints for the Helm chart's
-//! check) lists, and every verb it declares is one it calls: the watches, a live read, the
+//! (`bindings::rbac_rules` and `bindings::rbac_non_resource`, which `rolebridge-webhook rbac
+//! --json` prints for the Helm chart's check) lists, and every verb it declares is one it calls:
+//! the watches, live reads (of bindings and of a service account), the issuer discovery, the
 //! status writes and the Lease election run against the stub API server as `serve` runs them.
 
 mod support;
@@ -11,8 +12,9 @@ use tokio::sync::watch;
 
 use rolebridge_webhook::bindings::lease::{self, LeaderArgs};
 use rolebridge_webhook::bindings::live::{LiveReadLimits, api_live_source};
-use rolebridge_webhook::bindings::rbac_rules;
-use support::apiserver::{Calls, Kind, StubApi};
+use rolebridge_webhook::bindings::{rbac_non_resource, rbac_rules};
+use rolebridge_webhook::domain::status::ServiceAccountState;
+use support::apiserver::{Calls, ISSUER, Kind, StubApi};
 
 async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
@@ -26,6 +28,13 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 async fn the_calls_made_are_exactly_the_declared_rbac() {
     let stub = StubApi::start().await;
     stub.populate(20, 2);
+    // A Kubernetes-source binding: its Ready message names the discovered issuer.
+    stub.create_binding(
+        "team-000",
+        "k8s",
+        serde_json::json!({"serviceAccountName": "app-000000", "tokenSource": "Kubernetes",
+            "roleArn": "arn:aws:iam::123456789012:role/k8s", "containers": ["k8s"]}),
+    );
     let client = stub.client();
     let (stop_tx, stop) = watch::channel(false);
     let leader = LeaderArgs {
@@ -41,9 +50,20 @@ async fn the_calls_made_are_exactly_the_declared_rbac() {
     );
     let live = (api_live_source(client.clone()), LiveReadLimits::default());
     let cache = support::run_bindings(client, Some(live), leadership.clone(), 2);
-    eventually("every status written", || stub.stats().converged == 20).await;
-    // A cache miss: a live read of the namespace.
+    eventually("every status written", || stub.stats().converged == 21).await;
+    let message = stub.status_of("team-000", "k8s").unwrap()["conditions"][0]["message"].clone();
+    assert!(
+        message.as_str().unwrap().contains(&format!(
+            "system:serviceaccount:team-000:app-000000, issued by {ISSUER}"
+        )),
+        "{message}"
+    );
+    // Cache misses: a live read of the namespace's bindings, and of a service account.
     assert!(cache.bindings_for("team-000", "nobody").await.is_none());
+    assert_eq!(
+        cache.account_for("team-000", "nobody").await,
+        ServiceAccountState::Missing
+    );
     // A stop releases the Lease it holds.
     assert!(leadership.is_leader());
     stop_tx.send_replace(true);
@@ -61,4 +81,13 @@ async fn the_calls_made_are_exactly_the_declared_rbac() {
         })
         .collect();
     assert_eq!(stub.calls(), declared);
+    let declared: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        rbac_non_resource()
+            .into_iter()
+            .map(|r| {
+                let verbs = r.verbs.iter().map(|v| (*v).to_owned()).collect();
+                (r.url.to_owned(), verbs)
+            })
+            .collect();
+    assert_eq!(stub.non_resource_calls(), declared);
 }
