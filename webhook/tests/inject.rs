@@ -376,13 +376,14 @@ fn the_pin_comes_from_the_manifests_or_the_bindings_files() {
 /// exactly as admission does, and needs no ServiceAccount document.
 #[test]
 fn kubernetes_source_needs_no_agent_and_no_service_account() {
-    let bindings = "
-apiVersion: rolebridge.io/v1alpha1
-kind: AWSRoleBinding
-metadata: {name: reader, namespace: apps}
-spec: {serviceAccountName: worker, roleArn: 'arn:aws:iam::123456789012:role/reader', tokenSource: Kubernetes}
-";
-    let store = store_of(bindings, "apps");
+    // BINDINGS' binding with tokenSource: Kubernetes, and without its ServiceAccount.
+    let bindings = BINDINGS
+        .split("---")
+        .next()
+        .unwrap()
+        .replace("role/reader'}", "role/reader', tokenSource: Kubernetes}");
+    assert!(bindings.contains("tokenSource"));
+    let store = store_of(&bindings, "apps");
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "apps"}, "spec": pod_spec()});
     let out = inject(
         &serde_norway::to_string(&pod).unwrap(),

@@ -93,45 +93,8 @@ async fn replay_case(client: &Client, case: &Value, ns: &str, run: &str) -> anyh
     anyhow::ensure!(pod.is_object(), "only inline pods are replayed");
     set_namespace(&mut pod, ns);
 
-    // Service accounts: without automounted API tokens, so the API server adds no volume the
-    // case does not expect; with a Google service account, as a bound SA has.
-    let service_accounts: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        ns,
-        &resource("", "v1", "ServiceAccount", "serviceaccounts"),
-    );
     let bindings = case["bindings"].as_array().cloned().unwrap_or_default();
-    let accounts: Vec<(String, Option<String>)> = match case.get("serviceAccounts") {
-        Some(listed) => listed
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(name, gsa)| (name.clone(), gsa.as_str().map(str::to_owned)))
-            .collect(),
-        None => {
-            let mut names: Vec<String> = bindings
-                .iter()
-                .filter_map(|b| b["spec"]["serviceAccountName"].as_str().map(str::to_owned))
-                .collect();
-            names.push(pod_service_account(&pod));
-            names.sort();
-            names.dedup();
-            names
-                .into_iter()
-                .map(|n| (n, Some(DEFAULT_GSA.to_owned())))
-                .collect()
-        }
-    };
-    for (sa, gsa) in accounts {
-        let mut object = json!({"apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": sa}, "automountServiceAccountToken": false});
-        if let Some(gsa) = gsa {
-            object["metadata"]["annotations"] = json!({"iam.gke.io/gcp-service-account": gsa});
-        }
-        service_accounts
-            .patch(&sa, &ssa, &Patch::Apply(&object))
-            .await?;
-    }
+    create_service_accounts(client, case, &bindings, &pod, ns).await?;
     let arbs: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
         ns,
@@ -183,6 +146,56 @@ async fn replay_case(client: &Client, case: &Value, ns: &str, run: &str) -> anyh
             Ok(())
         }
     }
+}
+
+/// The case's service accounts: without automounted API tokens, so the API server adds no
+/// volume the case does not expect; as the case lists them, else every one it names with the
+/// Google service account a bound service account has.
+async fn create_service_accounts(
+    client: &Client,
+    case: &Value,
+    bindings: &[Value],
+    pod: &Value,
+    ns: &str,
+) -> anyhow::Result<()> {
+    let ssa = PatchParams::apply("rolebridge-e2e").force();
+    let service_accounts: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &resource("", "v1", "ServiceAccount", "serviceaccounts"),
+    );
+    let accounts: Vec<(String, Option<String>)> = match case.get("serviceAccounts") {
+        Some(listed) => listed
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(name, gsa)| (name.clone(), gsa.as_str().map(str::to_owned)))
+            .collect(),
+        None => {
+            let mut names: Vec<String> = bindings
+                .iter()
+                .filter_map(|b| b["spec"]["serviceAccountName"].as_str().map(str::to_owned))
+                .collect();
+            names.push(pod_service_account(pod));
+            names.sort();
+            names.dedup();
+            names
+                .into_iter()
+                .map(|n| (n, Some(DEFAULT_GSA.to_owned())))
+                .collect()
+        }
+    };
+    for (sa, gsa) in accounts {
+        let mut object = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": sa}, "automountServiceAccountToken": false});
+        if let Some(gsa) = gsa {
+            object["metadata"]["annotations"] = json!({"iam.gke.io/gcp-service-account": gsa});
+        }
+        service_accounts
+            .patch(&sa, &ssa, &Patch::Apply(&object))
+            .await?;
+    }
+    Ok(())
 }
 
 fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {

@@ -88,54 +88,7 @@ impl Scenario {
         containers.extend(pod_containers.iter().map(String::as_str));
         let count = usize::from(c.byte() % 5);
         let bindings = (0..count)
-            .map(|i| {
-                let shape = c.byte();
-                let listed = (shape & 1 != 0).then(|| {
-                    let mask = c.byte();
-                    containers
-                        .iter()
-                        .enumerate()
-                        .filter(|(j, _)| mask & (1 << (j % 8)) != 0)
-                        .map(|(_, n)| (*n).to_owned())
-                        .collect()
-                });
-                let service_account = if shape & 2 != 0 {
-                    pod_sa.to_owned()
-                } else {
-                    c.pick(&accounts).to_owned()
-                };
-                let role_arn = c.pick(&ROLES).to_owned();
-                let hops = usize::from(shape >> 4 & 3);
-                let chain = (0..hops)
-                    .map(|h| Hop {
-                        role_arn: c.pick(&ROLES).to_owned(),
-                        external_id: (c.byte() & 1 != 0).then(|| format!("ext-{h}")),
-                    })
-                    .collect::<Vec<_>>();
-                let duration_seconds = match shape >> 6 {
-                    0 | 1 => None,
-                    2 => Some(900),
-                    _ => Some(3600),
-                };
-                Binding {
-                    name: format!("b{i}"),
-                    service_account,
-                    role_arn,
-                    audience: (shape & 4 != 0).then(|| "sts.example.com".to_owned()),
-                    region: (shape & 8 != 0).then(|| "eu-west-1".to_owned()),
-                    containers: listed,
-                    session_tags: !chain.is_empty() && shape >> 6 != 1,
-                    chain,
-                    duration_seconds,
-                    // Config bit 16 turns the even-numbered bindings and bit 32 the odd ones to Kubernetes
-                    // tokens, so inputs written before the field existed decode as they did.
-                    token_source: if flags & (16 << (i % 2)) != 0 {
-                        TokenSource::Kubernetes
-                    } else {
-                        TokenSource::Google
-                    },
-                }
-            })
+            .map(|i| binding(&mut c, i, flags, pod_sa, &accounts, &containers))
             .collect();
         // Config bits 64 and 128: the service account names no Google service account, or could
         // not be read (a Google-source pod is then denied).
@@ -152,6 +105,63 @@ impl Scenario {
             account,
             config,
         }
+    }
+}
+
+/// Binding `i` of a scenario, drawn from the next bytes.
+fn binding(
+    c: &mut Choices<'_>,
+    i: usize,
+    flags: u8,
+    pod_sa: &str,
+    accounts: &[&str],
+    containers: &[&str],
+) -> Binding {
+    let shape = c.byte();
+    let listed = (shape & 1 != 0).then(|| {
+        let mask = c.byte();
+        containers
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| mask & (1 << (j % 8)) != 0)
+            .map(|(_, n)| (*n).to_owned())
+            .collect()
+    });
+    let service_account = if shape & 2 != 0 {
+        pod_sa.to_owned()
+    } else {
+        c.pick(accounts).to_owned()
+    };
+    let role_arn = c.pick(&ROLES).to_owned();
+    let hops = usize::from(shape >> 4 & 3);
+    let chain = (0..hops)
+        .map(|h| Hop {
+            role_arn: c.pick(&ROLES).to_owned(),
+            external_id: (c.byte() & 1 != 0).then(|| format!("ext-{h}")),
+        })
+        .collect::<Vec<_>>();
+    let duration_seconds = match shape >> 6 {
+        0 | 1 => None,
+        2 => Some(900),
+        _ => Some(3600),
+    };
+    Binding {
+        name: format!("b{i}"),
+        service_account,
+        role_arn,
+        audience: (shape & 4 != 0).then(|| "sts.example.com".to_owned()),
+        region: (shape & 8 != 0).then(|| "eu-west-1".to_owned()),
+        containers: listed,
+        session_tags: !chain.is_empty() && shape >> 6 != 1,
+        chain,
+        duration_seconds,
+        // Config bit 16 turns the even-numbered bindings and bit 32 the odd ones to Kubernetes
+        // tokens, so inputs written before the field existed decode as they did.
+        token_source: if flags & (16 << (i % 2)) != 0 {
+            TokenSource::Kubernetes
+        } else {
+            TokenSource::Google
+        },
     }
 }
 

@@ -363,20 +363,27 @@ mod tests {
         }
     }
 
+    /// A cache whose live reads go to [`source`], counted in `calls`.
+    fn live_cache(calls: &Arc<AtomicUsize>) -> Arc<BindingCache> {
+        Arc::new(BindingCache::new(
+            Arc::new(Metrics::new()),
+            Some((source(calls.clone()), LiveReadLimits::default())),
+        ))
+    }
+
     #[tokio::test]
     async fn a_service_account_created_just_before_its_pod_is_read_live_once() {
         let calls = Arc::new(AtomicUsize::new(0));
-        let cache = Arc::new(BindingCache::new(
-            Arc::new(Metrics::new()),
-            Some((source(calls.clone()), LiveReadLimits::default())),
-        ));
+        let cache = live_cache(&calls);
         let want = ServiceAccountState::WorkloadIdentity("app@p.iam.gserviceaccount.com".into());
-        let lookups = (0..8).map(|_| {
+        // A burst of pods shares one live read.
+        let mut burst = tokio::task::JoinSet::new();
+        for _ in 0..8 {
             let cache = cache.clone();
-            tokio::spawn(async move { cache.account_for("fresh", "app").await })
-        });
-        for found in futures::future::join_all(lookups).await {
-            assert_eq!(found.unwrap(), want);
+            burst.spawn(async move { cache.account_for("fresh", "app").await });
+        }
+        for found in burst.join_all().await {
+            assert_eq!(found, want);
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(
@@ -402,10 +409,7 @@ mod tests {
     #[tokio::test]
     async fn binding_created_just_before_its_pod_is_honoured() {
         let calls = Arc::new(AtomicUsize::new(0));
-        let cache = Arc::new(BindingCache::new(
-            Arc::new(Metrics::new()),
-            Some((source(calls.clone()), LiveReadLimits::default())),
-        ));
+        let cache = live_cache(&calls);
         // A burst of pods (a Deployment scaling up) shares one live read.
         let lookups = (0..8).map(|_| {
             let cache = cache.clone();

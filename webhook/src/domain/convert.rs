@@ -231,16 +231,19 @@ mod tests {
         assert!(service_accounts_from_yaml("kind: ServiceAccount\nmetadata: {}\n", "d").is_err());
     }
 
+    /// The binding `b` of a minimal spec plus `extra`.
+    fn with(extra: serde_json::Value) -> Result<Binding, BindingError> {
+        let mut s = serde_json::json!({"serviceAccountName": "sa",
+            "roleArn": "arn:aws:iam::111111111111:role/id"});
+        s.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        binding_from_json("ns", "b", &s)
+    }
+
     #[test]
     fn chain_duration_and_the_session_tags_default() {
-        let spec = |extra: serde_json::Value| {
-            let mut s = serde_json::json!({"serviceAccountName": "sa",
-                "roleArn": "arn:aws:iam::111111111111:role/id"});
-            s.as_object_mut()
-                .unwrap()
-                .extend(extra.as_object().unwrap().clone());
-            binding_from_json("ns", "b", &s).unwrap()
-        };
+        let spec = |extra: serde_json::Value| with(extra).unwrap();
         let hop = serde_json::json!([{"roleArn": "arn:aws:iam::222222222222:role/t", "externalId": "ext-1"}]);
         let chained = spec(serde_json::json!({"chain": hop, "durationSeconds": 900}));
         assert_eq!(
@@ -271,15 +274,8 @@ mod tests {
 
     #[test]
     fn token_source_defaults_to_google_and_an_unknown_one_is_malformed() {
-        let spec = |extra: serde_json::Value| {
-            let mut s = serde_json::json!({"serviceAccountName": "sa",
-                "roleArn": "arn:aws:iam::111111111111:role/id"});
-            s.as_object_mut()
-                .unwrap()
-                .extend(extra.as_object().unwrap().clone());
-            binding_from_json("ns", "b", &s)
-        };
         use crate::domain::binding::TokenSource;
+        let spec = with;
         let absent = spec(serde_json::json!({})).unwrap();
         assert_eq!(absent.token_source, TokenSource::Google);
         let k8s = spec(serde_json::json!({"tokenSource": "Kubernetes"})).unwrap();

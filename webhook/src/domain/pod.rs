@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::marker::PhantomData;
 
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
@@ -98,45 +99,85 @@ pub struct OwnerRefView<'a> {
     pub kind: Str<'a>,
 }
 
-/// Only the `rolebridge.io/` annotations, which is all the mutation reads; the rest (often
-/// large, like `kubectl.kubernetes.io/last-applied-configuration`) is skipped unparsed.
-#[derive(Debug, Default)]
-pub struct Annotations<'a> {
-    pub ours: Vec<(Str<'a>, Str<'a>)>,
+/// Which entries of a map of strings a view keeps; the others are skipped unparsed.
+pub trait Keep {
+    /// What the map is, for serde's errors.
+    const WHAT: &'static str;
+    fn keep(key: &str) -> bool;
 }
 
-impl Annotations<'_> {
+/// The entries of a map of strings that `K` keeps, borrowed where JSON escaping allows.
+pub struct Kept<'a, K> {
+    pub entries: Vec<(Str<'a>, Str<'a>)>,
+    keep: PhantomData<K>,
+}
+
+impl<K> Default for Kept<'_, K> {
+    fn default() -> Self {
+        Kept {
+            entries: Vec::new(),
+            keep: PhantomData,
+        }
+    }
+}
+
+impl<K> fmt::Debug for Kept<'_, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.entries.iter().map(|(k, v)| (k, v)))
+            .finish()
+    }
+}
+
+impl<K> Kept<'_, K> {
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.ours
+        self.entries
             .iter()
             .find(|(k, _)| k.as_str() == key)
             .map(|(_, v)| v.as_str())
     }
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for Annotations<'a> {
+impl<'de: 'a, 'a, K: Keep> Deserialize<'de> for Kept<'a, K> {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Annotations<'de>;
+        struct V<K>(PhantomData<K>);
+        impl<'de, K: Keep> Visitor<'de> for V<K> {
+            type Value = Kept<'de, K>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map of annotations")
+                f.write_str(K::WHAT)
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut ours = Vec::new();
+                let mut entries = Vec::new();
                 while let Some(key) = map.next_key::<Str<'de>>()? {
-                    if key.as_str().starts_with(ANNOTATION_PREFIX) {
-                        ours.push((key, map.next_value::<Str<'de>>()?));
+                    if K::keep(key.as_str()) {
+                        entries.push((key, map.next_value::<Str<'de>>()?));
                     } else {
                         map.next_value::<IgnoredAny>()?;
                     }
                 }
-                Ok(Annotations { ours })
+                Ok(Kept {
+                    entries,
+                    keep: PhantomData,
+                })
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(V(PhantomData))
     }
 }
+
+/// The `rolebridge.io/` annotations.
+pub struct Ours;
+
+impl Keep for Ours {
+    const WHAT: &'static str = "a map of annotations";
+    fn keep(key: &str) -> bool {
+        key.starts_with(ANNOTATION_PREFIX)
+    }
+}
+
+/// Only the `rolebridge.io/` annotations, which is all the mutation reads; the rest (often
+/// large, like `kubectl.kubernetes.io/last-applied-configuration`) is skipped unparsed.
+pub type Annotations<'a> = Kept<'a, Ours>;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
@@ -166,35 +207,18 @@ pub struct SpecView<'a> {
 /// The label nodes carry with their operating system.
 pub(crate) const OS_LABEL: &str = "kubernetes.io/os";
 
-/// `spec.nodeSelector`, reduced to the [`OS_LABEL`] entry.
-#[derive(Debug, Default)]
-pub struct NodeSelectorView<'a> {
-    pub os: Option<Str<'a>>,
-}
+/// The [`OS_LABEL`] entry of a node selector.
+pub struct OsLabel;
 
-impl<'de: 'a, 'a> Deserialize<'de> for NodeSelectorView<'a> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = NodeSelectorView<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a node selector map")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut os = None;
-                while let Some(key) = map.next_key::<Str<'de>>()? {
-                    if key.as_str() == OS_LABEL {
-                        os = Some(map.next_value::<Str<'de>>()?);
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(NodeSelectorView { os })
-            }
-        }
-        d.deserialize_map(V)
+impl Keep for OsLabel {
+    const WHAT: &'static str = "a node selector map";
+    fn keep(key: &str) -> bool {
+        key == OS_LABEL
     }
 }
+
+/// `spec.nodeSelector`, reduced to the [`OS_LABEL`] entry.
+pub type NodeSelectorView<'a> = Kept<'a, OsLabel>;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -354,8 +378,8 @@ impl PodView<'_> {
             || spec
                 .node_selector
                 .as_ref()
-                .and_then(|n| n.os.as_ref())
-                .is_some_and(|os| os.as_str() == WINDOWS)
+                .and_then(|n| n.get(OS_LABEL))
+                .is_some_and(|os| os == WINDOWS)
         {
             return true;
         }

@@ -360,50 +360,38 @@ mod tests {
     fn a_kubernetes_source_binding_needs_no_google_service_account() {
         let mut b = binding("k8s", "sa", None);
         b.token_source = TokenSource::Kubernetes;
-        let message =
-            |s: &Option<AWSRoleBindingStatus>| s.as_ref().unwrap().conditions[0].message.clone();
         let issuer = Some("https://kubernetes.default.svc.cluster.local");
+        // One binding's Ready condition, as (reason, message).
+        let ready = |b: &Binding, account: ServiceAccountState, issuer: Option<&str>| {
+            let out = desired(&[state("b", b)], move |_, _| account.clone(), issuer, "t0");
+            let c = out[0].as_ref().unwrap().conditions[0].clone();
+            (c.reason, c.message)
+        };
         for account in [
             ServiceAccountState::NoWorkloadIdentity,
             ServiceAccountState::WorkloadIdentity("g@p.iam.gserviceaccount.com".into()),
         ] {
-            let out = desired(&[state("k8s", &b)], |_, _| account.clone(), issuer, "t0");
-            assert_eq!(reason(&out[0]), "Bound");
+            let (reason, message) = ready(&b, account, issuer);
+            assert_eq!(reason, "Bound");
             assert_eq!(
-                message(&out[0]),
+                message,
                 "pods of service account sa act as arn:aws:iam::123456789012:role/x through their Kubernetes service account token (system:serviceaccount:ns:sa, issued by https://kubernetes.default.svc.cluster.local)"
             );
         }
         // The issuer is named only when it is known.
-        let out = desired(
-            &[state("k8s", &b)],
-            |_, _| ServiceAccountState::NoWorkloadIdentity,
-            None,
-            "t0",
-        );
+        let (_, message) = ready(&b, ServiceAccountState::NoWorkloadIdentity, None);
         assert!(
-            message(&out[0]).ends_with("token (system:serviceaccount:ns:sa)"),
-            "{}",
-            message(&out[0])
+            message.ends_with("token (system:serviceaccount:ns:sa)"),
+            "{message}"
         );
         // Pods of a service account that does not exist are still not created.
-        let out = desired(
-            &[state("k8s", &b)],
-            |_, _| ServiceAccountState::Missing,
-            issuer,
-            "t0",
-        );
-        assert_eq!(reason(&out[0]), "ServiceAccountNotFound");
+        let (reason, _) = ready(&b, ServiceAccountState::Missing, issuer);
+        assert_eq!(reason, "ServiceAccountNotFound");
         // A Google one without the annotation says what to do, including the alternative.
         let google = binding("g", "sa", None);
-        let out = desired(
-            &[state("g", &google)],
-            |_, _| ServiceAccountState::NoWorkloadIdentity,
-            issuer,
-            "t0",
-        );
-        assert_eq!(reason(&out[0]), "WorkloadIdentityNotConfigured");
-        assert!(message(&out[0]).contains("tokenSource: Kubernetes"));
+        let (reason, message) = ready(&google, ServiceAccountState::NoWorkloadIdentity, issuer);
+        assert_eq!(reason, "WorkloadIdentityNotConfigured");
+        assert!(message.contains("tokenSource: Kubernetes"));
     }
 
     #[test]

@@ -80,6 +80,14 @@ fn not_applied(cov: &Coverage<'_>, resolved: Option<&Binding>) -> String {
     }
 }
 
+/// Whether container `name` can get a binding at all: not the agent, not skipped by the
+/// annotation, and not the mesh's own unless a binding names it (it never calls AWS).
+fn considered(name: &str, gate: &Gate<'_>, bindings: &[Binding]) -> bool {
+    !is_agent(name)
+        && !gate.skip_list.contains(&name)
+        && (!is_mesh_container(name) || bindings.iter().any(|b| b.names(name)))
+}
+
 /// The containers that get a binding, in pod order; a denial for containers that tie.
 pub(super) fn plan<'p>(
     pod: &'p PodView<'_>,
@@ -93,11 +101,7 @@ pub(super) fn plan<'p>(
     let mut ties: Vec<String> = Vec::new();
     for (kind, index, c) in containers(pod) {
         let name = c.name.as_str();
-        if is_agent(name) || gate.skip_list.contains(&name) {
-            continue;
-        }
-        // The mesh's own containers never call AWS: only a binding that names one covers it.
-        if is_mesh_container(name) && !bindings.iter().any(|b| b.names(name)) {
+        if !considered(name, gate, bindings) {
             continue;
         }
         let cov = Coverage::of(bindings, name);
