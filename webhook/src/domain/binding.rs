@@ -68,7 +68,7 @@ pub struct Binding {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Delivery {
     /// `AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE`: the app's SDK calls STS itself with a
-    /// token file the agent keeps fresh.
+    /// token file the agent keeps fresh (Google), or the kubelet projects (Kubernetes).
     WebIdentity,
     /// `AWS_CONTAINER_CREDENTIALS_FULL_URI` + `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`: the agent
     /// obtains the credentials (role chain, session duration, tags) and serves them on loopback.
