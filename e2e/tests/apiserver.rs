@@ -10,8 +10,11 @@
 //! Two webhook replicas elect a status writer through a Lease in a namespace of their own; a
 //! third is started with a `--namespace` that does not exist and must say so (log and metric)
 //! instead of stalling silently. Golden cases of the credentials-endpoint and web identity
-//! deliveries (`webhook/tests/golden/`) are replayed through the API server, and what it stores
-//! must be what the golden case says (plus the API server's own defaults).
+//! deliveries, both token sources, the Google pin and Istio-injected pods
+//! (`webhook/tests/golden/`) are replayed through the API server, and what it stores must be
+//! what the golden case says (plus the API server's own defaults). `tokenSource: Kubernetes`
+//! is proven end to end: the API server's own token for the pod federates an unmodified boto3
+//! against moto (`apiserver/token_sources.rs`).
 //!
 //! `scripts/apiserver-test.sh` (run by `scripts/test.sh`) starts `../shared/kube`'s
 //! kube-apiserver 1.36 for it when no cluster is given.
@@ -38,6 +41,8 @@ use serde_json::{Value, json};
 
 #[path = "apiserver/golden.rs"]
 mod golden;
+#[path = "apiserver/token_sources.rs"]
+mod token_sources;
 
 const MANAGER: &str = "rolebridge-e2e";
 
@@ -646,10 +651,13 @@ async fn scenario(
     // 12. Role chains, session durations and tags (issue 7).
     chained_bindings(client, &bindings, &pods, ns).await?;
 
-    // 13. What the API server stores is what the golden cases say.
+    // 13. Token sources and the Google pin (issue 14).
+    token_sources::scenario(client, &bindings, &pods, ns).await?;
+
+    // 14. What the API server stores is what the golden cases say.
     golden::replay(client, ns, run).await?;
 
-    // 14. The replica whose --namespace does not exist says so, and heals once it exists.
+    // 15. The replica whose --namespace does not exist says so, and heals once it exists.
     stranded_replica(&stranded, &nss, &missing_ns, run).await
 }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 use rolebridge_webhook::admission::mutate::{Config, mutate};
 use rolebridge_webhook::admission::review::{Parsed, parse};
 use rolebridge_webhook::bindings::store::Store;
-use rolebridge_webhook::domain::convert::bindings_from_yaml;
+use rolebridge_webhook::domain::convert::{bindings_from_yaml, service_accounts_from_yaml};
 use rolebridge_webhook::domain::pod::PodView;
 
 const REVIEW: &str = include_str!("../tests/fixtures/admissionreview-v1-pod-from-apiserver.json");
@@ -34,7 +34,11 @@ fn main() {
         .unwrap()
         .into_iter()
         .collect();
+    for a in service_accounts_from_yaml(&text, "default").unwrap() {
+        store.apply_account(&a.namespace, &a.name, a.google_service_account.as_deref());
+    }
     let bindings = store.bindings_for("default", "app-sa").unwrap();
+    let account = store.service_account("default", "app-sa");
     let cfg = Config::default();
     let body = REVIEW.as_bytes();
     let object: serde_json::Value = serde_json::from_str(REVIEW).unwrap();
@@ -55,15 +59,15 @@ fn main() {
     });
     let view = PodView::from_json(&pod_json).unwrap();
     time("mutate (patch ops)", n, || {
-        black_box(mutate(black_box(&view), "default", &bindings, &cfg).unwrap());
+        black_box(mutate(black_box(&view), "default", &bindings, &account, &cfg).unwrap());
     });
-    let m = mutate(&view, "default", &bindings, &cfg).unwrap();
+    let m = mutate(&view, "default", &bindings, &account, &cfg).unwrap();
     time("serialize patch to JSON", n, || {
         black_box(serde_json::to_vec(black_box(&m.patch)).unwrap());
     });
     time("parse + respond (whole admission)", n, || {
         if let Parsed::Pod(r) = parse(black_box(body)) {
-            black_box(r.respond(&bindings, &cfg));
+            black_box(r.respond(&bindings, &account, &cfg));
         }
     });
 }

@@ -73,7 +73,9 @@ pub struct ServeArgs {
     #[arg(long, env = "ROLEBRIDGE_NAMESPACE")]
     pub namespace: Option<String>,
     /// Serve these AWSRoleBindings (a YAML file) instead of watching the API server: for local
-    /// runs, demos and benchmarks. Status is not written in this mode.
+    /// runs, demos and benchmarks. Its ServiceAccounts say which Google service account
+    /// Google-source pods are pinned to (a pod whose one is missing is denied). Status is not
+    /// written in this mode.
     #[arg(long, env = "ROLEBRIDGE_BINDINGS_FILE")]
     pub bindings_file: Option<PathBuf>,
     /// How long a namespace's live binding read is reused; 0 disables live reads on cache
@@ -168,15 +170,17 @@ async fn bindings(
             path: shown.clone(),
             source,
         })?;
-        let bindings = convert::bindings_from_yaml(&text, "default").map_err(|source| {
-            ServeError::Bindings {
-                path: shown.clone(),
-                source,
-            }
-        })?;
-        tracing::info!(bindings = bindings.len(), file = %shown, "serving fixed bindings");
+        let err = |source| ServeError::Bindings {
+            path: shown.clone(),
+            source,
+        };
+        let bindings = convert::bindings_from_yaml(&text, "default").map_err(err)?;
+        // Its ServiceAccounts are what Google-source pods are pinned to.
+        let accounts = convert::service_accounts_from_yaml(&text, "default").map_err(err)?;
+        tracing::info!(bindings = bindings.len(), service_accounts = accounts.len(), file = %shown,
+            "serving fixed bindings");
         return Ok((
-            Arc::new(BindingCache::fixed(metrics.clone(), bindings)),
+            Arc::new(BindingCache::fixed(metrics.clone(), bindings, &accounts)),
             None,
         ));
     }

@@ -26,24 +26,31 @@
 //!   [`domain::status`] both use it, so admission and a binding's status cannot disagree.
 //! - [`domain::crd`]: the API (CRD types, their schema, generated and drift-tested, and the Rust
 //!   twins of its rules); [`domain::convert`]: an `AWSRoleBinding` becomes a [`Binding`].
-//! - [`domain::pod`]: a borrowed view of the few pod fields the mutation reads. The pod is never
-//!   round-tripped through typed structs, so fields newer than k8s-openapi survive.
+//! - [`domain::pod`]: a borrowed view of the few pod fields the mutation reads (what it reads only
+//!   for some pods, such as a node affinity or a container's security context, stays borrowed raw
+//!   text). The pod is never round-tripped through typed structs, so fields newer than
+//!   k8s-openapi survive.
 //! - [`bindings::store`]: bindings and service accounts, a few dozen bytes each, and the one
 //!   lookup of a pod's bindings by (namespace, service account): `serve`, `inject`, live reads,
 //!   the fuzz property and the golden tests all select through it.
 //! - [`bindings::cache`]: kube-runtime watches feeding the store ([`bindings::watch`]: relist at
-//!   once on 410, short backoff), and rate-limited live reads covering the watch's lag.
+//!   once on 410, short backoff), and rate-limited live reads ([`bindings::live`]) covering the
+//!   watch's lag, for bindings and for the service account a Google-source pod is pinned to.
 //! - [`bindings::nodes`]: the lowest kubelet version among the nodes (name and major.minor per
 //!   node, nothing else), from which `--sidecar-mode auto` is decided in [`admission::args`].
 //! - [`bindings::status_controller`]: recomputes only the groups a change touched and writes what
-//!   differs, on the replica that holds the [`bindings::lease`].
-//! - [`admission::mutate`]: the core, a synchronous function from a pod view, its bindings and
-//!   the config to JSON-patch `add` operations, in phases (gate, plan, reserved names, render);
-//!   every rule that differs between the two deliveries (web identity, and the in-pod credentials
-//!   endpoint) lives in one module of it.
+//!   differs, on the replica that holds the [`bindings::lease`]; [`bindings::issuer`] is the
+//!   cluster's service account issuer (flag or discovered) its Kubernetes-source messages name.
+//! - [`admission::mutate`]: the core, a synchronous function from a pod view, its bindings, what
+//!   is known of its service account (the Google identity the agent is pinned to) and the config
+//!   to JSON-patch `add` operations, in phases (gate, plan, reserved names, render); every rule
+//!   that differs between the two deliveries (web identity, and the in-pod credentials endpoint)
+//!   lives in one module of it, every rule that differs between the two token sources (Google,
+//!   Kubernetes) in another, and the service mesh's in a third.
 //! - [`admission::review`]: an AdmissionReview body in, a response body out; malformed input
 //!   becomes an `invalid` review, never an HTTP 500.
-//! - [`admission::inject`]: the same mutation applied to the pod templates of YAML manifests.
+//! - [`admission::inject`]: the same mutation applied to the pod templates of YAML manifests,
+//!   pinned to the ServiceAccounts of the manifests or the bindings files.
 //! - [`admission::fuzzing`]: the property the fuzz target (`webhook/fuzz`) and the corpus replay
 //!   test check: any bytes → review → mutation → patch applies → reinvocation adds nothing.
 //! - [`server`]: warp routes behind a tokio-rustls accept loop that assumes hostile clients

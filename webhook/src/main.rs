@@ -8,7 +8,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use rolebridge_webhook::admission::inject::{self, InjectArgs};
 use rolebridge_webhook::app::{self, LogFormat, ServeArgs};
-use rolebridge_webhook::bindings::rbac_rules;
+use rolebridge_webhook::bindings::{rbac_non_resource, rbac_rules};
 use rolebridge_webhook::domain::crd;
 
 #[derive(Parser)]
@@ -35,7 +35,8 @@ enum Command {
     /// groups they belong to) as JSON, for checks such as the Helm chart's.
     #[command(hide = true)]
     Flags(JsonOnly),
-    /// Print the API access the webhook needs (RBAC verbs by resource) as JSON.
+    /// Print the API access the webhook needs (RBAC verbs by resource, and the non-resource URLs
+    /// it calls) as JSON.
     #[command(hide = true)]
     Rbac(JsonOnly),
 }
@@ -65,7 +66,10 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Rbac(_) => {
-            let rules = serde_json::json!({"rules": rbac_rules()});
+            let rules = serde_json::json!({
+                "rules": rbac_rules(),
+                "nonResourceURLs": rbac_non_resource(),
+            });
             println!("{}", serde_json::to_string_pretty(&rules)?);
             Ok(())
         }

@@ -151,6 +151,8 @@ mod apiserver {
         "minItems",
         "maxItems",
         "nullable",
+        "enum",
+        "default",
         "x-kubernetes-list-type",
         "x-kubernetes-validations",
     ];
@@ -164,18 +166,26 @@ mod apiserver {
         })
     }
 
-    /// Drops what the API server prunes: unknown fields, and `null` where not nullable.
+    /// Drops what the API server prunes: unknown fields, and `null` where not nullable; then
+    /// fills in the schema's `default` of a property that is absent, as the API server does.
     pub fn prune(schema: &Value, v: &Value) -> Value {
         match (v, &schema["properties"], &schema["items"]) {
-            (Value::Object(o), Value::Object(props), _) => Value::Object(
-                o.iter()
+            (Value::Object(o), Value::Object(props), _) => {
+                let mut kept: serde_json::Map<String, Value> = o
+                    .iter()
                     .filter(|(k, x)| {
                         props.contains_key(*k)
                             && (!x.is_null() || props[*k]["nullable"] == Value::Bool(true))
                     })
                     .map(|(k, x)| (k.clone(), prune(&props[k], x)))
-                    .collect(),
-            ),
+                    .collect();
+                for (k, p) in props {
+                    if let Some(d) = p.get("default") {
+                        kept.entry(k.clone()).or_insert_with(|| d.clone());
+                    }
+                }
+                Value::Object(kept)
+            }
             (Value::Array(a), _, items) if items.is_object() => {
                 Value::Array(a.iter().map(|x| prune(items, x)).collect())
             }
@@ -259,6 +269,11 @@ mod apiserver {
             return err(format!("must be of type {want}"));
         }
         let num = |k: &str| schema[k].as_f64();
+        if let Some(allowed) = schema["enum"].as_array()
+            && !allowed.contains(v)
+        {
+            err(format!("not one of the enum values {}", schema["enum"]));
+        }
         if let Some(s) = v.as_str() {
             let n = s.chars().count();
             if num("minLength").is_some_and(|m| (n as f64) < m) {
@@ -343,7 +358,7 @@ fn webhook_verdict(spec: &serde_json::Value) -> Result<(), String> {
 mod new_fields {
     use rolebridge_webhook::domain::crd::{
         CHAINED_DURATION_MESSAGE, CHAINED_DURATION_RULE, DURATION_SECONDS, EXTERNAL_ID_LENGTH,
-        EXTERNAL_ID_PATTERN, MAX_CHAIN, ROLE_ARN_PATTERN, valid_external_id,
+        EXTERNAL_ID_PATTERN, MAX_CHAIN, ROLE_ARN_PATTERN, TokenSource, valid_external_id,
     };
     use serde_json::{Value, json};
 
@@ -388,8 +403,26 @@ mod new_fields {
             schema["x-kubernetes-validations"],
             json!([{"rule": CHAINED_DURATION_RULE, "message": CHAINED_DURATION_MESSAGE}])
         );
+        // Exactly the Rust enum's variants, defaulted to Google, so an object stored without the
+        // field and one created today read the same.
+        assert_eq!(
+            p["tokenSource"]["enum"],
+            json!([
+                TokenSource::Google.as_str(),
+                TokenSource::Kubernetes.as_str()
+            ])
+        );
+        assert_eq!(
+            p["tokenSource"]["default"],
+            json!(TokenSource::default().as_str())
+        );
         // Not nullable: an explicit null is pruned, so the CEL rule never sees one.
-        for field in [&p["durationSeconds"], &p["sessionTags"], &hop["externalId"]] {
+        for field in [
+            &p["durationSeconds"],
+            &p["sessionTags"],
+            &hop["externalId"],
+            &p["tokenSource"],
+        ] {
             assert!(field.get("nullable").is_none(), "{field}");
         }
     }
@@ -415,8 +448,11 @@ mod new_fields {
             json!({"chain": [{"roleArn": TARGET, "externalId": "x".repeat(1224)}]}),
             json!({"sessionTags": false, "chain": hops(2)}),
             json!({"containers": ["app", "side"], "futureField": 1}),
+            json!({"tokenSource": "Kubernetes"}),
+            json!({"tokenSource": "Google", "chain": hops(1)}),
+            json!({"tokenSource": null}),
         ];
-        let rejected: [(Value, &str); 13] = [
+        let rejected: [(Value, &str); 15] = [
             (json!({"chain": hops(MAX_CHAIN + 1)}), "maxItems"),
             (
                 json!({"chain": hops(1), "durationSeconds": 3601}),
@@ -451,6 +487,8 @@ mod new_fields {
                 "does not match",
             ),
             (json!({"containers": ["app", "app"]}), "duplicate"),
+            (json!({"tokenSource": "Nope"}), "enum"),
+            (json!({"tokenSource": "kubernetes"}), "enum"),
         ];
         for extra in accepted {
             let s = spec(extra);
@@ -561,8 +599,18 @@ mod new_fields {
                 Just("a".repeat(513)),
             ],
         );
-        (chain, duration, tags, containers, sa, audience).prop_map(
-            |(chain, duration, tags, containers, sa, audience)| {
+        let source = prop::option::weighted(
+            0.3,
+            prop::sample::select(vec![
+                Value::Null,
+                json!("Google"),
+                json!("Kubernetes"),
+                json!("kubernetes"),
+                json!(""),
+            ]),
+        );
+        (chain, duration, tags, containers, sa, (audience, source)).prop_map(
+            |(chain, duration, tags, containers, sa, (audience, source))| {
                 let mut s = json!({"serviceAccountName": sa, "roleArn": ID});
                 let o = s.as_object_mut().unwrap();
                 let mut put = |k: &str, v: Option<Value>| {
@@ -575,6 +623,7 @@ mod new_fields {
                 put("sessionTags", tags);
                 put("containers", containers.map(|c| json!(c)));
                 put("audience", audience.map(Value::String));
+                put("tokenSource", source);
                 s
             },
         )

@@ -16,8 +16,13 @@
 //! description: what this case proves
 //! namespace: default            # optional, default "default"
 //! config: {sidecarMode: legacy} # optional: agentImage, agentImagePullPolicy, sidecarMode,
-//!                               # defaultAudience, ownNamespace, credentialsPort, clusterName
+//!                               # defaultAudience, ownNamespace, credentialsPort, clusterName,
+//!                               # kubernetesTokenExpiration (seconds)
 //! bindings: [ ...AWSRoleBinding manifests... ]
+//! serviceAccounts:              # optional: the service accounts of the namespace, each with
+//!   app-sa: a@p.iam.gserviceaccount.com  # its iam.gke.io/gcp-service-account (null: none);
+//!   other: null                 # absent: every service account a binding names exists, with
+//!                               # DEFAULT_GSA; one not listed here does not exist
 //! pod: { ... }                  # or podFromReview: <file in tests/fixtures>
 //! expect:
 //!   outcome: mutated | skipped | denied
@@ -30,10 +35,13 @@
 //! `ROLEBRIDGE_UPDATE_GOLDEN=1` writes the actual result into `expect.pod` of mutated cases. It
 //! is a typing aid: every expected pod must still be read and checked against the rules.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use rolebridge_webhook::admission::mutate::{self, Config, Outcome, SidecarMode, Skip};
+use rolebridge_webhook::admission::mutate::{
+    self, Config, Outcome, ServiceAccountState, SidecarMode, Skip,
+};
 use rolebridge_webhook::bindings::store::Store;
 use rolebridge_webhook::domain::convert::binding_from_resource;
 use rolebridge_webhook::domain::crd::AWSRoleBinding;
@@ -43,6 +51,10 @@ use serde_json::Value;
 
 /// The folder must hold at least this many cases, so a broken glob cannot pass silently.
 const MIN_CASES: usize = 30;
+
+/// The Google service account of every bound service account of a case that lists none (the
+/// real-API-server replay gives them the same).
+const DEFAULT_GSA: &str = "app@project.iam.gserviceaccount.com";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -54,6 +66,8 @@ struct Case {
     config: ConfigOverrides,
     #[serde(default)]
     bindings: Vec<AWSRoleBinding>,
+    #[serde(default)]
+    service_accounts: Option<BTreeMap<String, Option<String>>>,
     #[serde(default)]
     pod: Option<Value>,
     #[serde(default)]
@@ -71,6 +85,7 @@ struct ConfigOverrides {
     own_namespace: Option<String>,
     credentials_port: Option<u16>,
     cluster_name: Option<String>,
+    kubernetes_token_expiration: Option<u64>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -161,7 +176,28 @@ fn config(o: &ConfigOverrides) -> Config {
     if let Some(v) = &o.cluster_name {
         cfg.cluster_name = Some(v.clone());
     }
+    if let Some(v) = o.kubernetes_token_expiration {
+        cfg.kubernetes_token_expiration = std::time::Duration::from_secs(v);
+    }
     cfg
+}
+
+/// What the webhook knows of service account `sa` in the case's namespace.
+fn account(case: &Case, sa: &str) -> ServiceAccountState {
+    match &case.service_accounts {
+        Some(listed) => match listed.get(sa) {
+            Some(gsa) => ServiceAccountState::of_annotation(gsa.as_deref()),
+            None => ServiceAccountState::Missing,
+        },
+        None if case
+            .bindings
+            .iter()
+            .any(|b| b.spec.service_account_name == sa) =>
+        {
+            ServiceAccountState::WorkloadIdentity(DEFAULT_GSA.into())
+        }
+        None => ServiceAccountState::Missing,
+    }
 }
 
 fn input_pod(case: &Case) -> Result<Value, String> {
@@ -304,7 +340,8 @@ fn run_case(path: &Path, update: bool) -> Vec<String> {
         .bindings_for(namespace, view.service_account())
         .map(|b| b.to_vec())
         .unwrap_or_default();
-    let result = mutate::mutate(&view, namespace, &bindings, &cfg);
+    let account = account(&case, view.service_account());
+    let result = mutate::mutate(&view, namespace, &bindings, &account, &cfg);
 
     let expect = &case.expect;
     let warnings: &[String] = match &result {
@@ -399,7 +436,7 @@ fn run_case(path: &Path, update: bool) -> Vec<String> {
             // Reinvocation / a second replica: the result is a fixed point.
             let again_json = serde_json::to_string(&actual).expect("a Value always serialises");
             let again_view = PodView::from_json(&again_json).expect("the patched pod parses");
-            match mutate::mutate(&again_view, namespace, &bindings, &cfg) {
+            match mutate::mutate(&again_view, namespace, &bindings, &account, &cfg) {
                 Ok(m2)
                     if m2.patch.is_empty()
                         && m2.outcome == Outcome::Skipped(Skip::AlreadyInjected) => {}

@@ -2,25 +2,46 @@
 //! everything else byte for byte.
 
 use rolebridge_webhook::admission::inject::{InjectError, inject};
-use rolebridge_webhook::admission::mutate::{Config, mutate};
+use rolebridge_webhook::admission::mutate::{Config, ServiceAccountState, mutate};
 use rolebridge_webhook::bindings::store::Store;
-use rolebridge_webhook::domain::convert::bindings_from_yaml;
+use rolebridge_webhook::domain::convert::{bindings_from_yaml, service_accounts_from_yaml};
 use rolebridge_webhook::domain::pod::PodView;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+/// A binding and its service account, with the Google service account the agent is pinned to.
 const BINDINGS: &str = "
 apiVersion: rolebridge.io/v1alpha1
 kind: AWSRoleBinding
 metadata: {name: reader, namespace: apps}
 spec: {serviceAccountName: worker, roleArn: 'arn:aws:iam::123456789012:role/reader'}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: worker
+  namespace: apps
+  annotations: {iam.gke.io/gcp-service-account: worker@project.iam.gserviceaccount.com}
 ";
 
-fn store() -> Store {
-    bindings_from_yaml(BINDINGS, "apps")
+/// The bindings and service accounts of `text`, as `inject --bindings` reads them.
+fn store_of(text: &str, namespace: &str) -> Store {
+    let store: Store = bindings_from_yaml(text, namespace)
         .unwrap()
         .into_iter()
-        .collect()
+        .collect();
+    for a in service_accounts_from_yaml(text, namespace).unwrap() {
+        store.apply_account(&a.namespace, &a.name, a.google_service_account.as_deref());
+    }
+    store
+}
+
+fn store() -> Store {
+    store_of(BINDINGS, "apps")
+}
+
+fn worker() -> ServiceAccountState {
+    ServiceAccountState::WorkloadIdentity("worker@project.iam.gserviceaccount.com".into())
 }
 
 fn pod_spec() -> Value {
@@ -45,6 +66,7 @@ fn admitted(template: &Value) -> Value {
         &view,
         "apps",
         &store().bindings_for("apps", "worker").unwrap(),
+        &worker(),
         &Config::default(),
     )
     .unwrap();
@@ -233,11 +255,12 @@ spec:
   roleArn: arn:aws:iam::111111111111:role/ci-identity
   chain: [{roleArn: 'arn:aws:iam::222222222222:role/docs-writer', externalId: docs-ext-4711}]
   durationSeconds: 900
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: publisher, annotations: {iam.gke.io/gcp-service-account: ci@project.iam.gserviceaccount.com}}
 ";
-    let store: Store = bindings_from_yaml(bindings, "ci")
-        .unwrap()
-        .into_iter()
-        .collect();
+    let store = store_of(bindings, "ci");
     let cfg = Config {
         cluster_name: Some("prod".into()),
         ..Config::default()
@@ -257,6 +280,7 @@ spec:
         &view,
         "ci",
         &store.bindings_for("ci", "publisher").unwrap(),
+        &store.service_account("ci", "publisher"),
         &cfg,
     )
     .unwrap();
@@ -286,5 +310,102 @@ spec:
     );
     // Injecting the output again changes nothing.
     let again = inject(&out.output, &store, &cfg, "ci").unwrap();
+    assert_eq!(again.mutated, 0);
+}
+
+/// Google-source pods are pinned to the Google service account of their ServiceAccount: from
+/// the manifests themselves (which win), else from a --bindings file; a pod whose
+/// ServiceAccount is in neither is an error naming it, never an unpinned agent.
+#[test]
+fn the_pin_comes_from_the_manifests_or_the_bindings_files() {
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "apps"}, "spec": pod_spec()});
+    let pod_yaml = serde_norway::to_string(&pod).unwrap();
+    let pin_of = |out: &str| {
+        let d = docs(out);
+        let pod = d.iter().find(|d| d["kind"] == "Pod").unwrap();
+        let args: Vec<String> = pod["spec"]["initContainers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect();
+        let at = args
+            .iter()
+            .position(|a| a == "--google-service-account")
+            .expect("pinned");
+        args[at + 1].clone()
+    };
+    let out = inject(&pod_yaml, &store(), &Config::default(), "apps").unwrap();
+    assert_eq!(
+        pin_of(&out.output),
+        "worker@project.iam.gserviceaccount.com"
+    );
+
+    // The manifests' own ServiceAccount (listed after the pod) wins over the bindings file's.
+    let with_sa = format!(
+        "{pod_yaml}---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: worker, namespace: apps, annotations: {{iam.gke.io/gcp-service-account: other@project.iam.gserviceaccount.com}}}}\n"
+    );
+    let out = inject(&with_sa, &store(), &Config::default(), "apps").unwrap();
+    assert_eq!(pin_of(&out.output), "other@project.iam.gserviceaccount.com");
+    // One without the annotation: pinned to nothing, with the advice.
+    let bare = format!(
+        "{pod_yaml}---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: worker, namespace: apps}}\n"
+    );
+    let out = inject(&bare, &store(), &Config::default(), "apps").unwrap();
+    assert_eq!(pin_of(&out.output), "none");
+    assert!(
+        out.warnings
+            .iter()
+            .any(|w| w.contains("iam.gke.io/gcp-service-account")
+                && w.contains("gcloud iam service-accounts add-iam-policy-binding")),
+        "{:?}",
+        out.warnings
+    );
+
+    // Neither: an error naming the ServiceAccount, and nothing rendered.
+    let unknown = store_of(BINDINGS.split("---").next().unwrap(), "apps");
+    let err = inject(&pod_yaml, &unknown, &Config::default(), "apps").unwrap_err();
+    assert!(matches!(err, InjectError::Denied { .. }), "{err}");
+    let msg = err.to_string();
+    for want in ["ServiceAccount apps/worker", "--bindings", "Pod apps/p"] {
+        assert!(msg.contains(want), "{want:?} not in {msg}");
+    }
+}
+
+/// A Kubernetes-source binding renders no agent and no Google pin: the projected token only,
+/// exactly as admission does, and needs no ServiceAccount document.
+#[test]
+fn kubernetes_source_needs_no_agent_and_no_service_account() {
+    // BINDINGS' binding with tokenSource: Kubernetes, and without its ServiceAccount.
+    let bindings = BINDINGS
+        .split("---")
+        .next()
+        .unwrap()
+        .replace("role/reader'}", "role/reader', tokenSource: Kubernetes}");
+    assert!(bindings.contains("tokenSource"));
+    let store = store_of(&bindings, "apps");
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "apps"}, "spec": pod_spec()});
+    let out = inject(
+        &serde_norway::to_string(&pod).unwrap(),
+        &store,
+        &Config::default(),
+        "apps",
+    )
+    .unwrap();
+    assert_eq!(out.mutated, 1);
+    let got = &docs(&out.output)[0];
+    assert!(got["spec"].get("initContainers").is_none(), "{got:#}");
+    assert_eq!(
+        got["spec"]["volumes"],
+        json!([{"name": "rolebridge-kubernetes-token", "projected": {"sources": [
+            {"serviceAccountToken": {"audience": "sts.amazonaws.com", "expirationSeconds": 3600,
+                "path": "sts.amazonaws.com.token"}}]}}])
+    );
+    assert_eq!(
+        got["spec"]["containers"][0]["env"][1],
+        json!({"name": "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "value": "/var/run/secrets/kubernetes.rolebridge.io/sts.amazonaws.com.token"})
+    );
+    let again = inject(&out.output, &store, &Config::default(), "apps").unwrap();
     assert_eq!(again.mutated, 0);
 }

@@ -4,11 +4,14 @@
 //! names), optional / `null` / present env (role/token variables that are the user's own, or
 //! exactly what a binding writes), volumeMounts, volumes (rarely one named `rolebridge-token`)
 //! and annotations, annotation keys with `/` and `~`, rolebridge's own annotations with valid and
-//! invalid values, unknown fields at several levels, and sometimes `hostNetwork`. Bindings of the
-//! pod's service account get random `containers`, audiences and regions, and either delivery (a
-//! session duration and/or a role chain selects the credentials endpoint), so pods mix both;
-//! containers sometimes set the endpoint's variables, the user's own or exactly rolebridge's.
-//! `PROPTEST_CASES=N` runs more cases.
+//! invalid values, unknown fields at several levels, sometimes `hostNetwork`, a
+//! `kubernetes.io/os` node selector, and Istio's containers as its injector places them (native
+//! sidecar proxy after `istio-init`/`istio-validation`, or a regular proxy container). Bindings
+//! of the pod's service account get random `containers`, audiences and regions, either delivery
+//! (a session duration and/or a role chain selects the credentials endpoint) and either token
+//! source, so pods mix them; the service account has a Google service account, none, or cannot
+//! be read. Containers sometimes set the endpoint's variables, the user's own or exactly
+//! rolebridge's. `PROPTEST_CASES=N` runs more cases.
 //!
 //! Properties: the patch only adds and always applies; the result is a fixed point; removing
 //! exactly what rolebridge owns from the result gives back the input (so no user field is
@@ -18,10 +21,15 @@
 //! binding covers no container, and a denial (and which rule caused it) exactly when there is a
 //! `rolebridge.io/role` that names no binding of the service account, an unresolved tie on a
 //! container that is not the user's own, a reserved name in a pod rolebridge did not inject, a
-//! `hostNetwork` pod that needs the endpoint, or (legacy mode) an init container that needs it.
-//! Each covered container gets exactly its delivery's variables and never the other's; the agent
-//! serves every token and every endpoint binding; the endpoint's port is recorded exactly when
-//! the endpoint is used.
+//! `hostNetwork` pod that needs the endpoint or a Google token, (legacy mode) an init container
+//! that needs the endpoint, or a new agent for Google tokens of a service account that cannot be
+//! read. Each covered container gets exactly its delivery's variables (the token file of its
+//! binding's source) and mount, never the other's; there is an agent exactly when a Google token
+//! or the endpoint needs one, placed after a native-sidecar proxy and running as a regular
+//! proxy's user; it serves every Google token and every endpoint binding (reading the projected
+//! file for Kubernetes ones) and is pinned to the service account's Google service account
+//! exactly when a Google-source binding is planned; the projected volume holds one token per
+//! Kubernetes audience; the endpoint's port is recorded exactly when the endpoint is used.
 
 use std::collections::BTreeSet;
 
@@ -43,7 +51,9 @@ use rolebridge_contract::{
 use rolebridge_webhook::admission::mutate::{
     self, AGENT_CONTAINER, AGENT_INIT_CONTAINER, ANNOTATION_APPLIED, ANNOTATION_CREDENTIALS_PORT,
     ANNOTATION_INJECT, ANNOTATION_ROLE, ANNOTATION_SKIP_CONTAINERS, Binding, Config, Delivery,
-    Outcome, SidecarMode, Skip, TOKEN_MOUNT_PATH, TOKEN_VOLUME, token_path,
+    KUBERNETES_TOKEN_MOUNT_PATH, KUBERNETES_TOKEN_VOLUME, Outcome, ServiceAccountState,
+    SidecarMode, Skip, TOKEN_MOUNT_PATH, TOKEN_VOLUME, TokenSource, kubernetes_token_path,
+    token_path,
 };
 use rolebridge_webhook::domain::binding::{Hop, can_tie};
 use rolebridge_webhook::domain::pod::PodView;
@@ -51,6 +61,11 @@ use rolebridge_webhook::domain::status;
 use serde_json::{Map, Value, json};
 
 const SA: &str = "app-sa";
+const GSA: &str = "app@project.iam.gserviceaccount.com";
+
+fn wi() -> ServiceAccountState {
+    ServiceAccountState::WorkloadIdentity(GSA.into())
+}
 const DEFAULT_AUDIENCE: &str = "sts.amazonaws.com";
 const NS: &str = "default";
 const CONTAINER_NAMES: &[&str] = &["app", "web", "worker", "proxy", "migrate", "seed", "logs"];
@@ -163,6 +178,7 @@ fn env_entry(name: &'static str) -> impl Strategy<Value = Value> {
         ENV_TOKEN_FILE => vec![
             "/users/own/token".to_owned(),
             token_path("sts.amazonaws.com"),
+            kubernetes_token_path("sts.amazonaws.com"),
         ],
         ENV_CREDENTIALS_FULL_URI => vec![
             "http://127.0.0.1:9911/users-own".to_owned(),
@@ -224,6 +240,7 @@ fn mounts() -> impl Strategy<Value = Value> {
         6 => Just(None),
         1 => Just(Some(json!({"name": "own", "mountPath": TOKEN_MOUNT_PATH}))),
         1 => Just(Some(json!({"name": "own", "mountPath": format!("{TOKEN_MOUNT_PATH}/")}))),
+        1 => Just(Some(json!({"name": "own", "mountPath": KUBERNETES_TOKEN_MOUNT_PATH}))),
     ];
     (subsequence(pool, 0..=3), clash).prop_map(|(mut m, c)| {
         m.extend(c);
@@ -271,7 +288,10 @@ fn volumes() -> impl Strategy<Value = Value> {
     // Rarely, the user's own volume under rolebridge's reserved name.
     let reserved = prop::option::weighted(
         0.1,
-        Just(json!({"name": TOKEN_VOLUME, "configMap": {"name": "mine"}})),
+        prop::sample::select(vec![
+            json!({"name": TOKEN_VOLUME, "configMap": {"name": "mine"}}),
+            json!({"name": KUBERNETES_TOKEN_VOLUME, "configMap": {"name": "mine"}}),
+        ]),
     );
     (subsequence(pool, 0..=3), reserved).prop_map(|(mut v, r)| {
         v.extend(r);
@@ -371,6 +391,8 @@ fn pod() -> impl Strategy<Value = Value> {
                     prop_oneof![16 => Just(None), 1 => Just(Some(false)), 1 => Just(Some(true))],
                     // Rarely, no metadata map at all (a fuzzer finding: the patch must add it).
                     prop::bool::weighted(0.03),
+                    mesh(),
+                    prop_oneof![60 => Just(None), 1 => Just(Some("linux")), 1 => Just(Some("windows"))],
                 ),
             )
         })
@@ -383,7 +405,7 @@ fn pod() -> impl Strategy<Value = Value> {
                 (name, gen_name),
                 (e_top, e_meta, e_spec),
                 os,
-                (sa_field, host_network, no_metadata),
+                (sa_field, host_network, no_metadata, mesh, selector),
             )| {
                 let mut meta = Map::new();
                 if let Some(n) = name {
@@ -405,6 +427,13 @@ fn pod() -> impl Strategy<Value = Value> {
                 if let Some(h) = host_network {
                     spec.insert("hostNetwork".into(), json!(h));
                 }
+                if let Some(os) = selector {
+                    spec.insert(
+                        "nodeSelector".into(),
+                        json!({"pool": "default", "kubernetes.io/os": os}),
+                    );
+                }
+                add_mesh(&mut spec, mesh);
                 let mut pod = json!({
                     "apiVersion": "v1",
                     "kind": "Pod",
@@ -417,6 +446,90 @@ fn pod() -> impl Strategy<Value = Value> {
                 with_extra(pod, e_top)
             },
         )
+}
+
+/// Istio's containers, as its injector renders them.
+const ISTIO_PROXY: &str = "istio-proxy";
+const MESH_NAMES: &[&str] = &[ISTIO_PROXY, "istio-init", "istio-validation"];
+
+/// Whether and how Istio injected the pod before rolebridge sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mesh {
+    None,
+    /// `istio-proxy` is a native sidecar after `istio-init` (or `istio-validation`, CNI).
+    Native {
+        cni: bool,
+    },
+    /// `istio-proxy` is a regular container; `istio-init` runs last of the init containers
+    /// (or `istio-validation` first, CNI).
+    Legacy {
+        cni: bool,
+    },
+}
+
+fn mesh() -> impl Strategy<Value = Mesh> {
+    prop_oneof![
+        6 => Just(Mesh::None),
+        1 => any::<bool>().prop_map(|cni| Mesh::Native { cni }),
+        1 => any::<bool>().prop_map(|cni| Mesh::Legacy { cni }),
+    ]
+}
+
+fn istio_iptables(cni: bool) -> Value {
+    if cni {
+        json!({"name": "istio-validation", "image": "istio/proxyv2:1.27",
+               "args": ["istio-iptables", "-u", "1337", "--run-validation", "--skip-rule-apply"],
+               "securityContext": {"runAsUser": 1337, "runAsGroup": 1337, "runAsNonRoot": true}})
+    } else {
+        json!({"name": "istio-init", "image": "istio/proxyv2:1.27",
+               "args": ["istio-iptables", "-p", "15001", "-u", "1337", "-m", "REDIRECT"],
+               "securityContext": {"runAsUser": 0, "runAsGroup": 0, "capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}}})
+    }
+}
+
+fn istio_proxy(native: bool) -> Value {
+    let mut c = json!({"name": ISTIO_PROXY, "image": "istio/proxyv2:1.27", "args": ["proxy", "sidecar"],
+        "securityContext": {"runAsUser": 1337, "runAsGroup": 1337, "runAsNonRoot": true}});
+    if native {
+        c["restartPolicy"] = json!("Always");
+    }
+    c
+}
+
+/// Istio's containers where its injector puts them (`reorderPod`).
+fn add_mesh(spec: &mut Map<String, Value>, mesh: Mesh) {
+    let init: Vec<Value> = arr(spec.get("initContainers").unwrap_or(&Value::Null)).to_vec();
+    let (init, proxy_container) = match mesh {
+        Mesh::None => return,
+        Mesh::Native { cni } => {
+            let mut all = vec![istio_iptables(cni), istio_proxy(true)];
+            all.extend(init);
+            (all, None)
+        }
+        Mesh::Legacy { cni } => {
+            let mut all = Vec::new();
+            if cni {
+                all.push(istio_iptables(true));
+            }
+            all.extend(init);
+            if !cni {
+                all.push(istio_iptables(false));
+            }
+            (all, Some(istio_proxy(false)))
+        }
+    };
+    spec.insert("initContainers".into(), Value::Array(init));
+    if let (Some(p), Some(Value::Array(cs))) = (proxy_container, spec.get_mut("containers")) {
+        cs.push(p);
+    }
+}
+
+fn account() -> impl Strategy<Value = ServiceAccountState> {
+    prop_oneof![
+        32 => Just(wi()),
+        4 => Just(ServiceAccountState::NoWorkloadIdentity),
+        1 => Just(ServiceAccountState::Missing),
+    ]
 }
 
 fn bindings() -> impl Strategy<Value = Vec<Binding>> {
@@ -441,8 +554,9 @@ fn bindings() -> impl Strategy<Value = Vec<Binding>> {
         prop::option::weighted(0.3, prop::sample::select(vec!["us-east-1", "eu-west-1"])),
         // Mostly web identity; sometimes a session duration, a chain, or both.
         prop_oneof![8 => Just((false, false)), 1 => Just((true, false)), 1 => Just((false, true)), 1 => Just((true, true))],
+        prop::bool::weighted(0.3),
     );
-    let names = prop_oneof![1 => Just(Vec::new()), 6 => subsequence(BINDING_NAMES, 1..=3)];
+    let names = prop_oneof![1 => Just(Vec::new()), 10 => subsequence(BINDING_NAMES, 1..=3)];
     names
         .prop_flat_map(move |names| {
             let n = names.len();
@@ -453,24 +567,33 @@ fn bindings() -> impl Strategy<Value = Vec<Binding>> {
                 .into_iter()
                 .zip(specs)
                 .map(
-                    |(name, (containers, audience, region, (timed, chained)))| Binding {
-                        name: name.to_owned(),
-                        service_account: SA.to_owned(),
-                        role_arn: format!("arn:aws:iam::123456789012:role/{name}"),
-                        audience: audience.map(str::to_owned),
-                        region: region.map(str::to_owned),
-                        containers: containers
-                            .map(|cs| cs.into_iter().map(str::to_owned).collect()),
-                        chain: if chained {
-                            vec![Hop {
-                                role_arn: format!("arn:aws:iam::210987654321:role/{name}-target"),
-                                external_id: Some(format!("ext-{name}")),
-                            }]
-                        } else {
-                            Vec::new()
-                        },
-                        duration_seconds: timed.then_some(900),
-                        session_tags: chained,
+                    |(name, (containers, audience, region, (timed, chained), kubernetes))| {
+                        Binding {
+                            name: name.to_owned(),
+                            service_account: SA.to_owned(),
+                            role_arn: format!("arn:aws:iam::123456789012:role/{name}"),
+                            audience: audience.map(str::to_owned),
+                            region: region.map(str::to_owned),
+                            containers: containers
+                                .map(|cs| cs.into_iter().map(str::to_owned).collect()),
+                            chain: if chained {
+                                vec![Hop {
+                                    role_arn: format!(
+                                        "arn:aws:iam::210987654321:role/{name}-target"
+                                    ),
+                                    external_id: Some(format!("ext-{name}")),
+                                }]
+                            } else {
+                                Vec::new()
+                            },
+                            duration_seconds: timed.then_some(900),
+                            session_tags: chained,
+                            token_source: if kubernetes {
+                                TokenSource::Kubernetes
+                            } else {
+                                TokenSource::Google
+                            },
+                        }
                     },
                 )
                 .collect()
@@ -492,6 +615,8 @@ enum DenyReason {
     HostNetwork,
     /// Legacy sidecar mode and an init container covered by an endpoint binding.
     LegacyInit,
+    /// A new agent would take Google tokens, and the service account could not be read.
+    PinUnknown,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -517,18 +642,23 @@ struct Prediction {
     /// Containers got each delivery (for the coverage test: mixed pods).
     web_identity: bool,
     endpoint: bool,
+    /// A container got a Kubernetes-source binding; nothing in the pod needs an agent.
+    kubernetes: bool,
+    no_agent: bool,
+    /// A mesh proxy decided where the agent goes, or which user it runs as.
+    mesh: bool,
 }
 
 /// The model's own statement of what each delivery writes to say where credentials come from.
 fn identity_of(b: &Binding) -> [(&'static str, String); 2] {
     if b.chain.is_empty() && b.duration_seconds.is_none() {
-        [
-            (ENV_ROLE_ARN, b.role_arn.clone()),
-            (
-                ENV_TOKEN_FILE,
-                token_path(b.audience.as_deref().unwrap_or(DEFAULT_AUDIENCE)),
-            ),
-        ]
+        let aud = b.audience.as_deref().unwrap_or(DEFAULT_AUDIENCE);
+        let file = if is_google(b) {
+            token_path(aud)
+        } else {
+            kubernetes_token_path(aud)
+        };
+        [(ENV_ROLE_ARN, b.role_arn.clone()), (ENV_TOKEN_FILE, file)]
     } else {
         [
             (
@@ -542,6 +672,34 @@ fn identity_of(b: &Binding) -> [(&'static str, String); 2] {
 
 fn is_endpoint(b: &Binding) -> bool {
     !b.chain.is_empty() || b.duration_seconds.is_some()
+}
+
+fn is_google(b: &Binding) -> bool {
+    b.token_source == TokenSource::Google
+}
+
+/// The volume and directory a covered container mounts for `b`.
+fn mount_of(b: &Binding) -> Value {
+    if is_google(b) || is_endpoint(b) {
+        json!({"name": TOKEN_VOLUME, "mountPath": TOKEN_MOUNT_PATH, "readOnly": true})
+    } else {
+        json!({"name": KUBERNETES_TOKEN_VOLUME, "mountPath": KUBERNETES_TOKEN_MOUNT_PATH, "readOnly": true})
+    }
+}
+
+/// Where a new init container of rolebridge goes: after a native-sidecar istio-proxy.
+fn agent_init_index(pod: &Value) -> usize {
+    arr(&pod["spec"]["initContainers"])
+        .iter()
+        .position(|c| c["name"] == ISTIO_PROXY && c["restartPolicy"] == "Always")
+        .map_or(0, |i| i + 1)
+}
+
+/// The pod's proxy is a regular container: the agent runs as its user.
+fn legacy_mesh(pod: &Value) -> bool {
+    arr(&pod["spec"]["containers"])
+        .iter()
+        .any(|c| c["name"] == ISTIO_PROXY)
 }
 
 fn arr(v: &Value) -> &[Value] {
@@ -563,7 +721,12 @@ fn is_agent_name(name: &str) -> bool {
     name == AGENT_CONTAINER || name == AGENT_INIT_CONTAINER
 }
 
-fn predict(pod: &Value, bindings: &[Binding], legacy: bool) -> Prediction {
+fn predict(
+    pod: &Value,
+    bindings: &[Binding],
+    account: &ServiceAccountState,
+    legacy: bool,
+) -> Prediction {
     let mut p = Prediction {
         expected: Expected::Skip(Skip::NoBinding),
         role_warning: false,
@@ -572,6 +735,9 @@ fn predict(pod: &Value, bindings: &[Binding], legacy: bool) -> Prediction {
         ours_recognised: false,
         web_identity: false,
         endpoint: false,
+        kubernetes: false,
+        no_agent: false,
+        mesh: false,
     };
     let done = |mut p: Prediction, e: Expected| {
         p.expected = e;
@@ -587,7 +753,9 @@ fn predict(pod: &Value, bindings: &[Binding], legacy: bool) -> Prediction {
     ) {
         return done(p, Expected::Skip(Skip::OptedOut));
     }
-    if pod["spec"]["os"]["name"] == "windows" {
+    if pod["spec"]["os"]["name"] == "windows"
+        || pod["spec"]["nodeSelector"]["kubernetes.io/os"] == "windows"
+    {
         return done(p, Expected::Skip(Skip::Windows));
     }
     let role = ann(ANNOTATION_ROLE)
@@ -624,6 +792,10 @@ fn predict(pod: &Value, bindings: &[Binding], legacy: bool) -> Prediction {
             continue;
         }
         let named: Vec<&Binding> = bindings.iter().filter(|b| names(b, name)).collect();
+        // Istio's containers are covered only by a binding that names them.
+        if MESH_NAMES.contains(&name) && named.is_empty() {
+            continue;
+        }
         let all: Vec<&Binding> = bindings.iter().filter(|b| b.containers.is_none()).collect();
         let covering: Vec<&Binding> = named.iter().chain(&all).copied().collect();
         let tier = if named.is_empty() { all } else { named };
@@ -647,8 +819,9 @@ fn predict(pod: &Value, bindings: &[Binding], legacy: bool) -> Prediction {
         let has_vars = IDENTITY.iter().any(|v| env_has(c, v));
         let own_vars = has_vars && !covering.iter().any(|b| ours(b));
         let clash = arr(&c["volumeMounts"]).iter().any(|m| {
-            m["mountPath"].as_str().unwrap().trim_end_matches('/') == TOKEN_MOUNT_PATH
-                && m["name"] != TOKEN_VOLUME
+            let path = m["mountPath"].as_str().unwrap().trim_end_matches('/');
+            (path == TOKEN_MOUNT_PATH && m["name"] != TOKEN_VOLUME)
+                || (path == KUBERNETES_TOKEN_MOUNT_PATH && m["name"] != KUBERNETES_TOKEN_VOLUME)
         });
         if own_vars || clash {
             p.owned_tie |= chosen.is_none();
@@ -665,12 +838,13 @@ fn predict(pod: &Value, bindings: &[Binding], legacy: bool) -> Prediction {
         }
         planned.push((name.to_owned(), chosen.name.clone()));
     }
-    let reserved = containers
+    let agents = containers
         .iter()
-        .any(|c| is_agent_name(c["name"].as_str().unwrap()))
+        .any(|c| is_agent_name(c["name"].as_str().unwrap()));
+    let reserved = agents
         || arr(&pod["spec"]["volumes"])
             .iter()
-            .any(|v| v["name"] == TOKEN_VOLUME);
+            .any(|v| v["name"] == TOKEN_VOLUME || v["name"] == KUBERNETES_TOKEN_VOLUME);
     let annotated = ann(ANNOTATION_APPLIED).is_some();
     let binding = |name: &str| bindings.iter().find(|b| b.name == name).unwrap();
     let init_names: Vec<&str> = arr(&pod["spec"]["initContainers"])
@@ -681,20 +855,29 @@ fn predict(pod: &Value, bindings: &[Binding], legacy: bool) -> Prediction {
     let endpoint_init = planned
         .iter()
         .any(|(c, b)| is_endpoint(binding(b)) && init_names.contains(&c.as_str()));
+    let google = planned.iter().any(|(_, b)| is_google(binding(b)));
+    let host_network = pod["spec"]["hostNetwork"] == true;
     let e = if tie {
         Expected::Deny(DenyReason::Tie)
     } else if planned.is_empty() {
         Expected::Skip(Skip::NoContainerCovered)
     } else if reserved && !annotated {
         Expected::Deny(DenyReason::ReservedName)
-    } else if endpoint && pod["spec"]["hostNetwork"] == true {
+    } else if endpoint && host_network {
         Expected::Deny(DenyReason::HostNetwork)
     } else if endpoint_init && legacy {
         Expected::Deny(DenyReason::LegacyInit)
+    } else if google && host_network {
+        Expected::Deny(DenyReason::HostNetwork)
+    } else if google && !agents && *account == ServiceAccountState::Missing {
+        Expected::Deny(DenyReason::PinUnknown)
     } else {
         p.reserved_annotated = reserved;
         p.endpoint = endpoint;
         p.web_identity = planned.iter().any(|(_, b)| !is_endpoint(binding(b)));
+        p.kubernetes = planned.iter().any(|(_, b)| !is_google(binding(b)));
+        p.no_agent = !google && !endpoint;
+        p.mesh = !p.no_agent && (agent_init_index(pod) > 0 || legacy_mesh(pod));
         Expected::Mutate(planned)
     };
     done(p, e)
@@ -749,7 +932,33 @@ fn strip_appended(
     Ok(())
 }
 
+/// Puts back the `runAsUser`/`runAsGroup` of an agent container that was there before, after
+/// checking that they were changed to the proxy's user only.
+fn restore_run_as(c: &mut Map<String, Value>, input: &Value) -> Result<(), String> {
+    let sc = c
+        .get_mut("securityContext")
+        .and_then(Value::as_object_mut)
+        .ok_or("the agent lost its securityContext")?;
+    for field in ["runAsUser", "runAsGroup"] {
+        if sc.get(field) != Some(&json!(1337)) {
+            return Err(format!(
+                "agent {field} is not the proxy's: {:?}",
+                sc.get(field)
+            ));
+        }
+        match input["securityContext"].get(field) {
+            Some(v) => sc.insert(field.into(), v.clone()),
+            None => sc.remove(field),
+        };
+    }
+    if sc.is_empty() && input.get("securityContext").is_none() {
+        c.remove("securityContext");
+    }
+    Ok(())
+}
+
 fn strip(out: &Value, input: &Value, covered: &BTreeSet<String>) -> Result<Value, String> {
+    let proxy_user = legacy_mesh(input);
     let mut out = out.clone();
     let agent_names = [AGENT_CONTAINER, AGENT_INIT_CONTAINER];
 
@@ -775,14 +984,17 @@ fn strip(out: &Value, input: &Value, covered: &BTreeSet<String>) -> Result<Value
 
     let spec = out["spec"].as_object_mut().ok_or("spec is not an object")?;
     let in_spec = &input["spec"];
-    if !arr(&in_spec["volumes"])
-        .iter()
-        .any(|v| v["name"] == TOKEN_VOLUME)
-    {
-        let ours =
-            json!({"name": TOKEN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}});
-        strip_appended(spec, in_spec, "volumes", "pod", |v| *v == ours)?;
-    }
+    let had = |name: &str| arr(&in_spec["volumes"]).iter().any(|v| v["name"] == name);
+    let (had_memory, had_projected) = (had(TOKEN_VOLUME), had(KUBERNETES_TOKEN_VOLUME));
+    let memory =
+        json!({"name": TOKEN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}});
+    // The projected volume's sources are checked on their own.
+    strip_appended(spec, in_spec, "volumes", "pod", |v| {
+        (!had_memory && *v == memory)
+            || (!had_projected
+                && v["name"] == KUBERNETES_TOKEN_VOLUME
+                && v["projected"]["sources"].is_array())
+    })?;
     for field in ["initContainers", "containers"] {
         if let Some(Value::Array(cs)) = spec.get_mut(field) {
             let ins = arr(&in_spec[field]);
@@ -796,6 +1008,10 @@ fn strip(out: &Value, input: &Value, covered: &BTreeSet<String>) -> Result<Value
             for (c, ic) in cs.iter_mut().zip(ins) {
                 let name = ic["name"].as_str().unwrap_or_default().to_owned();
                 let c = c.as_object_mut().ok_or("container is not an object")?;
+                if is_agent(ic) && proxy_user {
+                    // An agent injected before the mesh's regular proxy gets the proxy's user.
+                    restore_run_as(c, ic)?;
+                }
                 if !covered.contains(&name) {
                     continue; // must be byte-for-byte unchanged: the final comparison checks it
                 }
@@ -807,9 +1023,11 @@ fn strip(out: &Value, input: &Value, covered: &BTreeSet<String>) -> Result<Value
                     let n = e["name"].as_str().unwrap_or_default();
                     OWNED_ENV.contains(&n) && !in_env.contains(n)
                 })?;
-                let mount =
-                    json!({"name": TOKEN_VOLUME, "mountPath": TOKEN_MOUNT_PATH, "readOnly": true});
-                strip_appended(c, ic, "volumeMounts", &name, |m| *m == mount)?;
+                let mounts = [
+                    json!({"name": TOKEN_VOLUME, "mountPath": TOKEN_MOUNT_PATH, "readOnly": true}),
+                    json!({"name": KUBERNETES_TOKEN_VOLUME, "mountPath": KUBERNETES_TOKEN_MOUNT_PATH, "readOnly": true}),
+                ];
+                strip_appended(c, ic, "volumeMounts", &name, |m| mounts.contains(m))?;
             }
         }
         restore_missing(spec, in_spec, field);
@@ -828,9 +1046,115 @@ fn env_value<'v>(c: &'v Value, name: &str) -> Option<&'v Value> {
     arr(&c["env"]).iter().find(|e| e["name"] == name)
 }
 
+/// The projected volume holds the Kubernetes token of every audience the planned
+/// Kubernetes-source bindings use; a new agent is pinned exactly when a Google-source binding is
+/// planned, to the service account's Google service account (or to none, with the advice).
+fn check_tokens_and_pin(
+    input: &Value,
+    out: &Value,
+    bindings: &[Binding],
+    planned: &[(String, String)],
+    account: &ServiceAccountState,
+    warnings: &[String],
+) -> Result<(), TestCaseError> {
+    let planned: Vec<&Binding> = planned
+        .iter()
+        .map(|(_, b)| bindings.iter().find(|x| &x.name == b).unwrap())
+        .collect();
+    check_projected(input, out, &planned)?;
+    let user_agents = arr(&input["spec"]["initContainers"])
+        .iter()
+        .chain(arr(&input["spec"]["containers"]))
+        .any(|c| is_agent_name(c["name"].as_str().unwrap_or_default()));
+    if user_agents {
+        return Ok(());
+    }
+    let pin: Vec<&Value> = arr(&out["spec"]["initContainers"])
+        .iter()
+        .chain(arr(&out["spec"]["containers"]))
+        .filter(|c| is_agent_name(c["name"].as_str().unwrap_or_default()))
+        .filter_map(|c| {
+            let args = arr(&c["args"]);
+            let at = args.iter().position(|a| a == "--google-service-account")?;
+            args.get(at + 1)
+        })
+        .collect();
+    let google = planned.iter().any(|b| is_google(b));
+    let advice = warnings
+        .iter()
+        .any(|w| w.contains("iam.gke.io/gcp-service-account") && w.contains("gcloud iam"));
+    match (google, account) {
+        (false, _) => prop_assert!(pin.is_empty(), "pinned without a Google binding"),
+        (true, ServiceAccountState::WorkloadIdentity(g)) => {
+            prop_assert!(
+                !pin.is_empty() && pin.iter().all(|p| *p == g),
+                "pin {:?}",
+                pin
+            );
+            prop_assert!(!advice);
+        }
+        (true, _) => {
+            prop_assert!(
+                !pin.is_empty() && pin.iter().all(|p| *p == "none"),
+                "pin {:?}",
+                pin
+            );
+            prop_assert!(advice, "no advice in {:?}", warnings);
+        }
+    }
+    Ok(())
+}
+
+/// A projected volume rolebridge added has one source per audience of the planned
+/// Kubernetes-source bindings, with the default lifetime; none is added without one.
+fn check_projected(input: &Value, out: &Value, planned: &[&Binding]) -> Result<(), TestCaseError> {
+    if arr(&input["spec"]["volumes"])
+        .iter()
+        .any(|v| v["name"] == KUBERNETES_TOKEN_VOLUME)
+    {
+        return Ok(());
+    }
+    let mut paths: Vec<String> = planned
+        .iter()
+        .filter(|b| !is_google(b))
+        .map(|b| {
+            let aud = b.audience.as_deref().unwrap_or(DEFAULT_AUDIENCE);
+            kubernetes_token_path(aud)
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    paths.sort();
+    paths.dedup();
+    let projected = arr(&out["spec"]["volumes"])
+        .iter()
+        .find(|v| v["name"] == KUBERNETES_TOKEN_VOLUME);
+    let Some(v) = projected else {
+        prop_assert!(paths.is_empty(), "no projected volume for {:?}", paths);
+        return Ok(());
+    };
+    let sources = arr(&v["projected"]["sources"]);
+    for s in sources {
+        prop_assert_eq!(&s["serviceAccountToken"]["expirationSeconds"], &json!(3600));
+    }
+    let got: Vec<&str> = sources
+        .iter()
+        .filter_map(|s| s["serviceAccountToken"]["path"].as_str())
+        .collect();
+    prop_assert_eq!(got, paths.iter().map(String::as_str).collect::<Vec<_>>());
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 
-fn check(input: &Value, bindings: &[Binding], legacy: bool) -> Result<(), TestCaseError> {
+fn check(
+    input: &Value,
+    bindings: &[Binding],
+    account: &ServiceAccountState,
+    legacy: bool,
+) -> Result<(), TestCaseError> {
     let cfg = Config {
         sidecar_mode: if legacy {
             SidecarMode::Legacy
@@ -842,8 +1166,8 @@ fn check(input: &Value, bindings: &[Binding], legacy: bool) -> Result<(), TestCa
     let text = serde_json::to_string(input).unwrap();
     let view = PodView::from_json(&text).map_err(|e| TestCaseError::fail(format!("parse: {e}")))?;
     prop_assert_eq!(view.service_account(), SA);
-    let result = mutate::mutate(&view, NS, bindings, &cfg);
-    let prediction = predict(input, bindings, legacy);
+    let result = mutate::mutate(&view, NS, bindings, account, &cfg);
+    let prediction = predict(input, bindings, account, legacy);
     let expected = prediction.expected;
 
     let m = match (result, &expected) {
@@ -855,6 +1179,7 @@ fn check(input: &Value, bindings: &[Binding], legacy: bool) -> Result<(), TestCa
                 DenyReason::ReservedName => "reserved by rolebridge",
                 DenyReason::HostNetwork => "hostNetwork: true",
                 DenyReason::LegacyInit => "in legacy sidecar mode",
+                DenyReason::PinUnknown => "could not read ServiceAccount default/app-sa",
             };
             prop_assert!(
                 d.message.contains(marker),
@@ -932,12 +1257,15 @@ fn check(input: &Value, bindings: &[Binding], legacy: bool) -> Result<(), TestCa
         .flat_map(|c| arr(&c["args"]))
         .filter_map(Value::as_str)
         .collect();
+    // An agent exactly when a binding needs one: Google tokens, or the endpoint.
     prop_assert!(
-        user_agents || find_container(&out, AGENT_CONTAINER).is_some(),
-        "no agent container"
+        user_agents || find_container(&out, AGENT_CONTAINER).is_some() != prediction.no_agent,
+        "agent container present: {}, model says none needed: {}",
+        find_container(&out, AGENT_CONTAINER).is_some(),
+        prediction.no_agent
     );
     let mut endpoint_pod = false;
-    let mut web_identity_pod = false;
+    let mut google_tokens_pod = false;
     for (c, b) in &planned {
         let b = bindings.iter().find(|x| &x.name == b).unwrap();
         let aud = b.audience.as_deref().unwrap_or(&cfg.default_audience);
@@ -969,10 +1297,14 @@ fn check(input: &Value, bindings: &[Binding], legacy: bool) -> Result<(), TestCa
                 prop_assert_eq!(&env_value(cv, ENV_REGION).unwrap()["value"], &json!(r));
             }
         }
+        let mount = mount_of(b);
         prop_assert!(
             arr(&cv["volumeMounts"])
                 .iter()
-                .any(|m| m["name"] == TOKEN_VOLUME && m["mountPath"] == TOKEN_MOUNT_PATH)
+                .any(|m| m["name"] == mount["name"] && m["mountPath"] == mount["mountPath"]),
+            "{} lacks {}",
+            c,
+            mount
         );
         let (served, missing) = if is_endpoint(b) {
             endpoint_pod = true;
@@ -985,13 +1317,18 @@ fn check(input: &Value, bindings: &[Binding], legacy: bool) -> Result<(), TestCa
                         && spec.chain == b.chain
                         && spec.duration_seconds == b.duration_seconds
                         && spec.audience == aud
+                        && spec.token_file == (!is_google(b)).then(|| kubernetes_token_path(aud))
                 });
             (
                 served,
                 format!("does not serve the credentials of binding {:?}", b.name),
             )
+        } else if !is_google(b) {
+            // The kubelet's token: nothing for the agent to serve.
+            prop_assert!(env_value(cv, ENV_SESSION_NAME).is_some());
+            (true, String::new())
         } else {
-            web_identity_pod = true;
+            google_tokens_pod = true;
             prop_assert!(env_value(cv, ENV_SESSION_NAME).is_some());
             let token_arg = format!("{}={aud}", token_path(aud));
             (
@@ -1011,15 +1348,17 @@ fn check(input: &Value, bindings: &[Binding], legacy: bool) -> Result<(), TestCa
         out["metadata"]["annotations"].get(ANNOTATION_CREDENTIALS_PORT),
         want_port.as_ref()
     );
+    check_tokens_and_pin(input, &out, bindings, &planned, account, &m.warnings)?;
     let first_app = &out["spec"]["containers"][0];
-    if user_agents {
+    let at = agent_init_index(input);
+    if user_agents || prediction.no_agent {
         // Nothing to check about placement: no agent was added.
     } else if legacy {
         // The one-shot init container writes token files; the endpoint needs the sidecar first
         // among the app containers, holding them with its postStart wait.
         prop_assert_eq!(
-            out["spec"]["initContainers"][0]["name"] == json!(AGENT_INIT_CONTAINER),
-            web_identity_pod
+            out["spec"]["initContainers"][at]["name"] == json!(AGENT_INIT_CONTAINER),
+            google_tokens_pod
         );
         if endpoint_pod {
             prop_assert_eq!(&first_app["name"], &json!(AGENT_CONTAINER));
@@ -1032,19 +1371,41 @@ fn check(input: &Value, bindings: &[Binding], legacy: bool) -> Result<(), TestCa
             );
         }
     } else {
+        // First, or right after a native-sidecar proxy (so its traffic is meshed).
         prop_assert_eq!(
-            &out["spec"]["initContainers"][0]["name"],
+            &out["spec"]["initContainers"][at]["name"],
             &json!(AGENT_CONTAINER)
         );
         prop_assert_eq!(
-            &out["spec"]["initContainers"][0]["restartPolicy"],
+            &out["spec"]["initContainers"][at]["restartPolicy"],
             &json!("Always")
         );
     }
-    if !user_agents {
+    if !user_agents && !prediction.no_agent {
         // The agent learns the pod's identity exactly when it obtains credentials itself.
         let agent = find_container(&out, AGENT_CONTAINER).unwrap();
         prop_assert_eq!(agent.get("env").is_some(), endpoint_pod);
+    }
+    // Every agent runs as the proxy's user when the proxy is a regular container.
+    let want_uid = if legacy_mesh(input) { 1337 } else { 65532 };
+    for c in arr(&out["spec"]["initContainers"])
+        .iter()
+        .chain(arr(&out["spec"]["containers"]))
+        .filter(|c| is_agent_name(c["name"].as_str().unwrap_or_default()))
+        .filter(|_| !user_agents || legacy_mesh(input))
+    {
+        prop_assert_eq!(
+            &c["securityContext"]["runAsUser"],
+            &json!(want_uid),
+            "{}",
+            c["name"]
+        );
+        prop_assert_eq!(
+            &c["securityContext"]["runAsGroup"],
+            &json!(want_uid),
+            "{}",
+            c["name"]
+        );
     }
 
     // Env names stay unique in every container.
@@ -1072,7 +1433,7 @@ fn check(input: &Value, bindings: &[Binding], legacy: bool) -> Result<(), TestCa
     // Fixed point: admitting the result again changes nothing.
     let again_text = serde_json::to_string(&out).unwrap();
     let again = PodView::from_json(&again_text).unwrap();
-    let m2 = mutate::mutate(&again, NS, bindings, &cfg)
+    let m2 = mutate::mutate(&again, NS, bindings, account, &cfg)
         .map_err(|d| TestCaseError::fail(format!("second pass denied: {d}")))?;
     prop_assert_eq!(
         m2.outcome,
@@ -1097,23 +1458,33 @@ fn check(input: &Value, bindings: &[Binding], legacy: bool) -> Result<(), TestCa
         .as_str()
         .map(str::trim);
     let late_tie = generic.len() > 1 && !generic.iter().any(|b| Some(b.name.as_str()) == role);
-    // A host-network pod admitted with web identity only cannot take an endpoint binding later.
+    // A host-network pod admitted with Kubernetes web identity only cannot take an endpoint or
+    // a Google binding later; nor, when the service account cannot be read, a first agent for
+    // Google tokens.
     let late_binding = generic
         .iter()
         .find(|b| Some(b.name.as_str()) == role)
         .or(generic.first());
     let late_host = !late_tie
-        && late_binding.is_some_and(|b| is_endpoint(b))
+        && late_binding.is_some_and(|b| is_endpoint(b) || is_google(b))
         && input["spec"]["hostNetwork"] == true;
-    match mutate::mutate(&late_view, NS, bindings, &cfg) {
+    let late_unknown = !late_tie
+        && !late_host
+        && late_binding.is_some_and(|b| is_google(b))
+        && *account == ServiceAccountState::Missing
+        && find_container(&out, AGENT_CONTAINER).is_none()
+        && find_container(&out, AGENT_INIT_CONTAINER).is_none();
+    match mutate::mutate(&late_view, NS, bindings, account, &cfg) {
         Err(d) => prop_assert!(
-            late_tie || (late_host && d.message.contains("hostNetwork")),
+            late_tie
+                || (late_host && d.message.contains("hostNetwork"))
+                || (late_unknown && d.message.contains("could not read ServiceAccount")),
             "late container denied without a tie: {}",
             d
         ),
         Ok(m3) => {
             prop_assert!(
-                !late_tie && !late_host,
+                !late_tie && !late_host && !late_unknown,
                 "late container should have been denied"
             );
             let mut late_out = late.clone();
@@ -1155,8 +1526,14 @@ fn check(input: &Value, bindings: &[Binding], legacy: bool) -> Result<(), TestCa
                 "reinvocation changed more than the new container"
             );
             let text4 = serde_json::to_string(&late_out).unwrap();
-            let m4 = mutate::mutate(&PodView::from_json(&text4).unwrap(), NS, bindings, &cfg)
-                .map_err(|d| TestCaseError::fail(format!("denied: {d}")))?;
+            let m4 = mutate::mutate(
+                &PodView::from_json(&text4).unwrap(),
+                NS,
+                bindings,
+                account,
+                &cfg,
+            )
+            .map_err(|d| TestCaseError::fail(format!("denied: {d}")))?;
             prop_assert!(
                 m4.patch.is_empty(),
                 "not a fixed point after reinvocation: {:?}",
@@ -1174,9 +1551,10 @@ proptest! {
     fn mutation_is_applicable_idempotent_and_owns_only_its_fields(
         input in pod(),
         bindings in bindings(),
+        account in account(),
         legacy in any::<bool>(),
     ) {
-        check(&input, &bindings, legacy)?;
+        check(&input, &bindings, &account, legacy)?;
     }
 }
 
@@ -1193,7 +1571,7 @@ fn plain_pod(names: &BTreeSet<String>) -> Value {
 fn denied_for_tie(pod: &Value, bindings: &[Binding]) -> bool {
     let text = serde_json::to_string(pod).unwrap();
     let view = PodView::from_json(&text).unwrap();
-    matches!(mutate::mutate(&view, NS, bindings, &Config::default()),
+    matches!(mutate::mutate(&view, NS, bindings, &wi(), &Config::default()),
         Err(d) if d.message.contains("nothing chooses between them"))
 }
 
@@ -1223,7 +1601,7 @@ proptest! {
             })
             .collect();
         let wi = |_: &str, _: &str| status::ServiceAccountState::WorkloadIdentity("g@p.iam.gserviceaccount.com".into());
-        let conflicted = status::desired(&states, wi, "t0")
+        let conflicted = status::desired(&states, wi, None, "t0")
             .iter()
             .any(|s| s.as_ref().is_some_and(|s| s.conditions[0].reason == "Conflict"));
         prop_assert_eq!(conflicted, denied_for_tie(&pod, &bindings));
@@ -1288,12 +1666,12 @@ fn generators_reach_every_outcome() {
         RunnerConfig::default(),
         TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]),
     );
-    let strategy = (pod(), bindings(), any::<bool>());
+    let strategy = (pod(), bindings(), account(), any::<bool>());
     let mut tally: std::collections::BTreeMap<String, usize> = Default::default();
     let n = 1024;
     for _ in 0..n {
-        let (p, b, legacy) = strategy.new_tree(&mut runner).unwrap().current();
-        let pr = predict(&p, &b, legacy);
+        let (p, b, account, legacy) = strategy.new_tree(&mut runner).unwrap().current();
+        let pr = predict(&p, &b, &account, legacy);
         let kind = match &pr.expected {
             Expected::Mutate(_) => "mutate".to_owned(),
             other => format!("{other:?}"),
@@ -1317,6 +1695,21 @@ fn generators_reach_every_outcome() {
             (pr.endpoint, "endpoint delivery (mutated)"),
             (pr.endpoint && pr.web_identity, "both deliveries in one pod"),
             (pr.endpoint && legacy, "endpoint in legacy mode"),
+            (pr.kubernetes, "Kubernetes token source (mutated)"),
+            (pr.no_agent, "no agent needed (mutated)"),
+            (
+                pr.kubernetes && pr.endpoint,
+                "Kubernetes source with the endpoint",
+            ),
+            (pr.mesh, "meshed pod (mutated)"),
+            (
+                admitted && account == ServiceAccountState::NoWorkloadIdentity && !pr.no_agent,
+                "Google pin without a Google service account",
+            ),
+            (
+                p["spec"]["nodeSelector"]["kubernetes.io/os"] == "windows",
+                "Windows by node selector",
+            ),
         ] {
             if flag {
                 *tally.entry(what.to_owned()).or_default() += 1;
@@ -1330,7 +1723,14 @@ fn generators_reach_every_outcome() {
         "Deny(ReservedName)",
         "Deny(HostNetwork)",
         "Deny(LegacyInit)",
+        "Deny(PinUnknown)",
         "endpoint delivery (mutated)",
+        "Kubernetes token source (mutated)",
+        "no agent needed (mutated)",
+        "Kubernetes source with the endpoint",
+        "meshed pod (mutated)",
+        "Google pin without a Google service account",
+        "Windows by node selector",
         "both deliveries in one pod",
         "endpoint in legacy mode",
         "Skip(NoBinding)",

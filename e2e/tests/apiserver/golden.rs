@@ -7,7 +7,9 @@
 //! API server with the case's message.
 //!
 //! Only cases without a `config` block are replayed: the webhook under test runs with the
-//! default mutation flags, which is what such a case describes.
+//! default mutation flags, which is what such a case describes. A case's `serviceAccounts` are
+//! created as it lists them; without the key, every service account it names gets the Google
+//! service account the golden harness assumes.
 
 use std::path::PathBuf;
 
@@ -16,7 +18,8 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 
-/// The credentials-endpoint cases, then web identity ones for contrast, then denials.
+/// The credentials-endpoint cases, then web identity ones for contrast, then denials; then
+/// issue 14's: both token sources, the Google pin, host network, Windows, Istio pods.
 const CASES: &[&str] = &[
     "56-endpoint-chain-native",
     "58-mixed-deliveries",
@@ -30,7 +33,28 @@ const CASES: &[&str] = &[
     "16-containers-selection",
     "62-endpoint-host-network-denied",
     "67-endpoint-port-annotation-clash-denied",
+    "63-host-network-google-denied",
+    "77-host-network-kubernetes-web-identity-ok",
+    "78-kubernetes-web-identity-native",
+    "79-kubernetes-endpoint-agent-reads-the-file",
+    "80-mixed-sources-two-audiences",
+    "81-kubernetes-endpoint-host-network-denied",
+    "82-google-without-annotation-pinned-to-none",
+    "84-google-annotation-not-an-email",
+    "86-windows-node-selector",
+    "87-windows-required-node-affinity",
+    "88-istio-native-first",
+    "89-istio-native-cni-first",
+    "90-istio-legacy-first",
+    "91-istio-legacy-cni-first",
+    "92-rolebridge-first-then-istio-native",
+    "93-rolebridge-first-then-istio-legacy",
+    "95-binding-names-istio-proxy",
 ];
+
+/// The Google service account of every service account of a case that lists none (the golden
+/// harness assumes the same).
+const DEFAULT_GSA: &str = "app@project.iam.gserviceaccount.com";
 
 fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../webhook/tests/golden")
@@ -69,30 +93,8 @@ async fn replay_case(client: &Client, case: &Value, ns: &str, run: &str) -> anyh
     anyhow::ensure!(pod.is_object(), "only inline pods are replayed");
     set_namespace(&mut pod, ns);
 
-    // Service accounts: without automounted API tokens, so the API server adds no volume the
-    // case does not expect; with a Google service account, as a bound SA has.
-    let service_accounts: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        ns,
-        &resource("", "v1", "ServiceAccount", "serviceaccounts"),
-    );
     let bindings = case["bindings"].as_array().cloned().unwrap_or_default();
-    let mut names: Vec<String> = bindings
-        .iter()
-        .filter_map(|b| b["spec"]["serviceAccountName"].as_str().map(str::to_owned))
-        .collect();
-    names.push(pod_service_account(&pod));
-    names.sort();
-    names.dedup();
-    for sa in names {
-        let object = json!({"apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": sa, "annotations": {
-                "iam.gke.io/gcp-service-account": "app@project.iam.gserviceaccount.com"}},
-            "automountServiceAccountToken": false});
-        service_accounts
-            .patch(&sa, &ssa, &Patch::Apply(&object))
-            .await?;
-    }
+    create_service_accounts(client, case, &bindings, &pod, ns).await?;
     let arbs: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
         ns,
@@ -144,6 +146,56 @@ async fn replay_case(client: &Client, case: &Value, ns: &str, run: &str) -> anyh
             Ok(())
         }
     }
+}
+
+/// The case's service accounts: without automounted API tokens, so the API server adds no
+/// volume the case does not expect; as the case lists them, else every one it names with the
+/// Google service account a bound service account has.
+async fn create_service_accounts(
+    client: &Client,
+    case: &Value,
+    bindings: &[Value],
+    pod: &Value,
+    ns: &str,
+) -> anyhow::Result<()> {
+    let ssa = PatchParams::apply("rolebridge-e2e").force();
+    let service_accounts: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &resource("", "v1", "ServiceAccount", "serviceaccounts"),
+    );
+    let accounts: Vec<(String, Option<String>)> = match case.get("serviceAccounts") {
+        Some(listed) => listed
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(name, gsa)| (name.clone(), gsa.as_str().map(str::to_owned)))
+            .collect(),
+        None => {
+            let mut names: Vec<String> = bindings
+                .iter()
+                .filter_map(|b| b["spec"]["serviceAccountName"].as_str().map(str::to_owned))
+                .collect();
+            names.push(pod_service_account(pod));
+            names.sort();
+            names.dedup();
+            names
+                .into_iter()
+                .map(|n| (n, Some(DEFAULT_GSA.to_owned())))
+                .collect()
+        }
+    };
+    for (sa, gsa) in accounts {
+        let mut object = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": sa}, "automountServiceAccountToken": false});
+        if let Some(gsa) = gsa {
+            object["metadata"]["annotations"] = json!({"iam.gke.io/gcp-service-account": gsa});
+        }
+        service_accounts
+            .patch(&sa, &ssa, &Patch::Apply(&object))
+            .await?;
+    }
+    Ok(())
 }
 
 fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {

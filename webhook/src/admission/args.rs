@@ -1,10 +1,12 @@
 //! The flags that shape the injected pod, shared by `serve` and `inject`, and the
 //! [`Config`] they make.
 
-use clap::ValueEnum;
-use rolebridge_contract::MIN_CREDENTIALS_PORT;
+use std::time::Duration;
 
-use crate::admission::mutate::{Config, SidecarMode};
+use clap::ValueEnum;
+use rolebridge_contract::{MIN_CREDENTIALS_PORT, duration};
+
+use crate::admission::mutate::{Config, MIN_KUBERNETES_TOKEN_EXPIRATION, SidecarMode};
 use crate::bindings::nodes::{KubeVersion, LowestKubelet};
 
 /// What the operator asked for with `--sidecar-mode`.
@@ -82,6 +84,10 @@ pub enum FlagError {
     EmptyAudience,
     #[error("--cluster-name must not be empty when given")]
     EmptyClusterName,
+    #[error(
+        "--kubernetes-token-expiration {0:?} is shorter than the 10m the API server grants a projected service account token"
+    )]
+    KubernetesTokenExpiration(Duration),
 }
 
 /// What shapes the injected pod, shared by `serve` and `inject`.
@@ -121,6 +127,12 @@ pub struct MutationArgs {
     /// metadata server, and omits the tag if it cannot tell.
     #[arg(long, env = "ROLEBRIDGE_CLUSTER_NAME")]
     pub cluster_name: Option<String>,
+    /// Lifetime of the Kubernetes service account tokens projected into pods of
+    /// `tokenSource: Kubernetes` bindings (`expirationSeconds`; the kubelet renews a token at 80%
+    /// of it). At least 10m, the API server's minimum.
+    #[arg(long, env = "ROLEBRIDGE_KUBERNETES_TOKEN_EXPIRATION", default_value = "1h",
+          value_parser = duration::parse)]
+    pub kubernetes_token_expiration: Duration,
 }
 
 impl MutationArgs {
@@ -136,6 +148,11 @@ impl MutationArgs {
         {
             return Err(FlagError::EmptyClusterName);
         }
+        if self.kubernetes_token_expiration < MIN_KUBERNETES_TOKEN_EXPIRATION {
+            return Err(FlagError::KubernetesTokenExpiration(
+                self.kubernetes_token_expiration,
+            ));
+        }
         Ok(Config {
             agent_image: self.agent_image.clone(),
             agent_image_pull_policy: self.agent_image_pull_policy.clone(),
@@ -144,6 +161,10 @@ impl MutationArgs {
             own_namespace,
             credentials_port: self.credentials_port,
             cluster_name: self.cluster_name.clone(),
+            // Whole seconds, as `expirationSeconds` takes them.
+            kubernetes_token_expiration: Duration::from_secs(
+                self.kubernetes_token_expiration.as_secs(),
+            ),
         })
     }
 }
@@ -165,6 +186,35 @@ mod tests {
             version,
             node: "gke-pool-1".into(),
         }
+    }
+
+    #[test]
+    fn kubernetes_token_expiration_is_a_duration_of_at_least_ten_minutes() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            m: MutationArgs,
+        }
+        let cfg = |args: &[&str]| {
+            let mut all = vec!["x"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).map(|c| c.m.config(None))
+        };
+        let default = cfg(&[]).unwrap().unwrap();
+        assert_eq!(
+            default.kubernetes_token_expiration,
+            Duration::from_secs(3600)
+        );
+        let ten = cfg(&["--kubernetes-token-expiration", "10m"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(ten.kubernetes_token_expiration, Duration::from_secs(600));
+        assert!(matches!(
+            cfg(&["--kubernetes-token-expiration", "9m59s"]).unwrap(),
+            Err(FlagError::KubernetesTokenExpiration(_))
+        ));
+        assert!(cfg(&["--kubernetes-token-expiration", "soon"]).is_err());
     }
 
     #[test]

@@ -13,23 +13,27 @@
 //!
 //! Bindings are drawn from the input bytes: service accounts from the pod's own and a few
 //! others, containers from the pod's container names and a few others, with or without
-//! audience, region, a role chain (with external IDs), a session duration and session tags,
-//! and the config's sidecar mode, own namespace, credentials port and cluster name, so that
-//! the fuzzer reaches every branch of coverage, ties and both deliveries.
+//! audience, region, a role chain (with external IDs), a session duration, session tags and
+//! either token source, what is known of the service account (a Google service account, none,
+//! a malformed one, or nothing), and the config's sidecar mode, own namespace, credentials port
+//! and cluster name, so that the fuzzer reaches every branch of coverage, ties, both
+//! deliveries and both token sources.
 #![doc(hidden)]
 
 use base64::Engine as _;
 use serde_json::Value;
 
-use crate::admission::mutate::{Config, SidecarMode};
+use crate::admission::mutate::{Config, ServiceAccountState, SidecarMode};
 use crate::admission::review::{self, Parsed};
 use crate::bindings::store::Store;
-use crate::domain::binding::{Binding, Hop};
+use crate::domain::binding::{Binding, Hop, TokenSource};
 
-/// Bindings and config decoded from the first bytes of an input.
+/// Bindings, what is known of the service account, and config decoded from the first bytes
+/// of an input.
 #[derive(Debug)]
 struct Scenario {
     pub bindings: Vec<Binding>,
+    pub account: ServiceAccountState,
     pub config: Config,
 }
 
@@ -84,49 +88,80 @@ impl Scenario {
         containers.extend(pod_containers.iter().map(String::as_str));
         let count = usize::from(c.byte() % 5);
         let bindings = (0..count)
-            .map(|i| {
-                let shape = c.byte();
-                let listed = (shape & 1 != 0).then(|| {
-                    let mask = c.byte();
-                    containers
-                        .iter()
-                        .enumerate()
-                        .filter(|(j, _)| mask & (1 << (j % 8)) != 0)
-                        .map(|(_, n)| (*n).to_owned())
-                        .collect()
-                });
-                let service_account = if shape & 2 != 0 {
-                    pod_sa.to_owned()
-                } else {
-                    c.pick(&accounts).to_owned()
-                };
-                let role_arn = c.pick(&ROLES).to_owned();
-                let hops = usize::from(shape >> 4 & 3);
-                let chain = (0..hops)
-                    .map(|h| Hop {
-                        role_arn: c.pick(&ROLES).to_owned(),
-                        external_id: (c.byte() & 1 != 0).then(|| format!("ext-{h}")),
-                    })
-                    .collect::<Vec<_>>();
-                let duration_seconds = match shape >> 6 {
-                    0 | 1 => None,
-                    2 => Some(900),
-                    _ => Some(3600),
-                };
-                Binding {
-                    name: format!("b{i}"),
-                    service_account,
-                    role_arn,
-                    audience: (shape & 4 != 0).then(|| "sts.example.com".to_owned()),
-                    region: (shape & 8 != 0).then(|| "eu-west-1".to_owned()),
-                    containers: listed,
-                    session_tags: !chain.is_empty() && shape >> 6 != 1,
-                    chain,
-                    duration_seconds,
-                }
-            })
+            .map(|i| binding(&mut c, i, flags, pod_sa, &accounts, &containers))
             .collect();
-        Scenario { bindings, config }
+        // Config bits 64 and 128: the service account names no Google service account, or could
+        // not be read (a Google-source pod is then denied).
+        let account = match flags >> 6 {
+            0 => {
+                ServiceAccountState::WorkloadIdentity("app@project.iam.gserviceaccount.com".into())
+            }
+            1 => ServiceAccountState::NoWorkloadIdentity,
+            2 => ServiceAccountState::WorkloadIdentity("not-an-email".into()),
+            _ => ServiceAccountState::Missing,
+        };
+        Scenario {
+            bindings,
+            account,
+            config,
+        }
+    }
+}
+
+/// Binding `i` of a scenario, drawn from the next bytes.
+fn binding(
+    c: &mut Choices<'_>,
+    i: usize,
+    flags: u8,
+    pod_sa: &str,
+    accounts: &[&str],
+    containers: &[&str],
+) -> Binding {
+    let shape = c.byte();
+    let listed = (shape & 1 != 0).then(|| {
+        let mask = c.byte();
+        containers
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| mask & (1 << (j % 8)) != 0)
+            .map(|(_, n)| (*n).to_owned())
+            .collect()
+    });
+    let service_account = if shape & 2 != 0 {
+        pod_sa.to_owned()
+    } else {
+        c.pick(accounts).to_owned()
+    };
+    let role_arn = c.pick(&ROLES).to_owned();
+    let hops = usize::from(shape >> 4 & 3);
+    let chain = (0..hops)
+        .map(|h| Hop {
+            role_arn: c.pick(&ROLES).to_owned(),
+            external_id: (c.byte() & 1 != 0).then(|| format!("ext-{h}")),
+        })
+        .collect::<Vec<_>>();
+    let duration_seconds = match shape >> 6 {
+        0 | 1 => None,
+        2 => Some(900),
+        _ => Some(3600),
+    };
+    Binding {
+        name: format!("b{i}"),
+        service_account,
+        role_arn,
+        audience: (shape & 4 != 0).then(|| "sts.example.com".to_owned()),
+        region: (shape & 8 != 0).then(|| "eu-west-1".to_owned()),
+        containers: listed,
+        session_tags: !chain.is_empty() && shape >> 6 != 1,
+        chain,
+        duration_seconds,
+        // Config bit 16 turns the even-numbered bindings and bit 32 the odd ones to Kubernetes
+        // tokens, so inputs written before the field existed decode as they did.
+        token_source: if flags & (16 << (i % 2)) != 0 {
+            TokenSource::Kubernetes
+        } else {
+            TokenSource::Google
+        },
     }
 }
 
@@ -203,7 +238,11 @@ fn answer(body: &[u8], scenario: &Scenario) -> Option<Value> {
                 .map(|b| (r.namespace.clone(), b.clone()))
                 .collect();
             let bindings = store.bindings_for(&r.namespace, r.service_account());
-            let (bytes, _) = r.respond(bindings.as_deref().unwrap_or_default(), &scenario.config);
+            let (bytes, _) = r.respond(
+                bindings.as_deref().unwrap_or_default(),
+                &scenario.account,
+                &scenario.config,
+            );
             (bytes, Some(r.uid.as_str().to_owned()))
         }
     };

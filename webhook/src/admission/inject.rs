@@ -6,6 +6,10 @@
 //! [`Store`], as an admission, so the two can never drift. Documents without a pod template,
 //! and documents the mutation leaves alone, are copied through as the exact input text
 //! (comments and formatting included); only mutated documents are re-serialised.
+//!
+//! Google-source pods are pinned to the Google service account of their `ServiceAccount`,
+//! found in the manifests themselves or in the `--bindings` files; a pod whose service account
+//! is in neither is an error naming it, since an unpinned agent could act as the node.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -14,9 +18,9 @@ use serde::Deserialize as _;
 use serde_json::Value;
 
 use crate::admission::args::{FlagError, MutationArgs};
-use crate::admission::mutate::{self, Config, Outcome};
+use crate::admission::mutate::{self, Config, DenyReason, Outcome, ServiceAccountState};
 use crate::bindings::store::Store;
-use crate::domain::convert::{self, BindingError};
+use crate::domain::convert::{self, AccountDoc, BindingError};
 use crate::domain::pod::PodView;
 
 /// `rolebridge-webhook inject`.
@@ -30,7 +34,9 @@ pub struct InjectArgs {
         default_value = "-"
     )]
     pub filename: PathBuf,
-    /// YAML file(s) with the AWSRoleBindings to apply (other kinds in them are ignored).
+    /// YAML file(s) with the AWSRoleBindings to apply, and the ServiceAccounts whose Google
+    /// service account Google-source pods are pinned to (other kinds in them are ignored;
+    /// ServiceAccounts in the manifests count too).
     #[arg(
         long,
         env = "ROLEBRIDGE_INJECT_BINDINGS",
@@ -91,17 +97,20 @@ pub fn run(
 ) -> Result<Injected, RunError> {
     let config = args.mutation.config(None)?;
     let mut bindings = Vec::new();
+    let mut accounts = Vec::new();
     for path in &args.bindings {
         let text = read("--bindings", path)?;
-        let found = convert::bindings_from_yaml(&text, &args.namespace).map_err(|source| {
-            RunError::Bindings {
-                path: path.display().to_string(),
-                source,
-            }
-        })?;
-        bindings.extend(found);
+        let err = |source| RunError::Bindings {
+            path: path.display().to_string(),
+            source,
+        };
+        bindings.extend(convert::bindings_from_yaml(&text, &args.namespace).map_err(err)?);
+        accounts.extend(convert::service_accounts_from_yaml(&text, &args.namespace).map_err(err)?);
     }
     let bindings: Store = bindings.into_iter().collect();
+    for a in &accounts {
+        bindings.apply_account(&a.namespace, &a.name, a.google_service_account.as_deref());
+    }
     let input = if args.filename.as_os_str() == "-" {
         let mut s = String::new();
         stdin
@@ -190,6 +199,8 @@ fn template_path(kind: &str) -> Option<&'static [&'static str]> {
 /// The walk over one manifest stream: where it is, and what it found.
 struct Injector<'a> {
     bindings: &'a Store,
+    /// The manifests' own ServiceAccounts: they win over the bindings files' copies.
+    accounts: Vec<AccountDoc>,
     cfg: &'a Config,
     default_namespace: &'a str,
     document: usize,
@@ -247,19 +258,32 @@ impl Injector<'_> {
             object: label.to_owned(),
             message: format!("pod spec does not parse: {e}"),
         })?;
-        let bindings = self
-            .bindings
-            .bindings_for(namespace, view.service_account());
+        let sa = view.service_account();
+        let bindings = self.bindings.bindings_for(namespace, sa);
+        let account = match self
+            .accounts
+            .iter()
+            .find(|a| a.namespace == namespace && a.name == sa)
+        {
+            Some(a) => ServiceAccountState::of_annotation(a.google_service_account.as_deref()),
+            None => self.bindings.service_account(namespace, sa),
+        };
         let result = mutate::mutate(
             &view,
             namespace,
             bindings.as_deref().unwrap_or_default(),
+            &account,
             self.cfg,
         )
         .map_err(|d| InjectError::Denied {
             document: self.document,
             object: label.to_owned(),
-            message: d.message,
+            message: match d.reason {
+                DenyReason::ServiceAccountUnknown => format!(
+                    "rolebridge: ServiceAccount {namespace}/{sa} is neither in the manifests nor in a --bindings file, so inject cannot pin the Google service account the agent must act as (a binding of it uses tokenSource: Google), and an unpinned agent could act as the node's identity. Add the ServiceAccount, with its iam.gke.io/gcp-service-account annotation, to the manifests or to a --bindings file."
+                ),
+                _ => d.message,
+            },
         })?;
         for w in result.warnings {
             self.warnings.push(format!("{label}: {w}"));
@@ -288,8 +312,17 @@ pub fn inject(
     cfg: &Config,
     default_namespace: &str,
 ) -> Result<Injected, InjectError> {
+    let accounts =
+        convert::service_accounts_from_yaml(input, default_namespace).map_err(|e| match e {
+            BindingError::Yaml { document, message } => InjectError::Yaml { document, message },
+            other => InjectError::Yaml {
+                document: 0,
+                message: other.to_string(),
+            },
+        })?;
     let mut injector = Injector {
         bindings,
+        accounts,
         cfg,
         default_namespace,
         document: 0,

@@ -13,7 +13,9 @@ use json_patch::PatchOperation;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::admission::mutate::{self, Binding, Config, Denial, Mutation, Outcome, Skip};
+use crate::admission::mutate::{
+    self, Binding, Config, Denial, Mutation, Outcome, ServiceAccountState, Skip,
+};
 use crate::domain::pod::{PodView, Str};
 use crate::metrics::AdmissionOutcome;
 
@@ -298,10 +300,16 @@ impl PodReview<'_> {
             .map_or("", Str::as_str)
     }
 
-    /// Runs the mutation and writes the response body.
-    pub fn respond(&self, bindings: &[Binding], cfg: &Config) -> (Vec<u8>, Decision) {
+    /// Runs the mutation and writes the response body. `account` is what is known of the pod's
+    /// service account (see [`mutate::mutate`]).
+    pub fn respond(
+        &self,
+        bindings: &[Binding],
+        account: &ServiceAccountState,
+        cfg: &Config,
+    ) -> (Vec<u8>, Decision) {
         let uid = self.uid.as_str();
-        match mutate::mutate(&self.pod, &self.namespace, bindings, cfg) {
+        match mutate::mutate(&self.pod, &self.namespace, bindings, account, cfg) {
             Ok(Mutation {
                 outcome,
                 patch,

@@ -25,9 +25,9 @@ use super::store::{Group, Observed, Store};
 use super::watch::slim_resource;
 use super::work::{Feed, WorkQueue};
 use crate::domain::binding::Binding;
-use crate::domain::convert::binding_from_json;
+use crate::domain::convert::{AccountDoc, binding_from_json};
 use crate::domain::crd::{AWSRoleBinding, AWSRoleBindingStatus};
-use crate::domain::status::GSA_ANNOTATION;
+use crate::domain::status::{GSA_ANNOTATION, ServiceAccountState};
 use crate::metrics::Metrics;
 
 /// What the watches call: list and watch of every binding and (metadata only) every service
@@ -69,10 +69,20 @@ impl BindingCache {
         }
     }
 
-    /// A fixed set of bindings (`serve --bindings-file`, benchmarks): synced from the start.
-    pub fn fixed(metrics: Arc<Metrics>, bindings: Vec<(String, Binding)>) -> Self {
+    /// A fixed set of bindings and service accounts (`serve --bindings-file`, benchmarks):
+    /// synced from the start.
+    pub fn fixed(
+        metrics: Arc<Metrics>,
+        bindings: Vec<(String, Binding)>,
+        accounts: &[AccountDoc],
+    ) -> Self {
         let mut cache = Self::new(metrics, None);
         cache.store = bindings.into_iter().collect();
+        for a in accounts {
+            cache
+                .store
+                .apply_account(&a.namespace, &a.name, a.google_service_account.as_deref());
+        }
         cache.update_gauges();
         cache.synced.store(true, Ordering::Release);
         cache
@@ -117,6 +127,21 @@ impl BindingCache {
         let live = self.live.as_ref()?;
         live.bindings_for(namespace, service_account, &self.metrics)
             .await
+    }
+
+    /// What is known of a service account: the store's copy or, on a miss, a rate-limited live
+    /// read (it may have been created a moment before its pod); `Missing` if neither knows it.
+    pub async fn account_for(&self, namespace: &str, name: &str) -> ServiceAccountState {
+        let known = self.store.service_account(namespace, name);
+        if known != ServiceAccountState::Missing {
+            return known;
+        }
+        let Some(live) = &self.live else {
+            return known;
+        };
+        live.account(namespace, name, &self.metrics)
+            .await
+            .unwrap_or(known)
     }
 
     /// Starts the binding and service-account watches; they run until the process ends.
@@ -284,29 +309,87 @@ mod tests {
         }
     }
 
-    /// A fake API server: the namespace "fresh" has a binding the watch has not delivered.
+    /// A fake API server: the namespace "fresh" has a binding and a service account "app" the
+    /// watches have not delivered. Every read (of either kind) counts.
     fn source(calls: Arc<AtomicUsize>) -> LiveSource {
-        Arc::new(move |ns: String| {
-            let calls = calls.clone();
-            Box::pin(async move {
-                calls.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                Ok(if ns == "fresh" {
-                    vec![(ns, binding("new", "app"))]
-                } else {
-                    vec![]
+        let account_calls = calls.clone();
+        LiveSource {
+            bindings: Arc::new(move |ns: String| {
+                let calls = calls.clone();
+                Box::pin(async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Ok(if ns == "fresh" {
+                        vec![(ns, binding("new", "app"))]
+                    } else {
+                        vec![]
+                    })
                 })
-            })
-        })
+            }),
+            account: Arc::new(move |ns: String, name: String| {
+                let calls = account_calls.clone();
+                Box::pin(async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Ok(if ns == "fresh" && name == "app" {
+                        ServiceAccountState::WorkloadIdentity(
+                            "app@p.iam.gserviceaccount.com".into(),
+                        )
+                    } else {
+                        ServiceAccountState::Missing
+                    })
+                })
+            }),
+        }
+    }
+
+    /// A cache whose live reads go to [`source`], counted in `calls`.
+    fn live_cache(calls: &Arc<AtomicUsize>) -> Arc<BindingCache> {
+        Arc::new(BindingCache::new(
+            Arc::new(Metrics::new()),
+            Some((source(calls.clone()), LiveReadLimits::default())),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_service_account_created_just_before_its_pod_is_read_live_once() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let cache = live_cache(&calls);
+        let want = ServiceAccountState::WorkloadIdentity("app@p.iam.gserviceaccount.com".into());
+        // A burst of pods shares one live read.
+        let mut burst = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let cache = cache.clone();
+            burst.spawn(async move { cache.account_for("fresh", "app").await });
+        }
+        for found in burst.join_all().await {
+            assert_eq!(found, want);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            cache.account_for("fresh", "other").await,
+            ServiceAccountState::Missing
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // The watch's copy wins and costs no read.
+        cache.store.apply_account("ns", "known", None);
+        assert_eq!(
+            cache.account_for("ns", "known").await,
+            ServiceAccountState::NoWorkloadIdentity
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // Without live reads a miss is Missing.
+        let fixed = BindingCache::new(Arc::new(Metrics::new()), None);
+        assert_eq!(
+            fixed.account_for("fresh", "app").await,
+            ServiceAccountState::Missing
+        );
     }
 
     #[tokio::test]
     async fn binding_created_just_before_its_pod_is_honoured() {
         let calls = Arc::new(AtomicUsize::new(0));
-        let cache = Arc::new(BindingCache::new(
-            Arc::new(Metrics::new()),
-            Some((source(calls.clone()), LiveReadLimits::default())),
-        ));
+        let cache = live_cache(&calls);
         // A burst of pods (a Deployment scaling up) shares one live read.
         let lookups = (0..8).map(|_| {
             let cache = cache.clone();

@@ -1,17 +1,20 @@
 //! Live reads cover the watches' lag. A watch lags the API by a little: a binding applied in
 //! the same `kubectl apply` as its pod can be missing from the cache when the pod arrives, and
-//! the pod would start without credentials and never get them. On a miss the cache does a
-//! live, consistent LIST of that namespace's bindings, shared per namespace (concurrent misses
-//! wait for one request and reuse its result for `live_read_interval`) and bounded by a global
-//! token bucket, so a busy cluster without bindings costs at most a few cheap reads per second,
-//! never one per admission. A read's bindings are looked up the one way, in a [`Store`] of
-//! their own.
+//! the pod would start without credentials and never get them; a service account created a
+//! moment before its pod can be missing too, and a Google-source pod cannot be pinned without
+//! it. On a miss the cache does a live, consistent LIST of that namespace's bindings (or of
+//! that one service account), shared per key (concurrent misses wait for one request and reuse
+//! its result for `live_read_interval`) and bounded by one global token bucket, so a busy
+//! cluster without bindings costs at most a few cheap reads per second, never one per
+//! admission. A read's bindings are looked up the one way, in a [`Store`] of their own.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use tokio::sync::OnceCell;
 
@@ -20,6 +23,7 @@ use super::store::Store;
 use crate::domain::binding::Binding;
 use crate::domain::convert::binding_from_json;
 use crate::domain::crd::AWSRoleBinding;
+use crate::domain::status::{GSA_ANNOTATION, ServiceAccountState};
 use crate::metrics::Metrics;
 
 const LIVE_READ_TIMEOUT: Duration = Duration::from_secs(2);
@@ -32,19 +36,43 @@ pub(crate) const LIVE_READ: ApiAccess = ApiAccess {
     own_namespace: false,
 };
 
+/// What a live read of a service account calls: a list of one namespace's service accounts,
+/// selected by name (the watch's verb: no `get` to grant).
+pub(crate) const LIVE_ACCOUNT_READ: ApiAccess = ApiAccess {
+    group: "",
+    resource: "serviceaccounts",
+    verbs: &["list"],
+    own_namespace: false,
+};
+
 fn api_resource() -> ApiResource {
     ApiResource::erase::<AWSRoleBinding>(&())
 }
 
 /// Reads all bindings of one namespace straight from the API server.
-pub type LiveSource =
+pub type BindingsSource =
     Arc<dyn Fn(String) -> BoxFuture<'static, Result<Vec<(String, Binding)>, String>> + Send + Sync>;
+
+/// Reads one service account (namespace, name) straight from the API server: `Missing` when
+/// it does not exist.
+pub type AccountSource = Arc<
+    dyn Fn(String, String) -> BoxFuture<'static, Result<ServiceAccountState, String>> + Send + Sync,
+>;
+
+/// Where live reads go.
+#[derive(Clone)]
+pub struct LiveSource {
+    pub bindings: BindingsSource,
+    pub account: AccountSource,
+}
 
 /// A live source backed by the API server.
 pub fn api_live_source(client: kube::Client) -> LiveSource {
     let ar = api_resource();
-    Arc::new(move |namespace: String| {
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &ar);
+    let bindings_client = client.clone();
+    let bindings: BindingsSource = Arc::new(move |namespace: String| {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(bindings_client.clone(), &namespace, &ar);
         Box::pin(async move {
             // No resourceVersion: a consistent read, not the API server's possibly stale cache.
             let list = api
@@ -53,14 +81,39 @@ pub fn api_live_source(client: kube::Client) -> LiveSource {
                 .map_err(|e| e.to_string())?;
             Ok(bindings_from_list(list.items.iter()).0)
         })
-    })
+    });
+    let account: AccountSource = Arc::new(move |namespace: String, name: String| {
+        let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
+        Box::pin(async move {
+            let selector = format!("metadata.name={name}");
+            let list = api
+                .list_metadata(&ListParams::default().fields(&selector))
+                .await
+                .map_err(|e| e.to_string())?;
+            let found = list
+                .items
+                .iter()
+                .find(|sa| sa.metadata.name.as_deref() == Some(name.as_str()));
+            Ok(match found {
+                None => ServiceAccountState::Missing,
+                Some(sa) => ServiceAccountState::of_annotation(
+                    sa.metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(GSA_ANNOTATION))
+                        .map(String::as_str),
+                ),
+            })
+        })
+    });
+    LiveSource { bindings, account }
 }
 
 /// Limits for live reads.
 #[derive(Debug, Clone, Copy)]
 pub struct LiveReadLimits {
-    /// How long one namespace's live result is reused, and the least time between two live
-    /// reads of the same namespace.
+    /// How long one namespace's (or service account's) live result is reused, and the least
+    /// time between two live reads of the same one.
     pub interval: Duration,
     /// Sustained live reads per second across all namespaces.
     pub per_second: f64,
@@ -77,16 +130,18 @@ impl Default for LiveReadLimits {
     }
 }
 
-/// A namespace's bindings as one live read found them, looked up like the cache itself.
-type LiveResult = Arc<Store>;
-/// When a namespace was read, and the (possibly still pending) result shared by its misses.
-type LiveEntry = (Instant, Arc<OnceCell<Option<LiveResult>>>);
+/// When a key was read, and the (possibly still pending) result shared by its misses.
+type LiveEntry<T> = (Instant, Arc<OnceCell<Option<Arc<T>>>>);
+type Recent<T> = Mutex<HashMap<String, LiveEntry<T>>>;
 
-/// Live reads on cache misses: shared per namespace, bounded by a token bucket.
+/// Live reads on cache misses: shared per key, bounded by one token bucket.
 pub(crate) struct LiveReads {
     source: LiveSource,
     limits: LiveReadLimits,
-    recent: Mutex<HashMap<String, LiveEntry>>,
+    /// A namespace's bindings as one live read found them, looked up like the cache itself.
+    bindings: Recent<Store>,
+    /// Service accounts by `namespace/name`.
+    accounts: Recent<ServiceAccountState>,
     bucket: Mutex<(f64, Instant)>,
 }
 
@@ -95,7 +150,8 @@ impl LiveReads {
         LiveReads {
             source,
             limits,
-            recent: Mutex::new(HashMap::new()),
+            bindings: Mutex::new(HashMap::new()),
+            accounts: Mutex::new(HashMap::new()),
             bucket: Mutex::new((limits.burst, Instant::now())),
         }
     }
@@ -108,10 +164,58 @@ impl LiveReads {
         service_account: &str,
         metrics: &Metrics,
     ) -> Option<Arc<[Binding]>> {
+        let source = &self.source.bindings;
+        let result = self
+            .shared(&self.bindings, namespace, metrics, || async move {
+                let bindings = source(namespace.to_owned()).await?;
+                Ok(bindings.into_iter().collect::<Store>())
+            })
+            .await?;
+        let found = result.bindings_for(namespace, service_account)?;
+        tracing::info!(
+            namespace,
+            service_account,
+            "binding found by live read before the watch delivered it"
+        );
+        Some(found)
+    }
+
+    /// A service account as a live read finds it; `None` when no read could be made.
+    pub(crate) async fn account(
+        &self,
+        namespace: &str,
+        name: &str,
+        metrics: &Metrics,
+    ) -> Option<ServiceAccountState> {
+        let key = format!("{namespace}/{name}");
+        let read = || (self.source.account)(namespace.to_owned(), name.to_owned());
+        let state = self.shared(&self.accounts, &key, metrics, read).await?;
+        if *state != ServiceAccountState::Missing {
+            tracing::info!(
+                namespace,
+                service_account = name,
+                "service account found by live read before the watch delivered it"
+            );
+        }
+        Some((*state).clone())
+    }
+
+    /// The result for `key`: a read in progress or still fresh, or a new `read` if the bucket
+    /// allows (only then is it called).
+    async fn shared<T, F>(
+        &self,
+        recent: &Recent<T>,
+        key: &str,
+        metrics: &Metrics,
+        read: impl FnOnce() -> F,
+    ) -> Option<Arc<T>>
+    where
+        F: Future<Output = Result<T, String>>,
+    {
         let cell = {
-            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            let mut recent = recent.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
-            match recent.get(namespace) {
+            match recent.get(key) {
                 Some((at, cell)) if now.duration_since(*at) < self.limits.interval => cell.clone(),
                 _ => {
                     if !self.take_token() {
@@ -120,39 +224,31 @@ impl LiveReads {
                     }
                     recent.retain(|_, (at, _)| now.duration_since(*at) < self.limits.interval);
                     let cell = Arc::new(OnceCell::new());
-                    recent.insert(namespace.to_owned(), (now, cell.clone()));
+                    recent.insert(key.to_owned(), (now, cell.clone()));
                     cell
                 }
             }
         };
-        let result = cell
-            .get_or_init(|| async {
-                let read = (self.source)(namespace.to_owned());
-                match tokio::time::timeout(LIVE_READ_TIMEOUT, read).await {
-                    Ok(Ok(bindings)) => {
-                        Metrics::result(&metrics.live_reads, true);
-                        Some(Arc::new(bindings.into_iter().collect()))
-                    }
-                    Ok(Err(error)) => {
-                        tracing::warn!(namespace, %error, "live read of bindings failed");
-                        Metrics::result(&metrics.live_reads, false);
-                        None
-                    }
-                    Err(_) => {
-                        tracing::warn!(namespace, "live read of bindings timed out");
-                        Metrics::result(&metrics.live_reads, false);
-                        None
-                    }
+        cell.get_or_init(|| async {
+            match tokio::time::timeout(LIVE_READ_TIMEOUT, read()).await {
+                Ok(Ok(found)) => {
+                    Metrics::result(&metrics.live_reads, true);
+                    Some(Arc::new(found))
                 }
-            })
-            .await;
-        let found = result.as_ref()?.bindings_for(namespace, service_account)?;
-        tracing::info!(
-            namespace,
-            service_account,
-            "binding found by live read before the watch delivered it"
-        );
-        Some(found)
+                Ok(Err(error)) => {
+                    tracing::warn!(key, %error, "live read failed");
+                    Metrics::result(&metrics.live_reads, false);
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(key, "live read timed out");
+                    Metrics::result(&metrics.live_reads, false);
+                    None
+                }
+            }
+        })
+        .await
+        .clone()
     }
 
     fn take_token(&self) -> bool {

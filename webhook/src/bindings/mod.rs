@@ -3,14 +3,18 @@
 //! - [`store`]: bindings and service accounts, packed; the one lookup by (namespace, service
 //!   account).
 //! - [`cache`]: the watches that feed the store; what admissions and the status controller ask.
-//! - [`live`]: rate-limited live reads on a cache miss, covering the watches' lag.
+//! - [`live`]: rate-limited live reads on a cache miss (bindings, or the service account a
+//!   Google-source pod is pinned to), covering the watches' lag.
 //! - [`work`]: the queue of binding groups whose status may have changed.
 //! - [`watch`]: watches that relist at once on `410 Gone` and back off briefly otherwise.
 //! - [`status_controller`]: recomputes and writes the status of the bindings a change touched.
+//! - [`issuer`]: the cluster's service account issuer (flag, or discovered), for the status of
+//!   `tokenSource: Kubernetes` bindings.
 //! - [`lease`]: the election of the one replica that writes status.
 //! - [`nodes`]: the lowest kubelet version among the nodes, for `--sidecar-mode auto`.
 
 pub mod cache;
+pub(crate) mod issuer;
 pub mod lease;
 pub mod live;
 pub mod nodes;
@@ -36,6 +40,21 @@ pub(crate) struct ApiAccess {
     pub own_namespace: bool,
 }
 
+/// A non-resource URL the webhook calls on the API server, and the verbs it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NonResourceAccess {
+    pub url: &'static str,
+    pub verbs: &'static [&'static str],
+    /// The default ClusterRole (bound by Kubernetes itself) that already grants it, if any.
+    pub granted_by: Option<&'static str>,
+}
+
+/// The non-resource URLs the webhook calls, as `rbac --json` prints them (`nonResourceURLs`).
+pub fn rbac_non_resource() -> Vec<NonResourceAccess> {
+    vec![issuer::DISCOVERY]
+}
+
 /// One RBAC rule the webhook needs, as `rolebridge-webhook rbac --json` prints it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -57,6 +76,7 @@ pub fn rbac_rules() -> Vec<RbacRule> {
         .iter()
         .chain([
             &live::LIVE_READ,
+            &live::LIVE_ACCOUNT_READ,
             &status_controller::STATUS_WRITE,
             &lease::LEASE_ACCESS,
         ])

@@ -24,6 +24,7 @@ use kube::api::{Api, Patch, PatchParams};
 
 use super::ApiAccess;
 use crate::bindings::cache::{BindingCache, WatchedBinding};
+use crate::bindings::issuer::Issuer;
 use crate::bindings::lease::Leadership;
 use crate::bindings::store::{Group, GroupState, Seen, fingerprint};
 use crate::domain::crd::{AWSRoleBinding, AWSRoleBindingStatus};
@@ -49,6 +50,11 @@ pub struct StatusArgs {
     /// Binding status writes in flight at once.
     #[arg(long, env = "ROLEBRIDGE_STATUS_CONCURRENCY", default_value_t = 8)]
     pub status_concurrency: usize,
+    /// The cluster's service account issuer (the `iss` AWS sees from `tokenSource: Kubernetes`
+    /// pods), named in those bindings' Ready message. Unset: discovered from the API server's
+    /// `/.well-known/openid-configuration`.
+    #[arg(long, env = "ROLEBRIDGE_ISSUER")]
+    pub issuer: Option<String>,
 }
 
 /// A status to write.
@@ -68,8 +74,16 @@ fn now() -> String {
         .unwrap_or_default()
 }
 
+/// What a status computation takes besides the group: the time of a transition, and the
+/// cluster's service account issuer when it is known.
+#[derive(Debug, Clone, Copy)]
+struct Inputs<'a> {
+    now: &'a str,
+    issuer: Option<&'a str>,
+}
+
 /// The status of every binding of a group, and which of them need a write.
-fn status_writes(group: &GroupState, now: &str) -> Vec<StatusWrite> {
+fn status_writes(group: &GroupState, inputs: Inputs<'_>) -> Vec<StatusWrite> {
     let current: Vec<Option<AWSRoleBindingStatus>> =
         group.members.iter().map(|m| m.seen.as_status()).collect();
     let states: Vec<BindingState<'_>> = group
@@ -84,7 +98,12 @@ fn status_writes(group: &GroupState, now: &str) -> Vec<StatusWrite> {
             current: c.as_ref(),
         })
         .collect();
-    let wanted = status::desired(&states, |_, _| group.account.clone(), now);
+    let wanted = status::desired(
+        &states,
+        |_, _| group.account.clone(),
+        inputs.issuer,
+        inputs.now,
+    );
     group
         .members
         .iter()
@@ -129,6 +148,8 @@ pub async fn run(
         }
         changed.await;
     }
+    let issuer = Arc::new(Issuer::new(args.issuer.clone()));
+    issuer.follow(client.clone(), cache.clone()).await;
     let retries = Arc::new(Mutex::new(HashMap::new()));
     for _ in 0..args.status_concurrency.max(1) {
         tokio::spawn(worker(
@@ -137,6 +158,7 @@ pub async fn run(
             metrics.clone(),
             leadership.clone(),
             retries.clone(),
+            issuer.clone(),
         ));
     }
     loop {
@@ -168,6 +190,7 @@ async fn worker(
     metrics: Arc<Metrics>,
     leadership: Leadership,
     retries: Retries,
+    issuer: Arc<Issuer>,
 ) {
     let mut written = 0;
     loop {
@@ -190,6 +213,11 @@ async fn worker(
             continue;
         }
         let now = now();
+        let issuer = issuer.get();
+        let inputs = Inputs {
+            now: &now,
+            issuer: issuer.as_deref(),
+        };
         for group in &groups {
             written += process(
                 &client,
@@ -198,7 +226,7 @@ async fn worker(
                 &leadership,
                 &retries,
                 group.clone(),
-                &now,
+                inputs,
             )
             .await;
         }
@@ -217,7 +245,7 @@ async fn process(
     leadership: &Leadership,
     retries: &Retries,
     group: Group,
-    now: &str,
+    inputs: Inputs<'_>,
 ) -> usize {
     let Some(state) = cache.store().group(&group) else {
         return 0;
@@ -231,7 +259,7 @@ async fn process(
     let api: Api<WatchedBinding> = Api::namespaced(client.clone(), &state.namespace);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut written = 0;
-    for p in status_writes(&state, now) {
+    for p in status_writes(&state, inputs) {
         cache
             .store()
             .record_status(&state.namespace, &p.name, service_account, None, p.conflict);
@@ -313,6 +341,10 @@ mod tests {
         }
     }
 
+    fn at(now: &str) -> Inputs<'_> {
+        Inputs { now, issuer: None }
+    }
+
     #[test]
     fn only_what_differs_from_the_api_server_is_written() {
         let group = GroupState {
@@ -320,7 +352,7 @@ mod tests {
             members: vec![member("a", Seen::default())],
             account: ServiceAccountState::WorkloadIdentity("g@p.iam.gserviceaccount.com".into()),
         };
-        let first = status_writes(&group, "2026-11-22T10:00:00Z");
+        let first = status_writes(&group, at("2026-11-22T10:00:00Z"));
         assert!(first[0].write);
         assert!(!first[0].conflict);
         // The API server now holds exactly that: nothing to write, even later.
@@ -328,7 +360,7 @@ mod tests {
             members: vec![member("a", Seen::of(Some(&first[0].status)))],
             ..group.clone()
         };
-        let again = status_writes(&held, "2026-11-22T11:00:00Z");
+        let again = status_writes(&held, at("2026-11-22T11:00:00Z"));
         assert!(!again[0].write, "{again:?}");
         assert_eq!(again[0].status, first[0].status);
         // A second binding of the same service account: both conflict, both are written.
@@ -339,7 +371,7 @@ mod tests {
             ],
             ..group
         };
-        let both = status_writes(&tie, "2026-11-22T12:00:00Z");
+        let both = status_writes(&tie, at("2026-11-22T12:00:00Z"));
         assert!(both.iter().all(|p| p.write && p.conflict), "{both:?}");
         // The transition time moves with the Ready flip only.
         assert_eq!(

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 
-use crate::domain::binding::{Binding, Hop};
+use crate::domain::binding::{Binding, Hop, TokenSource};
 use crate::domain::crd::AWSRoleBindingStatus;
 use crate::domain::status::{READY, ServiceAccountState};
 
@@ -97,6 +97,8 @@ const AUDIENCE: u8 = 1;
 const REGION: u8 = 2;
 const CONTAINERS: u8 = 4;
 const SESSION_TAGS: u8 = 8;
+/// `tokenSource: Kubernetes` (absent: Google).
+const KUBERNETES: u8 = 16;
 
 /// One binding: its strings concatenated in `text`, their lengths in `lens` (the first four
 /// inline, any further ones in `more`), in this order: service account, name, role,
@@ -156,6 +158,9 @@ impl Entry {
         }
         if b.session_tags {
             flags |= SESSION_TAGS;
+        }
+        if b.token_source == TokenSource::Kubernetes {
+            flags |= KUBERNETES;
         }
         let mut external_ids = 0;
         let hops = b.chain.len().min(8);
@@ -241,6 +246,11 @@ impl Entry {
             chain,
             duration_seconds: self.duration.map(std::num::NonZeroU32::get),
             session_tags: self.flags & SESSION_TAGS != 0,
+            token_source: if self.flags & KUBERNETES != 0 {
+                TokenSource::Kubernetes
+            } else {
+                TokenSource::Google
+            },
         }
     }
 
@@ -515,6 +525,17 @@ impl Store {
         let inner = self.read();
         let group = inner.namespaces.get(namespace)?.group(service_account);
         (!group.is_empty()).then(|| group.iter().map(Entry::unpack).collect())
+    }
+
+    /// What the store knows of a service account: its Workload Identity annotation, or
+    /// `Missing` when it holds none by that name (not watched yet, or no such account).
+    pub fn service_account(&self, namespace: &str, name: &str) -> ServiceAccountState {
+        let inner = self.read();
+        inner
+            .namespaces
+            .get(namespace)
+            .and_then(|ns| ns.account(name))
+            .map_or(ServiceAccountState::Missing, Account::state)
     }
 
     /// Adds or replaces a binding; returns the groups whose status may have changed.
@@ -957,6 +978,7 @@ mod tests {
             ],
             duration_seconds: Some(900),
             session_tags: true,
+            token_source: TokenSource::Kubernetes,
         };
         for b in [full, binding("plain", "sa"), Binding::default()] {
             assert_eq!(Entry::pack(&b, 1, Seen::default(), 0).unpack(), b);

@@ -7,12 +7,46 @@
 
 pub use rolebridge_contract::Hop;
 
+/// Which web identity token the pods of a binding present to STS (`spec.tokenSource`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub enum TokenSource {
+    /// A Google ID token of the service account's Google service account, from the GKE metadata
+    /// server (GKE Workload Identity), kept fresh by the injected agent.
+    #[default]
+    Google,
+    /// The pod's own Kubernetes service account token, projected by the kubelet (which rotates
+    /// it) with the binding's audience; AWS trusts the cluster's service account issuer.
+    Kubernetes,
+}
+
+impl TokenSource {
+    /// As `spec.tokenSource` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenSource::Google => "Google",
+            TokenSource::Kubernetes => "Kubernetes",
+        }
+    }
+}
+
 /// A binding as the mutation sees it: already validated, namespace implied by the lookup.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Binding {
     pub name: String,
     pub service_account: String,
-    /// The identity role: `AssumeRoleWithWebIdentity` with the pod's Google ID token.
+    /// The identity role: `AssumeRoleWithWebIdentity` with the pod's web identity token.
     pub role_arn: String,
     pub audience: Option<String>,
     pub region: Option<String>,
@@ -24,6 +58,8 @@ pub struct Binding {
     /// Pod identity as session tags on every `AssumeRole` hop (resolved: the spec's default is
     /// "on when a chain is set").
     pub session_tags: bool,
+    /// Which token the web identity hop presents.
+    pub token_source: TokenSource,
 }
 
 /// How a binding's credentials reach the app containers. Closed on purpose: every rule that
@@ -32,7 +68,7 @@ pub struct Binding {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Delivery {
     /// `AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE`: the app's SDK calls STS itself with a
-    /// token file the agent keeps fresh.
+    /// token file the agent keeps fresh (Google), or the kubelet projects (Kubernetes).
     WebIdentity,
     /// `AWS_CONTAINER_CREDENTIALS_FULL_URI` + `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`: the agent
     /// obtains the credentials (role chain, session duration, tags) and serves them on loopback.

@@ -10,6 +10,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::domain::binding::TokenSource;
+
 /// Pattern for `spec.roleArn`, enforced by the API server (RE2 syntax) and mirrored by
 /// [`validate_role_arn`]. Partition, 12-digit account, optional IAM path, role name.
 pub const ROLE_ARN_PATTERN: &str =
@@ -58,6 +60,16 @@ fn duration_seconds_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schem
     })
 }
 
+/// `spec.tokenSource`: an enum the API server validates, defaulted to `Google` so that every
+/// stored binding says which token its pods present (`kubectl get arb -o wide` shows it).
+fn token_source_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": [TokenSource::Google.as_str(), TokenSource::Kubernetes.as_str()],
+        "default": TokenSource::Google.as_str(),
+    })
+}
+
 fn session_tags_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({"type": "boolean"})
 }
@@ -78,9 +90,10 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ChainHop>
 
 /// Binds a Kubernetes service account to an AWS IAM role.
 ///
-/// Pods in this namespace that run as `serviceAccountName` get an agent that keeps a Google ID
-/// token fresh, plus `AWS_ROLE_ARN` and `AWS_WEB_IDENTITY_TOKEN_FILE`, so AWS SDKs assume
-/// `roleArn` through STS AssumeRoleWithWebIdentity without any static key. With a `chain` or a
+/// Pods in this namespace that run as `serviceAccountName` get a web identity token file (a
+/// Google ID token an injected agent keeps fresh, or with `tokenSource: Kubernetes` their own
+/// projected service account token), plus `AWS_ROLE_ARN` and `AWS_WEB_IDENTITY_TOKEN_FILE`, so
+/// AWS SDKs assume `roleArn` through STS AssumeRoleWithWebIdentity without any static key. With a `chain` or a
 /// `durationSeconds` the agent obtains the credentials itself (web identity into `roleArn`,
 /// then `sts:AssumeRole` through each hop) and serves them on the pod's loopback through the
 /// AWS container credentials protocol (`AWS_CONTAINER_CREDENTIALS_FULL_URI`).
@@ -93,13 +106,14 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ChainHop>
     singular = "awsrolebinding",
     shortname = "arb",
     namespaced,
-    doc = "AWSRoleBinding lets the pods of one Kubernetes service account assume an AWS IAM role with a Google ID token from GKE Workload Identity, without static AWS keys.",
+    doc = "AWSRoleBinding lets the pods of one Kubernetes service account assume an AWS IAM role with a Google ID token from GKE Workload Identity or their Kubernetes service account token, without static AWS keys.",
     status = "AWSRoleBindingStatus",
     printcolumn = r#"{"name":"ServiceAccount","type":"string","jsonPath":".spec.serviceAccountName"}"#,
     printcolumn = r#"{"name":"Role","type":"string","description":"The role pods act as (the chain's last role, else roleArn)","jsonPath":".status.roleArn"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
-    printcolumn = r#"{"name":"IdentityRole","type":"string","priority":1,"description":"The role assumed with the pod's Google ID token","jsonPath":".spec.roleArn"}"#,
+    printcolumn = r#"{"name":"IdentityRole","type":"string","priority":1,"description":"The role assumed with the pod's web identity token","jsonPath":".spec.roleArn"}"#,
+    printcolumn = r#"{"name":"Source","type":"string","priority":1,"description":"The web identity token pods present: Google or Kubernetes","jsonPath":".spec.tokenSource"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -109,9 +123,10 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ChainHop>
 }]))]
 pub struct AWSRoleBindingSpec {
     /// Name of the Kubernetes service account (in this binding's namespace) whose pods may
-    /// assume the role. The service account should carry the GKE Workload Identity annotation
-    /// `iam.gke.io/gcp-service-account`; the Google service account it names is the identity
-    /// AWS trusts.
+    /// assume the role. With `tokenSource: Google` the service account must carry the GKE
+    /// Workload Identity annotation `iam.gke.io/gcp-service-account`; the Google service account
+    /// it names is the identity AWS trusts. With `tokenSource: Kubernetes` AWS trusts
+    /// `system:serviceaccount:<namespace>:<serviceAccountName>` itself.
     #[schemars(
         length(min = 1, max = 253),
         regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -121,13 +136,14 @@ pub struct AWSRoleBindingSpec {
     /// ARN of the AWS IAM role to assume, e.g. `arn:aws:iam::123456789012:role/s3-reader`.
     /// Partitions aws, aws-cn and aws-us-gov. The role's trust policy must trust
     /// `accounts.google.com` for this Google service account (`rolebridge-agent trust-policy`
-    /// prints one).
+    /// prints one), or with `tokenSource: Kubernetes` the cluster's service account issuer.
     #[schemars(schema_with = "role_arn_schema")]
     pub role_arn: String,
 
-    /// Audience (`aud`) of the Google ID token the agent requests; it must match the
-    /// `accounts.google.com:oaud` condition of the role's trust policy. Defaults to the
-    /// webhook's `--default-audience` (itself `sts.amazonaws.com` by default).
+    /// Audience (`aud`) of the web identity token (the Google ID token the agent requests, or the
+    /// projected Kubernetes token); it must match the audience condition of the role's trust
+    /// policy (`accounts.google.com:oaud`, or `<issuer>:aud`). Defaults to the webhook's
+    /// `--default-audience` (itself `sts.amazonaws.com` by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub audience: Option<String>,
@@ -173,6 +189,22 @@ pub struct AWSRoleBindingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "session_tags_schema")]
     pub session_tags: Option<bool>,
+
+    /// Which web identity token pods present to STS `AssumeRoleWithWebIdentity`:
+    ///
+    /// - `Google` (the default): a Google ID token of the Google service account that the
+    ///   service account's `iam.gke.io/gcp-service-account` annotation names, from the GKE
+    ///   metadata server (GKE Workload Identity). The injected agent keeps it fresh and refuses a
+    ///   token of any other account. The role's trust policy trusts `accounts.google.com`.
+    ///   Pods on the host network are denied (they would reach the node's identity).
+    /// - `Kubernetes`: the pod's own Kubernetes service account token for `audience`
+    ///   (`sub` = `system:serviceaccount:<namespace>:<serviceAccountName>`), projected and
+    ///   rotated by the kubelet. No Google service account is involved; the role's trust policy
+    ///   trusts the cluster's service account issuer as an IAM OIDC provider. Without `chain`
+    ///   and `durationSeconds` no agent is injected at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "token_source_schema")]
+    pub token_source: Option<TokenSource>,
 }
 
 /// One `sts:AssumeRole` hop of a role chain.
@@ -205,8 +237,9 @@ pub struct ContainerName(
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AWSRoleBindingStatus {
-    /// `Ready` is True when the binding is valid, unambiguous and its service account is set up
-    /// for GKE Workload Identity. Reasons when False: `Conflict`, `InvalidSpec`,
+    /// `Ready` is True when the binding is valid, unambiguous and its service account exists
+    /// (and, for `tokenSource: Google`, is set up for GKE Workload Identity); its message says
+    /// which identity AWS sees. Reasons when False: `Conflict`, `InvalidSpec`,
     /// `ServiceAccountNotFound`, `WorkloadIdentityNotConfigured`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
@@ -505,6 +538,7 @@ mod tests {
             chain: Vec::new(),
             duration_seconds: None,
             session_tags: None,
+            token_source: None,
         };
         let v = serde_json::to_value(&spec).unwrap();
         assert_eq!(

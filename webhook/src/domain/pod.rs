@@ -9,9 +9,11 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::marker::PhantomData;
 
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 /// The prefix of every annotation rolebridge reads or writes.
 pub(crate) const ANNOTATION_PREFIX: &str = "rolebridge.io/";
@@ -97,45 +99,85 @@ pub struct OwnerRefView<'a> {
     pub kind: Str<'a>,
 }
 
-/// Only the `rolebridge.io/` annotations, which is all the mutation reads; the rest (often
-/// large, like `kubectl.kubernetes.io/last-applied-configuration`) is skipped unparsed.
-#[derive(Debug, Default)]
-pub struct Annotations<'a> {
-    pub ours: Vec<(Str<'a>, Str<'a>)>,
+/// Which entries of a map of strings a view keeps; the others are skipped unparsed.
+pub trait Keep {
+    /// What the map is, for serde's errors.
+    const WHAT: &'static str;
+    fn keep(key: &str) -> bool;
 }
 
-impl Annotations<'_> {
+/// The entries of a map of strings that `K` keeps, borrowed where JSON escaping allows.
+pub struct Kept<'a, K> {
+    pub entries: Vec<(Str<'a>, Str<'a>)>,
+    keep: PhantomData<K>,
+}
+
+impl<K> Default for Kept<'_, K> {
+    fn default() -> Self {
+        Kept {
+            entries: Vec::new(),
+            keep: PhantomData,
+        }
+    }
+}
+
+impl<K> fmt::Debug for Kept<'_, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.entries.iter().map(|(k, v)| (k, v)))
+            .finish()
+    }
+}
+
+impl<K> Kept<'_, K> {
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.ours
+        self.entries
             .iter()
             .find(|(k, _)| k.as_str() == key)
             .map(|(_, v)| v.as_str())
     }
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for Annotations<'a> {
+impl<'de: 'a, 'a, K: Keep> Deserialize<'de> for Kept<'a, K> {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Annotations<'de>;
+        struct V<K>(PhantomData<K>);
+        impl<'de, K: Keep> Visitor<'de> for V<K> {
+            type Value = Kept<'de, K>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map of annotations")
+                f.write_str(K::WHAT)
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut ours = Vec::new();
+                let mut entries = Vec::new();
                 while let Some(key) = map.next_key::<Str<'de>>()? {
-                    if key.as_str().starts_with(ANNOTATION_PREFIX) {
-                        ours.push((key, map.next_value::<Str<'de>>()?));
+                    if K::keep(key.as_str()) {
+                        entries.push((key, map.next_value::<Str<'de>>()?));
                     } else {
                         map.next_value::<IgnoredAny>()?;
                     }
                 }
-                Ok(Annotations { ours })
+                Ok(Kept {
+                    entries,
+                    keep: PhantomData,
+                })
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(V(PhantomData))
     }
 }
+
+/// The `rolebridge.io/` annotations.
+pub struct Ours;
+
+impl Keep for Ours {
+    const WHAT: &'static str = "a map of annotations";
+    fn keep(key: &str) -> bool {
+        key.starts_with(ANNOTATION_PREFIX)
+    }
+}
+
+/// Only the `rolebridge.io/` annotations, which is all the mutation reads; the rest (often
+/// large, like `kubectl.kubernetes.io/last-applied-configuration`) is skipped unparsed.
+pub type Annotations<'a> = Kept<'a, Ours>;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
@@ -154,7 +196,29 @@ pub struct SpecView<'a> {
     #[serde(borrow)]
     pub os: Option<OsView<'a>>,
     pub host_network: Option<bool>,
+    /// Only its `kubernetes.io/os` entry (the rest is skipped unparsed).
+    #[serde(borrow)]
+    pub node_selector: Option<NodeSelectorView<'a>>,
+    /// Kept as raw text, borrowed: read ([`PodView::is_windows`]) only for a pod with bindings.
+    #[serde(borrow)]
+    pub affinity: Option<&'a RawValue>,
 }
+
+/// The label nodes carry with their operating system.
+pub(crate) const OS_LABEL: &str = "kubernetes.io/os";
+
+/// The [`OS_LABEL`] entry of a node selector.
+pub struct OsLabel;
+
+impl Keep for OsLabel {
+    const WHAT: &'static str = "a node selector map";
+    fn keep(key: &str) -> bool {
+        key == OS_LABEL
+    }
+}
+
+/// `spec.nodeSelector`, reduced to the [`OS_LABEL`] entry.
+pub type NodeSelectorView<'a> = Kept<'a, OsLabel>;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -168,6 +232,9 @@ pub struct OsView<'a> {
 pub struct NamedView<'a> {
     #[serde(borrow)]
     pub name: Str<'a>,
+    /// A projected volume's definition as raw text, borrowed: rolebridge reads its own only.
+    #[serde(borrow)]
+    pub projected: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -183,6 +250,12 @@ pub struct ContainerView<'a> {
     pub volume_mounts: Option<Vec<MountView<'a>>>,
     #[serde(borrow)]
     pub ports: Option<Vec<PortView<'a>>>,
+    /// `Always` on an init container makes it a native sidecar.
+    #[serde(borrow)]
+    pub restart_policy: Option<Str<'a>>,
+    /// Raw text, borrowed: read for the mesh proxy and rolebridge's own agent only.
+    #[serde(borrow)]
+    pub security_context: Option<&'a RawValue>,
 }
 
 /// A declared container port (`ports[]`): the API server has decoded the pod before any webhook
@@ -233,6 +306,96 @@ impl<'a> PodView<'a> {
 
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.metadata.annotations.as_ref()?.get(key)
+    }
+}
+
+/// What the operating system checks read of `spec.affinity`: the required node affinity's
+/// terms and their match expressions.
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct AffinityView<'a> {
+    #[serde(borrow)]
+    node_affinity: Option<NodeAffinityView<'a>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct NodeAffinityView<'a> {
+    #[serde(borrow)]
+    required_during_scheduling_ignored_during_execution: Option<TermsView<'a>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct TermsView<'a> {
+    #[serde(borrow)]
+    node_selector_terms: Option<Vec<TermView<'a>>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct TermView<'a> {
+    #[serde(borrow)]
+    match_expressions: Option<Vec<ExpressionView<'a>>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct ExpressionView<'a> {
+    #[serde(borrow)]
+    key: Str<'a>,
+    #[serde(borrow)]
+    operator: Str<'a>,
+    #[serde(borrow)]
+    values: Option<Vec<Str<'a>>>,
+}
+
+impl TermView<'_> {
+    /// The term only matches Windows nodes: one of its expressions is `kubernetes.io/os In`
+    /// with Windows as its only value.
+    fn windows_only(&self) -> bool {
+        self.match_expressions.iter().flatten().any(|e| {
+            e.key.as_str() == OS_LABEL
+                && e.operator.as_str() == "In"
+                && e.values
+                    .as_deref()
+                    .is_some_and(|v| !v.is_empty() && v.iter().all(|x| x.as_str() == WINDOWS))
+        })
+    }
+}
+
+const WINDOWS: &str = "windows";
+
+impl PodView<'_> {
+    /// The pod can only run on Windows nodes: `spec.os.name`, a `kubernetes.io/os` node
+    /// selector, or a required node affinity whose every term asks for Windows only.
+    pub fn is_windows(&self) -> bool {
+        let spec = &self.spec;
+        if spec
+            .os
+            .as_ref()
+            .is_some_and(|os| os.name.as_str() == WINDOWS)
+            || spec
+                .node_selector
+                .as_ref()
+                .and_then(|n| n.get(OS_LABEL))
+                .is_some_and(|os| os == WINDOWS)
+        {
+            return true;
+        }
+        let Some(raw) = spec.affinity else {
+            return false;
+        };
+        // The API server has validated it; anything unreadable is not a Windows requirement.
+        let Ok(affinity) = serde_json::from_str::<AffinityView<'_>>(raw.get()) else {
+            return false;
+        };
+        let terms = affinity
+            .node_affinity
+            .and_then(|n| n.required_during_scheduling_ignored_during_execution)
+            .and_then(|r| r.node_selector_terms)
+            .unwrap_or_default();
+        !terms.is_empty() && terms.iter().all(TermView::windows_only)
     }
 }
 
@@ -301,6 +464,47 @@ mod tests {
         );
         let pod = PodView::from_json(r#"{"metadata":{"name":"p"}}"#).unwrap();
         assert!(pod.metadata.present && pod.metadata.annotations.is_none());
+    }
+
+    #[test]
+    fn windows_by_os_name_node_selector_or_required_affinity() {
+        let windows = |spec: &str| {
+            let json = format!(r#"{{"spec":{spec}}}"#);
+            PodView::from_json(&json).unwrap().is_windows()
+        };
+        let term = |values: &str| {
+            format!(
+                r#"{{"matchExpressions":[{{"key":"kubernetes.io/os","operator":"In","values":{values}}}]}}"#
+            )
+        };
+        let required = |terms: &[String]| {
+            format!(
+                r#"{{"affinity":{{"nodeAffinity":{{"requiredDuringSchedulingIgnoredDuringExecution":{{"nodeSelectorTerms":[{}]}}}}}}}}"#,
+                terms.join(",")
+            )
+        };
+        assert!(windows(r#"{"os":{"name":"windows"}}"#));
+        assert!(windows(
+            r#"{"nodeSelector":{"pool":"a","kubernetes.io/os":"windows"}}"#
+        ));
+        assert!(!windows(r#"{"nodeSelector":{"kubernetes.io/os":"linux"}}"#));
+        assert!(windows(&required(&[term(r#"["windows"]"#)])));
+        assert!(windows(&required(&[
+            term(r#"["windows"]"#),
+            term(r#"["windows"]"#)
+        ])));
+        // Another term could pick a Linux node, or the values allow Linux: not Windows-only.
+        assert!(!windows(&required(&[
+            term(r#"["windows"]"#),
+            term(r#"["linux"]"#)
+        ])));
+        assert!(!windows(&required(&[term(r#"["windows","linux"]"#)])));
+        assert!(!windows(&required(&[term("[]")])));
+        assert!(!windows(&required(&[])));
+        let preferred = r#"{"affinity":{"nodeAffinity":{"preferredDuringSchedulingIgnoredDuringExecution":[{"weight":1,"preference":{"matchExpressions":[{"key":"kubernetes.io/os","operator":"In","values":["windows"]}]}}]}}}"#;
+        assert!(!windows(preferred));
+        assert!(!windows(r#"{"affinity":{"podAffinity":{}}}"#));
+        assert!(!windows("{}"));
     }
 
     #[test]

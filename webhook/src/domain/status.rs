@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use crate::domain::binding::{self, Binding};
+use crate::domain::binding::{self, Binding, TokenSource};
 use crate::domain::crd::{AWSRoleBindingStatus, Condition};
 
 pub(crate) const READY: &str = "Ready";
@@ -23,17 +23,46 @@ pub struct BindingState<'a> {
     pub current: Option<&'a AWSRoleBindingStatus>,
 }
 
-/// What the cluster says about a service account.
+/// What the cluster says about a service account: for the status, and for admission the
+/// Google service account a Google-source pod's agent is pinned to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServiceAccountState {
+    /// Not found (or, for an admission, not known: neither in the cache nor by a live read).
     Missing,
-    /// Exists without the `iam.gke.io/gcp-service-account` annotation.
+    /// Exists without the `iam.gke.io/gcp-service-account` annotation (or with an empty one).
     NoWorkloadIdentity,
     WorkloadIdentity(String),
 }
 
-/// What a Ready binding's pods act as, and how they get there.
-fn bound_message(spec: &Binding, gsa: &str) -> String {
+impl ServiceAccountState {
+    /// An existing service account with this `iam.gke.io/gcp-service-account` annotation.
+    pub fn of_annotation(gsa: Option<&str>) -> Self {
+        match gsa {
+            Some(g) if !g.is_empty() => ServiceAccountState::WorkloadIdentity(g.to_owned()),
+            _ => ServiceAccountState::NoWorkloadIdentity,
+        }
+    }
+}
+
+/// Whose token AWS sees, for a Ready binding's message: the Google service account, or the
+/// Kubernetes service account itself (`sub`) and the cluster's issuer when it is known.
+fn identity(spec: &Binding, namespace: &str, gsa: Option<&str>, issuer: Option<&str>) -> String {
+    match (spec.token_source, gsa) {
+        (TokenSource::Google, Some(gsa)) => format!("through Google service account {gsa}"),
+        _ => {
+            let sub = format!("system:serviceaccount:{namespace}:{}", spec.service_account);
+            match issuer {
+                Some(iss) => format!(
+                    "through their Kubernetes service account token ({sub}, issued by {iss})"
+                ),
+                None => format!("through their Kubernetes service account token ({sub})"),
+            }
+        }
+    }
+}
+
+/// What a Ready binding's pods act as, and how they get there (`through`: [`identity`]).
+fn bound_message(spec: &Binding, through: &str) -> String {
     let sa = &spec.service_account;
     let lifetime = spec
         .duration_seconds
@@ -41,7 +70,7 @@ fn bound_message(spec: &Binding, gsa: &str) -> String {
         .unwrap_or_default();
     if spec.chain.is_empty() {
         return format!(
-            "pods of service account {sa} act as {} through Google service account {gsa}{lifetime}",
+            "pods of service account {sa} act as {} {through}{lifetime}",
             spec.role_arn
         );
     }
@@ -58,7 +87,7 @@ fn bound_message(spec: &Binding, gsa: &str) -> String {
         "without session tags"
     };
     format!(
-        "pods of service account {sa} act as {} (assumed from {} {tags}) through Google service account {gsa}{lifetime}",
+        "pods of service account {sa} act as {} (assumed from {} {tags}) {through}{lifetime}",
         spec.final_role_arn(),
         via.join(" then ")
     )
@@ -96,10 +125,12 @@ fn conflicts<'a>(bindings: &[BindingState<'a>]) -> Vec<Vec<&'a str>> {
 }
 
 /// The status each binding should have (index-aligned with `bindings`), or `None` where the
-/// current status is already right.
+/// current status is already right. `issuer` is the cluster's service account issuer, when the
+/// webhook knows it (named in the Ready message of Kubernetes-source bindings).
 pub fn desired(
     bindings: &[BindingState<'_>],
     service_account: impl Fn(&str, &str) -> ServiceAccountState,
+    issuer: Option<&str>,
     now: &str,
 ) -> Vec<Option<AWSRoleBindingStatus>> {
     bindings
@@ -123,18 +154,24 @@ pub fn desired(
                         "ServiceAccountNotFound",
                         format!("service account {}/{} does not exist", b.namespace, spec.service_account),
                     ),
+                    // No Google service account is involved.
+                    _ if spec.token_source == TokenSource::Kubernetes => (
+                        "True",
+                        "Bound",
+                        bound_message(spec, &identity(spec, b.namespace, None, issuer)),
+                    ),
                     ServiceAccountState::NoWorkloadIdentity => (
                         "False",
                         "WorkloadIdentityNotConfigured",
                         format!(
-                            "service account {}/{} has no {GSA_ANNOTATION} annotation, so GKE Workload Identity cannot issue it a Google ID token: annotate it with the Google service account and grant that account roles/iam.workloadIdentityUser for this Kubernetes service account",
+                            "service account {}/{} has no {GSA_ANNOTATION} annotation, so GKE Workload Identity cannot issue it a Google ID token: annotate it with the Google service account and grant that account roles/iam.workloadIdentityUser for this Kubernetes service account, or set tokenSource: Kubernetes to use the pod's Kubernetes service account token",
                             b.namespace, spec.service_account
                         ),
                     ),
                     ServiceAccountState::WorkloadIdentity(gsa) => (
                         "True",
                         "Bound",
-                        bound_message(spec, &gsa),
+                        bound_message(spec, &identity(spec, b.namespace, Some(&gsa), issuer)),
                     ),
                 },
             };
@@ -201,6 +238,7 @@ mod tests {
         let out = desired(
             &states,
             |_, _| ServiceAccountState::WorkloadIdentity("g@p.iam.gserviceaccount.com".into()),
+            None,
             "t0",
         );
         assert_eq!(reason(&out[0]), "Conflict");
@@ -228,6 +266,7 @@ mod tests {
         let out = desired(
             &states,
             |_, _| ServiceAccountState::WorkloadIdentity("g@p.iam.gserviceaccount.com".into()),
+            None,
             "t0",
         );
         let reasons: Vec<&str> = out.iter().map(reason).collect();
@@ -242,11 +281,17 @@ mod tests {
     #[test]
     fn service_account_problems_and_stable_transition_time() {
         let a = binding("a", "sa", None);
-        let out = desired(&[state("a", &a)], |_, _| ServiceAccountState::Missing, "t0");
+        let out = desired(
+            &[state("a", &a)],
+            |_, _| ServiceAccountState::Missing,
+            None,
+            "t0",
+        );
         assert_eq!(reason(&out[0]), "ServiceAccountNotFound");
         let out = desired(
             &[state("a", &a)],
             |_, _| ServiceAccountState::NoWorkloadIdentity,
+            None,
             "t0",
         );
         assert_eq!(reason(&out[0]), "WorkloadIdentityNotConfigured");
@@ -254,12 +299,17 @@ mod tests {
         // Same inputs later: nothing to write.
         let mut s = state("a", &a);
         s.current = Some(&current);
-        let again = desired(&[s], |_, _| ServiceAccountState::NoWorkloadIdentity, "t1");
+        let again = desired(
+            &[s],
+            |_, _| ServiceAccountState::NoWorkloadIdentity,
+            None,
+            "t1",
+        );
         assert_eq!(again, vec![None]);
         // A change of reason with the same status keeps the transition time.
         let mut s = state("a", &a);
         s.current = Some(&current);
-        let moved = desired(&[s], |_, _| ServiceAccountState::Missing, "t2");
+        let moved = desired(&[s], |_, _| ServiceAccountState::Missing, None, "t2");
         assert_eq!(
             moved[0].as_ref().unwrap().conditions[0].last_transition_time,
             "t0"
@@ -279,6 +329,7 @@ mod tests {
         let out = desired(
             &[state("docs", &b)],
             |_, _| ServiceAccountState::WorkloadIdentity("ci@p.iam.gserviceaccount.com".into()),
+            None,
             "t0",
         );
         let s = out[0].as_ref().unwrap();
@@ -296,12 +347,51 @@ mod tests {
         let out = desired(
             &[state("plain", &plain)],
             |_, _| ServiceAccountState::Missing,
+            None,
             "t0",
         );
         assert_eq!(
             out[0].as_ref().unwrap().role_arn.as_deref(),
             Some(plain.role_arn.as_str())
         );
+    }
+
+    #[test]
+    fn a_kubernetes_source_binding_needs_no_google_service_account() {
+        let mut b = binding("k8s", "sa", None);
+        b.token_source = TokenSource::Kubernetes;
+        let issuer = Some("https://kubernetes.default.svc.cluster.local");
+        // One binding's Ready condition, as (reason, message).
+        let ready = |b: &Binding, account: ServiceAccountState, issuer: Option<&str>| {
+            let out = desired(&[state("b", b)], move |_, _| account.clone(), issuer, "t0");
+            let c = out[0].as_ref().unwrap().conditions[0].clone();
+            (c.reason, c.message)
+        };
+        for account in [
+            ServiceAccountState::NoWorkloadIdentity,
+            ServiceAccountState::WorkloadIdentity("g@p.iam.gserviceaccount.com".into()),
+        ] {
+            let (reason, message) = ready(&b, account, issuer);
+            assert_eq!(reason, "Bound");
+            assert_eq!(
+                message,
+                "pods of service account sa act as arn:aws:iam::123456789012:role/x through their Kubernetes service account token (system:serviceaccount:ns:sa, issued by https://kubernetes.default.svc.cluster.local)"
+            );
+        }
+        // The issuer is named only when it is known.
+        let (_, message) = ready(&b, ServiceAccountState::NoWorkloadIdentity, None);
+        assert!(
+            message.ends_with("token (system:serviceaccount:ns:sa)"),
+            "{message}"
+        );
+        // Pods of a service account that does not exist are still not created.
+        let (reason, _) = ready(&b, ServiceAccountState::Missing, issuer);
+        assert_eq!(reason, "ServiceAccountNotFound");
+        // A Google one without the annotation says what to do, including the alternative.
+        let google = binding("g", "sa", None);
+        let (reason, message) = ready(&google, ServiceAccountState::NoWorkloadIdentity, issuer);
+        assert_eq!(reason, "WorkloadIdentityNotConfigured");
+        assert!(message.contains("tokenSource: Kubernetes"));
     }
 
     #[test]
@@ -313,7 +403,7 @@ mod tests {
             spec: Err("roleArn \"x\" is not an IAM role ARN"),
             current: None,
         }];
-        let out = desired(&states, |_, _| ServiceAccountState::Missing, "t0");
+        let out = desired(&states, |_, _| ServiceAccountState::Missing, None, "t0");
         assert_eq!(reason(&out[0]), "InvalidSpec");
         assert_eq!(out[0].as_ref().unwrap().role_arn, None);
         assert_eq!(out[0].as_ref().unwrap().observed_generation, Some(3));

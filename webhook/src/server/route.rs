@@ -29,7 +29,7 @@ use super::bodybuf::{BodyBuf, HEAP_MAX};
 use super::budget::{BodyBudget, BodyLease, Shed};
 use super::tls::CertStore;
 use crate::admission::mutate::Config;
-use crate::admission::mutate::{self, Skip};
+use crate::admission::mutate::{self, ServiceAccountState, Skip, TokenSource};
 use crate::admission::review::{self, Decision, Parsed, PodReview};
 use crate::bindings::cache::BindingCache;
 use crate::domain::pod::PodView;
@@ -307,8 +307,19 @@ pub(crate) async fn admit(state: &AppState, body: &[u8]) -> (Vec<u8>, AdmissionO
         ),
     };
     let _entered = span.enter();
+    // The Google service account the agent is pinned to: only Google-source pods need it.
+    let account = match bindings.as_deref() {
+        Some(b) if b.iter().any(|b| b.token_source == TokenSource::Google) => {
+            state
+                .cache
+                .account_for(&review.namespace, review.service_account())
+                .await
+        }
+        _ => ServiceAccountState::Missing,
+    };
     let config = state.config.load();
-    let (body, decision) = review.respond(bindings.as_deref().unwrap_or_default(), &config);
+    let (body, decision) =
+        review.respond(bindings.as_deref().unwrap_or_default(), &account, &config);
     span.record("decision", tracing::field::display(decision.as_str()));
     log_decision(&review, &decision);
     (body, decision.outcome())
@@ -352,7 +363,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::domain::convert::bindings_from_yaml;
+    use crate::domain::convert::{bindings_from_yaml, service_accounts_from_yaml};
 
     const REVIEW: &str =
         include_str!("../../tests/fixtures/admissionreview-v1-pod-from-apiserver.json");
@@ -379,10 +390,11 @@ mod tests {
 
     fn state(bindings: &str) -> AppState {
         let metrics = Arc::new(Metrics::new());
+        let accounts = service_accounts_from_yaml(bindings, "default").unwrap();
         let bindings = bindings_from_yaml(bindings, "default").unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         AppState {
-            cache: Arc::new(BindingCache::fixed(metrics.clone(), bindings)),
+            cache: Arc::new(BindingCache::fixed(metrics.clone(), bindings, &accounts)),
             config: ArcSwap::from_pointee(Config::default()),
             metrics,
             certs: Arc::new(CertStore::new("-".into(), "-".into(), provider)),
@@ -401,10 +413,12 @@ mod tests {
             .with_writer(move || writer.clone())
             .finish();
         let _default = tracing::subscriber::set_default(subscriber);
-        let bound = state(
-            "kind: AWSRoleBinding\nmetadata: {name: checkout}\n\
-             spec: {serviceAccountName: app-sa, roleArn: 'arn:aws:iam::123456789012:role/c'}\n",
-        );
+        let binding = "kind: AWSRoleBinding\nmetadata: {name: checkout}\n\
+             spec: {serviceAccountName: app-sa, roleArn: 'arn:aws:iam::123456789012:role/c'}\n";
+        let bound = state(&format!(
+            "{binding}---\nkind: ServiceAccount\nmetadata: {{name: app-sa, annotations: \
+             {{iam.gke.io/gcp-service-account: app@p.iam.gserviceaccount.com}}}}\n"
+        ));
 
         admit(&bound, REVIEW.as_bytes()).await;
         let line = lines.take();
@@ -429,6 +443,14 @@ mod tests {
         let line = lines.take();
         assert!(line.contains("decision=denied}"), "{line}");
         assert!(line.contains("admission denied reason=tie"), "{line}");
+
+        // A Google-source pod whose service account nobody knows: not pinned, denied.
+        admit(&state(binding), REVIEW.as_bytes()).await;
+        let line = lines.take();
+        assert!(
+            line.contains("admission denied reason=service_account_unknown"),
+            "{line}"
+        );
 
         // A pod without bindings: nothing at the default level.
         admit(&state("[]"), REVIEW.as_bytes()).await;

@@ -72,10 +72,15 @@ struct State {
     stats: Stats,
     /// The RBAC verbs of every call served, by (API group, resource[/subresource]).
     calls: Calls,
+    /// The non-resource URLs called, with their verbs.
+    non_resource_calls: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// RBAC verbs by (API group, resource[/subresource]).
 pub type Calls = BTreeMap<(String, String), BTreeSet<String>>;
+
+/// The service account issuer the stub's discovery document names.
+pub const ISSUER: &str = "https://stub.rolebridge.test";
 
 impl State {
     fn store(
@@ -365,6 +370,11 @@ impl StubApi {
         self.shared.lock().calls.clone()
     }
 
+    /// The non-resource URLs called so far, with their verbs.
+    pub fn non_resource_calls(&self) -> BTreeMap<String, BTreeSet<String>> {
+        self.shared.lock().non_resource_calls.clone()
+    }
+
     pub fn stats(&self) -> Stats {
         let state = self.shared.lock();
         let mut stats = state.stats;
@@ -484,6 +494,20 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
         return full(
             StatusCode::OK,
             json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-stub"}),
+        );
+    }
+    if req.uri().path() == "/.well-known/openid-configuration" {
+        shared
+            .lock()
+            .non_resource_calls
+            .entry(req.uri().path().to_owned())
+            .or_default()
+            .insert(req.method().as_str().to_lowercase());
+        return full(
+            StatusCode::OK,
+            json!({"issuer": ISSUER, "jwks_uri": format!("{ISSUER}/openid/v1/jwks"),
+                   "response_types_supported": ["id_token"], "subject_types_supported": ["public"],
+                   "id_token_signing_alg_values_supported": ["RS256"]}),
         );
     }
     let Some((kind, ns, name, sub)) = route(req.uri().path()) else {

@@ -26,7 +26,7 @@ use rolebridge_webhook::bindings::cache::BindingCache;
 use rolebridge_webhook::bindings::lease::Leadership;
 use rolebridge_webhook::bindings::live::{LiveReadLimits, LiveSource};
 use rolebridge_webhook::bindings::status_controller::{self, StatusArgs};
-use rolebridge_webhook::domain::convert::bindings_from_yaml;
+use rolebridge_webhook::domain::convert::{bindings_from_yaml, service_accounts_from_yaml};
 use rolebridge_webhook::metrics::Metrics;
 use rolebridge_webhook::server::limits::Limits;
 use rolebridge_webhook::server::tls::{CertStore, server_config};
@@ -38,6 +38,13 @@ apiVersion: rolebridge.io/v1alpha1
 kind: AWSRoleBinding
 metadata: {name: checkout, namespace: default}
 spec: {serviceAccountName: app-sa, roleArn: 'arn:aws:iam::123456789012:role/checkout', region: eu-west-1}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: app-sa
+  namespace: default
+  annotations: {iam.gke.io/gcp-service-account: checkout@project.iam.gserviceaccount.com}
 ";
 
 /// The bindings side of `serve` on `client`: the cache fed by the watches (and by live reads
@@ -56,7 +63,10 @@ pub fn run_bindings(
         cache.clone(),
         metrics,
         leadership,
-        StatusArgs { status_concurrency },
+        StatusArgs {
+            status_concurrency,
+            issuer: None,
+        },
     ));
     cache
 }
@@ -122,8 +132,9 @@ pub async fn start_with(dir: &Path, limits: Limits) -> Server {
     certs.reload().unwrap();
     let metrics = Arc::new(Metrics::new());
     let bindings = bindings_from_yaml(BINDINGS, "default").unwrap();
+    let accounts = service_accounts_from_yaml(BINDINGS, "default").unwrap();
     let state = Arc::new(AppState {
-        cache: Arc::new(BindingCache::fixed(metrics.clone(), bindings)),
+        cache: Arc::new(BindingCache::fixed(metrics.clone(), bindings, &accounts)),
         config: ArcSwap::from_pointee(Config::default()),
         metrics,
         certs: certs.clone(),

@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 
 use rolebridge_contract::{
     AUTH_TOKEN_PATH, AgentArgs, CredentialsSpec, MIN_CREDENTIALS_PORT, TokenSpec, aws_env,
-    credentials_uri, session_name,
+    credentials_uri, kubernetes_token_path, session_name, token_path,
 };
 use serde_json::{Value, json};
 
 use super::{
-    ANNOTATION_CREDENTIALS_PORT, Assignment, Binding, Config, Delivery, containers, is_agent,
+    ANNOTATION_CREDENTIALS_PORT, Assignment, Binding, Config, Delivery, TokenSource, containers,
+    is_agent,
 };
 use crate::domain::pod::{ContainerView, EnvView, PodView};
 
@@ -137,16 +138,22 @@ impl<'c> DeliveryCtx<'c> {
     }
 }
 
+/// The web identity token file of `b`: the agent's Google ID token, or the kubelet-projected
+/// Kubernetes token (`tokenSource: Kubernetes`).
+fn token_file(b: &Binding, ctx: &DeliveryCtx<'_>) -> String {
+    match b.token_source {
+        TokenSource::Google => token_path(ctx.audience(b)),
+        TokenSource::Kubernetes => kubernetes_token_path(ctx.audience(b)),
+    }
+}
+
 /// What `b`'s delivery sets to say where the credentials come from (exactly these two; every
 /// other variable of [`IDENTITY_VARS`] stays unset).
 pub(super) fn identity_env(b: &Binding, ctx: &DeliveryCtx<'_>) -> [(&'static str, String); 2] {
     match b.delivery() {
         Delivery::WebIdentity => [
             (aws_env::ROLE_ARN, b.role_arn.clone()),
-            (
-                aws_env::WEB_IDENTITY_TOKEN_FILE,
-                rolebridge_contract::token_path(ctx.audience(b)),
-            ),
+            (aws_env::WEB_IDENTITY_TOKEN_FILE, token_file(b, ctx)),
         ],
         Delivery::CredentialsEndpoint => [
             (
@@ -240,9 +247,10 @@ fn session_name_env(pod: &PodView<'_>) -> Value {
     }
 }
 
-/// What the agent of this pod must serve: a token file per audience of the web-identity
-/// bindings, the credentials of every endpoint binding. Sorted, so every replica renders the
-/// same arguments.
+/// What the agent of this pod must serve: a Google ID token file per audience of the Google
+/// web identity bindings (Kubernetes tokens are the kubelet's), the credentials of every
+/// endpoint binding. Sorted, so every replica renders the same arguments. Empty when nothing in
+/// the pod needs an agent; the Google pin is the caller's.
 pub(super) fn agent_args(planned: &[Assignment<'_>], ctx: &DeliveryCtx<'_>) -> AgentArgs {
     // Token path → audience; the path comes from the planned variables (one per audience), and
     // (path, audience) order is the order the agent's arguments have always had.
@@ -251,6 +259,7 @@ pub(super) fn agent_args(planned: &[Assignment<'_>], ctx: &DeliveryCtx<'_>) -> A
     for p in planned {
         let b = p.binding;
         match b.delivery() {
+            Delivery::WebIdentity if b.token_source == TokenSource::Kubernetes => {}
             Delivery::WebIdentity => {
                 if let Some((_, path)) = p
                     .identity
@@ -271,7 +280,8 @@ pub(super) fn agent_args(planned: &[Assignment<'_>], ctx: &DeliveryCtx<'_>) -> A
                         duration_seconds: b.duration_seconds,
                         session_tags: b.session_tags,
                         region: b.region.clone(),
-                        token_file: None,
+                        token_file: (b.token_source == TokenSource::Kubernetes)
+                            .then(|| token_file(b, ctx)),
                     });
             }
         }
@@ -322,6 +332,15 @@ pub(super) fn missing_from_agent(args: &AgentArgs, existing: &[&ContainerView<'_
                 .any(|a| a.as_str() == value)
         })
     };
+    // `--google-service-account PIN`, as one pair of arguments of one container.
+    let pinned = |pin: &str| {
+        existing.iter().any(|c| {
+            c.args.as_deref().unwrap_or_default().windows(2).any(|w| {
+                w[0].as_str() == rolebridge_contract::flag::GOOGLE_SERVICE_ACCOUNT
+                    && w[1].as_str() == pin
+            })
+        })
+    };
     let mut missing = Vec::new();
     for t in &args.tokens {
         let t = t.to_string();
@@ -333,6 +352,14 @@ pub(super) fn missing_from_agent(args: &AgentArgs, existing: &[&ContainerView<'_
         if !has(&c.to_string()) {
             missing.push(format!("the credentials of binding {:?}", c.name));
         }
+    }
+    if let Some(pin) = &args.google_service_account
+        && !pinned(&pin.to_string())
+    {
+        missing.push(format!(
+            "the Google service account pin `{} {pin}` (without it, it takes a token of any account)",
+            rolebridge_contract::flag::GOOGLE_SERVICE_ACCOUNT
+        ));
     }
     missing
 }

@@ -62,14 +62,9 @@ fn left_out(pod: &PodView<'_>, bindings: &[Binding], warnings: &mut Warnings) ->
             "annotation {ANNOTATION_INJECT}={other:?} is not understood (use \"false\" to opt out); injecting as usual"
         )),
     }
-    if pod
-        .spec
-        .os
-        .as_ref()
-        .is_some_and(|os| os.name.as_str() == "windows")
-    {
+    if pod.is_windows() {
         warnings.push(
-            "Windows pods are not supported (the agent is a Linux container); this pod gets no AWS credentials from rolebridge",
+            "Windows pods (spec.os.name, or a kubernetes.io/os: windows node selector or required node affinity) are not supported; this pod gets no AWS credentials from rolebridge",
         );
         return Some(Skip::Windows);
     }

@@ -1,50 +1,75 @@
-//! The mutation: a pure, synchronous function from (pod, namespace, matching bindings, config)
-//! to JSON-patch `add` operations, warnings, or a denial.
+//! The mutation: a pure, synchronous function from (pod, namespace, matching bindings, what is
+//! known of the pod's service account, config) to JSON-patch `add` operations, warnings, or a
+//! denial.
 //!
 //! Everything here is deterministic and free of I/O so it can be tested exhaustively and reused
 //! unchanged by `rolebridge-webhook inject`. It runs in phases, each in its own module:
 //!
 //! 1. `gate`: pods in the webhook's own namespace, pods without a binding, pods that opt out
-//!    with `rolebridge.io/inject: "false"` and Windows pods are left unchanged;
+//!    with `rolebridge.io/inject: "false"` and Windows pods (`spec.os.name`, or a
+//!    `kubernetes.io/os` node selector or required node affinity) are left unchanged;
 //!    `rolebridge.io/role` may only name a binding of the pod's service account (else: deny);
 //!    naming one whose `spec.containers` lists no container of the pod earns a warning.
-//! 2. `plan`: which binding covers which container, the same whatever the delivery.
-//!    Containers named like the agent are never covered, those in
-//!    `rolebridge.io/skip-containers` are skipped. A container that already chooses its own
-//!    credentials (one of [`IDENTITY_VARS`](delivery::IDENTITY_VARS) set to anything but
-//!    exactly what a covering binding's delivery writes), or that mounts another volume at the
-//!    token directory, is left alone with a warning: the user's explicit choice wins. This is decided before tie
-//!    resolution, so such a container never takes part in a tie. Every other container (init or
-//!    app) is covered by the binding that names it in `spec.containers`, else by the one binding
-//!    that covers all containers ([`crate::domain::binding::Coverage`]); the annotation chooses when
-//!    several tie, and an unresolved tie is a denial.
-//! 3. `reserved`: the agent's container names and the token volume's name are reserved: a pod
+//! 2. `plan`: which binding covers which container, the same whatever the delivery or token
+//!    source. Containers named like the agent are never covered, those in
+//!    `rolebridge.io/skip-containers` are skipped, and the mesh's own (`istio-proxy`,
+//!    `istio-init`, `istio-validation`) are covered only by a binding that names them. A
+//!    container that already chooses its own credentials (one of
+//!    [`IDENTITY_VARS`](delivery::IDENTITY_VARS) set to anything but exactly what a covering
+//!    binding's delivery writes), or that mounts another volume at one of rolebridge's token
+//!    directories, is left alone with a warning: the user's explicit choice wins. This is decided
+//!    before tie resolution, so such a container never takes part in a tie. Every other
+//!    container (init or app) is covered by the binding that names it in `spec.containers`, else
+//!    by the one binding that covers all containers ([`crate::domain::binding::Coverage`]); the
+//!    annotation chooses when several tie, and an unresolved tie is a denial.
+//! 3. `reserved`: the agent's container names and the token volumes' names are reserved: a pod
 //!    that would be injected but already uses one of them without carrying
 //!    `rolebridge.io/bindings` (so rolebridge did not inject it) is denied, since its containers
 //!    would be pointed at files nobody writes. A pod carrying the annotation is a reinvocation.
-//! 4. `render`: the patch for the plan, where `delivery` holds every rule that differs
-//!    between web identity and the credentials endpoint (variables, what the agent is told, the
-//!    endpoint's port). A pod whose bindings need the endpoint is denied when it cannot have one:
-//!    `hostNetwork` (its loopback is the node's), a port annotation that is unusable or that a
-//!    container declares, or, in legacy sidecar mode, an init container that would need it.
-//!    Every `add` is guarded by an existence check, so mutating an already
-//!    mutated pod yields no operations (webhook reinvocation, a second replica, `inject` run
-//!    twice).
+//! 4. `render`: the patch for the plan. `delivery` holds every rule that differs between web
+//!    identity and the credentials endpoint (variables, what the agent is told, the endpoint's
+//!    port); `source` every rule that differs between the token sources (where a container's
+//!    token comes from, the projected Kubernetes tokens, the agent's Google pin, the host
+//!    network); `mesh` where the agent goes in an Istio pod and which user it runs as; `agent`
+//!    renders the agent, or reports what an agent already there lacks. The agent is injected only
+//!    when something needs it (Google tokens, or the endpoint): Kubernetes-source web identity
+//!    needs only the projected volume. A pod is denied when its bindings cannot work in it:
+//!    `hostNetwork` with the endpoint (its loopback is the node's) or with Google tokens (the
+//!    metadata server is the node's), a port annotation that is unusable or that a container
+//!    declares, in legacy sidecar mode an init container that would need the endpoint, or a new
+//!    agent for Google tokens when the service account cannot be read (it could not be pinned).
+//!    Every `add` is guarded by an existence check, so mutating an already mutated pod yields no
+//!    operations (webhook reinvocation, a second replica, `inject` run twice).
+
+use std::time::Duration;
 
 use json_patch::PatchOperation;
 
 use crate::domain::pod::{ContainerView, PodView};
 
+mod agent;
 mod delivery;
 mod gate;
+mod mesh;
 mod plan;
 mod render;
 mod reserved;
+mod source;
 
-pub use crate::domain::binding::{Binding, Delivery};
-pub use rolebridge_contract::{AGENT_BINARY, AGENT_UID, TOKEN_MOUNT_PATH, token_path};
+pub use crate::domain::binding::{Binding, Delivery, TokenSource};
+pub use crate::domain::status::ServiceAccountState;
+pub use rolebridge_contract::{
+    AGENT_BINARY, AGENT_UID, KUBERNETES_TOKEN_MOUNT_PATH, TOKEN_MOUNT_PATH, kubernetes_token_path,
+    token_path,
+};
 
+/// The agent's in-memory volume: Google ID tokens and the endpoint's authorization token.
 pub const TOKEN_VOLUME: &str = "rolebridge-token";
+/// The projected volume of the pod's Kubernetes service account tokens (`tokenSource:
+/// Kubernetes`), one file per audience.
+pub const KUBERNETES_TOKEN_VOLUME: &str = "rolebridge-kubernetes-token";
+/// The least lifetime the API server grants a projected service account token.
+pub const MIN_KUBERNETES_TOKEN_EXPIRATION: Duration = Duration::from_secs(600);
 pub const AGENT_CONTAINER: &str = "rolebridge-agent";
 pub const AGENT_INIT_CONTAINER: &str = "rolebridge-agent-init";
 /// Tokens are a few KiB; the limit only guards the node's memory against a runaway writer.
@@ -81,6 +106,9 @@ pub struct Config {
     /// Told to the agent for the `gke-cluster-name` session tag; the agent asks the GKE
     /// metadata server when it is not set.
     pub cluster_name: Option<String>,
+    /// `expirationSeconds` of the projected Kubernetes tokens (at least
+    /// [`MIN_KUBERNETES_TOKEN_EXPIRATION`]).
+    pub kubernetes_token_expiration: Duration,
 }
 
 impl Default for Config {
@@ -93,6 +121,7 @@ impl Default for Config {
             own_namespace: None,
             credentials_port: rolebridge_contract::DEFAULT_CREDENTIALS_PORT,
             cluster_name: None,
+            kubernetes_token_expiration: Duration::from_secs(3600),
         }
     }
 }
@@ -160,6 +189,8 @@ pub enum DenyReason {
     CredentialsPort,
     /// Legacy sidecar mode cannot serve the endpoint to an init container.
     LegacyInitContainer,
+    /// The pod's service account could not be read, so the Google identity cannot be pinned.
+    ServiceAccountUnknown,
 }
 
 impl DenyReason {
@@ -172,6 +203,7 @@ impl DenyReason {
             DenyReason::HostNetwork => "host_network",
             DenyReason::CredentialsPort => "credentials_port",
             DenyReason::LegacyInitContainer => "legacy_init_container",
+            DenyReason::ServiceAccountUnknown => "service_account_unknown",
         }
     }
 }
@@ -238,11 +270,14 @@ fn containers<'p, 'a>(
 }
 
 /// Computes the patch for a pod. `bindings` are the bindings of the pod's service account in
-/// its namespace (what the cache returns for `(namespace, pod.service_account())`).
+/// its namespace (what the cache returns for `(namespace, pod.service_account())`), `account`
+/// what is known of that service account: the Google service account the agent is pinned to
+/// (only read when a Google-source binding covers a container).
 pub fn mutate(
     pod: &PodView<'_>,
     namespace: &str,
     bindings: &[Binding],
+    account: &ServiceAccountState,
     cfg: &Config,
 ) -> Result<Mutation, Denial> {
     let mut warnings = Warnings::default();
@@ -268,7 +303,7 @@ pub fn mutate(
         return skip(Skip::NoContainerCovered, warnings);
     }
     reserved::check(pod)?;
-    let patch = render::render(pod, &planned, &ctx, &mut warnings)?;
+    let patch = render::render(pod, namespace, &planned, account, &ctx, &mut warnings)?;
     let outcome = if patch.is_empty() {
         Outcome::Skipped(Skip::AlreadyInjected)
     } else {
@@ -306,6 +341,11 @@ mod tests {
         }
     }
 
+    /// A service account set up for Workload Identity.
+    fn wi() -> ServiceAccountState {
+        ServiceAccountState::WorkloadIdentity("app@project.iam.gserviceaccount.com".into())
+    }
+
     fn applied(m: &Mutation) -> Option<&str> {
         render::applied_by(&m.patch)
     }
@@ -322,7 +362,7 @@ mod tests {
             binding("reader", None),
             binding("writer", None),
         ];
-        let m = mutate(&pod, "ns", &bindings, &Config::default()).unwrap();
+        let m = mutate(&pod, "ns", &bindings, &wi(), &Config::default()).unwrap();
         assert_eq!(applied(&m), Some("app=app-only,side=writer"));
 
         // Two bindings name the container: the annotation chooses among them...
@@ -330,7 +370,7 @@ mod tests {
             binding("a", Some(&["app", "side"])),
             binding("writer", Some(&["app"])),
         ];
-        let m = mutate(&pod, "ns", &bindings, &Config::default()).unwrap();
+        let m = mutate(&pod, "ns", &bindings, &wi(), &Config::default()).unwrap();
         assert_eq!(applied(&m), Some("app=writer,side=a"));
         // ...but an all-containers binding does not rank with them.
         let bindings = [
@@ -338,7 +378,7 @@ mod tests {
             binding("b", Some(&["app"])),
             binding("writer", None),
         ];
-        let err = mutate(&pod, "ns", &bindings, &Config::default()).unwrap_err();
+        let err = mutate(&pod, "ns", &bindings, &wi(), &Config::default()).unwrap_err();
         assert!(
             err.message
                 .contains(r#"container "app" is covered by bindings a and b"#),
@@ -361,7 +401,7 @@ mod tests {
             {"name":"mounted","volumeMounts":[{"name":"v","mountPath":"/var/run/secrets/rolebridge.io/"}]},
             {"name":"app"}]}}"#;
         let pod = PodView::from_json(json).unwrap();
-        let m = mutate(&pod, "ns", &bindings, &Config::default()).unwrap();
+        let m = mutate(&pod, "ns", &bindings, &wi(), &Config::default()).unwrap();
         assert_eq!(m.outcome, Outcome::Mutated);
         assert_eq!(applied(&m), Some("app=app-role"));
         assert_eq!(m.warnings.len(), 2, "{:?}", m.warnings);
@@ -382,7 +422,7 @@ mod tests {
             {{"name":"AWS_WEB_IDENTITY_TOKEN_FILE","value":"{path}"}}]}}]}}}}"#
         );
         let pod = PodView::from_json(&json).unwrap();
-        let err = mutate(&pod, "ns", &bindings, &Config::default()).unwrap_err();
+        let err = mutate(&pod, "ns", &bindings, &wi(), &Config::default()).unwrap_err();
         assert!(
             err.message
                 .contains(r#"container "app2" is covered by bindings reader and writer"#),
@@ -395,7 +435,7 @@ mod tests {
             r#"{"metadata":{"name":"p","annotations":{"rolebridge.io/role":"reader"}}"#,
         );
         let pod = PodView::from_json(&json).unwrap();
-        let m = mutate(&pod, "ns", &bindings, &Config::default()).unwrap();
+        let m = mutate(&pod, "ns", &bindings, &wi(), &Config::default()).unwrap();
         assert_eq!(applied(&m), Some("app2=reader"));
         assert!(m.warnings.is_empty(), "{:?}", m.warnings);
     }
@@ -422,7 +462,7 @@ mod tests {
                 r#"{{"metadata":{{"name":"p"}},"spec":{{"serviceAccountName":"sa",{extra}}}}}"#
             );
             let pod = PodView::from_json(&json).unwrap();
-            let err = mutate(&pod, "ns", &bindings, &cfg).unwrap_err();
+            let err = mutate(&pod, "ns", &bindings, &wi(), &cfg).unwrap_err();
             for want in [
                 what,
                 "reserved by rolebridge",
@@ -438,14 +478,14 @@ mod tests {
                 r#""name":"p","annotations":{"rolebridge.io/inject":"false"}}"#,
             );
             let pod = PodView::from_json(&opted).unwrap();
-            let m = mutate(&pod, "ns", &bindings, &cfg).unwrap();
+            let m = mutate(&pod, "ns", &bindings, &wi(), &cfg).unwrap();
             assert_eq!(m.outcome, Outcome::Skipped(Skip::OptedOut));
             let windows = json.replace(r#""spec":{"#, r#""spec":{"os":{"name":"windows"},"#);
             let pod = PodView::from_json(&windows).unwrap();
-            let m = mutate(&pod, "ns", &bindings, &cfg).unwrap();
+            let m = mutate(&pod, "ns", &bindings, &wi(), &cfg).unwrap();
             assert_eq!(m.outcome, Outcome::Skipped(Skip::Windows));
             let pod = PodView::from_json(&json).unwrap();
-            let m = mutate(&pod, "ns", &[binding("b", Some(&["worker"]))], &cfg).unwrap();
+            let m = mutate(&pod, "ns", &[binding("b", Some(&["worker"]))], &wi(), &cfg).unwrap();
             assert_eq!(m.outcome, Outcome::Skipped(Skip::NoContainerCovered));
 
             // ...and a pod rolebridge injected (the annotation is there) is a reinvocation.
@@ -454,8 +494,60 @@ mod tests {
                 r#""name":"p","annotations":{"rolebridge.io/bindings":"app=b"}}"#,
             );
             let pod = PodView::from_json(&injected).unwrap();
-            assert!(mutate(&pod, "ns", &bindings, &cfg).is_ok());
+            assert!(mutate(&pod, "ns", &bindings, &wi(), &cfg).is_ok());
         }
+    }
+
+    /// What an earlier injection cannot be given by an `add` is reported: a projected volume
+    /// without a new audience, an agent without the Google pin, an agent placed before a native
+    /// sidecar proxy that Istio did not move to the front.
+    #[test]
+    fn what_an_earlier_injection_lacks_is_reported() {
+        let mut k8s = binding("k8s", Some(&["late"]));
+        k8s.token_source = TokenSource::Kubernetes;
+        k8s.audience = Some("other".into());
+        let injected = r#"{"metadata":{"name":"p","annotations":{"rolebridge.io/bindings":"app=b"}},
+            "spec":{"serviceAccountName":"sa",
+            "volumes":[{"name":"rolebridge-kubernetes-token","projected":{"sources":[
+                {"serviceAccountToken":{"audience":"sts.amazonaws.com","expirationSeconds":3600,"path":"sts.amazonaws.com.token"}}]}}],
+            "containers":[{"name":"app"},{"name":"late"}]}}"#;
+        let pod = PodView::from_json(injected).unwrap();
+        let m = mutate(&pod, "ns", &[k8s], &wi(), &Config::default()).unwrap();
+        assert_eq!(applied(&m), Some("late=k8s"));
+        assert!(
+            m.warnings.iter().any(|w| w.contains(
+                r#"volume "rolebridge-kubernetes-token" already in this pod does not project the token for audience "other""#
+            )),
+            "{:?}",
+            m.warnings
+        );
+
+        let unpinned = r#"{"metadata":{"name":"p","annotations":{"rolebridge.io/bindings":"app=b"}},
+            "spec":{"serviceAccountName":"sa","initContainers":[
+                {"name":"istio-init"},{"name":"rolebridge-agent","restartPolicy":"Always","args":["run","--token","/var/run/secrets/rolebridge.io/sts.amazonaws.com.token=sts.amazonaws.com"]},
+                {"name":"istio-proxy","restartPolicy":"Always"}],
+            "containers":[{"name":"app"}]}}"#;
+        let pod = PodView::from_json(unpinned).unwrap();
+        let m = mutate(&pod, "ns", &[binding("b", None)], &wi(), &Config::default()).unwrap();
+        let joined = m.warnings.join("\n");
+        assert!(
+            joined.contains("does not serve the Google service account pin `--google-service-account app@project.iam.gserviceaccount.com`"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains(r#"the agent container "rolebridge-agent" starts before istio-proxy"#),
+            "{joined}"
+        );
+        // A service account that cannot be read denies a new agent, not one already there.
+        let m = mutate(
+            &pod,
+            "ns",
+            &[binding("b", None)],
+            &ServiceAccountState::Missing,
+            &Config::default(),
+        )
+        .unwrap();
+        assert!(!m.warnings.join("").contains("pin"), "{:?}", m.warnings);
     }
 
     #[test]
@@ -464,7 +556,7 @@ mod tests {
             "spec":{"serviceAccountName":"sa","containers":[{"name":"app"}]}}"#;
         let pod = PodView::from_json(json).unwrap();
         let bindings = [binding("base", None), binding("worker", Some(&["worker"]))];
-        let m = mutate(&pod, "ns", &bindings, &Config::default()).unwrap();
+        let m = mutate(&pod, "ns", &bindings, &wi(), &Config::default()).unwrap();
         assert_eq!(applied(&m), Some("app=base"));
         assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
         assert!(
@@ -478,7 +570,7 @@ mod tests {
         let bindings = [binding("base", None), binding("worker", Some(&["app"]))];
         let json = json.replace(r#""worker"}"#, r#""base"}"#);
         let pod = PodView::from_json(&json).unwrap();
-        let m = mutate(&pod, "ns", &bindings, &Config::default()).unwrap();
+        let m = mutate(&pod, "ns", &bindings, &wi(), &Config::default()).unwrap();
         assert_eq!(applied(&m), Some("app=worker"));
         assert!(m.warnings.is_empty(), "{:?}", m.warnings);
     }

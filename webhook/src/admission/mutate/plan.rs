@@ -5,9 +5,10 @@ use rolebridge_contract::aws_env;
 
 use super::delivery::{self, DeliveryCtx};
 use super::gate::Gate;
+use super::mesh::is_mesh_container;
 use super::{
-    ANNOTATION_ROLE, Assignment, Binding, Denial, DenyReason, TOKEN_MOUNT_PATH, TOKEN_VOLUME,
-    Warnings, containers, is_agent,
+    ANNOTATION_ROLE, Assignment, Binding, Denial, DenyReason, KUBERNETES_TOKEN_MOUNT_PATH,
+    KUBERNETES_TOKEN_VOLUME, TOKEN_MOUNT_PATH, TOKEN_VOLUME, Warnings, containers, is_agent,
 };
 use crate::domain::binding::Coverage;
 use crate::domain::pod::{ContainerView, PodView};
@@ -16,9 +17,15 @@ use crate::domain::pod::{ContainerView, PodView};
 enum LeftAlone {
     /// It sets identity variables of its own (these).
     OwnVars(Vec<&'static str>),
-    /// Another volume is mounted at the token directory.
-    OwnMount,
+    /// Another volume is mounted at this token directory of rolebridge's.
+    OwnMount(&'static str),
 }
+
+/// rolebridge's token directories and the volume it mounts at each.
+const MOUNTS: [(&str, &str); 2] = [
+    (TOKEN_MOUNT_PATH, TOKEN_VOLUME),
+    (KUBERNETES_TOKEN_MOUNT_PATH, KUBERNETES_TOKEN_VOLUME),
+];
 
 fn left_alone(
     c: &ContainerView<'_>,
@@ -36,16 +43,13 @@ fn left_alone(
     {
         return Some(LeftAlone::OwnVars(set));
     }
-    let mounts_other = c
-        .volume_mounts
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .any(|m| {
-            m.mount_path.as_str().trim_end_matches('/') == TOKEN_MOUNT_PATH
-                && m.name.as_str() != TOKEN_VOLUME
-        });
-    mounts_other.then_some(LeftAlone::OwnMount)
+    let mounts = c.volume_mounts.as_deref().unwrap_or_default();
+    MOUNTS.into_iter().find_map(|(path, ours)| {
+        mounts
+            .iter()
+            .any(|m| m.mount_path.as_str().trim_end_matches('/') == path && m.name.as_str() != ours)
+            .then_some(LeftAlone::OwnMount(path))
+    })
 }
 
 fn own_vars_message(container: &str, set: &[&str], not_applied: &str) -> String {
@@ -76,6 +80,14 @@ fn not_applied(cov: &Coverage<'_>, resolved: Option<&Binding>) -> String {
     }
 }
 
+/// Whether container `name` can get a binding at all: not the agent, not skipped by the
+/// annotation, and not the mesh's own unless a binding names it (it never calls AWS).
+fn considered(name: &str, gate: &Gate<'_>, bindings: &[Binding]) -> bool {
+    !is_agent(name)
+        && !gate.skip_list.contains(&name)
+        && (!is_mesh_container(name) || bindings.iter().any(|b| b.names(name)))
+}
+
 /// The containers that get a binding, in pod order; a denial for containers that tie.
 pub(super) fn plan<'p>(
     pod: &'p PodView<'_>,
@@ -89,7 +101,7 @@ pub(super) fn plan<'p>(
     let mut ties: Vec<String> = Vec::new();
     for (kind, index, c) in containers(pod) {
         let name = c.name.as_str();
-        if is_agent(name) || gate.skip_list.contains(&name) {
+        if !considered(name, gate, bindings) {
             continue;
         }
         let cov = Coverage::of(bindings, name);
@@ -104,9 +116,9 @@ pub(super) fn plan<'p>(
                 warnings.push(own_vars_message(name, &set, &not_applied(&cov, resolved)));
                 continue;
             }
-            Some(LeftAlone::OwnMount) => {
+            Some(LeftAlone::OwnMount(path)) => {
                 warnings.push(format!(
-                    "container {name:?} already mounts something at {TOKEN_MOUNT_PATH}, so rolebridge left it alone ({})",
+                    "container {name:?} already mounts something at {path}, so rolebridge left it alone ({})",
                     not_applied(&cov, resolved)
                 ));
                 continue;

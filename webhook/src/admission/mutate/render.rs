@@ -1,24 +1,25 @@
 //! Phase 4: the JSON patch for a plan.
 //!
 //! JSON-patch ops are applied in order, so per-container ops (which use the original indexes)
-//! come before the insertions at index 0, which shift them.
+//! come before the insertions of new containers, which shift them.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use json_patch::{AddOperation, PatchOperation, jsonptr::PointerBuf};
-use rolebridge_contract::{AGENT_UID, AgentArgs, TOKEN_MOUNT_PATH, subcommand};
 use serde_json::{Value, json};
 
+use super::agent::{self, Existing};
 use super::delivery::{self, DeliveryCtx};
+use super::mesh::Mesh;
+use super::source;
 use super::{
-    AGENT_CONTAINER, AGENT_INIT_CONTAINER, ANNOTATION_APPLIED, ANNOTATION_CREDENTIALS_PORT,
-    ANNOTATION_SKIP_CONTAINERS, Assignment, Config, Delivery, Denial, DenyReason, Kind,
-    SidecarMode, TOKEN_VOLUME, TOKEN_VOLUME_SIZE_LIMIT, Warnings, containers, is_agent, reserved,
+    ANNOTATION_APPLIED, ANNOTATION_CREDENTIALS_PORT, ANNOTATION_SKIP_CONTAINERS, Assignment,
+    Delivery, Denial, DenyReason, KUBERNETES_TOKEN_VOLUME, Kind, ServiceAccountState, SidecarMode,
+    TOKEN_VOLUME, TOKEN_VOLUME_SIZE_LIMIT, Warnings, containers, is_agent, reserved,
 };
-use crate::domain::pod::{ContainerView, PodView};
+use crate::domain::pod::PodView;
 
-fn add(tokens: &[&str], value: Value) -> PatchOperation {
+pub(super) fn add(tokens: &[&str], value: Value) -> PatchOperation {
     PatchOperation::Add(AddOperation {
         path: PointerBuf::from_tokens(tokens.iter().copied()),
         value,
@@ -27,7 +28,7 @@ fn add(tokens: &[&str], value: Value) -> PatchOperation {
 
 /// `add` to the end of an array, or create the array when the pod has none (JSON patch cannot
 /// append to a missing array).
-fn append(exists: bool, tokens: &[&str], item: Value) -> PatchOperation {
+pub(super) fn append(exists: bool, tokens: &[&str], item: Value) -> PatchOperation {
     if exists {
         let mut t = tokens.to_vec();
         t.push("-");
@@ -37,48 +38,112 @@ fn append(exists: bool, tokens: &[&str], item: Value) -> PatchOperation {
     }
 }
 
-fn insert_first(exists: bool, field: &str, item: Value) -> PatchOperation {
+/// Inserts `item` at `index` of `spec.<field>` (which has at least `index` entries when it
+/// exists), or creates the array.
+pub(super) fn insert_at(exists: bool, field: &str, index: usize, item: Value) -> PatchOperation {
     if exists {
-        add(&["spec", field, "0"], item)
+        add(&["spec", field, &index.to_string()], item)
     } else {
         add(&["spec", field], Value::Array(vec![item]))
     }
 }
 
-/// The whole patch: covered containers, the token volume, the agent, the bindings annotation.
+/// The whole patch: covered containers, the token volumes, the agent, the bindings annotation.
 pub(super) fn render(
     pod: &PodView<'_>,
+    namespace: &str,
     planned: &[Assignment<'_>],
+    account: &ServiceAccountState,
     ctx: &DeliveryCtx<'_>,
     warnings: &mut Warnings,
 ) -> Result<Vec<PatchOperation>, Denial> {
+    let mut args = delivery::agent_args(planned, ctx);
+    let endpoint = !args.credentials.is_empty();
+    if endpoint {
+        endpoint_checks(pod, planned, ctx)?;
+    }
+    source::host_network(pod, planned)?;
+    let existing: Vec<Existing<'_>> = containers(pod)
+        .filter(|(_, _, c)| is_agent(c.name.as_str()))
+        .collect();
+    if planned.iter().any(|p| source::is_google(p.binding)) {
+        args.google_service_account = match (existing.is_empty(), account) {
+            (true, _) => Some(source::pin(account, namespace, pod, planned, warnings)?),
+            // An agent already there is held to the pin when the account is known; what it
+            // lacks was told when it was injected.
+            (false, ServiceAccountState::Missing) => None,
+            (false, _) => {
+                let mut told = Warnings::default();
+                Some(source::pin(account, namespace, pod, planned, &mut told)?)
+            }
+        };
+    }
+    if endpoint && let Some(moved) = &ctx.port.moved {
+        warnings.push(moved);
+    }
+    let mesh = Mesh::of(pod);
+    let needs_agent = !args.tokens.is_empty() || endpoint;
     let mut patch = Vec::new();
     for p in planned {
         container_ops(&mut patch, p, ctx);
     }
-    if !reserved::has_token_volume(pod) {
+    if existing.is_empty() {
+        volume_ops(&mut patch, pod, planned, ctx, needs_agent, warnings);
+        if needs_agent {
+            agent::agent_ops(&mut patch, warnings, pod, ctx.cfg, &args, &mesh);
+        }
+    } else {
+        // Ops on the agent's own containers use their indexes: before any insertion.
+        agent::existing_agent_ops(&mut patch, warnings, &existing, &args, &mesh);
+        volume_ops(&mut patch, pod, planned, ctx, needs_agent, warnings);
+    }
+    let port = (endpoint && !ctx.port.annotated).then_some(ctx.port.number);
+    annotation_ops(&mut patch, pod, planned, port);
+    Ok(patch)
+}
+
+/// The in-memory volume when the pod has an agent, the projected Kubernetes tokens when a
+/// Kubernetes-source binding is planned; what an earlier injection's projected volume lacks
+/// cannot be added to it by an `add` and is reported.
+fn volume_ops(
+    patch: &mut Vec<PatchOperation>,
+    pod: &PodView<'_>,
+    planned: &[Assignment<'_>],
+    ctx: &DeliveryCtx<'_>,
+    needs_agent: bool,
+    warnings: &mut Warnings,
+) {
+    let mut exists = pod.spec.volumes.is_some();
+    let mut push = |patch: &mut Vec<PatchOperation>, volume: Value| {
+        patch.push(append(exists, &["spec", "volumes"], volume));
+        exists = true;
+    };
+    if needs_agent && reserved::volume_named(pod, TOKEN_VOLUME).is_none() {
         let volume = json!({
             "name": TOKEN_VOLUME,
             "emptyDir": {"medium": "Memory", "sizeLimit": TOKEN_VOLUME_SIZE_LIMIT},
         });
-        patch.push(append(
-            pod.spec.volumes.is_some(),
-            &["spec", "volumes"],
-            volume,
-        ));
+        push(patch, volume);
     }
-    let args = delivery::agent_args(planned, ctx);
-    let endpoint = !args.credentials.is_empty();
-    if endpoint {
-        endpoint_checks(pod, planned, ctx)?;
-        if let Some(moved) = &ctx.port.moved {
-            warnings.push(moved);
+    let tokens = source::projected_tokens(planned, ctx);
+    if tokens.is_empty() {
+        return;
+    }
+    let Some(earlier) = reserved::volume_named(pod, KUBERNETES_TOKEN_VOLUME) else {
+        push(patch, source::projected_volume(&tokens, ctx));
+        return;
+    };
+    let have = earlier
+        .projected
+        .map(source::projected_paths)
+        .unwrap_or_default();
+    for (path, audience) in &tokens {
+        if !have.contains(path) {
+            warnings.push(format!(
+                "the volume {KUBERNETES_TOKEN_VOLUME:?} already in this pod does not project the token for audience {audience:?}; recreate the pod from its un-injected spec"
+            ));
         }
     }
-    agent_ops(&mut patch, warnings, pod, ctx.cfg, &args);
-    let port = (endpoint && !ctx.port.annotated).then_some(ctx.port.number);
-    annotation_ops(&mut patch, pod, planned, port);
-    Ok(patch)
 }
 
 /// What makes the credentials endpoint unusable in this pod, as a denial.
@@ -147,147 +212,18 @@ fn container_ops(patch: &mut Vec<PatchOperation>, p: &Assignment<'_>, ctx: &Deli
             patch.push(add(&[base[0], base[1], base[2], "env"], Value::Array(env)));
         }
     }
+    let (volume, path) = source::mount(p.binding);
     let mounted = c
         .volume_mounts
         .as_deref()
-        .is_some_and(|m| m.iter().any(|m| m.name.as_str() == TOKEN_VOLUME));
+        .is_some_and(|m| m.iter().any(|m| m.name.as_str() == volume));
     if !mounted {
-        let mount = json!({"name": TOKEN_VOLUME, "mountPath": TOKEN_MOUNT_PATH, "readOnly": true});
+        let mount = json!({"name": volume, "mountPath": path, "readOnly": true});
         patch.push(append(
             c.volume_mounts.is_some(),
             &[base[0], base[1], base[2], "volumeMounts"],
             mount,
         ));
-    }
-}
-
-fn security_context() -> Value {
-    json!({
-        "runAsNonRoot": true,
-        "runAsUser": AGENT_UID,
-        "runAsGroup": AGENT_UID,
-        "allowPrivilegeEscalation": false,
-        "readOnlyRootFilesystem": true,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    })
-}
-
-fn agent_container(name: &str, cfg: &Config, args: Vec<String>) -> Value {
-    json!({
-        "name": name,
-        "image": cfg.agent_image,
-        "imagePullPolicy": cfg.agent_image_pull_policy,
-        "args": args,
-        "resources": {
-            "requests": {"cpu": "5m", "memory": "8Mi"},
-            "limits": {"cpu": "100m", "memory": "32Mi"},
-        },
-        "securityContext": security_context(),
-        "volumeMounts": [{"name": TOKEN_VOLUME, "mountPath": TOKEN_MOUNT_PATH}],
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    })
-}
-
-/// The long-running agent: `run` with everything it serves, and its environment.
-fn sidecar(cfg: &Config, args: &AgentArgs) -> Value {
-    let mut agent = agent_container(AGENT_CONTAINER, cfg, args.args(subcommand::RUN));
-    if let Some(env) = delivery::agent_env(args, cfg) {
-        agent["env"] = env;
-    }
-    agent
-}
-
-fn check_probe(args: &AgentArgs, period: u32, failures: u32) -> Value {
-    json!({
-        "exec": {"command": args.check_command()},
-        "periodSeconds": period,
-        "failureThreshold": failures,
-        "timeoutSeconds": 5,
-    })
-}
-
-fn agent_ops(
-    patch: &mut Vec<PatchOperation>,
-    warnings: &mut Warnings,
-    pod: &PodView<'_>,
-    cfg: &Config,
-    args: &AgentArgs,
-) {
-    let existing: Vec<&ContainerView<'_>> = containers(pod)
-        .map(|(_, _, c)| c)
-        .filter(|c| is_agent(c.name.as_str()))
-        .collect();
-    if !existing.is_empty() {
-        // Injected earlier (reinvocation, or a pod built from an injected manifest). Its
-        // arguments cannot be changed by an `add`, so only report what it is missing.
-        for what in delivery::missing_from_agent(args, &existing) {
-            warnings.push(format!(
-                "the agent container already in this pod does not serve {what}; recreate the pod from its un-injected spec"
-            ));
-        }
-        return;
-    }
-    let has_init = pod.spec.init_containers.is_some();
-    match cfg.sidecar_mode {
-        SidecarMode::Native => {
-            let mut agent = sidecar(cfg, args);
-            agent["restartPolicy"] = json!("Always");
-            // The kubelet starts the next init container and the app only once this succeeds,
-            // i.e. once every token file holds a valid token and the endpoint has credentials.
-            agent["startupProbe"] = check_probe(args, 1, STARTUP_BUDGET_SECONDS);
-            agent["livenessProbe"] = check_probe(args, 30, 4);
-            patch.push(insert_first(has_init, "initContainers", agent));
-        }
-        SidecarMode::Legacy => legacy_agent_ops(patch, pod, cfg, args, has_init),
-    }
-    let owned_by_job = pod
-        .metadata
-        .owner_references
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .any(|o| o.kind.as_str() == "Job");
-    if cfg.sidecar_mode == SidecarMode::Legacy && owned_by_job {
-        warnings.push(
-            "legacy sidecar mode: the agent container keeps running, so this Job's pod will not complete on its own; use a cluster ≥ 1.29 with --sidecar-mode native",
-        );
-    }
-}
-
-/// How long the agent may take to get every token and credential before the app starts anyway
-/// (native: the startup probe's budget; legacy: the `postStart` hook's wait).
-const STARTUP_BUDGET_SECONDS: u32 = 120;
-
-/// Clusters without native sidecars: a one-shot init container writes the tokens before any
-/// other container starts, and a regular sidecar keeps them fresh. With a credentials endpoint
-/// the sidecar goes first in `spec.containers` with a `postStart` hook that waits for it: the
-/// kubelet starts containers in order and runs the next one only after this hook returns, so
-/// the app containers start once the endpoint has credentials.
-fn legacy_agent_ops(
-    patch: &mut Vec<PatchOperation>,
-    pod: &PodView<'_>,
-    cfg: &Config,
-    args: &AgentArgs,
-    has_init: bool,
-) {
-    let has_app = pod.spec.containers.is_some();
-    let mut agent = sidecar(cfg, args);
-    agent["livenessProbe"] = check_probe(args, 30, 4);
-    let init_args = AgentArgs {
-        tokens: args.tokens.clone(),
-        ..AgentArgs::default()
-    };
-    if args.credentials.is_empty() {
-        patch.push(append(has_app, &["spec", "containers"], agent));
-    } else {
-        let wait = args.wait_command(Duration::from_secs(STARTUP_BUDGET_SECONDS.into()));
-        agent["lifecycle"] = json!({"postStart": {"exec": {"command": wait}}});
-        patch.push(insert_first(has_app, "containers", agent));
-    }
-    if !init_args.tokens.is_empty() {
-        let first = agent_container(AGENT_INIT_CONTAINER, cfg, init_args.args(subcommand::INIT));
-        patch.push(insert_first(has_init, "initContainers", first));
     }
 }
 

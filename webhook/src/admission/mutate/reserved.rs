@@ -1,11 +1,12 @@
 //! Phase 3: names rolebridge reserves for what it injects.
 
 use super::{
-    ANNOTATION_APPLIED, ANNOTATION_INJECT, Denial, DenyReason, TOKEN_VOLUME, containers, is_agent,
+    ANNOTATION_APPLIED, ANNOTATION_INJECT, Denial, DenyReason, KUBERNETES_TOKEN_VOLUME,
+    TOKEN_VOLUME, containers, is_agent,
 };
-use crate::domain::pod::PodView;
+use crate::domain::pod::{NamedView, PodView};
 
-/// A pod that uses the agent's container names or the token volume's name without having been
+/// A pod that uses the agent's container names or a token volume's name without having been
 /// injected by rolebridge (no `rolebridge.io/bindings`) is denied: injecting it would point its
 /// containers at files that nothing writes. A pod carrying the annotation is a reinvocation, and
 /// what is there is reused.
@@ -17,8 +18,10 @@ pub(super) fn check(pod: &PodView<'_>) -> Result<(), Denial> {
         .filter(|(_, _, c)| is_agent(c.name.as_str()))
         .map(|(_, _, c)| format!("container {:?}", c.name.as_str()))
         .collect();
-    if has_token_volume(pod) {
-        taken.push(format!("volume {TOKEN_VOLUME:?}"));
+    for volume in [TOKEN_VOLUME, KUBERNETES_TOKEN_VOLUME] {
+        if volume_named(pod, volume).is_some() {
+            taken.push(format!("volume {volume:?}"));
+        }
     }
     if taken.is_empty() {
         return Ok(());
@@ -39,9 +42,11 @@ pub(super) fn check(pod: &PodView<'_>) -> Result<(), Denial> {
     ))
 }
 
-pub(super) fn has_token_volume(pod: &PodView<'_>) -> bool {
+/// The pod's volume called `name`.
+pub(super) fn volume_named<'p>(pod: &'p PodView<'_>, name: &str) -> Option<&'p NamedView<'p>> {
     pod.spec
         .volumes
-        .as_deref()
-        .is_some_and(|v| v.iter().any(|v| v.name.as_str() == TOKEN_VOLUME))
+        .as_deref()?
+        .iter()
+        .find(|v| v.name.as_str() == name)
 }

@@ -1,0 +1,231 @@
+//! The agent container(s) of a plan: rendered for a pod that has none, or, for a pod injected
+//! earlier (a reinvocation, or a pod made from an injected manifest), what it lacks reported
+//! and, in a meshed pod, its user set to the proxy's.
+
+use std::time::Duration;
+
+use json_patch::PatchOperation;
+use rolebridge_contract::{
+    AGENT_UID, AgentArgs, KUBERNETES_TOKEN_MOUNT_PATH, TOKEN_MOUNT_PATH, subcommand,
+};
+use serde_json::{Value, json};
+
+use super::delivery;
+use super::mesh::{Mesh, RunAs};
+use super::render::{add, append, insert_at};
+use super::{
+    AGENT_CONTAINER, AGENT_INIT_CONTAINER, Config, KUBERNETES_TOKEN_VOLUME, Kind, SidecarMode,
+    TOKEN_VOLUME, Warnings,
+};
+use crate::domain::pod::{ContainerView, PodView};
+
+/// An agent container already in the pod, where it sits.
+pub(super) type Existing<'p> = (Kind, usize, &'p ContainerView<'p>);
+
+/// The user and group the agent runs as: its image's own, or in a pod whose mesh proxy is a
+/// regular container, the proxy's (traffic of that user is never redirected to the proxy).
+fn run_as(mesh: &Mesh) -> (i64, i64) {
+    mesh.proxy_user.unwrap_or((AGENT_UID, AGENT_UID))
+}
+
+fn security_context((uid, gid): (i64, i64)) -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": uid,
+        "runAsGroup": gid,
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+/// Requests and limits the agent is given. On GKE Autopilot clusters without bursting, limits
+/// are set to the requests, so the memory request is what the agent may use: equal to the
+/// limit. The ephemeral storage request replaces Autopilot's default of 1 GiB per container
+/// (the agent writes nothing to its read-only root; 64 MiB holds its rotated logs).
+fn resources() -> Value {
+    json!({
+        "requests": {"cpu": "5m", "memory": "32Mi", "ephemeral-storage": "64Mi"},
+        "limits": {"cpu": "100m", "memory": "32Mi"},
+    })
+}
+
+fn agent_container(name: &str, cfg: &Config, args: &AgentArgs, mesh: &Mesh, sub: &str) -> Value {
+    let mut mounts = vec![json!({"name": TOKEN_VOLUME, "mountPath": TOKEN_MOUNT_PATH})];
+    // The credentials endpoint's web identity hop reads the projected Kubernetes tokens.
+    if sub == subcommand::RUN && args.credentials.iter().any(|c| c.token_file.is_some()) {
+        mounts.push(json!({
+            "name": KUBERNETES_TOKEN_VOLUME,
+            "mountPath": KUBERNETES_TOKEN_MOUNT_PATH,
+            "readOnly": true,
+        }));
+    }
+    json!({
+        "name": name,
+        "image": cfg.agent_image,
+        "imagePullPolicy": cfg.agent_image_pull_policy,
+        "args": args.args(sub),
+        "resources": resources(),
+        "securityContext": security_context(run_as(mesh)),
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    })
+}
+
+/// The long-running agent: `run` with everything it serves, and its environment.
+fn sidecar(cfg: &Config, args: &AgentArgs, mesh: &Mesh) -> Value {
+    let mut agent = agent_container(AGENT_CONTAINER, cfg, args, mesh, subcommand::RUN);
+    if let Some(env) = delivery::agent_env(args, cfg) {
+        agent["env"] = env;
+    }
+    agent
+}
+
+fn check_probe(args: &AgentArgs, period: u32, failures: u32) -> Value {
+    json!({
+        "exec": {"command": args.check_command()},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 5,
+    })
+}
+
+/// How long the agent may take to get every token and credential before the app starts anyway
+/// (native: the startup probe's budget; legacy: the `postStart` hook's wait).
+const STARTUP_BUDGET_SECONDS: u32 = 120;
+
+/// A new agent for a pod that has none.
+pub(super) fn agent_ops(
+    patch: &mut Vec<PatchOperation>,
+    warnings: &mut Warnings,
+    pod: &PodView<'_>,
+    cfg: &Config,
+    args: &AgentArgs,
+    mesh: &Mesh,
+) {
+    let has_init = pod.spec.init_containers.is_some();
+    match cfg.sidecar_mode {
+        SidecarMode::Native => {
+            let mut agent = sidecar(cfg, args, mesh);
+            agent["restartPolicy"] = json!("Always");
+            // The kubelet starts the next init container and the app only once this succeeds,
+            // i.e. once every token file holds a valid token and the endpoint has credentials.
+            agent["startupProbe"] = check_probe(args, 1, STARTUP_BUDGET_SECONDS);
+            agent["livenessProbe"] = check_probe(args, 30, 4);
+            patch.push(insert_at(
+                has_init,
+                "initContainers",
+                mesh.init_index(),
+                agent,
+            ));
+        }
+        SidecarMode::Legacy => legacy_agent_ops(patch, pod, cfg, args, mesh, has_init),
+    }
+    let owned_by_job = pod
+        .metadata
+        .owner_references
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|o| o.kind.as_str() == "Job");
+    if cfg.sidecar_mode == SidecarMode::Legacy && owned_by_job {
+        warnings.push(
+            "legacy sidecar mode: the agent container keeps running, so this Job's pod will not complete on its own; use a cluster ≥ 1.29 with --sidecar-mode native",
+        );
+    }
+}
+
+/// Clusters without native sidecars: a one-shot init container writes the tokens before any
+/// other container starts, and a regular sidecar keeps them fresh. With a credentials endpoint
+/// the sidecar goes first in `spec.containers` with a `postStart` hook that waits for it: the
+/// kubelet starts containers in order and runs the next one only after this hook returns, so
+/// the app containers start once the endpoint has credentials.
+fn legacy_agent_ops(
+    patch: &mut Vec<PatchOperation>,
+    pod: &PodView<'_>,
+    cfg: &Config,
+    args: &AgentArgs,
+    mesh: &Mesh,
+    has_init: bool,
+) {
+    let has_app = pod.spec.containers.is_some();
+    let mut agent = sidecar(cfg, args, mesh);
+    agent["livenessProbe"] = check_probe(args, 30, 4);
+    // The one-shot container writes the Google tokens, so it is pinned like the sidecar.
+    let init_args = AgentArgs {
+        tokens: args.tokens.clone(),
+        google_service_account: args.google_service_account.clone(),
+        ..AgentArgs::default()
+    };
+    if args.credentials.is_empty() {
+        patch.push(append(has_app, &["spec", "containers"], agent));
+    } else {
+        let wait = args.wait_command(Duration::from_secs(STARTUP_BUDGET_SECONDS.into()));
+        agent["lifecycle"] = json!({"postStart": {"exec": {"command": wait}}});
+        patch.push(insert_at(has_app, "containers", 0, agent));
+    }
+    if !init_args.tokens.is_empty() {
+        let first = agent_container(
+            AGENT_INIT_CONTAINER,
+            cfg,
+            &init_args,
+            mesh,
+            subcommand::INIT,
+        );
+        patch.push(insert_at(
+            has_init,
+            "initContainers",
+            mesh.init_index(),
+            first,
+        ));
+    }
+}
+
+/// The agent injected earlier: its arguments cannot be changed by an `add`, so what it lacks is
+/// only reported. In a pod whose mesh proxy (a regular container) was injected after it, it gets
+/// the proxy's user: an `add` that replaces a member of rolebridge's own container, and only
+/// while it differs, so a second reinvocation adds nothing.
+pub(super) fn existing_agent_ops(
+    patch: &mut Vec<PatchOperation>,
+    warnings: &mut Warnings,
+    existing: &[Existing<'_>],
+    args: &AgentArgs,
+    mesh: &Mesh,
+) {
+    let containers: Vec<&ContainerView<'_>> = existing.iter().map(|(_, _, c)| *c).collect();
+    for what in delivery::missing_from_agent(args, &containers) {
+        warnings.push(format!(
+            "the agent container already in this pod does not serve {what}; recreate the pod from its un-injected spec"
+        ));
+    }
+    for &(kind, index, c) in existing {
+        if mesh.starts_before_proxy(kind, index) {
+            warnings.push(format!(
+                "the agent container {:?} starts before istio-proxy, so its traffic is sent to a proxy that is not running yet; recreate the pod so that rolebridge places it after the proxy",
+                c.name.as_str()
+            ));
+        }
+        let Some((uid, gid)) = mesh.proxy_user else {
+            continue;
+        };
+        let idx = index.to_string();
+        let base = ["spec", kind.field(), idx.as_str(), "securityContext"];
+        let have = RunAs::of(c);
+        if c.security_context.is_none() {
+            patch.push(add(&base, json!({"runAsUser": uid, "runAsGroup": gid})));
+            continue;
+        }
+        for (field, want, now) in [
+            ("runAsUser", uid, have.run_as_user),
+            ("runAsGroup", gid, have.run_as_group),
+        ] {
+            if now != Some(want) {
+                patch.push(add(
+                    &[base[0], base[1], base[2], base[3], field],
+                    json!(want),
+                ));
+            }
+        }
+    }
+}
