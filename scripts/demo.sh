@@ -52,7 +52,7 @@ app = spec["containers"][0]
 json.dump({
     "agent_args": [local(a) for a in agent["args"]],
     "agent_env": env_of(agent),
-    "probe": [local(a) for a in agent["startupProbe"]["exec"]["command"][1:]],
+    "probe": [local(a) for a in agent["lifecycle"]["postStart"]["exec"]["command"][1:]],
     "app_cmd": app["command"] + app["args"],
     "app_env": env_of(app),
 }, sys.stdout)
@@ -74,18 +74,15 @@ load() {
   for k in agent_args agent_env probe app_cmd app_env; do mapfile -t "$2$k" < <(field "$1" "$k"); done
 }
 field() { "$PY" -c "import json,sys; v=json.load(open(sys.argv[1]))[sys.argv[2]]; print('\n'.join(v) if isinstance(v, list) else '\n'.join(f'{k}={x}' for k, x in v.items()))" "$1" "$2"; }
-# wait_ready PID LOG PROBE...: the kubelet holds the app back until the agent's startup probe
-# passes; so does the demo.
+# wait_ready PID LOG HOOK...: the kubelet holds the app back until the agent's postStart hook
+# (`check --wait`) returns; so does the demo, a little less patiently.
 wait_ready() {
-  local pid=$1 log=$2
+  local pid=$1 log=$2 out
   shift 2
-  for _ in $(seq 100); do
-    if "$bin/rolebridge-agent" "$@" >/dev/null 2>&1; then return 0; fi
-    kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "the agent exited"; }
-    sleep 0.1
-  done
+  if out=$(timeout 30 "$bin/rolebridge-agent" "$@" 2>&1); then return 0; fi
+  kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "the agent exited"; }
   cat "$log" >&2
-  die "the agent's startup probe never passed"
+  die "the agent's postStart hook never returned successfully: $out"
 }
 
 say "1/7 building rolebridge-webhook, rolebridge-agent and the GKE metadata emulator"

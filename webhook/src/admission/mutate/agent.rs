@@ -82,18 +82,22 @@ fn sidecar(cfg: &Config, args: &AgentArgs, mesh: &Mesh) -> Value {
     agent
 }
 
-fn check_probe(args: &AgentArgs, period: u32, failures: u32) -> Value {
+/// How long the agent may take to get every token and credential before its `postStart` hook
+/// fails (and the kubelet restarts it; the app has not started meanwhile).
+const STARTUP_BUDGET_SECONDS: u32 = 120;
+
+/// Restarts an agent that stopped keeping its tokens fresh. Without a startup probe the kubelet
+/// probes liveness from the container's start, so the first probe waits out the start-up
+/// budget: the `postStart` hook is what judges the start.
+fn liveness(args: &AgentArgs) -> Value {
     json!({
         "exec": {"command": args.check_command()},
-        "periodSeconds": period,
-        "failureThreshold": failures,
+        "initialDelaySeconds": STARTUP_BUDGET_SECONDS,
+        "periodSeconds": 30,
+        "failureThreshold": 4,
         "timeoutSeconds": 5,
     })
 }
-
-/// How long the agent may take to get every token and credential before the app starts anyway
-/// (native: the startup probe's budget; legacy: the `postStart` hook's wait).
-const STARTUP_BUDGET_SECONDS: u32 = 120;
 
 /// A new agent for a pod that has none.
 pub(super) fn agent_ops(
@@ -109,10 +113,16 @@ pub(super) fn agent_ops(
         SidecarMode::Native => {
             let mut agent = sidecar(cfg, args, mesh);
             agent["restartPolicy"] = json!("Always");
-            // The kubelet starts the next init container and the app only once this succeeds,
-            // i.e. once every token file holds a valid token and the endpoint has credentials.
-            agent["startupProbe"] = check_probe(args, 1, STARTUP_BUDGET_SECONDS);
-            agent["livenessProbe"] = check_probe(args, 30, 4);
+            // The kubelet starts the next init container, and the app, only once a restartable
+            // init container's postStart hook has returned (and its startup probe passed, if
+            // it had one). The hook returns the moment every token file holds a valid token and
+            // the endpoint has credentials; a startup probe would only pass on the kubelet's
+            // next one-second tick. A hook that fails after the budget makes the kubelet kill
+            // and restart the agent with a FailedPostStartHook event carrying `check`'s reason,
+            // so a pod that never gets a token never starts its app, and says why.
+            let wait = args.wait_command(Duration::from_secs(STARTUP_BUDGET_SECONDS.into()));
+            agent["lifecycle"] = json!({"postStart": {"exec": {"command": wait}}});
+            agent["livenessProbe"] = liveness(args);
             patch.push(insert_at(
                 has_init,
                 "initContainers",
@@ -151,7 +161,7 @@ fn legacy_agent_ops(
 ) {
     let has_app = pod.spec.containers.is_some();
     let mut agent = sidecar(cfg, args, mesh);
-    agent["livenessProbe"] = check_probe(args, 30, 4);
+    agent["livenessProbe"] = liveness(args);
     // The one-shot container writes the Google tokens, so it is pinned like the sidecar.
     let init_args = AgentArgs {
         tokens: args.tokens.clone(),
