@@ -52,7 +52,8 @@ app = spec["containers"][0]
 json.dump({
     "agent_args": [local(a) for a in agent["args"]],
     "agent_env": env_of(agent),
-    "probe": [local(a) for a in agent["lifecycle"]["postStart"]["exec"]["command"][1:]],
+    # The hook waits up to 120 s; the demo is less patient, so `check` reports its own reason.
+    "probe": [local(a) for a in agent["lifecycle"]["postStart"]["exec"]["command"][1:-1]] + ["20s"],
     "app_cmd": app["command"] + app["args"],
     "app_env": env_of(app),
 }, sys.stdout)
@@ -79,7 +80,7 @@ field() { "$PY" -c "import json,sys; v=json.load(open(sys.argv[1]))[sys.argv[2]]
 wait_ready() {
   local pid=$1 log=$2 out
   shift 2
-  if out=$(timeout 30 "$bin/rolebridge-agent" "$@" 2>&1); then return 0; fi
+  if out=$("$bin/rolebridge-agent" "$@" 2>&1); then return 0; fi
   kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "the agent exited"; }
   cat "$log" >&2
   die "the agent's postStart hook never returned successfully: $out"
@@ -97,11 +98,17 @@ pod examples/job.yaml examples/binding.yaml injected x7k2p ""
 tokens=$work/injected-tokens
 grep -n "AWS_ROLE_ARN" -A1 "$work/injected.yaml" | sed 's/^/    /' >&2
 
-say "4/7 starting the GKE metadata emulator"
+# metadata_server PORT EMAIL LOG: the GKE metadata server as a pod sees it: ID tokens for the
+# Google service account its Kubernetes service account names (the agent refuses any other).
+metadata_server() {
+  "$bin/gke-metadata-emulator" --listen "127.0.0.1:$1" --email "$2" --cluster-name demo-cluster > "$3" 2>&1 &
+  track $!
+  wait_http "http://127.0.0.1:$1/" 30 $! || die "the metadata emulator did not come up"
+}
+
+say "4/7 starting the GKE metadata emulator (the pod's Google service account: reports@my-project)"
 md_port=$(free_port)
-"$bin/gke-metadata-emulator" --listen "127.0.0.1:$md_port" --cluster-name demo-cluster > "$work/metadata.log" 2>&1 &
-track $!
-wait_http "http://127.0.0.1:$md_port/" 30 $! || die "the metadata emulator did not come up"
+metadata_server "$md_port" reports@my-project.iam.gserviceaccount.com "$work/metadata.log"
 
 say "5/7 starting moto as AWS STS + S3, with s3://reports/latest.csv"
 moto_port=$(free_port)
@@ -184,7 +191,9 @@ say "cross-account 3/4 running the injected agent: rolebridge-agent ${xagent_arg
 # The agent container's environment: its downward-API pod identity (the session name and
 # tags), the metadata server, and moto standing in for STS. The auth token goes to the shared
 # volume, as in the pod.
-env "${xagent_env[@]}" GCE_METADATA_HOST="127.0.0.1:$md_port" \
+xmd_port=$(free_port)
+metadata_server "$xmd_port" docs-publisher@my-project.iam.gserviceaccount.com "$work/xmetadata.log"
+env "${xagent_env[@]}" GCE_METADATA_HOST="127.0.0.1:$xmd_port" \
   AWS_ENDPOINT_URL_STS="http://127.0.0.1:$moto_port" \
   ROLEBRIDGE_AUTH_TOKEN_FILE="$xtokens/credentials.auth" \
   "$bin/rolebridge-agent" "${xagent_args[@]}" > "$work/xagent.log" 2>&1 &
