@@ -41,6 +41,8 @@ use serde_json::{Value, json};
 
 #[path = "apiserver/golden.rs"]
 mod golden;
+#[path = "apiserver/nodes.rs"]
+mod nodes;
 #[path = "apiserver/token_sources.rs"]
 mod token_sources;
 
@@ -312,6 +314,21 @@ async fn webhook_against_a_real_api_server() {
         for n in listed.map(|l| l.items).unwrap_or_default() {
             let name = n.metadata.name.unwrap_or_default();
             let _ = nss.delete(&name, &DeleteParams::default()).await;
+        }
+    }
+    let node_api: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let selector = format!("rolebridge-e2e-run={run}");
+    if let Ok(listed) = node_api
+        .list(&ListParams::default().labels(&selector))
+        .await
+    {
+        for n in listed.items {
+            let _ = node_api
+                .delete(
+                    &n.metadata.name.unwrap_or_default(),
+                    &DeleteParams::default(),
+                )
+                .await;
         }
     }
     if let Err(e) = result {
@@ -658,7 +675,12 @@ async fn scenario(
     golden::replay(client, ns, run).await?;
 
     // 15. The replica whose --namespace does not exist says so, and heals once it exists.
-    stranded_replica(&stranded, &nss, &missing_ns, run).await
+    stranded_replica(&stranded, &nss, &missing_ns, run).await?;
+
+    // 16. --sidecar-mode auto follows the lowest kubelet among the nodes (last: it flips the
+    // layout every other check expects).
+    let bound = pod("layout", "app-sa", json!({}));
+    nodes::sidecar_mode_follows_nodes(client, &pods, &bound, run).await
 }
 
 /// The status writer of a replica told a namespace that does not exist: one error naming the
