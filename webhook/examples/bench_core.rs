@@ -228,11 +228,9 @@ fn main() -> ExitCode {
             }
         }
     }
-    if check.is_some() || record.is_some() {
-        if measured.is_empty() {
-            eprintln!("bench_core: valgrind is not installed: no instruction counts");
-            return ExitCode::FAILURE;
-        }
+    if (check.is_some() || record.is_some()) && measured.is_empty() {
+        eprintln!("bench_core: valgrind is not installed: no instruction counts");
+        return ExitCode::FAILURE;
     }
     if let Some(path) = record {
         let text = format!(
