@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::ArcSwap;
 use bytes::Buf;
 use futures::{Stream, StreamExt};
-use json_patch::PatchOperation;
 use tokio::time::Instant;
 use tracing::field::Empty;
 use warp::Filter;
@@ -29,7 +28,7 @@ use super::bodybuf::{BodyBuf, HEAP_MAX};
 use super::budget::{BodyBudget, BodyLease, Shed};
 use super::tls::CertStore;
 use crate::admission::mutate::Config;
-use crate::admission::mutate::{self, ServiceAccountState, Skip, TokenSource};
+use crate::admission::mutate::{self, Patch, ServiceAccountState, Skip, TokenSource};
 use crate::admission::review::{self, Decision, Parsed, PodReview};
 use crate::bindings::cache::BindingCache;
 use crate::domain::pod::PodView;
@@ -326,7 +325,7 @@ pub(crate) async fn admit(state: &AppState, body: &[u8]) -> (Vec<u8>, AdmissionO
 }
 
 /// The `container=binding` pairs a patch applied, looked up only when the line is written.
-struct Applied<'p>(&'p [PatchOperation], &'p PodView<'p>);
+struct Applied<'p>(&'p Patch, &'p PodView<'p>);
 
 impl std::fmt::Display for Applied<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

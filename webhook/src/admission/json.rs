@@ -1,0 +1,252 @@
+//! JSON written straight into one buffer: the patch and the response.
+//!
+//! Both are a few kilobytes of mostly fixed text around a few strings. Building
+//! `serde_json::Value`s and serialising them cost more than reading the whole review did (every
+//! map a `BTreeMap`, every string escaped byte by byte, all of it dropped again; see
+//! BENCHMARKS.md), so they are written here as text: keys and fixed fragments are trusted text,
+//! copied as they are; every other string is escaped exactly as serde_json escapes it, so the
+//! bytes are the ones `serde_json::to_vec` wrote for the same value (with its sorted keys, which
+//! the writers here keep).
+
+/// A JSON text being written.
+#[derive(Default)]
+pub(crate) struct Json {
+    buf: Vec<u8>,
+}
+
+/// A token of a JSON pointer (RFC 6901).
+#[derive(Clone, Copy)]
+pub(crate) enum Tok<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// What serde_json writes as is inside a string: anything but `"`, `\` and control characters.
+fn plain(b: u8) -> bool {
+    b >= 0x20 && b != b'"' && b != b'\\'
+}
+
+impl Json {
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        Json {
+            buf: Vec::with_capacity(capacity),
+        }
+    }
+
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        self.buf
+    }
+
+    /// Trusted JSON text (a fixed fragment, or one written by this module).
+    pub(crate) fn raw(&mut self, text: &str) -> &mut Self {
+        self.buf.extend_from_slice(text.as_bytes());
+        self
+    }
+
+    pub(crate) fn bytes(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// A string value, quoted and escaped.
+    pub(crate) fn str(&mut self, s: &str) -> &mut Self {
+        self.buf.reserve(s.len() + 2);
+        self.buf.push(b'"');
+        self.str_content(s);
+        self.buf.push(b'"');
+        self
+    }
+
+    /// `s` escaped, without the quotes.
+    fn str_content(&mut self, s: &str) {
+        if s.bytes().all(plain) {
+            self.buf.extend_from_slice(s.as_bytes());
+        } else {
+            // Serialising a string into a `String` cannot fail.
+            let quoted = serde_json::to_string(s).unwrap_or_default();
+            self.buf
+                .extend_from_slice(&quoted.as_bytes()[1..quoted.len().max(2) - 1]);
+        }
+    }
+
+    pub(crate) fn int(&mut self, n: impl itoa::Integer) -> &mut Self {
+        self.buf
+            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        self
+    }
+
+    pub(crate) fn bool(&mut self, b: bool) -> &mut Self {
+        self.raw(if b { "true" } else { "false" })
+    }
+
+    /// An object whose members `members` writes.
+    pub(crate) fn object(&mut self, members: impl FnOnce(&mut Object<'_>)) -> &mut Self {
+        self.buf.push(b'{');
+        members(&mut Object {
+            out: self,
+            empty: true,
+        });
+        self.buf.push(b'}');
+        self
+    }
+
+    /// An array of `items`, each written by `item`.
+    pub(crate) fn array<I: IntoIterator>(
+        &mut self,
+        items: I,
+        mut item: impl FnMut(&mut Json, I::Item),
+    ) -> &mut Self {
+        self.buf.push(b'[');
+        for (i, it) in items.into_iter().enumerate() {
+            if i > 0 {
+                self.buf.push(b',');
+            }
+            item(self, it);
+        }
+        self.buf.push(b']');
+        self
+    }
+
+    /// An array of strings.
+    pub(crate) fn strings<S: AsRef<str>>(
+        &mut self,
+        items: impl IntoIterator<Item = S>,
+    ) -> &mut Self {
+        self.array(items, |out, s| {
+            out.str(s.as_ref());
+        })
+    }
+
+    /// A JSON pointer, as a string value: tokens escaped (`~` as `~0`, `/` as `~1`).
+    pub(crate) fn pointer<'t>(&mut self, tokens: impl IntoIterator<Item = Tok<'t>>) -> &mut Self {
+        self.buf.push(b'"');
+        for t in tokens {
+            self.buf.push(b'/');
+            match t {
+                Tok::Key(k) if k.contains(['~', '/']) => {
+                    self.str_content(&k.replace('~', "~0").replace('/', "~1"));
+                }
+                Tok::Key(k) => self.str_content(k),
+                Tok::Index(i) => {
+                    self.buf
+                        .extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
+                }
+            }
+        }
+        self.buf.push(b'"');
+        self
+    }
+}
+
+/// The members of an object being written.
+pub(crate) struct Object<'j> {
+    out: &'j mut Json,
+    empty: bool,
+}
+
+impl Object<'_> {
+    /// Starts member `key` (trusted: a fixed name); `value` writes its value.
+    pub(crate) fn field(&mut self, key: &str, value: impl FnOnce(&mut Json)) -> &mut Self {
+        let buf = &mut self.out.buf;
+        if !self.empty {
+            buf.push(b',');
+        }
+        self.empty = false;
+        buf.push(b'"');
+        buf.extend_from_slice(key.as_bytes());
+        buf.extend_from_slice(b"\":");
+        value(self.out);
+        self
+    }
+
+    /// A member whose value is a string, escaped.
+    pub(crate) fn str(&mut self, key: &str, value: &str) -> &mut Self {
+        self.field(key, |out| {
+            out.str(value);
+        })
+    }
+
+    /// A member whose value is trusted JSON text.
+    pub(crate) fn raw(&mut self, key: &str, json: &str) -> &mut Self {
+        self.field(key, |out| {
+            out.raw(json);
+        })
+    }
+
+    pub(crate) fn int(&mut self, key: &str, n: impl itoa::Integer) -> &mut Self {
+        self.field(key, |out| {
+            out.int(n);
+        })
+    }
+
+    pub(crate) fn bool(&mut self, key: &str, b: bool) -> &mut Self {
+        self.field(key, |out| {
+            out.bool(b);
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn written(f: impl FnOnce(&mut Json)) -> String {
+        let mut out = Json::default();
+        f(&mut out);
+        String::from_utf8(out.into_bytes()).unwrap()
+    }
+
+    /// Every string is escaped exactly as serde_json escapes it, so what is written is what
+    /// `serde_json::to_string` writes for the same value.
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        let samples = [
+            "",
+            "plain",
+            "quote\"d",
+            "back\\slash",
+            "new\nline\ttab\r\u{1}\u{1f}\u{7f}",
+            "ünïcödé ✓ 𝄞",
+            "</script>",
+        ];
+        for s in samples {
+            assert_eq!(
+                written(|o| {
+                    o.str(s);
+                }),
+                serde_json::to_string(s).unwrap()
+            );
+        }
+        let object = written(|o| {
+            o.object(|m| {
+                m.str("a", "x\"y")
+                    .int("b", -3)
+                    .bool("c", true)
+                    .raw("d", "null");
+                m.field("e", |o| {
+                    o.strings(["1", "2"]);
+                });
+            });
+        });
+        assert_eq!(
+            object,
+            json!({"a": "x\"y", "b": -3, "c": true, "d": null, "e": ["1", "2"]}).to_string()
+        );
+    }
+
+    #[test]
+    fn pointers_escape_their_tokens() {
+        let p = written(|o| {
+            o.pointer([
+                Tok::Key("metadata"),
+                Tok::Key("annotations"),
+                Tok::Key("a~b/c"),
+                Tok::Index(12),
+            ]);
+        });
+        assert_eq!(p, r#""/metadata/annotations/a~0b~1c/12""#);
+        let via_jsonptr =
+            jsonptr::PointerBuf::from_tokens(["metadata", "annotations", "a~b/c", "12"]);
+        assert_eq!(p, serde_json::to_string(via_jsonptr.as_str()).unwrap());
+    }
+}
