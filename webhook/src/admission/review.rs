@@ -137,7 +137,7 @@ struct StatusOut<'a> {
     message: &'a str,
 }
 
-fn write(api_version: &str, response: ResponseOut<'_>) -> Vec<u8> {
+fn write(api_version: &'static str, response: ResponseOut<'_>) -> Vec<u8> {
     let ResponseOut {
         uid,
         allowed,
@@ -151,13 +151,13 @@ fn write(api_version: &str, response: ResponseOut<'_>) -> Vec<u8> {
     let message = status.as_ref().map_or(0, |s| s.message.len() + 64);
     let mut out = Json::with_capacity(160 + uid.len() + encoded + text + message);
     out.object(|o| {
-        o.str("apiVersion", api_version)
-            .str("kind", "AdmissionReview")
+        o.fixed("apiVersion", api_version)
+            .fixed("kind", "AdmissionReview")
             .field("response", |out| {
                 out.object(|o| {
                     o.str("uid", uid).bool("allowed", allowed);
                     if let Some(patch) = patch {
-                        o.str("patchType", "JSONPatch").field("patch", |out| {
+                        o.fixed("patchType", "JSONPatch").field("patch", |out| {
                             let buf = out.bytes();
                             buf.push(b'"');
                             base64_simd::STANDARD.encode_append(patch, buf);
@@ -167,9 +167,9 @@ fn write(api_version: &str, response: ResponseOut<'_>) -> Vec<u8> {
                     if let Some(s) = status {
                         o.field("status", |out| {
                             out.object(|o| {
-                                o.str("status", s.status)
+                                o.fixed("status", s.status)
                                     .int("code", s.code)
-                                    .str("reason", s.reason)
+                                    .fixed("reason", s.reason)
                                     .str("message", s.message);
                             });
                         });
@@ -185,7 +185,7 @@ fn write(api_version: &str, response: ResponseOut<'_>) -> Vec<u8> {
     out.into_bytes()
 }
 
-fn allowed(api_version: &str, uid: &str) -> Vec<u8> {
+fn allowed(api_version: &'static str, uid: &str) -> Vec<u8> {
     write(
         api_version,
         ResponseOut {

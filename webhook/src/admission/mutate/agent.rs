@@ -16,7 +16,7 @@ use super::{
     TOKEN_VOLUME, Warnings,
 };
 use crate::admission::json::Json;
-use crate::admission::json::Tok::{Index, Key};
+use crate::admission::json::Tok::{Field, Index};
 use crate::domain::pod::{ContainerView, PodView};
 
 /// An agent container already in the pod, where it sits.
@@ -61,7 +61,7 @@ struct Extras {
 /// One agent container (keys in sorted order, as every fragment of the patch).
 fn agent_container(
     out: &mut Json,
-    name: &str,
+    name: &'static str,
     sub: &str,
     extras: &Extras,
     cfg: &Config,
@@ -89,25 +89,25 @@ fn agent_container(
         if extras.liveness {
             o.field("livenessProbe", |out| liveness(out, args));
         }
-        o.str("name", name).raw("resources", RESOURCES);
+        o.fixed("name", name).raw("resources", RESOURCES);
         if extras.restart_always {
-            o.str("restartPolicy", "Always");
+            o.fixed("restartPolicy", "Always");
         }
         o.field("securityContext", |out| security_context(out, run_as(mesh)))
-            .str("terminationMessagePolicy", "FallbackToLogsOnError")
+            .fixed("terminationMessagePolicy", "FallbackToLogsOnError")
             .field("volumeMounts", |out| {
                 out.raw("[");
                 out.object(|o| {
-                    o.str("mountPath", TOKEN_MOUNT_PATH)
-                        .str("name", TOKEN_VOLUME);
+                    o.fixed("mountPath", TOKEN_MOUNT_PATH)
+                        .fixed("name", TOKEN_VOLUME);
                 });
                 // The credentials endpoint's web identity hop reads the projected Kubernetes
                 // tokens.
                 if sub == subcommand::RUN && args.credentials.iter().any(|c| c.token_file.is_some())
                 {
                     out.raw(",").object(|o| {
-                        o.str("mountPath", KUBERNETES_TOKEN_MOUNT_PATH)
-                            .str("name", KUBERNETES_TOKEN_VOLUME)
+                        o.fixed("mountPath", KUBERNETES_TOKEN_MOUNT_PATH)
+                            .fixed("name", KUBERNETES_TOKEN_VOLUME)
                             .bool("readOnly", true);
                     });
                 }
@@ -236,7 +236,7 @@ fn legacy_agent_ops(
         );
     };
     if args.credentials.is_empty() {
-        patch.append(has_app, &[Key("spec"), Key("containers")], |out| {
+        patch.append(has_app, &[Field("spec"), Field("containers")], |out| {
             sidecar(out, &extras);
         });
     } else {
@@ -292,10 +292,10 @@ pub(super) fn existing_agent_ops(
             continue;
         };
         let base = [
-            Key("spec"),
-            Key(kind.field()),
+            Field("spec"),
+            Field(kind.field()),
             Index(index),
-            Key("securityContext"),
+            Field("securityContext"),
         ];
         let have = RunAs::of(c);
         if c.security_context.is_none() {
@@ -311,7 +311,7 @@ pub(super) fn existing_agent_ops(
             ("runAsGroup", gid, have.run_as_group),
         ] {
             if now != Some(want) {
-                patch.add(&[base[0], base[1], base[2], base[3], Key(field)], |out| {
+                patch.add(&[base[0], base[1], base[2], base[3], Field(field)], |out| {
                     out.int(want);
                 });
             }

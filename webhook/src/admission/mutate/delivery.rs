@@ -3,6 +3,7 @@
 //! gets, and what the agent is told.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use super::{
     ANNOTATION_CREDENTIALS_PORT, Assignment, Binding, Config, Delivery, TokenSource, containers,
@@ -56,7 +57,7 @@ impl EnvVar<'_> {
     }
 
     fn members(&self, o: &mut Object<'_>) {
-        o.str("name", self.name);
+        o.fixed("name", self.name);
         match &self.value {
             EnvValue::Text(text) => {
                 o.str("value", text);
@@ -66,7 +67,7 @@ impl EnvVar<'_> {
                     out.object(|o| {
                         o.field("fieldRef", |out| {
                             out.object(|o| {
-                                o.str("apiVersion", "v1").str("fieldPath", path);
+                                o.fixed("apiVersion", "v1").fixed("fieldPath", path);
                             });
                         });
                     });
@@ -193,9 +194,28 @@ fn token_file(b: &Binding, ctx: &DeliveryCtx<'_>) -> String {
     }
 }
 
+/// The two variables (name, value) that say where a container's credentials come from.
+pub(super) type Identity = [(&'static str, String); 2];
+
+/// [`identity_env`] of each binding, worked out once per admission: the containers a binding
+/// covers share it.
+#[derive(Default)]
+pub(super) struct Identities<'b>(Vec<(&'b Binding, Rc<Identity>)>);
+
+impl<'b> Identities<'b> {
+    pub(super) fn of(&mut self, b: &'b Binding, ctx: &DeliveryCtx<'_>) -> Rc<Identity> {
+        if let Some((_, known)) = self.0.iter().find(|(k, _)| std::ptr::eq(*k, b)) {
+            return known.clone();
+        }
+        let identity = Rc::new(identity_env(b, ctx));
+        self.0.push((b, identity.clone()));
+        identity
+    }
+}
+
 /// What `b`'s delivery sets to say where the credentials come from (exactly these two; every
 /// other variable of [`IDENTITY_VARS`] stays unset).
-pub(super) fn identity_env(b: &Binding, ctx: &DeliveryCtx<'_>) -> [(&'static str, String); 2] {
+pub(super) fn identity_env(b: &Binding, ctx: &DeliveryCtx<'_>) -> Identity {
     match b.delivery() {
         Delivery::WebIdentity => [
             (aws_env::ROLE_ARN, b.role_arn.clone()),

@@ -250,7 +250,7 @@ struct Assignment<'p> {
     container: &'p ContainerView<'p>,
     binding: &'p Binding,
     /// [`delivery::identity_env`] of the binding, computed once.
-    identity: [(&'static str, String); 2],
+    identity: std::rc::Rc<delivery::Identity>,
 }
 
 fn is_agent(name: &str) -> bool {

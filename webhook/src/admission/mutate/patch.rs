@@ -90,7 +90,7 @@ impl PatchOut {
     /// cannot append to a missing array).
     pub(super) fn append(&mut self, exists: bool, path: &[Tok<'_>], item: impl FnOnce(&mut Json)) {
         if exists {
-            self.op(path, Some(Tok::Key("-")), item);
+            self.op(path, Some(Tok::Field("-")), item);
         } else {
             self.op(path, None, |out| {
                 out.raw("[");
@@ -105,11 +105,11 @@ impl PatchOut {
     pub(super) fn insert_at(
         &mut self,
         exists: bool,
-        field: &str,
+        field: &'static str,
         index: usize,
         item: impl FnOnce(&mut Json),
     ) {
-        let path = [Tok::Key("spec"), Tok::Key(field)];
+        let path = [Tok::Field("spec"), Tok::Field(field)];
         if exists {
             self.op(&path, Some(Tok::Index(index)), item);
         } else {

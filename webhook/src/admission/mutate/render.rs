@@ -17,7 +17,7 @@ use super::{
     TOKEN_VOLUME, TOKEN_VOLUME_SIZE_LIMIT, Warnings, containers, is_agent, reserved,
 };
 use crate::admission::json::Json;
-use crate::admission::json::Tok::{Index, Key};
+use crate::admission::json::Tok::{Field, Index, Key};
 use crate::domain::pod::PodView;
 
 /// The whole patch: covered containers, the token volumes, the agent, the bindings annotation.
@@ -87,7 +87,7 @@ fn volume_ops(
 ) {
     let mut exists = pod.spec.volumes.is_some();
     let mut push = |patch: &mut PatchOut, volume: &dyn Fn(&mut Json)| {
-        patch.append(exists, &[Key("spec"), Key("volumes")], volume);
+        patch.append(exists, &[Field("spec"), Field("volumes")], volume);
         exists = true;
     };
     if needs_agent && reserved::volume_named(pod, TOKEN_VOLUME).is_none() {
@@ -95,11 +95,11 @@ fn volume_ops(
             out.object(|o| {
                 o.field("emptyDir", |out| {
                     out.object(|o| {
-                        o.str("medium", "Memory")
-                            .str("sizeLimit", TOKEN_VOLUME_SIZE_LIMIT);
+                        o.fixed("medium", "Memory")
+                            .fixed("sizeLimit", TOKEN_VOLUME_SIZE_LIMIT);
                     });
                 })
-                .str("name", TOKEN_VOLUME);
+                .fixed("name", TOKEN_VOLUME);
             });
         });
     }
@@ -176,19 +176,22 @@ fn endpoint_checks(
 
 fn container_ops(patch: &mut PatchOut, p: &Assignment<'_>, ctx: &DeliveryCtx<'_>) {
     let c = p.container;
-    let base = [Key("spec"), Key(p.kind.field()), Index(p.index)];
+    let base = [Field("spec"), Field(p.kind.field()), Index(p.index)];
     let mut env = delivery::container_env(p, ctx);
     // A variable the container already defines is the user's (or ours from an earlier pass).
     env.retain(|e| c.env_var(e.name).is_none());
     if !env.is_empty() {
         if c.env.is_some() {
             for e in &env {
-                patch.add(&[base[0], base[1], base[2], Key("env"), Key("-")], |out| {
-                    e.write(out);
-                });
+                patch.add(
+                    &[base[0], base[1], base[2], Field("env"), Field("-")],
+                    |out| {
+                        e.write(out);
+                    },
+                );
             }
         } else {
-            patch.add(&[base[0], base[1], base[2], Key("env")], |out| {
+            patch.add(&[base[0], base[1], base[2], Field("env")], |out| {
                 out.array(&env, |out, e| e.write(out));
             });
         }
@@ -201,11 +204,11 @@ fn container_ops(patch: &mut PatchOut, p: &Assignment<'_>, ctx: &DeliveryCtx<'_>
     if !mounted {
         patch.append(
             c.volume_mounts.is_some(),
-            &[base[0], base[1], base[2], Key("volumeMounts")],
+            &[base[0], base[1], base[2], Field("volumeMounts")],
             |out| {
                 out.object(|o| {
-                    o.str("mountPath", path)
-                        .str("name", volume)
+                    o.fixed("mountPath", path)
+                        .fixed("name", volume)
                         .bool("readOnly", true);
                 });
             },
@@ -245,17 +248,17 @@ fn annotation_ops(
     };
     match &pod.metadata.annotations {
         // A JSON patch cannot add below a missing parent: no metadata at all gets the whole map.
-        None if !pod.metadata.present => patch.add(&[Key("metadata")], |out| {
+        None if !pod.metadata.present => patch.add(&[Field("metadata")], |out| {
             out.object(|o| {
                 o.field("annotations", new_map);
             });
         }),
-        None => patch.add(&[Key("metadata"), Key("annotations")], new_map),
+        None => patch.add(&[Field("metadata"), Field("annotations")], new_map),
         Some(a) => {
             let mut wrote = false;
             for (k, v) in ours.clone() {
                 if a.get(k) != Some(v) {
-                    patch.add(&[Key("metadata"), Key("annotations"), Key(k)], |out| {
+                    patch.add(&[Field("metadata"), Field("annotations"), Key(k)], |out| {
                         out.str(v);
                     });
                     wrote |= k == ANNOTATION_APPLIED;

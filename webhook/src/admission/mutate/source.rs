@@ -150,7 +150,7 @@ pub(super) fn projected_volume(
 ) {
     let expiration = ctx.cfg.kubernetes_token_expiration.as_secs();
     out.object(|o| {
-        o.str("name", KUBERNETES_TOKEN_VOLUME)
+        o.fixed("name", KUBERNETES_TOKEN_VOLUME)
             .field("projected", |out| {
                 out.object(|o| {
                     o.field("sources", |out| {
