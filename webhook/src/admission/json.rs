@@ -136,9 +136,9 @@ impl Json {
         })
     }
 
-    /// A JSON pointer, as a string value: tokens escaped (`~` as `~0`, `/` as `~1`).
-    pub(crate) fn pointer<'t>(&mut self, tokens: impl IntoIterator<Item = Tok<'t>>) -> &mut Self {
-        self.buf.push(b'"');
+    /// A JSON pointer inside a string value (without the quotes): tokens escaped (`~` as `~0`,
+    /// `/` as `~1`).
+    pub(crate) fn pointer_content<'t>(&mut self, tokens: impl IntoIterator<Item = Tok<'t>>) {
         for t in tokens {
             self.buf.push(b'/');
             match t {
@@ -149,6 +149,7 @@ impl Json {
                     );
                     self.buf.extend_from_slice(f.as_bytes());
                 }
+                Tok::Key(k) if !k.contains(['~', '/']) => self.str_content(k),
                 Tok::Key(k) => self.str_content(&k.replace('~', "~0").replace('/', "~1")),
                 Tok::Index(i) => {
                     self.buf
@@ -156,8 +157,6 @@ impl Json {
                 }
             }
         }
-        self.buf.push(b'"');
-        self
     }
 }
 
@@ -268,12 +267,14 @@ mod tests {
     #[test]
     fn pointers_escape_their_tokens() {
         let p = written(|o| {
-            o.pointer([
+            o.raw("\"");
+            o.pointer_content([
                 Tok::Field("metadata"),
                 Tok::Field("annotations"),
                 Tok::Key("a~b/c"),
                 Tok::Index(12),
             ]);
+            o.raw("\"");
         });
         assert_eq!(p, r#""/metadata/annotations/a~0b~1c/12""#);
         let via_jsonptr =

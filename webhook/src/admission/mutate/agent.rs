@@ -47,7 +47,7 @@ fn security_context(out: &mut Json, (uid, gid): (i64, i64)) {
 const RESOURCES: &str = r#"{"limits":{"cpu":"100m","memory":"32Mi"},"requests":{"cpu":"5m","ephemeral-storage":"64Mi","memory":"32Mi"}}"#;
 
 /// What an agent container has besides what every one has.
-#[derive(Default)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Extras {
     /// The long-running agent's environment (see [`delivery::agent_env`]).
     env: bool,
@@ -58,25 +58,121 @@ struct Extras {
     liveness: bool,
 }
 
+/// Everything an agent container is rendered from.
+#[derive(Clone, PartialEq)]
+struct AgentInputs<'a> {
+    name: &'static str,
+    sub: &'static str,
+    extras: Extras,
+    image: &'a str,
+    pull_policy: &'a str,
+    cluster_name: Option<&'a str>,
+    args: &'a AgentArgs,
+    run_as: (i64, i64),
+}
+
+/// [`AgentInputs`] kept with what they rendered.
+struct Rendered {
+    name: &'static str,
+    sub: &'static str,
+    extras: Extras,
+    image: String,
+    pull_policy: String,
+    cluster_name: Option<String>,
+    args: AgentArgs,
+    run_as: (i64, i64),
+    json: Vec<u8>,
+}
+
+impl Rendered {
+    fn matches(&self, i: &AgentInputs<'_>) -> bool {
+        self.name == i.name
+            && self.sub == i.sub
+            && self.extras == i.extras
+            && self.run_as == i.run_as
+            && self.image == i.image
+            && self.pull_policy == i.pull_policy
+            && self.cluster_name.as_deref() == i.cluster_name
+            && self.args == *i.args
+    }
+}
+
+/// How many agent containers each thread keeps rendered: legacy mode renders two per pod.
+const RENDERED: usize = 4;
+
+thread_local! {
+    /// The agent containers this thread rendered last. Pods of one workload get the same agent,
+    /// and rendering it (three command lines, the credentials as JSON inside JSON) was most of
+    /// the cost of a patch. What is kept is exactly what the same inputs render.
+    static LAST_RENDERED: std::cell::RefCell<Vec<Rendered>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// One agent container (keys in sorted order, as every fragment of the patch).
 fn agent_container(
     out: &mut Json,
     name: &'static str,
-    sub: &str,
+    sub: &'static str,
     extras: &Extras,
     cfg: &Config,
     args: &AgentArgs,
     mesh: &Mesh,
 ) {
+    let inputs = AgentInputs {
+        name,
+        sub,
+        extras: extras.clone(),
+        image: &cfg.agent_image,
+        pull_policy: &cfg.agent_image_pull_policy,
+        cluster_name: cfg.cluster_name.as_deref(),
+        args,
+        run_as: run_as(mesh),
+    };
+    LAST_RENDERED.with_borrow_mut(|kept| {
+        if let Some(r) = kept.iter().find(|r| r.matches(&inputs)) {
+            out.bytes().extend_from_slice(&r.json);
+            return;
+        }
+        let mut fresh = Json::with_capacity(2048);
+        render_agent(&mut fresh, &inputs);
+        let json = fresh.into_bytes();
+        out.bytes().extend_from_slice(&json);
+        if kept.len() == RENDERED {
+            kept.remove(0);
+        }
+        kept.push(Rendered {
+            name,
+            sub,
+            extras: inputs.extras.clone(),
+            image: cfg.agent_image.clone(),
+            pull_policy: cfg.agent_image_pull_policy.clone(),
+            cluster_name: cfg.cluster_name.clone(),
+            args: args.clone(),
+            run_as: inputs.run_as,
+            json,
+        });
+    });
+}
+
+fn render_agent(out: &mut Json, i: &AgentInputs<'_>) {
+    let AgentInputs {
+        name,
+        sub,
+        ref extras,
+        image,
+        pull_policy,
+        cluster_name,
+        args,
+        run_as,
+    } = *i;
     out.object(|o| {
         o.field("args", |out| {
             out.strings(args.args(sub));
         });
         if extras.env {
-            delivery::agent_env(o, args, cfg);
+            delivery::agent_env(o, args, cluster_name);
         }
-        o.str("image", &cfg.agent_image)
-            .str("imagePullPolicy", &cfg.agent_image_pull_policy);
+        o.str("image", image).str("imagePullPolicy", pull_policy);
         if extras.wait {
             // See `agent_ops` for why a hook and not a startup probe.
             let wait = args.wait_command(Duration::from_secs(STARTUP_BUDGET_SECONDS.into()));
@@ -93,7 +189,7 @@ fn agent_container(
         if extras.restart_always {
             o.fixed("restartPolicy", "Always");
         }
-        o.field("securityContext", |out| security_context(out, run_as(mesh)))
+        o.field("securityContext", |out| security_context(out, run_as))
             .fixed("terminationMessagePolicy", "FallbackToLogsOnError")
             .field("volumeMounts", |out| {
                 out.raw("[");
@@ -314,6 +410,84 @@ pub(super) fn existing_agent_ops(
                 patch.add(&[base[0], base[1], base[2], base[3], Field(field)], |out| {
                     out.int(want);
                 });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rolebridge_contract::{GooglePin, TokenSpec, token_path};
+
+    use super::*;
+
+    /// Agent containers rendered through the kept renderings are byte for byte what rendering
+    /// them afresh writes, however the inputs alternate (more variants than are kept).
+    #[test]
+    fn kept_renderings_are_what_rendering_afresh_writes() {
+        let token = |aud: &str| TokenSpec {
+            path: token_path(aud).into(),
+            audience: aud.into(),
+        };
+        let args = |aud: &str, pin: Option<&str>| AgentArgs {
+            tokens: vec![token(aud)],
+            google_service_account: pin.map(|p| GooglePin::Email(p.into())),
+            ..AgentArgs::default()
+        };
+        let configs = [
+            Config::default(),
+            Config {
+                agent_image: "registry.example/agent:2".into(),
+                cluster_name: Some("prod".into()),
+                ..Config::default()
+            },
+        ];
+        let variants = [
+            args("sts.amazonaws.com", None),
+            args("sts.amazonaws.com", Some("a@p.iam.gserviceaccount.com")),
+            args("sts.amazonaws.com", Some("b@p.iam.gserviceaccount.com")),
+            args("other", None),
+        ];
+        let meshes = [
+            Mesh::default(),
+            Mesh {
+                proxy_user: Some((1337, 1337)),
+                ..Mesh::default()
+            },
+        ];
+        let extras = [
+            Extras::default(),
+            Extras {
+                env: true,
+                wait: true,
+                restart_always: true,
+                liveness: true,
+            },
+        ];
+        for round in 0..2 {
+            for cfg in &configs {
+                for a in &variants {
+                    for mesh in &meshes {
+                        for x in &extras {
+                            let mut kept = Json::default();
+                            let (name, sub) = (AGENT_CONTAINER, subcommand::RUN);
+                            agent_container(&mut kept, name, sub, x, cfg, a, mesh);
+                            let mut fresh = Json::default();
+                            let inputs = AgentInputs {
+                                name,
+                                sub,
+                                extras: x.clone(),
+                                image: &cfg.agent_image,
+                                pull_policy: &cfg.agent_image_pull_policy,
+                                cluster_name: cfg.cluster_name.as_deref(),
+                                args: a,
+                                run_as: run_as(mesh),
+                            };
+                            render_agent(&mut fresh, &inputs);
+                            assert_eq!(kept.into_bytes(), fresh.into_bytes(), "round {round}");
+                        }
+                    }
+                }
             }
         }
     }

@@ -19,7 +19,7 @@ use rolebridge_contract::{
 /// The variables that choose where an AWS SDK gets its credentials from. A container that sets
 /// any of them to anything but exactly what a covering binding's delivery writes has made its
 /// own choice, and rolebridge leaves it alone.
-pub(crate) const IDENTITY_VARS: &[&str] = &[
+pub(crate) const IDENTITY_VARS: [&str; 6] = [
     aws_env::ROLE_ARN,
     aws_env::WEB_IDENTITY_TOKEN_FILE,
     aws_env::CONTAINER_CREDENTIALS_FULL_URI,
@@ -52,28 +52,23 @@ pub(super) struct EnvVar<'a> {
 }
 
 impl EnvVar<'_> {
+    /// `{"name":…,"value":…}` or `{"name":…,"valueFrom":{"fieldRef":…}}`, in few pieces: the
+    /// patch has dozens of these.
     pub(super) fn write(&self, out: &mut Json) {
-        out.object(|o| self.members(o));
-    }
-
-    fn members(&self, o: &mut Object<'_>) {
-        o.fixed("name", self.name);
+        // Names and field paths are rolebridge's own constants: nothing in them needs escaping.
+        debug_assert!(!self.name.contains(['"', '\\']), "{:?}", self.name);
+        out.raw(r#"{"name":""#).raw(self.name);
         match &self.value {
             EnvValue::Text(text) => {
-                o.str("value", text);
+                out.raw(r#"","value":"#).str(text);
             }
             EnvValue::Field(path) => {
-                o.field("valueFrom", |out| {
-                    out.object(|o| {
-                        o.field("fieldRef", |out| {
-                            out.object(|o| {
-                                o.fixed("apiVersion", "v1").fixed("fieldPath", path);
-                            });
-                        });
-                    });
-                });
+                out.raw(r#"","valueFrom":{"fieldRef":{"apiVersion":"v1","fieldPath":""#)
+                    .raw(path)
+                    .raw(r#""}}"#);
             }
         }
+        out.raw("}");
     }
 
     fn text<'a>(name: &'static str, value: &'a str) -> EnvVar<'a> {
@@ -236,13 +231,18 @@ pub(super) fn identity_env(b: &Binding, ctx: &DeliveryCtx<'_>) -> Identity {
 
 /// The [`IDENTITY_VARS`] the container sets itself, in that order.
 pub(super) fn identity_vars_set(c: &ContainerView<'_>) -> Vec<&'static str> {
-    if c.env.as_deref().is_none_or(<[_]>::is_empty) {
-        return Vec::new();
+    // One pass over the container's variables (often dozens), not one per identity variable.
+    let mut found = [false; IDENTITY_VARS.len()];
+    for e in c.env.as_deref().unwrap_or_default() {
+        let name = e.name.as_str();
+        if let Some(i) = IDENTITY_VARS.iter().position(|v| *v == name) {
+            found[i] = true;
+        }
     }
     IDENTITY_VARS
         .iter()
-        .copied()
-        .filter(|v| c.env_var(v).is_some())
+        .zip(found)
+        .filter_map(|(v, set)| set.then_some(*v))
         .collect()
 }
 
@@ -372,7 +372,7 @@ pub(super) fn agent_args(planned: &[Assignment<'_>], ctx: &DeliveryCtx<'_>) -> A
 
 /// The agent's own environment: the pod's identity (downward API) for session names and tags,
 /// needed only when it obtains credentials itself; written as the container's `env` member.
-pub(super) fn agent_env(o: &mut Object<'_>, args: &AgentArgs, cfg: &Config) {
+pub(super) fn agent_env(o: &mut Object<'_>, args: &AgentArgs, cluster_name: Option<&str>) {
     use rolebridge_contract::env;
     if args.credentials.is_empty() {
         return;
@@ -387,7 +387,7 @@ pub(super) fn agent_env(o: &mut Object<'_>, args: &AgentArgs, cfg: &Config) {
         field(env::POD_UID, "metadata.uid"),
         field(env::SERVICE_ACCOUNT, "spec.serviceAccountName"),
     ];
-    if let Some(cluster) = &cfg.cluster_name {
+    if let Some(cluster) = cluster_name {
         vars.push(EnvVar::text(env::CLUSTER_NAME, cluster));
     }
     o.field("env", |out| {

@@ -54,6 +54,18 @@ impl fmt::Debug for Patch {
     }
 }
 
+/// A JSON pointer's text (escaped, without the quotes), written once and used by several
+/// operations.
+pub(super) struct Pointer(String);
+
+/// The [`Pointer`] of `path`.
+pub(super) fn pointer(path: &[Tok<'_>]) -> Pointer {
+    let mut out = Json::with_capacity(64);
+    out.pointer_content(path.iter().copied());
+    // Written from `&str`s and digits only, so it is UTF-8.
+    Pointer(String::from_utf8(out.into_bytes()).unwrap_or_default())
+}
+
 /// A patch being written.
 pub(super) struct PatchOut {
     out: Json,
@@ -62,10 +74,11 @@ pub(super) struct PatchOut {
 }
 
 impl PatchOut {
-    pub(super) fn new() -> Self {
+    /// A patch for `containers` covered containers: room for all of it, as growing the buffer
+    /// copies what was written (about 4 KB for the agent and volumes, under 1 KB a container).
+    pub(super) fn new(containers: usize) -> Self {
         PatchOut {
-            // Room for a full injection of a small pod (about 4 KB with the agent).
-            out: Json::with_capacity(4096),
+            out: Json::with_capacity(4096 + 1024 * containers),
             len: 0,
             applied: None,
         }
@@ -73,10 +86,21 @@ impl PatchOut {
 
     /// `add` at `path` (and `last`, when given) the value `value` writes.
     fn op(&mut self, path: &[Tok<'_>], last: Option<Tok<'_>>, value: impl FnOnce(&mut Json)) {
-        self.out.raw(if self.len == 0 { "[" } else { "," });
-        self.out.raw(r#"{"op":"add","path":"#);
-        self.out.pointer(path.iter().copied().chain(last));
-        self.out.raw(r#","value":"#);
+        self.op_with(
+            |out| out.pointer_content(path.iter().copied().chain(last)),
+            value,
+        );
+    }
+
+    /// `add` at the pointer `pointer` writes (the text inside the quotes).
+    fn op_with(&mut self, pointer: impl FnOnce(&mut Json), value: impl FnOnce(&mut Json)) {
+        self.out.raw(if self.len == 0 {
+            r#"[{"op":"add","path":""#
+        } else {
+            r#",{"op":"add","path":""#
+        });
+        pointer(&mut self.out);
+        self.out.raw(r#"","value":"#);
         value(&mut self.out);
         self.out.raw("}");
         self.len += 1;
@@ -84,6 +108,17 @@ impl PatchOut {
 
     pub(super) fn add(&mut self, path: &[Tok<'_>], value: impl FnOnce(&mut Json)) {
         self.op(path, None, value);
+    }
+
+    /// `add` at `pointer`, a [`pointer`] written once for many operations (a container's
+    /// `…/env/-` for each of its variables).
+    pub(super) fn add_at(&mut self, pointer: &Pointer, value: impl FnOnce(&mut Json)) {
+        self.op_with(
+            |out| {
+                out.raw(&pointer.0);
+            },
+            value,
+        );
     }
 
     /// `add` to the end of an array, or create the array when the pod has none (JSON patch

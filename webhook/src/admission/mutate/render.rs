@@ -4,12 +4,10 @@
 //! JSON-patch ops are applied in order, so per-container ops (which use the original indexes)
 //! come before the insertions of new containers, which shift them.
 
-use std::fmt::Write as _;
-
 use super::agent::{self, Existing};
 use super::delivery::{self, DeliveryCtx};
 use super::mesh::Mesh;
-use super::patch::{Patch, PatchOut};
+use super::patch::{self, Patch, PatchOut};
 use super::source;
 use super::{
     ANNOTATION_APPLIED, ANNOTATION_CREDENTIALS_PORT, ANNOTATION_SKIP_CONTAINERS, Assignment,
@@ -55,7 +53,7 @@ pub(super) fn render(
     }
     let mesh = Mesh::of(pod);
     let needs_agent = !args.tokens.is_empty() || endpoint;
-    let mut patch = PatchOut::new();
+    let mut patch = PatchOut::new(planned.len());
     for p in planned {
         container_ops(&mut patch, p, ctx);
     }
@@ -182,13 +180,9 @@ fn container_ops(patch: &mut PatchOut, p: &Assignment<'_>, ctx: &DeliveryCtx<'_>
     env.retain(|e| c.env_var(e.name).is_none());
     if !env.is_empty() {
         if c.env.is_some() {
+            let end = patch::pointer(&[base[0], base[1], base[2], Field("env"), Field("-")]);
             for e in &env {
-                patch.add(
-                    &[base[0], base[1], base[2], Field("env"), Field("-")],
-                    |out| {
-                        e.write(out);
-                    },
-                );
+                patch.add_at(&end, |out| e.write(out));
             }
         } else {
             patch.add(&[base[0], base[1], base[2], Field("env")], |out| {
@@ -223,15 +217,12 @@ fn annotation_ops(
     planned: &[Assignment<'_>],
     port: Option<u16>,
 ) {
-    let mut applied = String::new();
+    let mut applied = String::with_capacity(64 * planned.len());
     for (i, p) in planned.iter().enumerate() {
         let sep = if i == 0 { "" } else { "," };
-        let _ = write!(
-            applied,
-            "{sep}{}={}",
-            p.container.name.as_str(),
-            p.binding.name
-        );
+        for part in [sep, p.container.name.as_str(), "=", &p.binding.name] {
+            applied.push_str(part);
+        }
     }
     let port = port.map(|p| p.to_string());
     let ours = [
