@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 use bytes::Buf;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::time::Instant;
 use tracing::field::Empty;
 use warp::Filter;
@@ -135,11 +135,18 @@ where
     let mut buf = BodyBuf::new();
     let mut body = std::pin::pin!(body);
     loop {
-        let next = tokio::select! {
-            biased;
-            next = body.next() => next,
-            _ = lease.evicted() => return Err(BodyError::Shed(Shed::Evicted)),
-            _ = tokio::time::sleep_until(ctx.deadline) => return Err(BodyError::Timeout),
+        // What has arrived is taken without arming a timer: a review usually comes whole with
+        // its head, and registering a deadline with tokio's timer (often waking the worker
+        // parked in the driver to move its wake-up time) cost more than reading the body. Only
+        // a body still on its way is waited for under the deadline and the budget.
+        let next = match body.next().now_or_never() {
+            Some(next) => next,
+            None => tokio::select! {
+                biased;
+                next = body.next() => next,
+                _ = lease.evicted() => return Err(BodyError::Shed(Shed::Evicted)),
+                _ = tokio::time::sleep_until(ctx.deadline) => return Err(BodyError::Timeout),
+            },
         };
         let Some(chunk) = next else { break };
         let mut chunk = chunk.map_err(|e| BodyError::Client(e.to_string()))?;
