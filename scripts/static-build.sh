@@ -5,6 +5,9 @@
 #
 #   scripts/static-build.sh [--target TRIPLE] [PACKAGE...]   # default: this host's triple, both
 #   scripts/static-build.sh --print-dir [--target TRIPLE]    # where the binaries land; no build
+#   scripts/static-build.sh --example NAME                   # a webhook example (a benchmark),
+#       built like the shipped binaries (same flags, features and target directory), into
+#       <print-dir>/examples
 #
 # Reproducible on purpose: the same commit built in another checkout, target directory or home
 # gives byte-identical binaries, so an image digest changes only when the source does.
@@ -23,13 +26,17 @@ triple="$(uname -m)-unknown-linux-gnu"
 target_dir="${CARGO_TARGET_DIR:-$repo_root/target}"
 print_dir=0
 packages=()
+examples=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --print-dir) print_dir=1 ;;
     --target)
       [[ $# -ge 2 ]] || { echo "static-build: --target needs a triple" >&2; exit 2; }
       triple=$2; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    --example)
+      [[ $# -ge 2 ]] || { echo "static-build: --example needs a name" >&2; exit 2; }
+      examples+=(--example "$2"); shift ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     rolebridge-webhook|rolebridge-agent) packages+=("$1") ;;
     *) echo "static-build: unknown argument $1 (see $0 --help)" >&2; exit 2 ;;
   esac
@@ -64,9 +71,9 @@ locked=(--locked)
 [[ "${CARGO_LOCKED:-1}" == 0 ]] && locked=()
 pkg_args=()
 for p in "${packages[@]}"; do pkg_args+=(-p "$p"); done
-echo "== cargo build --release (static, $triple, ${packages[*]})"
+echo "== cargo build --release (static, $triple, ${packages[*]}${examples[*]+ ${examples[*]}})"
 cd "$repo_root"
 # CFLAGS_<triple> is the cc crate's per-target variable: it wins over CFLAGS, which is why CFLAGS
 # is folded in above.
 env "CFLAGS_${triple//-/_}=${cflags# }" RUSTFLAGS="$rustflags" \
-  cargo build --release "${locked[@]}" --target "$triple" "${pkg_args[@]}"
+  cargo build --release "${locked[@]}" --target "$triple" "${pkg_args[@]}" ${examples[@]+"${examples[@]}"}

@@ -6,6 +6,7 @@
 #   real AWS SDKs (boto3, AWS CLI, Rust SDK) + moto  cargo test (e2e crate), peers from PyPI
 #   admission fuzzing, 60 s from the corpus          webhook/fuzz/run.sh (cargo-fuzz, libFuzzer)
 #   static binaries in an empty root                scripts/empty-root-test.sh
+#   instructions per admission stage (callgrind)    bench/instructions.sh --check (fails past +25 %)
 #   OCI images without Docker, registry round trip  scripts/images-test.sh
 #   Helm chart lint/render/schema checks            scripts/chart-check.sh
 #   real API server                                 scripts/apiserver-test.sh (../shared/kube, else skipped)
@@ -47,6 +48,9 @@ reclaim webhook/fuzz/target
 
 suite_step "static binaries in an empty root"
 bash scripts/empty-root-test.sh
+
+suite_step "instructions per admission (callgrind; fails past +25 % of bench/instructions.txt)"
+bash bench/instructions.sh --check
 
 suite_step "OCI images (build twice, loopback registry round trip, run unpacked)"
 bash scripts/images-test.sh

@@ -4,7 +4,8 @@
 //! `baseline LISTEN CERT KEY` serves `POST /mutate` with a fixed "allowed" review on exactly the
 //! webhook's TLS stack (same accept loop, rustls config and hyper builder). The ratio of the
 //! webhook's throughput to the baseline's shows how close the admission logic is to the cost
-//! of TLS + HTTP alone.
+//! of TLS + HTTP alone. `baseline-read` does the same after reading the body once with
+//! serde_json (`IgnoredAny`): what reading a review costs before deciding anything.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -37,7 +38,10 @@ fn main() {
             rotate(dir);
         }
         ["rotate", dir] => rotate(dir),
-        ["baseline", listen, cert, key] => {
+        [mode @ ("baseline" | "baseline-read"), listen, cert, key] => {
+            // `baseline-read` also reads the body once with serde_json, keeping nothing: the
+            // floor of any admission that reads the review with it.
+            let read = *mode == "baseline-read";
             let rt = tokio::runtime::Runtime::new().unwrap();
             rt.block_on(async {
                 let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -47,7 +51,11 @@ fn main() {
                 let routes = warp::path("mutate")
                     .and(warp::post())
                     .and(warp::body::bytes())
-                    .map(|_body: bytes::Bytes| {
+                    .map(move |body: bytes::Bytes| {
+                        if read {
+                            let skipped = serde_json::from_slice::<serde::de::IgnoredAny>(&body);
+                            std::hint::black_box(skipped.is_ok());
+                        }
                         Response::builder()
                             .header("content-type", "application/json")
                             .body(ALLOWED.to_vec())
@@ -74,7 +82,9 @@ fn main() {
             });
         }
         _ => {
-            eprintln!("usage: bench_support cert DIR | rotate DIR | baseline LISTEN CERT KEY");
+            eprintln!(
+                "usage: bench_support cert DIR | rotate DIR | baseline|baseline-read LISTEN CERT KEY"
+            );
             std::process::exit(2);
         }
     }

@@ -402,15 +402,21 @@ fn run_case(path: &Path, update: bool) -> Vec<String> {
             if m.outcome != Outcome::Mutated {
                 errors.push(format!("expected mutated, got {:?}", m.outcome));
             }
-            if let Some(op) = m
-                .patch
+            let ops = match m.patch.ops() {
+                Ok(ops) => ops,
+                Err(e) => {
+                    errors.push(format!("the patch is not a JSON patch: {e}: {:?}", m.patch));
+                    return errors;
+                }
+            };
+            if let Some(op) = ops
                 .iter()
                 .find(|op| !matches!(op, json_patch::PatchOperation::Add(_)))
             {
                 errors.push(format!("the mutation only ever adds, got {op:?}"));
             }
             let mut actual = pod.clone();
-            if let Err(e) = json_patch::patch(&mut actual, &m.patch) {
+            if let Err(e) = json_patch::patch(&mut actual, &ops) {
                 errors.push(format!("patch does not apply: {e}\npatch: {:#?}", m.patch));
                 return errors;
             }

@@ -70,7 +70,7 @@ fn admitted(template: &Value) -> Value {
         &Config::default(),
     )
     .unwrap();
-    json_patch::patch(&mut pod, &m.patch).unwrap();
+    json_patch::patch(&mut pod, &m.patch.ops().unwrap()).unwrap();
     pod
 }
 
@@ -284,7 +284,7 @@ metadata: {name: publisher, annotations: {iam.gke.io/gcp-service-account: ci@pro
         &cfg,
     )
     .unwrap();
-    json_patch::patch(&mut pod, &m.patch).unwrap();
+    json_patch::patch(&mut pod, &m.patch.ops().unwrap()).unwrap();
     assert_eq!(template, pod);
 
     let env = &template["spec"]["containers"][0]["env"];

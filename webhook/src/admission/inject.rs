@@ -294,7 +294,12 @@ impl Injector<'_> {
             }
             return Ok(false);
         }
-        json_patch::patch(pod, &result.patch).map_err(|e| InjectError::Patch {
+        let ops = result.patch.ops().map_err(|e| InjectError::Patch {
+            document: self.document,
+            object: label.to_owned(),
+            message: format!("the patch does not read back: {e}"),
+        })?;
+        json_patch::patch(pod, &ops).map_err(|e| InjectError::Patch {
             document: self.document,
             object: label.to_owned(),
             message: e.to_string(),

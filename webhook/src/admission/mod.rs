@@ -10,5 +10,6 @@
 pub mod args;
 pub mod fuzzing;
 pub mod inject;
+mod json;
 pub mod mutate;
 pub mod review;

@@ -1,20 +1,20 @@
 //! AdmissionReview v1 in and out, around the pure mutation.
 //!
 //! The review is read with borrowed, partial serde structs: the pod stays a `RawValue` until
-//! [`PodView`] picks out the few fields the mutation needs. The response is written by hand
-//! with the `patch` base64-encoded, as the `[]byte` field of the Kubernetes API requires.
+//! [`PodView`] picks out the few fields the mutation needs. The response is written as JSON
+//! text into one buffer (see [`crate::admission::json`]), the patch base64-encoded straight
+//! into it, as the `[]byte` field of the Kubernetes API requires.
 //!
 //! Nothing here returns an HTTP error for bad input: a body that is not a readable review gets
 //! an AdmissionReview whose response is `allowed: false` with a 400 status (an `invalid`
 //! response), so the API server reports a clear message instead of "webhook returned 500".
 
-use base64::Engine as _;
-use json_patch::PatchOperation;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::admission::json::Json;
 use crate::admission::mutate::{
-    self, Binding, Config, Denial, Mutation, Outcome, ServiceAccountState, Skip,
+    self, Binding, Config, Denial, Mutation, Outcome, Patch, ServiceAccountState, Skip,
 };
 use crate::domain::pod::{PodView, Str};
 use crate::metrics::AdmissionOutcome;
@@ -93,7 +93,7 @@ pub enum Parsed<'a> {
 #[derive(Debug)]
 pub enum Decision {
     /// Patched with these operations.
-    Applied(Vec<PatchOperation>),
+    Applied(Patch),
     /// Allowed unchanged.
     Skipped(Skip),
     /// Denied.
@@ -120,30 +120,16 @@ impl Decision {
     }
 }
 
-#[derive(Serialize)]
-struct ReviewOut<'a> {
-    #[serde(rename = "apiVersion")]
-    api_version: &'a str,
-    kind: &'static str,
-    response: ResponseOut<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
+/// What a response says (keys written in this order, as serde wrote them).
 struct ResponseOut<'a> {
     uid: &'a str,
     allowed: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch_type: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The patch's JSON text, base64-encoded into the response.
+    patch: Option<&'a [u8]>,
     status: Option<StatusOut<'a>>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
     warnings: &'a [String],
 }
 
-#[derive(Serialize)]
 struct StatusOut<'a> {
     status: &'static str,
     code: u16,
@@ -151,22 +137,60 @@ struct StatusOut<'a> {
     message: &'a str,
 }
 
-fn write(api_version: &str, response: ResponseOut<'_>) -> Vec<u8> {
-    serde_json::to_vec(&ReviewOut {
-        api_version,
-        kind: "AdmissionReview",
-        response,
-    })
-    .expect("a response of strings and bools always serialises")
+fn write(api_version: &'static str, response: ResponseOut<'_>) -> Vec<u8> {
+    let ResponseOut {
+        uid,
+        allowed,
+        patch,
+        status,
+        warnings,
+    } = response;
+    // The envelope and the base64 text are all there is: one allocation, never grown.
+    let encoded = patch.map_or(0, |p| p.len().div_ceil(3) * 4);
+    let text: usize = warnings.iter().map(|w| w.len() + 3).sum();
+    let message = status.as_ref().map_or(0, |s| s.message.len() + 64);
+    let mut out = Json::with_capacity(160 + uid.len() + encoded + text + message);
+    out.object(|o| {
+        o.fixed("apiVersion", api_version)
+            .fixed("kind", "AdmissionReview")
+            .field("response", |out| {
+                out.object(|o| {
+                    o.str("uid", uid).bool("allowed", allowed);
+                    if let Some(patch) = patch {
+                        o.fixed("patchType", "JSONPatch").field("patch", |out| {
+                            let buf = out.bytes();
+                            buf.push(b'"');
+                            base64_simd::STANDARD.encode_append(patch, buf);
+                            buf.push(b'"');
+                        });
+                    }
+                    if let Some(s) = status {
+                        o.field("status", |out| {
+                            out.object(|o| {
+                                o.fixed("status", s.status)
+                                    .int("code", s.code)
+                                    .fixed("reason", s.reason)
+                                    .str("message", s.message);
+                            });
+                        });
+                    }
+                    if !warnings.is_empty() {
+                        o.field("warnings", |out| {
+                            out.strings(warnings);
+                        });
+                    }
+                });
+            });
+    });
+    out.into_bytes()
 }
 
-fn allowed(api_version: &str, uid: &str) -> Vec<u8> {
+fn allowed(api_version: &'static str, uid: &str) -> Vec<u8> {
     write(
         api_version,
         ResponseOut {
             uid,
             allowed: true,
-            patch_type: None,
             patch: None,
             status: None,
             warnings: &[],
@@ -181,7 +205,6 @@ pub fn invalid(uid: &str, message: &str) -> Vec<u8> {
         ResponseOut {
             uid,
             allowed: false,
-            patch_type: None,
             patch: None,
             status: Some(StatusOut {
                 status: "Failure",
@@ -200,8 +223,16 @@ fn none<O>() -> Option<O> {
 
 /// Reads a review body. Never fails: unreadable input yields a ready `invalid` body.
 pub fn parse(body: &[u8]) -> Parsed<'_> {
-    // Fast path: the pod view is read in the same pass as the review.
-    if let Ok(review) = serde_json::from_slice::<ReviewIn<'_, PodView<'_>>>(body) {
+    // Fast path: the pod view is read in the same pass as the review. JSON is UTF-8: checked
+    // once over the whole body (SIMD, a fraction of an instruction per byte), the strings
+    // serde_json reads then need no check of their own (one call each, most of them short
+    // keys). A body that is not UTF-8 is read as bytes, as it always was: only the strings the
+    // view reads are checked, so bytes in a skipped field do not make the review invalid.
+    let fast = match simdutf8::basic::from_utf8(body) {
+        Ok(text) => serde_json::from_str::<ReviewIn<'_, PodView<'_>>>(text),
+        Err(_) => serde_json::from_slice::<ReviewIn<'_, PodView<'_>>>(body),
+    };
+    if let Ok(review) = fast {
         return finish(review, Ok);
     }
     // Anything else (not JSON, not a review, an object that is not pod-shaped) takes the
@@ -315,27 +346,21 @@ impl PodReview<'_> {
                 patch,
                 warnings,
             }) => {
-                let (encoded, decision) = match outcome {
-                    Outcome::Mutated => {
-                        let json = serde_json::to_vec(&patch).expect("patch serialises");
-                        (
-                            Some(base64::engine::general_purpose::STANDARD.encode(json)),
-                            Decision::Applied(patch),
-                        )
-                    }
-                    Outcome::Skipped(why) => (None, Decision::Skipped(why)),
-                };
+                let mutated = outcome == Outcome::Mutated;
                 let body = write(
                     self.api_version,
                     ResponseOut {
                         uid,
                         allowed: true,
-                        patch_type: encoded.as_ref().map(|_| "JSONPatch"),
-                        patch: encoded,
+                        patch: mutated.then(|| patch.as_bytes()),
                         status: None,
                         warnings: &warnings,
                     },
                 );
+                let decision = match outcome {
+                    Outcome::Mutated => Decision::Applied(patch),
+                    Outcome::Skipped(why) => Decision::Skipped(why),
+                };
                 (body, decision)
             }
             Err(denial) => {
@@ -344,7 +369,6 @@ impl PodReview<'_> {
                     ResponseOut {
                         uid,
                         allowed: false,
-                        patch_type: None,
                         patch: None,
                         status: Some(StatusOut {
                             status: "Failure",

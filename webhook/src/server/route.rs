@@ -18,8 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 use bytes::Buf;
-use futures::{Stream, StreamExt};
-use json_patch::PatchOperation;
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::time::Instant;
 use tracing::field::Empty;
 use warp::Filter;
@@ -29,7 +28,7 @@ use super::bodybuf::{BodyBuf, HEAP_MAX};
 use super::budget::{BodyBudget, BodyLease, Shed};
 use super::tls::CertStore;
 use crate::admission::mutate::Config;
-use crate::admission::mutate::{self, ServiceAccountState, Skip, TokenSource};
+use crate::admission::mutate::{self, Patch, ServiceAccountState, Skip, TokenSource};
 use crate::admission::review::{self, Decision, Parsed, PodReview};
 use crate::bindings::cache::BindingCache;
 use crate::domain::pod::PodView;
@@ -136,11 +135,18 @@ where
     let mut buf = BodyBuf::new();
     let mut body = std::pin::pin!(body);
     loop {
-        let next = tokio::select! {
-            biased;
-            next = body.next() => next,
-            _ = lease.evicted() => return Err(BodyError::Shed(Shed::Evicted)),
-            _ = tokio::time::sleep_until(ctx.deadline) => return Err(BodyError::Timeout),
+        // What has arrived is taken without arming a timer: a review usually comes whole with
+        // its head, and registering a deadline with tokio's timer (often waking the worker
+        // parked in the driver to move its wake-up time) cost more than reading the body. Only
+        // a body still on its way is waited for under the deadline and the budget.
+        let next = match body.next().now_or_never() {
+            Some(next) => next,
+            None => tokio::select! {
+                biased;
+                next = body.next() => next,
+                _ = lease.evicted() => return Err(BodyError::Shed(Shed::Evicted)),
+                _ = tokio::time::sleep_until(ctx.deadline) => return Err(BodyError::Timeout),
+            },
         };
         let Some(chunk) = next else { break };
         let mut chunk = chunk.map_err(|e| BodyError::Client(e.to_string()))?;
@@ -326,7 +332,7 @@ pub(crate) async fn admit(state: &AppState, body: &[u8]) -> (Vec<u8>, AdmissionO
 }
 
 /// The `container=binding` pairs a patch applied, looked up only when the line is written.
-struct Applied<'p>(&'p [PatchOperation], &'p PodView<'p>);
+struct Applied<'p>(&'p Patch, &'p PodView<'p>);
 
 impl std::fmt::Display for Applied<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -3,23 +3,23 @@
 //! gets, and what the agent is told.
 
 use std::collections::BTreeMap;
-
-use rolebridge_contract::{
-    AUTH_TOKEN_PATH, AgentArgs, CredentialsSpec, MIN_CREDENTIALS_PORT, TokenSpec, aws_env,
-    credentials_uri, kubernetes_token_path, session_name, token_path,
-};
-use serde_json::{Value, json};
+use std::rc::Rc;
 
 use super::{
     ANNOTATION_CREDENTIALS_PORT, Assignment, Binding, Config, Delivery, TokenSource, containers,
     is_agent,
 };
+use crate::admission::json::{Json, Object};
 use crate::domain::pod::{ContainerView, EnvView, PodView};
+use rolebridge_contract::{
+    AUTH_TOKEN_PATH, AgentArgs, CredentialsSpec, MIN_CREDENTIALS_PORT, TokenSpec, aws_env,
+    credentials_uri, kubernetes_token_path, session_name, token_path,
+};
 
 /// The variables that choose where an AWS SDK gets its credentials from. A container that sets
 /// any of them to anything but exactly what a covering binding's delivery writes has made its
 /// own choice, and rolebridge leaves it alone.
-pub(crate) const IDENTITY_VARS: &[&str] = &[
+pub(crate) const IDENTITY_VARS: [&str; 6] = [
     aws_env::ROLE_ARN,
     aws_env::WEB_IDENTITY_TOKEN_FILE,
     aws_env::CONTAINER_CREDENTIALS_FULL_URI,
@@ -34,7 +34,49 @@ pub(super) struct DeliveryCtx<'c> {
     /// Where this pod's credentials endpoint listens.
     pub port: Port,
     /// `AWS_ROLE_SESSION_NAME` for web identity.
-    session_name: Value,
+    session_name: EnvValue<'static>,
+}
+
+/// A variable's value: literal, or the pod field the downward API reads at container start.
+#[derive(Debug, Clone)]
+pub(super) enum EnvValue<'a> {
+    Text(std::borrow::Cow<'a, str>),
+    Field(&'static str),
+}
+
+/// A variable rolebridge sets.
+#[derive(Debug, Clone)]
+pub(super) struct EnvVar<'a> {
+    pub name: &'static str,
+    pub value: EnvValue<'a>,
+}
+
+impl EnvVar<'_> {
+    /// `{"name":…,"value":…}` or `{"name":…,"valueFrom":{"fieldRef":…}}`, in few pieces: the
+    /// patch has dozens of these.
+    pub(super) fn write(&self, out: &mut Json) {
+        // Names and field paths are rolebridge's own constants: nothing in them needs escaping.
+        debug_assert!(!self.name.contains(['"', '\\']), "{:?}", self.name);
+        out.raw(r#"{"name":""#).raw(self.name);
+        match &self.value {
+            EnvValue::Text(text) => {
+                out.raw(r#"","value":"#).str(text);
+            }
+            EnvValue::Field(path) => {
+                out.raw(r#"","valueFrom":{"fieldRef":{"apiVersion":"v1","fieldPath":""#)
+                    .raw(path)
+                    .raw(r#""}}"#);
+            }
+        }
+        out.raw("}");
+    }
+
+    fn text<'a>(name: &'static str, value: &'a str) -> EnvVar<'a> {
+        EnvVar {
+            name,
+            value: EnvValue::Text(value.into()),
+        }
+    }
 }
 
 /// The credentials endpoint's port for a pod: decided for every pod (variables from an earlier
@@ -147,9 +189,28 @@ fn token_file(b: &Binding, ctx: &DeliveryCtx<'_>) -> String {
     }
 }
 
+/// The two variables (name, value) that say where a container's credentials come from.
+pub(super) type Identity = [(&'static str, String); 2];
+
+/// [`identity_env`] of each binding, worked out once per admission: the containers a binding
+/// covers share it.
+#[derive(Default)]
+pub(super) struct Identities<'b>(Vec<(&'b Binding, Rc<Identity>)>);
+
+impl<'b> Identities<'b> {
+    pub(super) fn of(&mut self, b: &'b Binding, ctx: &DeliveryCtx<'_>) -> Rc<Identity> {
+        if let Some((_, known)) = self.0.iter().find(|(k, _)| std::ptr::eq(*k, b)) {
+            return known.clone();
+        }
+        let identity = Rc::new(identity_env(b, ctx));
+        self.0.push((b, identity.clone()));
+        identity
+    }
+}
+
 /// What `b`'s delivery sets to say where the credentials come from (exactly these two; every
 /// other variable of [`IDENTITY_VARS`] stays unset).
-pub(super) fn identity_env(b: &Binding, ctx: &DeliveryCtx<'_>) -> [(&'static str, String); 2] {
+pub(super) fn identity_env(b: &Binding, ctx: &DeliveryCtx<'_>) -> Identity {
     match b.delivery() {
         Delivery::WebIdentity => [
             (aws_env::ROLE_ARN, b.role_arn.clone()),
@@ -170,13 +231,18 @@ pub(super) fn identity_env(b: &Binding, ctx: &DeliveryCtx<'_>) -> [(&'static str
 
 /// The [`IDENTITY_VARS`] the container sets itself, in that order.
 pub(super) fn identity_vars_set(c: &ContainerView<'_>) -> Vec<&'static str> {
-    if c.env.as_deref().is_none_or(<[_]>::is_empty) {
-        return Vec::new();
+    // One pass over the container's variables (often dozens), not one per identity variable.
+    let mut found = [false; IDENTITY_VARS.len()];
+    for e in c.env.as_deref().unwrap_or_default() {
+        let name = e.name.as_str();
+        if let Some(i) = IDENTITY_VARS.iter().position(|v| *v == name) {
+            found[i] = true;
+        }
     }
     IDENTITY_VARS
         .iter()
-        .copied()
-        .filter(|v| c.env_var(v).is_some())
+        .zip(found)
+        .filter_map(|(v, set)| set.then_some(*v))
         .collect()
 }
 
@@ -205,20 +271,27 @@ pub(super) fn describe(d: Delivery) -> &'static str {
 }
 
 /// Every variable a covered container gets (before dropping those it already defines).
-pub(super) fn container_env(p: &Assignment<'_>, ctx: &DeliveryCtx<'_>) -> Vec<Value> {
+pub(super) fn container_env<'p>(
+    p: &'p Assignment<'_>,
+    ctx: &'p DeliveryCtx<'_>,
+) -> Vec<EnvVar<'p>> {
     let b = p.binding;
-    let mut env: Vec<Value> = p
-        .identity
-        .iter()
-        .map(|(name, value)| json!({"name": name, "value": value}))
-        .collect();
+    let mut env: Vec<EnvVar<'p>> = Vec::with_capacity(6);
+    env.extend(
+        p.identity
+            .iter()
+            .map(|(name, value)| EnvVar::text(name, value)),
+    );
     if b.delivery() == Delivery::WebIdentity {
-        env.push(ctx.session_name.clone());
+        env.push(EnvVar {
+            name: aws_env::ROLE_SESSION_NAME,
+            value: ctx.session_name.clone(),
+        });
     }
     if let Some(region) = &b.region {
-        env.push(json!({"name": aws_env::REGION, "value": region}));
-        env.push(json!({"name": aws_env::DEFAULT_REGION, "value": region}));
-        env.push(json!({"name": aws_env::STS_REGIONAL_ENDPOINTS, "value": "regional"}));
+        env.push(EnvVar::text(aws_env::REGION, region));
+        env.push(EnvVar::text(aws_env::DEFAULT_REGION, region));
+        env.push(EnvVar::text(aws_env::STS_REGIONAL_ENDPOINTS, "regional"));
     }
     env
 }
@@ -228,7 +301,7 @@ pub(super) fn container_env(p: &Assignment<'_>, ctx: &DeliveryCtx<'_>) -> Vec<Va
 /// names are at most 63 characters). An explicit name outside STS's length limits would make
 /// every AssumeRoleWithWebIdentity fail, so such pods get a fixed, valid session name instead
 /// (cut or padded, not `session_name::sanitize`d: the value pods have always been given).
-fn session_name_env(pod: &PodView<'_>) -> Value {
+fn session_name_env(pod: &PodView<'_>) -> EnvValue<'static> {
     match pod.metadata.name.as_ref().map(|n| n.as_str()) {
         Some(n)
             if !n.is_empty()
@@ -238,12 +311,9 @@ fn session_name_env(pod: &PodView<'_>) -> Value {
             if v.len() < session_name::MIN_LEN {
                 v.push_str("-pod");
             }
-            json!({"name": aws_env::ROLE_SESSION_NAME, "value": v})
+            EnvValue::Text(v.into())
         }
-        _ => json!({
-            "name": aws_env::ROLE_SESSION_NAME,
-            "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
-        }),
+        _ => EnvValue::Field("metadata.name"),
     }
 }
 
@@ -301,23 +371,28 @@ pub(super) fn agent_args(planned: &[Assignment<'_>], ctx: &DeliveryCtx<'_>) -> A
 }
 
 /// The agent's own environment: the pod's identity (downward API) for session names and tags,
-/// needed only when it obtains credentials itself.
-pub(super) fn agent_env(args: &AgentArgs, cfg: &Config) -> Option<Value> {
+/// needed only when it obtains credentials itself; written as the container's `env` member.
+pub(super) fn agent_env(o: &mut Object<'_>, args: &AgentArgs, cluster_name: Option<&str>) {
     use rolebridge_contract::env;
     if args.credentials.is_empty() {
-        return None;
+        return;
     }
-    let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}});
+    let field = |name, path| EnvVar {
+        name,
+        value: EnvValue::Field(path),
+    };
     let mut vars = vec![
         field(env::POD_NAME, "metadata.name"),
         field(env::POD_NAMESPACE, "metadata.namespace"),
         field(env::POD_UID, "metadata.uid"),
         field(env::SERVICE_ACCOUNT, "spec.serviceAccountName"),
     ];
-    if let Some(cluster) = &cfg.cluster_name {
-        vars.push(json!({"name": env::CLUSTER_NAME, "value": cluster}));
+    if let Some(cluster) = cluster_name {
+        vars.push(EnvVar::text(env::CLUSTER_NAME, cluster));
     }
-    Some(Value::Array(vars))
+    o.field("env", |out| {
+        out.array(&vars, |out, v| v.write(out));
+    });
 }
 
 /// What an agent already in the pod (an earlier injection) lacks, as `(what, value)`: its

@@ -43,14 +43,13 @@
 
 use std::time::Duration;
 
-use json_patch::PatchOperation;
-
 use crate::domain::pod::{ContainerView, PodView};
 
 mod agent;
 mod delivery;
 mod gate;
 mod mesh;
+mod patch;
 mod plan;
 mod render;
 mod reserved;
@@ -58,6 +57,7 @@ mod source;
 
 pub use crate::domain::binding::{Binding, Delivery, TokenSource};
 pub use crate::domain::status::ServiceAccountState;
+pub use patch::Patch;
 pub use rolebridge_contract::{
     AGENT_BINARY, AGENT_UID, KUBERNETES_TOKEN_MOUNT_PATH, TOKEN_MOUNT_PATH, kubernetes_token_path,
     token_path,
@@ -147,7 +147,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mutation {
     pub outcome: Outcome,
-    pub patch: Vec<PatchOperation>,
+    pub patch: Patch,
     pub warnings: Vec<String>,
 }
 
@@ -250,7 +250,7 @@ struct Assignment<'p> {
     container: &'p ContainerView<'p>,
     binding: &'p Binding,
     /// [`delivery::identity_env`] of the binding, computed once.
-    identity: [(&'static str, String); 2],
+    identity: std::rc::Rc<delivery::Identity>,
 }
 
 fn is_agent(name: &str) -> bool {
@@ -284,7 +284,7 @@ pub fn mutate(
     let skip = |why, warnings: Warnings| {
         Ok(Mutation {
             outcome: Outcome::Skipped(why),
-            patch: Vec::new(),
+            patch: Patch::default(),
             warnings: warnings.0,
         })
     };
@@ -318,11 +318,10 @@ pub fn mutate(
 
 /// The `container=binding` pairs a mutation's patch records in `rolebridge.io/bindings`, or the
 /// pod's own annotation where the patch leaves it as it was: what an admission applied.
-pub(crate) fn applied_bindings<'p>(
-    patch: &'p [PatchOperation],
-    pod: &'p PodView<'_>,
-) -> Option<&'p str> {
-    render::applied_by(patch).or_else(|| pod.annotation(ANNOTATION_APPLIED))
+pub(crate) fn applied_bindings<'p>(patch: &'p Patch, pod: &'p PodView<'_>) -> Option<&'p str> {
+    patch
+        .applied()
+        .or_else(|| pod.annotation(ANNOTATION_APPLIED))
 }
 
 #[cfg(test)]
@@ -347,7 +346,7 @@ mod tests {
     }
 
     fn applied(m: &Mutation) -> Option<&str> {
-        render::applied_by(&m.patch)
+        m.patch.applied()
     }
 
     /// The role annotation breaks ties only: it must not take a container away from the

@@ -99,6 +99,7 @@ pub(super) fn plan<'p>(
 ) -> Result<Vec<Assignment<'p>>, Denial> {
     let mut planned = Vec::new();
     let mut ties: Vec<String> = Vec::new();
+    let mut identities = delivery::Identities::default();
     for (kind, index, c) in containers(pod) {
         let name = c.name.as_str();
         if !considered(name, gate, bindings) {
@@ -153,7 +154,7 @@ pub(super) fn plan<'p>(
             index,
             container: c,
             binding,
-            identity: delivery::identity_env(binding, ctx),
+            identity: identities.of(binding, ctx),
         });
     }
     if !ties.is_empty() {

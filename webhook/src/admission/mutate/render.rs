@@ -1,52 +1,22 @@
-//! Phase 4: the JSON patch for a plan.
+//! Phase 4: the JSON patch for a plan, written as JSON text as it is decided (see
+//! [`crate::admission::json`]).
 //!
 //! JSON-patch ops are applied in order, so per-container ops (which use the original indexes)
 //! come before the insertions of new containers, which shift them.
 
-use std::fmt::Write as _;
-
-use json_patch::{AddOperation, PatchOperation, jsonptr::PointerBuf};
-use serde_json::{Value, json};
-
 use super::agent::{self, Existing};
 use super::delivery::{self, DeliveryCtx};
 use super::mesh::Mesh;
+use super::patch::{self, Patch, PatchOut};
 use super::source;
 use super::{
     ANNOTATION_APPLIED, ANNOTATION_CREDENTIALS_PORT, ANNOTATION_SKIP_CONTAINERS, Assignment,
     Delivery, Denial, DenyReason, KUBERNETES_TOKEN_VOLUME, Kind, ServiceAccountState, SidecarMode,
     TOKEN_VOLUME, TOKEN_VOLUME_SIZE_LIMIT, Warnings, containers, is_agent, reserved,
 };
+use crate::admission::json::Json;
+use crate::admission::json::Tok::{Field, Index, Key};
 use crate::domain::pod::PodView;
-
-pub(super) fn add(tokens: &[&str], value: Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation {
-        path: PointerBuf::from_tokens(tokens.iter().copied()),
-        value,
-    })
-}
-
-/// `add` to the end of an array, or create the array when the pod has none (JSON patch cannot
-/// append to a missing array).
-pub(super) fn append(exists: bool, tokens: &[&str], item: Value) -> PatchOperation {
-    if exists {
-        let mut t = tokens.to_vec();
-        t.push("-");
-        add(&t, item)
-    } else {
-        add(tokens, Value::Array(vec![item]))
-    }
-}
-
-/// Inserts `item` at `index` of `spec.<field>` (which has at least `index` entries when it
-/// exists), or creates the array.
-pub(super) fn insert_at(exists: bool, field: &str, index: usize, item: Value) -> PatchOperation {
-    if exists {
-        add(&["spec", field, &index.to_string()], item)
-    } else {
-        add(&["spec", field], Value::Array(vec![item]))
-    }
-}
 
 /// The whole patch: covered containers, the token volumes, the agent, the bindings annotation.
 pub(super) fn render(
@@ -56,7 +26,7 @@ pub(super) fn render(
     account: &ServiceAccountState,
     ctx: &DeliveryCtx<'_>,
     warnings: &mut Warnings,
-) -> Result<Vec<PatchOperation>, Denial> {
+) -> Result<Patch, Denial> {
     let mut args = delivery::agent_args(planned, ctx);
     let endpoint = !args.credentials.is_empty();
     if endpoint {
@@ -83,7 +53,7 @@ pub(super) fn render(
     }
     let mesh = Mesh::of(pod);
     let needs_agent = !args.tokens.is_empty() || endpoint;
-    let mut patch = Vec::new();
+    let mut patch = PatchOut::new(planned.len());
     for p in planned {
         container_ops(&mut patch, p, ctx);
     }
@@ -99,14 +69,14 @@ pub(super) fn render(
     }
     let port = (endpoint && !ctx.port.annotated).then_some(ctx.port.number);
     annotation_ops(&mut patch, pod, planned, port);
-    Ok(patch)
+    Ok(patch.finish())
 }
 
 /// The in-memory volume when the pod has an agent, the projected Kubernetes tokens when a
 /// Kubernetes-source binding is planned; what an earlier injection's projected volume lacks
 /// cannot be added to it by an `add` and is reported.
 fn volume_ops(
-    patch: &mut Vec<PatchOperation>,
+    patch: &mut PatchOut,
     pod: &PodView<'_>,
     planned: &[Assignment<'_>],
     ctx: &DeliveryCtx<'_>,
@@ -114,23 +84,29 @@ fn volume_ops(
     warnings: &mut Warnings,
 ) {
     let mut exists = pod.spec.volumes.is_some();
-    let mut push = |patch: &mut Vec<PatchOperation>, volume: Value| {
-        patch.push(append(exists, &["spec", "volumes"], volume));
+    let mut push = |patch: &mut PatchOut, volume: &dyn Fn(&mut Json)| {
+        patch.append(exists, &[Field("spec"), Field("volumes")], volume);
         exists = true;
     };
     if needs_agent && reserved::volume_named(pod, TOKEN_VOLUME).is_none() {
-        let volume = json!({
-            "name": TOKEN_VOLUME,
-            "emptyDir": {"medium": "Memory", "sizeLimit": TOKEN_VOLUME_SIZE_LIMIT},
+        push(patch, &|out| {
+            out.object(|o| {
+                o.field("emptyDir", |out| {
+                    out.object(|o| {
+                        o.fixed("medium", "Memory")
+                            .fixed("sizeLimit", TOKEN_VOLUME_SIZE_LIMIT);
+                    });
+                })
+                .fixed("name", TOKEN_VOLUME);
+            });
         });
-        push(patch, volume);
     }
     let tokens = source::projected_tokens(planned, ctx);
     if tokens.is_empty() {
         return;
     }
     let Some(earlier) = reserved::volume_named(pod, KUBERNETES_TOKEN_VOLUME) else {
-        push(patch, source::projected_volume(&tokens, ctx));
+        push(patch, &|out| source::projected_volume(out, &tokens, ctx));
         return;
     };
     let have = earlier
@@ -196,20 +172,22 @@ fn endpoint_checks(
     Ok(())
 }
 
-fn container_ops(patch: &mut Vec<PatchOperation>, p: &Assignment<'_>, ctx: &DeliveryCtx<'_>) {
+fn container_ops(patch: &mut PatchOut, p: &Assignment<'_>, ctx: &DeliveryCtx<'_>) {
     let c = p.container;
-    let idx = p.index.to_string();
-    let base = ["spec", p.kind.field(), idx.as_str()];
+    let base = [Field("spec"), Field(p.kind.field()), Index(p.index)];
     let mut env = delivery::container_env(p, ctx);
     // A variable the container already defines is the user's (or ours from an earlier pass).
-    env.retain(|e| c.env_var(e["name"].as_str().unwrap_or_default()).is_none());
+    env.retain(|e| c.env_var(e.name).is_none());
     if !env.is_empty() {
         if c.env.is_some() {
-            for e in env {
-                patch.push(add(&[base[0], base[1], base[2], "env", "-"], e));
+            let end = patch::pointer(&[base[0], base[1], base[2], Field("env"), Field("-")]);
+            for e in &env {
+                patch.add_at(&end, |out| e.write(out));
             }
         } else {
-            patch.push(add(&[base[0], base[1], base[2], "env"], Value::Array(env)));
+            patch.add(&[base[0], base[1], base[2], Field("env")], |out| {
+                out.array(&env, |out, e| e.write(out));
+            });
         }
     }
     let (volume, path) = source::mount(p.binding);
@@ -218,78 +196,69 @@ fn container_ops(patch: &mut Vec<PatchOperation>, p: &Assignment<'_>, ctx: &Deli
         .as_deref()
         .is_some_and(|m| m.iter().any(|m| m.name.as_str() == volume));
     if !mounted {
-        let mount = json!({"name": volume, "mountPath": path, "readOnly": true});
-        patch.push(append(
+        patch.append(
             c.volume_mounts.is_some(),
-            &[base[0], base[1], base[2], "volumeMounts"],
-            mount,
-        ));
+            &[base[0], base[1], base[2], Field("volumeMounts")],
+            |out| {
+                out.object(|o| {
+                    o.fixed("mountPath", path)
+                        .fixed("name", volume)
+                        .bool("readOnly", true);
+                });
+            },
+        );
     }
-}
-
-/// The `container=binding` pairs a patch writes into `rolebridge.io/bindings`, wherever
-/// [`annotation_ops`] put them; `None` when the patch leaves the pod's annotation as it was.
-pub(super) fn applied_by(patch: &[PatchOperation]) -> Option<&str> {
-    patch.iter().rev().find_map(|op| {
-        let PatchOperation::Add(a) = op else {
-            return None;
-        };
-        match a.path.as_str() {
-            "/metadata" => a.value["annotations"][ANNOTATION_APPLIED].as_str(),
-            "/metadata/annotations" => a.value[ANNOTATION_APPLIED].as_str(),
-            p if p.starts_with("/metadata/annotations/")
-                && a.path.count() == 3
-                && a.path
-                    .last()
-                    .is_some_and(|t| t.decoded() == ANNOTATION_APPLIED) =>
-            {
-                a.value.as_str()
-            }
-            _ => None,
-        }
-    })
 }
 
 /// `rolebridge.io/bindings` always, and the endpoint's port when rolebridge chose it.
 fn annotation_ops(
-    patch: &mut Vec<PatchOperation>,
+    patch: &mut PatchOut,
     pod: &PodView<'_>,
     planned: &[Assignment<'_>],
     port: Option<u16>,
 ) {
-    let mut applied = String::new();
+    let mut applied = String::with_capacity(64 * planned.len());
     for (i, p) in planned.iter().enumerate() {
         let sep = if i == 0 { "" } else { "," };
-        let _ = write!(
-            applied,
-            "{sep}{}={}",
-            p.container.name.as_str(),
-            p.binding.name
-        );
+        for part in [sep, p.container.name.as_str(), "=", &p.binding.name] {
+            applied.push_str(part);
+        }
     }
-    let mut ours = vec![(ANNOTATION_APPLIED, applied)];
-    if let Some(port) = port {
-        ours.push((ANNOTATION_CREDENTIALS_PORT, port.to_string()));
-    }
-    let new_map = |ours: Vec<(&str, String)>| {
-        let map: serde_json::Map<String, Value> = ours
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), Value::String(v)))
-            .collect();
-        Value::Object(map)
+    let port = port.map(|p| p.to_string());
+    let ours = [
+        (ANNOTATION_APPLIED, Some(applied.as_str())),
+        (ANNOTATION_CREDENTIALS_PORT, port.as_deref()),
+    ];
+    let ours = ours.iter().filter_map(|(k, v)| Some((*k, (*v)?)));
+    let new_map = |out: &mut Json| {
+        out.object(|o| {
+            for (k, v) in ours.clone() {
+                o.str(k, v);
+            }
+        });
     };
     match &pod.metadata.annotations {
         // A JSON patch cannot add below a missing parent: no metadata at all gets the whole map.
-        None if !pod.metadata.present => {
-            patch.push(add(&["metadata"], json!({"annotations": new_map(ours)})))
-        }
-        None => patch.push(add(&["metadata", "annotations"], new_map(ours))),
+        None if !pod.metadata.present => patch.add(&[Field("metadata")], |out| {
+            out.object(|o| {
+                o.field("annotations", new_map);
+            });
+        }),
+        None => patch.add(&[Field("metadata"), Field("annotations")], new_map),
         Some(a) => {
-            for (k, v) in ours {
-                if a.get(k) != Some(v.as_str()) {
-                    patch.push(add(&["metadata", "annotations", k], Value::String(v)));
+            let mut wrote = false;
+            for (k, v) in ours.clone() {
+                if a.get(k) != Some(v) {
+                    patch.add(&[Field("metadata"), Field("annotations"), Key(k)], |out| {
+                        out.str(v);
+                    });
+                    wrote |= k == ANNOTATION_APPLIED;
                 }
+            }
+            if !wrote {
+                return;
             }
         }
     }
+    patch.applies(applied);
 }

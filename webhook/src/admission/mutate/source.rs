@@ -16,13 +16,13 @@ use rolebridge_contract::{
     GooglePin, KUBERNETES_TOKEN_MOUNT_PATH, TOKEN_MOUNT_PATH, token_file_name,
 };
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::delivery::DeliveryCtx;
 use super::{
     Assignment, Binding, Delivery, Denial, DenyReason, KUBERNETES_TOKEN_VOLUME, TOKEN_VOLUME,
     Warnings,
 };
+use crate::admission::json::Json;
 use crate::domain::binding::TokenSource;
 use crate::domain::pod::PodView;
 use crate::domain::status::{GSA_ANNOTATION, ServiceAccountState};
@@ -143,19 +143,32 @@ pub(super) fn projected_tokens<'p>(
 
 /// The projected volume of the pod's Kubernetes tokens: one `serviceAccountToken` source per
 /// audience, with the configured lifetime (the kubelet renews a token at 80% of it).
-pub(super) fn projected_volume(tokens: &BTreeMap<String, &str>, ctx: &DeliveryCtx<'_>) -> Value {
+pub(super) fn projected_volume(
+    out: &mut Json,
+    tokens: &BTreeMap<String, &str>,
+    ctx: &DeliveryCtx<'_>,
+) {
     let expiration = ctx.cfg.kubernetes_token_expiration.as_secs();
-    let sources: Vec<Value> = tokens
-        .iter()
-        .map(|(path, audience)| {
-            json!({"serviceAccountToken": {
-                "audience": audience,
-                "expirationSeconds": expiration,
-                "path": path,
-            }})
-        })
-        .collect();
-    json!({"name": KUBERNETES_TOKEN_VOLUME, "projected": {"sources": sources}})
+    out.object(|o| {
+        o.fixed("name", KUBERNETES_TOKEN_VOLUME)
+            .field("projected", |out| {
+                out.object(|o| {
+                    o.field("sources", |out| {
+                        out.array(tokens, |out, (path, audience)| {
+                            out.object(|o| {
+                                o.field("serviceAccountToken", |out| {
+                                    out.object(|o| {
+                                        o.str("audience", audience)
+                                            .int("expirationSeconds", expiration)
+                                            .str("path", path);
+                                    });
+                                });
+                            });
+                        });
+                    });
+                });
+            });
+    });
 }
 
 /// The file names an existing projected volume (an earlier injection) holds.
