@@ -187,11 +187,11 @@ pub struct SpecView<'a> {
     /// Deprecated alias of `serviceAccountName`, still honoured by the API server.
     #[serde(borrow)]
     pub service_account: Option<Str<'a>>,
-    #[serde(borrow, deserialize_with = "with_room")]
+    #[serde(borrow)]
     pub containers: Option<Vec<ContainerView<'a>>>,
-    #[serde(borrow, deserialize_with = "with_room")]
+    #[serde(borrow)]
     pub init_containers: Option<Vec<ContainerView<'a>>>,
-    #[serde(borrow, deserialize_with = "with_room")]
+    #[serde(borrow)]
     pub volumes: Option<Vec<NamedView<'a>>>,
     #[serde(borrow)]
     pub os: Option<OsView<'a>>,
@@ -203,43 +203,6 @@ pub struct SpecView<'a> {
     #[serde(borrow)]
     pub affinity: Option<&'a RawValue>,
 }
-
-/// An optional list read into a vector that starts with room for [`ROOM`] items: serde's own
-/// starts empty and grows (copying) three or four times over a container's typical variables,
-/// which cost more than reading them.
-fn with_room<'de, D, T>(d: D) -> Result<Option<Vec<T>>, D::Error>
-where
-    D: de::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    struct Seq<T>(PhantomData<T>);
-    impl<'de, T: Deserialize<'de>> Visitor<'de> for Seq<T> {
-        type Value = Option<Vec<T>>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a list or null")
-        }
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_seq(self)
-        }
-        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut items = Vec::with_capacity(ROOM);
-            while let Some(item) = seq.next_element()? {
-                items.push(item);
-            }
-            Ok(Some(items))
-        }
-    }
-    d.deserialize_option(Seq(PhantomData))
-}
-
-/// See [`with_room`].
-const ROOM: usize = 16;
 
 /// The label nodes carry with their operating system.
 pub(crate) const OS_LABEL: &str = "kubernetes.io/os";
@@ -279,11 +242,13 @@ pub struct NamedView<'a> {
 pub struct ContainerView<'a> {
     #[serde(borrow)]
     pub name: Str<'a>,
+    /// Raw text, borrowed: only an agent already in the pod has its arguments read
+    /// ([`ContainerView::args`]); an app's are skipped unparsed.
     #[serde(borrow)]
-    pub args: Option<Vec<Str<'a>>>,
-    #[serde(borrow, deserialize_with = "with_room")]
+    pub args: Option<&'a RawValue>,
+    #[serde(borrow)]
     pub env: Option<Vec<EnvView<'a>>>,
-    #[serde(borrow, deserialize_with = "with_room")]
+    #[serde(borrow)]
     pub volume_mounts: Option<Vec<MountView<'a>>>,
     #[serde(borrow)]
     pub ports: Option<Vec<PortView<'a>>>,
@@ -445,13 +410,21 @@ impl PodView<'_> {
     }
 }
 
-impl ContainerView<'_> {
+impl<'a> ContainerView<'a> {
     /// The container declares `port` for TCP (the protocol when none is given).
     pub(crate) fn declares_tcp_port(&self, port: u16) -> bool {
         self.ports.as_deref().unwrap_or_default().iter().any(|p| {
             p.container_port == Some(i64::from(port))
                 && p.protocol.as_ref().is_none_or(|x| x.as_str() == "TCP")
         })
+    }
+
+    /// The container's arguments. The API server has validated them: text that is not a list
+    /// of strings reads as none.
+    pub(crate) fn args(&self) -> Vec<Str<'a>> {
+        self.args
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            .unwrap_or_default()
     }
 
     pub(crate) fn env_var(&self, name: &str) -> Option<&EnvView<'_>> {

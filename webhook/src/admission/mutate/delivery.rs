@@ -10,7 +10,7 @@ use super::{
     is_agent,
 };
 use crate::admission::json::{Json, Object};
-use crate::domain::pod::{ContainerView, EnvView, PodView};
+use crate::domain::pod::{ContainerView, EnvView, PodView, Str};
 use rolebridge_contract::{
     AUTH_TOKEN_PATH, AgentArgs, CredentialsSpec, MIN_CREDENTIALS_PORT, TokenSpec, aws_env,
     credentials_uri, kubernetes_token_path, session_name, token_path,
@@ -398,19 +398,16 @@ pub(super) fn agent_env(o: &mut Object<'_>, args: &AgentArgs, cluster_name: Opti
 /// What an agent already in the pod (an earlier injection) lacks, as `(what, value)`: its
 /// arguments cannot be changed by an `add`, so the caller can only report it.
 pub(super) fn missing_from_agent(args: &AgentArgs, existing: &[&ContainerView<'_>]) -> Vec<String> {
+    let existing_args: Vec<Vec<Str<'_>>> = existing.iter().map(|c| c.args()).collect();
     let has = |value: &str| {
-        existing.iter().any(|c| {
-            c.args
-                .as_deref()
-                .unwrap_or_default()
-                .iter()
-                .any(|a| a.as_str() == value)
-        })
+        existing_args
+            .iter()
+            .any(|a| a.iter().any(|a| a.as_str() == value))
     };
     // `--google-service-account PIN`, as one pair of arguments of one container.
     let pinned = |pin: &str| {
-        existing.iter().any(|c| {
-            c.args.as_deref().unwrap_or_default().windows(2).any(|w| {
+        existing_args.iter().any(|a| {
+            a.windows(2).any(|w| {
                 w[0].as_str() == rolebridge_contract::flag::GOOGLE_SERVICE_ACCOUNT
                     && w[1].as_str() == pin
             })
