@@ -6,6 +6,9 @@
 //! webhook's throughput to the baseline's shows how close the admission logic is to the cost
 //! of TLS + HTTP alone. `baseline-read` does the same after reading the body once with
 //! serde_json (`IgnoredAny`): what reading a review costs before deciding anything.
+//! `baseline-reply LISTEN CERT KEY RESPONSE` reads the body once too and answers with the bytes
+//! of RESPONSE (the webhook's own response to the benchmark review, its base64 patch included):
+//! what carrying the real answer through the stack costs, before deciding anything.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -41,53 +44,67 @@ fn main() {
         [mode @ ("baseline" | "baseline-read"), listen, cert, key] => {
             // `baseline-read` also reads the body once with serde_json, keeping nothing: the
             // floor of any admission that reads the review with it.
-            let read = *mode == "baseline-read";
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async {
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let store = Arc::new(CertStore::new(cert.into(), key.into(), provider.clone()));
-                store.reload().expect("certificate");
-                let tls = Arc::new(server_config(&store, provider).unwrap());
-                let routes = warp::path("mutate")
-                    .and(warp::post())
-                    .and(warp::body::bytes())
-                    .map(move |body: bytes::Bytes| {
-                        if read {
-                            let skipped = serde_json::from_slice::<serde::de::IgnoredAny>(&body);
-                            std::hint::black_box(skipped.is_ok());
-                        }
-                        Response::builder()
-                            .header("content-type", "application/json")
-                            .body(ALLOWED.to_vec())
-                            .unwrap()
-                    })
-                    .recover(|_| async {
-                        Ok::<_, Infallible>(
-                            Response::builder().status(404).body(Vec::new()).unwrap(),
-                        )
-                    })
-                    .unify();
-                let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
-                let (_stop, rx) = tokio::sync::watch::channel(false);
-                serve_tls(
-                    listener,
-                    tls,
-                    routes,
-                    Limits::default(),
-                    Arc::new(Metrics::new()),
-                    rx,
-                    Duration::from_secs(1),
-                )
-                .await;
-            });
+            baseline(
+                listen,
+                cert,
+                key,
+                *mode == "baseline-read",
+                ALLOWED.to_vec(),
+            );
+        }
+        ["baseline-reply", listen, cert, key, response] => {
+            let reply = std::fs::read(response).expect("reading the response to answer with");
+            baseline(listen, cert, key, true, reply);
         }
         _ => {
             eprintln!(
-                "usage: bench_support cert DIR | rotate DIR | baseline|baseline-read LISTEN CERT KEY"
+                "usage: bench_support cert DIR | rotate DIR | baseline|baseline-read LISTEN CERT KEY \
+                 | baseline-reply LISTEN CERT KEY RESPONSE"
             );
             std::process::exit(2);
         }
     }
+}
+
+/// Serves `POST /mutate` on the webhook's TLS stack, answering every request with `reply`
+/// (after reading the body once with serde_json when `read`).
+fn baseline(listen: &str, cert: &str, key: &str, read: bool, reply: Vec<u8>) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let store = Arc::new(CertStore::new(cert.into(), key.into(), provider.clone()));
+        store.reload().expect("certificate");
+        let tls = Arc::new(server_config(&store, provider).unwrap());
+        let routes = warp::path("mutate")
+            .and(warp::post())
+            .and(warp::body::bytes())
+            .map(move |body: bytes::Bytes| {
+                if read {
+                    let skipped = serde_json::from_slice::<serde::de::IgnoredAny>(&body);
+                    std::hint::black_box(skipped.is_ok());
+                }
+                Response::builder()
+                    .header("content-type", "application/json")
+                    .body(reply.clone())
+                    .unwrap()
+            })
+            .recover(|_| async {
+                Ok::<_, Infallible>(Response::builder().status(404).body(Vec::new()).unwrap())
+            })
+            .unify();
+        let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+        let (_stop, rx) = tokio::sync::watch::channel(false);
+        serve_tls(
+            listener,
+            tls,
+            routes,
+            Limits::default(),
+            Arc::new(Metrics::new()),
+            rx,
+            Duration::from_secs(1),
+        )
+        .await;
+    });
 }
 
 fn ca_params() -> rcgen::CertificateParams {
