@@ -215,20 +215,17 @@ fn webhook_binary() -> std::path::PathBuf {
     }
     // target/<profile>/deps/apiserver-… → target/<profile>/rolebridge-webhook
     let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("rolebridge-webhook");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "rolebridge-webhook"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building rolebridge-webhook");
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let bin = profile_dir.join("rolebridge-webhook");
+    // Always asked for, not only when missing: a binary left from an earlier build would be
+    // tested instead of the code at hand (cargo makes this a no-op when it is up to date).
+    let mut build = vec!["build", "-p", "rolebridge-webhook"];
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        build.push("--release");
     }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo).args(&build).status().unwrap();
+    assert!(status.success(), "building rolebridge-webhook");
     bin
 }
 

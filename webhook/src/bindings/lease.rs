@@ -370,17 +370,7 @@ pub async fn run(
         let outcome = attempt(&api, name, &me, &timings, &mut seen, now).await;
         let blocked = outcome.as_ref().err().and_then(Blocked::of);
         report.blocked(blocked);
-        match (blocked, blocked_streak) {
-            (None, n) if n > 0 => {
-                tracing::info!(lease = %name, namespace = %target.namespace, "the status Lease is usable again")
-            }
-            (Some(b), _) => tracing::error!(
-                lease = %name, namespace = %target.namespace, reason = b.as_str(),
-                retry_in = ?next_attempt_in(blocked_streak + 1, &timings),
-                "{}", b.advice(&target.namespace, name)
-            ),
-            _ => {}
-        }
+        log_blocked(blocked, blocked_streak, &target, &timings);
         blocked_streak = if blocked.is_some() {
             blocked_streak + 1
         } else {
@@ -424,6 +414,23 @@ pub async fn run(
             Ok(()) => tracing::info!(lease = %name, "lease released"),
             Err(error) => tracing::warn!(lease = %name, %error, "could not release the lease"),
         }
+    }
+}
+
+/// Tells the operator why the Lease cannot be used (on every attempt while it lasts, which the
+/// backoff spaces out) and, once, that it can be used again.
+fn log_blocked(blocked: Option<Blocked>, streak: u32, target: &Target, timings: &Timings) {
+    let name = target.name.as_str();
+    match (blocked, streak) {
+        (None, n) if n > 0 => {
+            tracing::info!(lease = %name, namespace = %target.namespace, "the status Lease is usable again")
+        }
+        (Some(b), _) => tracing::error!(
+            lease = %name, namespace = %target.namespace, reason = b.as_str(),
+            retry_in = ?next_attempt_in(streak + 1, timings),
+            "{}", b.advice(&target.namespace, name)
+        ),
+        _ => {}
     }
 }
 

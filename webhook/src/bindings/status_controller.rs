@@ -295,20 +295,9 @@ async fn process(
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(error) => {
                 Metrics::result(&metrics.status_writes, false);
-                let attempt = {
-                    let mut r = retries.lock().unwrap_or_else(|e| e.into_inner());
-                    let n = r.entry(group.clone()).or_insert(0);
-                    *n += 1;
-                    *n
-                };
-                let delay = Duration::from_secs(1 << attempt.min(5)).min(RETRY_MAX);
+                let delay = retry_later(cache, retries, group);
                 tracing::warn!(namespace = %state.namespace, binding = %p.name, %error,
                     retry_in = ?delay, "binding status update failed");
-                let cache = cache.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    cache.work().mark(vec![group]);
-                });
                 return written;
             }
         }
@@ -318,6 +307,24 @@ async fn process(
         .unwrap_or_else(|e| e.into_inner())
         .remove(&group);
     written
+}
+
+/// Marks `group` for another pass after a backoff that doubles with its consecutive failures
+/// (up to [`RETRY_MAX`]); returns the backoff.
+fn retry_later(cache: &Arc<BindingCache>, retries: &Retries, group: Group) -> Duration {
+    let attempt = {
+        let mut r = retries.lock().unwrap_or_else(|e| e.into_inner());
+        let n = r.entry(group.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let delay = Duration::from_secs(1 << attempt.min(5)).min(RETRY_MAX);
+    let cache = cache.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        cache.work().mark(vec![group]);
+    });
+    delay
 }
 
 #[cfg(test)]
