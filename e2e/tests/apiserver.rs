@@ -219,7 +219,7 @@ fn webhook_binary() -> std::path::PathBuf {
     let bin = profile_dir.join("rolebridge-webhook");
     // Always asked for, not only when missing: a binary left from an earlier build would be
     // tested instead of the code at hand (cargo makes this a no-op when it is up to date).
-    let mut build = vec!["build", "-p", "rolebridge-webhook"];
+    let mut build = vec!["build", "--locked", "-p", "rolebridge-webhook"];
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         build.push("--release");
     }
