@@ -2,8 +2,10 @@
 # Measures rolebridge-webhook (the shipped static release build) under the load the issue fixes for comparison
 # with aws/amazon-eks-pod-identity-webhook: the captured 9.3 KB pod review, wrk with 16
 # keep-alive HTTPS connections. Prints CPU per admission, admissions/s and idle RSS for the
-# webhook and for a baseline that answers every review with a fixed "allowed" on the same TLS
-# stack, and records them in BENCHMARKS.md. Nothing here asserts: figures are printed.
+# webhook and for three baselines on the same TLS stack, each adding one part of the webhook's
+# work: a fixed "allowed" answer; the same after reading the body once with serde_json; and that
+# answering with the webhook's own response (its base64 patch) instead. Records them in
+# BENCHMARKS.md. Nothing here asserts: figures are printed.
 #
 # The servers take turns, round after round, and each row reports the round with its median
 # throughput: the load of a shared machine moves by tens of percent over a minute, and taking
