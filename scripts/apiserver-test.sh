@@ -20,7 +20,16 @@ cd "$repo"
 kube_dir="${ROLEBRIDGE_SHARED_KUBE:-$repo/../shared/kube}"
 
 run_suite() {
-  ROLEBRIDGE_E2E_KUBECONFIG="$1" cargo test --locked -p rolebridge-e2e --test apiserver "${@:2}" -- --ignored
+  # The webhook the suite starts is the one `cargo test --workspace` builds: a no-op right after
+  # that step of scripts/test.sh, and never a binary older than the code. Named explicitly, so
+  # the suite does not build a variant of its own (other features, all dependencies again).
+  local bin="${ROLEBRIDGE_WEBHOOK_BIN:-}"
+  if [[ -z "$bin" ]]; then
+    cargo test --workspace --locked --no-run -q
+    bin="${CARGO_TARGET_DIR:-$repo/target}/debug/rolebridge-webhook"
+  fi
+  ROLEBRIDGE_WEBHOOK_BIN="$bin" ROLEBRIDGE_E2E_KUBECONFIG="$1" \
+    cargo test --locked -p rolebridge-e2e --test apiserver "${@:2}" -- --ignored
 }
 
 if [[ -n "${ROLEBRIDGE_E2E_KUBECONFIG:-}" ]]; then
