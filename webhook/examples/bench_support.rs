@@ -85,6 +85,7 @@ fn baseline(listen: &str, cert: &str, key: &str, read: bool, reply: Vec<u8>) {
                 }
                 Response::builder()
                     .header("content-type", "application/json")
+                    // A copy per request, as the webhook writes a new body for every answer.
                     .body(reply.clone())
                     .unwrap()
             })
